@@ -1,0 +1,58 @@
+"""The broker role's tables.  Soft state: rebuilt from the peers' next reports.
+
+They live in the database of whichever peer holds the role, beside (but
+independent of) that peer's own tables, so ``broker`` never imports ``peer``.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sqlalchemy import JSON, Float, Integer, String
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class BrokerBase(DeclarativeBase):
+    pass
+
+
+class Registration(BrokerBase):
+    """A peer that registered with this broker, with its join sequence number."""
+
+    __tablename__ = "broker_registrations"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    url: Mapped[str] = mapped_column(String(500))
+    seq: Mapped[int] = mapped_column(Integer)
+    registered_at: Mapped[float] = mapped_column(Float, default=time.time)
+
+
+class LoadReport(BrokerBase):
+    """The latest EMA report of one peer, plus work placed on it since."""
+
+    __tablename__ = "broker_load"
+
+    peer: Mapped[str] = mapped_column(String(200), primary_key=True)
+    url: Mapped[str] = mapped_column(String(500))
+    coefficient: Mapped[float] = mapped_column(Float)
+    paper_coefficient: Mapped[float | None] = mapped_column(Float, nullable=True)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    pool: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    sampled_at: Mapped[float] = mapped_column(Float)
+    received_at: Mapped[float] = mapped_column(Float)
+    interval: Mapped[float] = mapped_column(Float, default=15.0)
+    #: Procs placed on this peer since its last report (reset by a report).
+    in_flight: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Placement(BrokerBase):
+    """One placement decision, kept for inspection."""
+
+    __tablename__ = "broker_placements"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_key: Mapped[str] = mapped_column(String(200))
+    chosen: Mapped[str] = mapped_column(String(200))
+    ranking: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    policy: Mapped[str] = mapped_column(String(50))
+    decided_at: Mapped[float] = mapped_column(Float, default=time.time)

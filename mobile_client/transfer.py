@@ -1,0 +1,216 @@
+"""Resumable, verified downloads over a flaky link.
+
+One request streams the rest of the file (``Range: bytes=N-``), and the
+client checkpoints as the bytes arrive: the data file is flushed and synced
+and a small JSON sidecar records the offset every ``chunk_bytes``.  A dropped
+connection, or a killed process, resumes from the last checkpoint, so at most
+one chunk is ever fetched twice.  ``If-Range`` with the server's ETag makes
+the server send the whole file again (200) if it changed in between.  The
+whole file is verified by SHA-256 at the end.
+
+This module needs only ``requests``; the peers use it too, to fetch inputs
+from each other.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import requests
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CHUNK = 1024 * 1024
+_RETRYABLE = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
+
+
+class IntegrityError(Exception):
+    """The downloaded bytes do not match the expected size or SHA-256."""
+
+
+class DownloadFailed(Exception):
+    """The server refused the download, or retries ran out."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class DownloadResult:
+    path: Path
+    size: int
+    sha256: str
+    resumed_from: int  #: bytes already on disk when this call started
+    transferred: int  #: bytes received by this call
+
+
+def _sidecar(part: Path) -> Path:
+    return part.with_name(part.name + ".json")
+
+
+def _read_checkpoint(part: Path, url: str) -> tuple[int, str | None]:
+    """The verified offset and ETag from an earlier attempt at the same URL."""
+    meta = _sidecar(part)
+    if not part.exists() or not meta.exists():
+        return 0, None
+    try:
+        data = json.loads(meta.read_text())
+    except (OSError, ValueError):
+        return 0, None
+    if data.get("url") != url:
+        return 0, None
+    offset = min(int(data.get("offset", 0)), part.stat().st_size)
+    return offset, data.get("etag")
+
+
+def _write_checkpoint(part: Path, url: str, offset: int, etag: str | None) -> None:
+    meta = _sidecar(part)
+    tmp = meta.with_name(meta.name + ".tmp")
+    tmp.write_text(json.dumps({"url": url, "offset": offset, "etag": etag}))
+    os.replace(tmp, meta)
+
+
+def _hash_prefix(path: Path, length: int) -> "hashlib._Hash":
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        remaining = length
+        while remaining > 0:
+            block = fh.read(min(remaining, 4 * 1024 * 1024))
+            if not block:
+                break
+            h.update(block)
+            remaining -= len(block)
+    return h
+
+
+def download(
+    session: requests.Session,
+    url: str,
+    dest: str | os.PathLike[str],
+    *,
+    expected_sha256: str | None = None,
+    expected_size: int | None = None,
+    chunk_bytes: int = DEFAULT_CHUNK,
+    max_attempts: int = 8,
+    timeout: float = 30.0,
+    fsync: bool = True,
+    progress: Callable[[int, int | None], None] | None = None,
+) -> DownloadResult:
+    """Download ``url`` to ``dest``, resuming any earlier partial attempt.
+
+    ``progress(done_bytes, total_bytes_or_None)`` is called as bytes arrive.
+    Raises :class:`DownloadFailed` on a 4xx/5xx answer or when attempts run
+    out, :class:`IntegrityError` when the result does not verify (the partial
+    file is then discarded, so the next call starts clean).
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    offset, etag = _read_checkpoint(part, url)
+    resumed_from = offset
+    if part.exists():
+        with open(part, "r+b") as fh:
+            fh.truncate(offset)
+    hasher = _hash_prefix(part, offset) if offset else hashlib.sha256()
+    total = expected_size
+    transferred = 0
+    attempt = 0
+
+    while True:
+        attempt += 1
+        headers = {"Accept-Encoding": "identity"}
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
+            if etag:
+                headers["If-Range"] = etag
+        try:
+            with session.get(url, headers=headers, stream=True, timeout=timeout) as resp:
+                if resp.status_code == 416 and offset:
+                    crange = resp.headers.get("Content-Range", "")
+                    if crange.startswith("bytes */") and crange[8:].isdigit():
+                        total = int(crange[8:])
+                    if total is not None and offset == total:
+                        break  # already complete: the last run stopped just before renaming
+                if resp.status_code == 416:
+                    # Our partial file is longer than the server's: start over.
+                    offset, etag, hasher = 0, None, hashlib.sha256()
+                    open(part, "wb").close()
+                    continue
+                if resp.status_code >= 400:
+                    raise DownloadFailed(_error_text(resp), resp.status_code)
+                if resp.status_code == 200 and offset:
+                    log.info("server sent the whole file again (it changed or ignores ranges)")
+                    offset, hasher = 0, hashlib.sha256()
+                etag = resp.headers.get("ETag", etag)
+                if resp.status_code == 200:
+                    length = resp.headers.get("Content-Length")
+                    total = int(length) if length is not None else total
+                elif resp.status_code == 206:
+                    crange = resp.headers.get("Content-Range", "")
+                    if "/" in crange and crange.rsplit("/", 1)[1] != "*":
+                        total = int(crange.rsplit("/", 1)[1])
+                mode = "r+b" if offset else "wb"
+                if not part.exists():
+                    mode = "wb"
+                with open(part, mode) as fh:
+                    fh.seek(offset)
+                    fh.truncate()
+                    _write_checkpoint(part, url, offset, etag)
+                    since_checkpoint = 0
+                    for block in resp.iter_content(chunk_size=min(chunk_bytes, 1024 * 1024)):
+                        fh.write(block)
+                        hasher.update(block)
+                        offset += len(block)
+                        transferred += len(block)
+                        since_checkpoint += len(block)
+                        if since_checkpoint >= chunk_bytes:
+                            fh.flush()
+                            if fsync:
+                                os.fsync(fh.fileno())
+                            _write_checkpoint(part, url, offset, etag)
+                            since_checkpoint = 0
+                        if progress:
+                            progress(offset, total)
+                    fh.flush()
+                    if fsync:
+                        os.fsync(fh.fileno())
+                    _write_checkpoint(part, url, offset, etag)
+                if total is None or offset >= total:
+                    break
+                raise requests.exceptions.ChunkedEncodingError("connection closed early")
+        except _RETRYABLE as exc:
+            if attempt >= max_attempts:
+                raise DownloadFailed(f"giving up after {attempt} attempts: {exc}") from exc
+            delay = min(30.0, 0.5 * 2 ** (attempt - 1)) * (0.5 + random.random() / 2)
+            log.warning("download interrupted at byte %d (%s); retrying in %.1f s", offset, exc, delay)
+            time.sleep(delay)
+
+    digest = hasher.hexdigest()
+    size = offset
+    if (expected_size is not None and size != expected_size) or (
+        expected_sha256 is not None and digest != expected_sha256.lower()
+    ):
+        part.unlink(missing_ok=True)
+        _sidecar(part).unlink(missing_ok=True)
+        raise IntegrityError(
+            f"{dest.name}: got {size} bytes with SHA-256 {digest}, expected "
+            f"{expected_size if expected_size is not None else '?'} bytes with SHA-256 {expected_sha256 or '?'}"
+        )
+    os.replace(part, dest)
+    _sidecar(part).unlink(missing_ok=True)
+    return DownloadResult(dest, size, digest, resumed_from, transferred)
+
+
+def _error_text(resp: requests.Response) -> str:
+    try:
+        return f"{resp.status_code}: {resp.json().get('error', resp.text)}"
+    except ValueError:
+        return f"{resp.status_code}: {resp.text[:200]}"

@@ -1,0 +1,61 @@
+"""``/api/v1/files``: the publishing area (browse, wildcard, search inside, download)."""
+from __future__ import annotations
+
+from flask import Blueprint, current_app, jsonify, request
+
+from pocketgrid.errors import BadRequest
+
+from .downloads import send_ranged
+
+bp = Blueprint("files", __name__, url_prefix="/api/v1/files")
+
+
+def _svc():
+    return current_app.extensions["pocketgrid"]
+
+
+def _flag(name: str) -> bool:
+    return request.args.get(name, "").lower() in {"1", "true", "yes"}
+
+
+@bp.get("")
+def listing():
+    """List a directory (``?path=``), match a wildcard (``?glob=``) or search inside files (``?grep=``)."""
+    svc = _svc()
+    area = svc.publishing
+    if "grep" in request.args:
+        result = area.grep(
+            request.args["grep"],
+            pattern=request.args.get("glob", "*"),
+            regex=_flag("regex"),
+            ignore_case=_flag("icase"),
+            max_file_bytes=svc.config.grep_max_file_bytes,
+            max_matches=svc.config.grep_max_matches,
+        )
+        return jsonify(result)
+    if "glob" in request.args:
+        return jsonify({"files": [e.to_dict() for e in area.glob(request.args["glob"])]})
+    path = request.args.get("path", "")
+    return jsonify({"path": path, "files": [e.to_dict() for e in area.list(path)]})
+
+
+@bp.get("/<path:path>")
+def download(path: str):
+    """Download with Range/If-Range/ETag; ``?checksum=md5|sha256`` answers the digest as JSON instead."""
+    svc = _svc()
+    real = svc.publishing.file(path)
+    if "checksum" in request.args:
+        algorithm = request.args["checksum"] or "sha256"
+        digest = svc.digests.sha256(real) if algorithm == "sha256" else svc.publishing.digest(real, algorithm)
+        return jsonify({"path": path, "size": real.stat().st_size, algorithm: digest})
+    return send_ranged(real, sha256=svc.digests.sha256(real))
+
+
+@bp.put("/uploads/<path:path>")
+def upload(path: str):
+    """Upload an input file into ``uploads/`` of the publishing area (raw body)."""
+    svc = _svc()
+    if request.content_length is None:
+        raise BadRequest("send the file as the raw request body with a Content-Length")
+    real = svc.publishing.save_upload(f"uploads/{path}", request.stream, svc.config.max_body_bytes)
+    return jsonify({"path": svc.publishing.relative(real), "size": real.stat().st_size, "sha256": svc.digests.sha256(real)}), 201

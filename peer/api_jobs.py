@@ -1,0 +1,200 @@
+"""``/api/v1/jobs``: submit, list, status (ETag + long-poll), kill, outputs.
+
+Any peer answers for any job: a job ID names its owning peer
+(``<peer>.<id>``), and requests for other peers' jobs are relayed there.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import requests
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from pocketgrid.errors import BadRequest
+
+from .auth import identity
+from .downloads import send_ranged
+from .jobs import SubmitRequest, peer_of
+from .proxy import relay
+
+bp = Blueprint("jobs", __name__, url_prefix="/api/v1/jobs")
+
+#: How often a long-poll looks at the job's event log for growth.
+WAIT_POLL_SECONDS = 0.1
+
+
+def _svc():
+    return current_app.extensions["pocketgrid"]
+
+
+def _remote(job_id: str) -> str | None:
+    """The owning peer's name if it is not this peer."""
+    peer = peer_of(job_id)
+    return None if peer == _svc().config.name else peer
+
+
+def _relay(peer: str, extra_timeout: float = 0.0) -> Response:
+    svc = _svc()
+    return relay(svc.http, svc.membership, peer, timeout=svc.config.peer_timeout + extra_timeout)
+
+
+def _wait_arg() -> float:
+    raw = request.args.get("wait", "0")
+    try:
+        wait = float(raw)
+    except ValueError:
+        raise BadRequest(f"wait must be a number of seconds, got {raw!r}") from None
+    if wait < 0:
+        raise BadRequest("wait must not be negative")
+    return min(wait, _svc().config.max_wait_seconds)
+
+
+# ---- submit ---------------------------------------------------------------
+def _read_submit_request() -> SubmitRequest:
+    form, files = request.form, request.files
+    exe = files.get("executable")
+    if exe is None:
+        raise BadRequest("missing the 'executable' file part")
+    executable = exe.read()
+    submit_file = files.get("submit")
+    if submit_file is not None:
+        try:
+            submit_text = submit_file.read().decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequest("the submit file is not UTF-8 text") from None
+        submit_name = form.get("submit_name") or submit_file.filename or "job.sub"
+    elif "submit_text" in form:
+        submit_text = form["submit_text"]
+        submit_name = form.get("submit_name") or "job.sub"
+    else:
+        raise BadRequest("missing the submit file: send a 'submit' file part or a 'submit_text' field")
+    raw_inputs = form.get("inputs")
+    if raw_inputs is not None:
+        try:
+            inputs = json.loads(raw_inputs)
+        except ValueError:
+            raise BadRequest("'inputs' must be a JSON list of paths in the publishing area") from None
+    else:
+        inputs = form.getlist("input")
+    if not isinstance(inputs, list) or not all(isinstance(i, str) for i in inputs):
+        raise BadRequest("'inputs' must be a JSON list of paths in the publishing area")
+    return SubmitRequest(
+        name=form.get("name", "").strip(),
+        executable=executable,
+        executable_name=form.get("executable_name") or exe.filename or "",
+        submit_text=submit_text,
+        submit_name=submit_name,
+        inputs=inputs,
+    )
+
+
+@bp.post("")
+def submit():
+    svc = _svc()
+    who = identity()
+    req = _read_submit_request()
+    summary, replayed = svc.jobs.submit(req, owner=who.dn, idempotency_key=request.headers.get("Idempotency-Key"))
+    response = jsonify(summary)
+    response.status_code = 200 if replayed else 201
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    response.headers["Location"] = f"/api/v1/jobs/{summary['id']}"
+    return response
+
+
+# ---- list -----------------------------------------------------------------
+@bp.get("")
+def list_jobs():
+    """The caller's jobs on every peer (``?local=1``: this peer only)."""
+    svc = _svc()
+    who = identity()
+    jobs = svc.jobs.list_jobs(who.dn, is_admin=who.is_admin)
+    unreachable: list[str] = []
+    if request.args.get("local") not in {"1", "true"}:
+        others = [m for m in svc.membership.members() if m["name"] != svc.config.name]
+        headers = {h: request.headers[h] for h in ("Authorization",) if h in request.headers}
+
+        def fetch(member):
+            try:
+                r = svc.http.get(f"{member['url']}/api/v1/jobs?local=1", headers=headers, timeout=svc.config.peer_timeout)
+                r.raise_for_status()
+                return member["name"], r.json()["jobs"]
+            except (requests.RequestException, ValueError, KeyError):
+                return member["name"], None
+
+        if others:
+            with ThreadPoolExecutor(max_workers=min(8, len(others))) as pool:
+                for name, result in pool.map(fetch, others):
+                    if result is None:
+                        unreachable.append(name)
+                    else:
+                        jobs.extend(result)
+    jobs.sort(key=lambda j: j.get("created_at", 0), reverse=True)
+    return jsonify({"jobs": jobs, "unreachable_peers": unreachable})
+
+
+# ---- status ---------------------------------------------------------------
+def _etag(body: dict) -> str:
+    raw = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    return '"' + hashlib.sha256(raw).hexdigest()[:32] + '"'
+
+
+@bp.get("/<job_id>")
+def status(job_id: str):
+    """Per-input status.  ``If-None-Match`` + ``?wait=N`` long-polls until it changes."""
+    wait = _wait_arg()
+    peer = _remote(job_id)
+    if peer:
+        return _relay(peer, extra_timeout=wait)
+    svc = _svc()
+    who = identity()
+    inm = request.headers.get("If-None-Match")
+    deadline = time.monotonic() + wait
+    while True:
+        size = svc.jobs.log_size(job_id)
+        body = svc.jobs.status(job_id, who.dn, is_admin=who.is_admin)
+        etag = _etag(body)
+        if etag != inm or time.monotonic() >= deadline:
+            break
+        while svc.jobs.log_size(job_id) == size and time.monotonic() < deadline:
+            time.sleep(WAIT_POLL_SECONDS)
+    if etag == inm:
+        return Response(status=304, headers={"ETag": etag, "Cache-Control": "no-cache"})
+    response = jsonify(body)
+    response.headers["ETag"] = etag
+    response.headers["Cache-Control"] = "no-cache"
+    return response
+
+
+# ---- kill -----------------------------------------------------------------
+@bp.delete("/<job_id>")
+def kill(job_id: str):
+    peer = _remote(job_id)
+    if peer:
+        return _relay(peer)
+    who = identity()
+    return jsonify(_svc().jobs.kill(job_id, who.dn, is_admin=who.is_admin))
+
+
+# ---- outputs --------------------------------------------------------------
+@bp.get("/<job_id>/outputs")
+def outputs(job_id: str):
+    peer = _remote(job_id)
+    if peer:
+        return _relay(peer)
+    who = identity()
+    return jsonify(_svc().jobs.outputs(job_id, who.dn, is_admin=who.is_admin))
+
+
+@bp.get("/<job_id>/outputs/<int:index>/<path:name>")
+def output_file(job_id: str, index: int, name: str):
+    peer = _remote(job_id)
+    if peer:
+        return _relay(peer)  # the read timeout applies per chunk, not to the whole file
+    who = identity()
+    svc = _svc()
+    path = svc.jobs.output_file(job_id, who.dn, index, name, is_admin=who.is_admin)
+    return send_ranged(path)

@@ -1,0 +1,66 @@
+"""``/api/v1/peer``: peer-to-peer calls (forwarded jobs, input file reads, membership pushes)."""
+from __future__ import annotations
+
+import json
+
+from flask import Blueprint, current_app, jsonify, request
+
+from pocketgrid.errors import BadRequest
+
+from .downloads import send_ranged
+
+bp = Blueprint("peer", __name__, url_prefix="/api/v1/peer")
+
+_META_FIELDS = {
+    "name": str,
+    "owner": str,
+    "executable_name": str,
+    "submit_name": str,
+    "submit_text": str,
+    "entry_peer": str,
+    "entry_url": str,
+    "origin_key": str,
+    "inputs": list,
+}
+
+
+def _svc():
+    return current_app.extensions["pocketgrid"]
+
+
+@bp.post("/jobs")
+def accept():
+    """A job placed on this peer by an entry peer."""
+    try:
+        meta = json.loads(request.form.get("meta", ""))
+    except ValueError:
+        raise BadRequest("'meta' must be a JSON object") from None
+    if not isinstance(meta, dict):
+        raise BadRequest("'meta' must be a JSON object")
+    for key, kind in _META_FIELDS.items():
+        if not isinstance(meta.get(key), kind):
+            raise BadRequest(f"meta field {key!r} is missing or has the wrong type")
+    for item in meta["inputs"]:
+        if not isinstance(item, dict) or not {"name", "path", "size", "sha256"} <= set(item):
+            raise BadRequest("each input needs name, path, size and sha256")
+    exe = request.files.get("executable")
+    if exe is None:
+        raise BadRequest("missing the 'executable' file part")
+    summary = _svc().jobs.accept(meta, exe.read())
+    return jsonify(summary), 201
+
+
+@bp.get("/files/<path:path>")
+def read_file(path: str):
+    """The paper's ``file.read``: another peer fetching an input it stages."""
+    svc = _svc()
+    return send_ranged(svc.publishing.file(path))
+
+
+@bp.post("/membership")
+def membership():
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or "members" not in body or "epoch" not in body:
+        raise BadRequest("expected {broker, epoch, members}")
+    accepted = _svc().membership.apply(body)
+    return jsonify({"accepted": accepted})

@@ -1,0 +1,314 @@
+"""LocalExecutor: the embedded default for a laptop, a demo or CI with no pool.
+
+Each proc runs as a subprocess of a :mod:`peer.executors.local_runner`
+process, at most ``slots`` at a time.  Scheduling state (queued / running /
+done, runner pid) lives in the database, so a restarted peer picks up where
+the old one stopped:
+
+* a runner that is still alive (same pid and start time) is adopted;
+* a runner that is gone left its verdict in the event log, or it did not,
+  in which case the proc was lost with the peer: that is written to the log
+  as a shadow exception and the proc is queued again (up to
+  ``max_restarts`` times, then aborted) — reported honestly, never silently
+  dropped.
+
+One scheduler thread per peer process: the server runs a single worker
+process (see docs/architecture.md), so there is exactly one.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from dataclasses import asdict
+from pathlib import Path
+
+import psutil
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from ..db import Database
+from ..event_log import EventLogReader, EventLogWriter
+from ..models import Counter, Job, Proc
+from ..staging import StagedJob
+from ..submit_description import ParsedSubmit, local_proc_specs
+from .base import Executor
+from .local_runner import EXIT_DONE, EXIT_EVICTED
+
+log = logging.getLogger(__name__)
+
+
+def _spec_path(job_root: Path, index: int) -> Path:
+    return job_root / ".pocketgrid" / "procs" / f"{index}.json"
+
+
+class LocalExecutor(Executor):
+    name = "local"
+
+    def __init__(
+        self,
+        db: Database,
+        stage_root: Path,
+        *,
+        peer_name: str,
+        slots: int = 0,
+        max_restarts: int = 3,
+        poll_interval: float = 0.1,
+    ) -> None:
+        self.db = db
+        self.stage_root = stage_root
+        self.peer_name = peer_name
+        self.slots = slots or os.cpu_count() or 1
+        self.max_restarts = max_restarts
+        self.poll_interval = poll_interval
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._children: dict[int, tuple[int, subprocess.Popen[bytes]]] = {}  # proc row id -> (pid, popen)
+        self._adopted: dict[int, psutil.Process] = {}  # proc row id -> process
+        self._lock = threading.Lock()
+
+    # ---- submission -------------------------------------------------------
+    def prepare(self, session: Session, job: Job, staged: StagedJob, parsed: ParsedSubmit) -> list[Proc]:
+        specs = local_proc_specs(
+            parsed,
+            executable_name=staged.executable_name,
+            input_names=staged.input_names,
+            proc_dirs=[str(d) for d in staged.proc_dirs],
+        )
+        counter = session.get(Counter, "local_cluster", with_for_update=True)
+        if counter is None:
+            counter = Counter(name="local_cluster", value=0)
+            session.add(counter)
+        counter.value += 1
+        cluster = counter.value
+        writer = EventLogWriter(str(staged.log_path))
+        procs_dir = staged.meta_dir / "procs"
+        procs_dir.mkdir(parents=True, exist_ok=True)
+        rows = []
+        base_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+        for spec in specs:
+            env = {**base_env, "_CONDOR_SCRATCH_DIR": spec.iwd, **spec.environment}
+            payload = {
+                **asdict(spec),
+                "environment": env,
+                "cluster": cluster,
+                "proc": spec.index,
+                "log": str(staged.log_path),
+                "host": self.peer_name,
+            }
+            _spec_path(staged.root, spec.index).write_text(json.dumps(payload))
+            writer.submit(cluster, spec.index, f"<127.0.0.1:0?alias={self.peer_name}>")
+            row = Proc(
+                job_id=job.id,
+                index=spec.index,
+                input_name=spec.input_name,
+                executor=self.name,
+                cluster=cluster,
+                proc=spec.index,
+                local_state="queued",
+            )
+            session.add(row)
+            rows.append(row)
+        return rows
+
+    def committed(self, job_id: str) -> None:
+        self._wake.set()
+
+    # ---- removal ----------------------------------------------------------
+    def remove(self, job_id: str) -> int:
+        removed = 0
+        with self._lock, self.db.session() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                return 0
+            writer = EventLogWriter(str(self.stage_root / job_id / "job.log"))
+            for p in job.procs:
+                if p.local_state == "queued":
+                    writer.aborted(p.cluster, p.proc, "removed by user")
+                    p.local_state = "done"
+                    removed += 1
+                elif p.local_state == "running":
+                    if self._signal(p, signal.SIGTERM):
+                        removed += 1
+        return removed
+
+    def _signal(self, p: Proc, signum: int) -> bool:
+        """Signal a proc's runner, making sure the pid was not reused."""
+        if p.pid is None:
+            return False
+        try:
+            proc = psutil.Process(p.pid)
+            if p.pid_started is not None and abs(proc.create_time() - p.pid_started) > 1.0:
+                return False
+            proc.send_signal(signum)
+            return True
+        except psutil.Error:
+            return False
+
+    # ---- life cycle -------------------------------------------------------
+    def start(self) -> None:
+        self._recover()
+        self._thread = threading.Thread(target=self._loop, name="local-executor", daemon=True)
+        self._thread.start()
+
+    def stop(self, evict: bool = True, timeout: float = 10.0) -> None:
+        """Stop scheduling; evict running procs so they run again after restart."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread:
+            self._thread.join(timeout)
+        if not evict:
+            return
+        with self._lock:
+            for pid, popen in list(self._children.values()):
+                try:
+                    popen.send_signal(signal.SIGUSR1)
+                except ProcessLookupError:
+                    pass
+            for pid, popen in list(self._children.values()):
+                try:
+                    popen.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    log.warning("runner %d did not stop in %.0f s", pid, timeout)
+
+    def describe(self) -> dict[str, object]:
+        return {"name": self.name, "slots": self.slots, "running": len(self._children) + len(self._adopted)}
+
+    # ---- recovery ---------------------------------------------------------
+    def _recover(self) -> None:
+        with self._lock, self.db.session() as s:
+            running = s.scalars(select(Proc).where(Proc.executor == self.name, Proc.local_state == "running")).all()
+            readers: dict[str, EventLogReader] = {}
+            for p in running:
+                alive = self._alive(p)
+                if alive is not None:
+                    self._adopted[p.id] = alive
+                    log.info("adopted running proc %d.%d of %s (pid %d)", p.cluster, p.proc, p.job_id, p.pid)
+                    continue
+                reader = readers.get(p.job_id)
+                if reader is None:
+                    reader = EventLogReader(str(self.stage_root / p.job_id / "job.log"))
+                    reader.update()
+                    readers[p.job_id] = reader
+                status = reader.procs.get((p.cluster, p.proc))
+                if status is not None and (status.state.is_terminal or status.state.value == "held"):
+                    p.local_state = "done"
+                elif status is not None and status.evictions > p.restarts and status.state.value == "idle":
+                    p.local_state = "queued"  # evicted at shutdown: run again
+                    p.restarts = status.evictions
+                else:
+                    self._lost(p, "the proc was lost when the peer stopped")
+
+    def _alive(self, p: Proc) -> psutil.Process | None:
+        if p.pid is None:
+            return None
+        try:
+            proc = psutil.Process(p.pid)
+            if p.pid_started is not None and abs(proc.create_time() - p.pid_started) > 1.0:
+                return None
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return None
+            return proc
+        except psutil.Error:
+            return None
+
+    def _lost(self, p: Proc, why: str) -> None:
+        """Record a proc whose runner vanished; queue it again or give up."""
+        writer = EventLogWriter(str(self.stage_root / p.job_id / "job.log"))
+        p.restarts += 1
+        p.pid = None
+        if p.restarts > self.max_restarts:
+            writer.aborted(p.cluster, p.proc, f"{why}; gave up after {self.max_restarts} restarts")
+            p.local_state = "done"
+        else:
+            writer.shadow_exception(p.cluster, p.proc, f"{why}; it will run again")
+            p.local_state = "queued"
+        log.warning("proc %d.%d of %s: %s", p.cluster, p.proc, p.job_id, why)
+
+    # ---- scheduling loop --------------------------------------------------
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._reap()
+                self._fill()
+            except Exception:  # keep scheduling whatever one round hit
+                log.exception("local executor round failed")
+            self._wake.wait(self.poll_interval)
+            self._wake.clear()
+
+    def _reap(self) -> None:
+        finished: list[tuple[int, int | None]] = []
+        with self._lock:
+            for row_id, (pid, popen) in list(self._children.items()):
+                rc = popen.poll()
+                if rc is not None:
+                    finished.append((row_id, rc))
+                    del self._children[row_id]
+            for row_id, proc in list(self._adopted.items()):
+                if not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE:
+                    finished.append((row_id, None))
+                    del self._adopted[row_id]
+        if not finished:
+            return
+        with self.db.session() as s:
+            for row_id, rc in finished:
+                p = s.get(Proc, row_id)
+                if p is None:
+                    continue
+                if rc == EXIT_EVICTED:
+                    p.local_state = "queued"
+                elif rc in (EXIT_DONE, None):
+                    p.local_state = "done"
+                    if rc is None:
+                        self._check_adopted_verdict(p)
+                else:
+                    self._lost(p, f"the local runner failed with exit status {rc}")
+        self._wake.set()
+
+    def _check_adopted_verdict(self, p: Proc) -> None:
+        """An adopted runner is not our child: its exit status is unknown, the log has it."""
+        reader = EventLogReader(str(self.stage_root / p.job_id / "job.log"))
+        reader.update()
+        status = reader.procs.get((p.cluster, p.proc))
+        if status is None or not (status.state.is_terminal or status.state.value == "held"):
+            p.local_state = "running"  # _lost decides
+            self._lost(p, "the local runner vanished without a verdict")
+
+    def _fill(self) -> None:
+        with self._lock:
+            free = self.slots - len(self._children) - len(self._adopted)
+            if free <= 0:
+                return
+            with self.db.session() as s:
+                queued = s.scalars(
+                    select(Proc)
+                    .join(Job)
+                    .where(Proc.executor == self.name, Proc.local_state == "queued", Job.removed_at.is_(None))
+                    .order_by(Job.created_at, Proc.index)
+                    .limit(free)
+                ).all()
+                for p in queued:
+                    spec = _spec_path(self.stage_root / p.job_id, p.index)
+                    runner_log = open(spec.with_suffix(".runner.log"), "ab")
+                    popen = subprocess.Popen(
+                        [sys.executable, "-m", "peer.executors.local_runner", str(spec)],
+                        stdin=subprocess.DEVNULL,
+                        stdout=runner_log,
+                        stderr=runner_log,
+                        start_new_session=True,
+                        close_fds=True,
+                    )
+                    runner_log.close()
+                    try:
+                        started = psutil.Process(popen.pid).create_time()
+                    except psutil.Error:
+                        started = None
+                    p.local_state = "running"
+                    p.pid = popen.pid
+                    p.pid_started = started
+                    self._children[p.id] = (popen.pid, popen)

@@ -1,0 +1,127 @@
+"""Runs ONE proc for the LocalExecutor and records it in the HTCondor user log.
+
+Started by the peer as ``python -m peer.executors.local_runner SPEC.json`` in
+a session of its own, so it outlives a crashed peer: whatever happens to the
+peer, the proc's end (exit code or signal) still lands in the job's event log,
+which is where status comes from.  It plays the part of HTCondor's shadow and
+starter for a single slot.
+
+Signals from the peer:
+  SIGTERM  the user removed the job   -> kill the proc, write "aborted", exit 0
+  SIGUSR1  the peer is shutting down  -> kill the proc, write "evicted", exit 3
+Exit status: 0 when a final event was written, 3 after an eviction.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from typing import Any
+
+from peer.event_log import EventLogWriter
+
+EXIT_DONE = 0
+EXIT_EVICTED = 3
+KILL_GRACE_SECONDS = 5.0
+
+
+class Runner:
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.spec = spec
+        self.cluster = int(spec["cluster"])
+        self.proc = int(spec["proc"])
+        self.log = EventLogWriter(spec["log"])
+        self.host = f"<127.0.0.1:0?alias={spec.get('host', 'local')}>"
+        self.child: subprocess.Popen[bytes] | None = None
+        self.reason: str | None = None  # "removed" | "evicted"
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self.reason = "removed" if signum == signal.SIGTERM else "evicted"
+        self._kill_child()
+
+    def _kill_child(self) -> None:
+        child = self.child
+        if child is None or child.poll() is not None:
+            return
+        try:
+            os.killpg(child.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        timer = threading.Timer(KILL_GRACE_SECONDS, self._force_kill)
+        timer.daemon = True
+        timer.start()
+
+    def _force_kill(self) -> None:
+        child = self.child
+        if child is not None and child.poll() is None:
+            try:
+                os.killpg(child.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def _open(self, key: str, mode: str):
+        path = self.spec.get(key)
+        if not path:
+            return subprocess.DEVNULL
+        return open(path, mode)
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGUSR1, self._on_signal)
+        spec = self.spec
+        self.log.execute(self.cluster, self.proc, self.host)
+        try:
+            stdin = self._open("stdin", "rb")
+            stdout = self._open("stdout", "ab")
+            stderr = self._open("stderr", "ab")
+            self.child = subprocess.Popen(
+                [spec["executable"], *spec.get("arguments", [])],
+                cwd=spec["iwd"],
+                env=spec.get("environment", {}),
+                stdin=stdin,
+                stdout=stdout,
+                stderr=stderr,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except OSError as exc:
+            # HTCondor puts a job it cannot start on hold (code 6, exec failure).
+            self.log.held(
+                self.cluster,
+                self.proc,
+                f"Failed to execute '{spec['executable']}': {exc.strerror or exc}",
+                code=6,
+                subcode=exc.errno or 0,
+            )
+            return EXIT_DONE
+        if self.reason:  # a signal arrived before the child existed
+            self._kill_child()
+        returncode = self.child.wait()
+        if self.reason == "removed":
+            self.log.aborted(self.cluster, self.proc, "removed by user")
+            return EXIT_DONE
+        if self.reason == "evicted":
+            self.log.evicted(self.cluster, self.proc, "the peer shut down; the proc will run again")
+            return EXIT_EVICTED
+        if returncode < 0:
+            self.log.terminated(self.cluster, self.proc, signal=-returncode)
+        else:
+            self.log.terminated(self.cluster, self.proc, return_value=returncode)
+        return EXIT_DONE
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m peer.executors.local_runner SPEC.json", file=sys.stderr)
+        return 2
+    with open(argv[0]) as fh:
+        spec = json.load(fh)
+    return Runner(spec).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,468 @@
+"""The job service: submit (entry and target side), status, kill, outputs.
+
+Entry side (any peer a client talks to): validate, de-duplicate by
+Idempotency-Key, ask the broker for a ranking, forward to the first peer that
+accepts.  Target side (the peer that runs it): de-duplicate by origin, stage,
+queue with the executor, commit, answer the job ID.  Status, kill and outputs
+of a job owned by another peer are proxied there (see ``peer.api_jobs``);
+this module handles the jobs this peer owns.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import requests
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from pocketgrid.errors import BadGateway, BadRequest, Conflict, NotFound, PocketgridError, Unavailable
+
+from .db import Database
+from .digests import DigestCache
+from .event_log import EventLogReader, ProcState, ProcStatus, overall_state
+from .executors.base import Executor
+from .membership import Membership
+from .models import IdempotencyKey, Job, Proc
+from .publishing import PublishingArea, check_name
+from .staging import InputSource, Stager, StagedJob
+from .submit_description import ParsedSubmit, Policy, SubmitDescriptionError, parse
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SubmitRequest:
+    """A submission as the entry peer received it."""
+
+    name: str
+    executable: bytes
+    executable_name: str
+    submit_text: str
+    submit_name: str
+    inputs: list[str]  #: paths in the entry peer's publishing area
+
+    def fingerprint(self) -> str:
+        """Hash of everything that defines the job: same key + other body = 409."""
+        h = hashlib.sha256()
+        for part in (self.name, self.executable_name, self.submit_name, self.submit_text, json.dumps(self.inputs)):
+            h.update(part.encode())
+            h.update(b"\x00")
+        h.update(hashlib.sha256(self.executable).digest())
+        return h.hexdigest()
+
+
+def validate_names(executable_name: str, submit_name: str, input_names: list[str]) -> None:
+    check_name(executable_name, "executable name")
+    check_name(submit_name, "submit file name")
+    if executable_name == submit_name:
+        raise BadRequest("the executable and the submit file must have different names")
+    for n in input_names:
+        check_name(n, "input file name")
+        if n in (executable_name, submit_name):
+            raise BadRequest(
+                f"input file {n!r} has the same name as the executable or submit file; rename one of them"
+            )
+
+
+def peer_of(job_id: str) -> str:
+    peer, dot, rest = job_id.partition(".")
+    if not dot or not peer or not rest:
+        raise NotFound(f"no such job {job_id!r}: a job ID looks like <peer>.<id>")
+    return peer
+
+
+class JobService:
+    def __init__(
+        self,
+        *,
+        name: str,
+        url: str,
+        db: Database,
+        publishing: PublishingArea,
+        stager: Stager,
+        executor: Executor,
+        membership: Membership,
+        digests: DigestCache,
+        http: requests.Session,
+        place: Callable[[str, int, int], list[dict[str, Any]]],
+        policy: Policy | None = None,
+        peer_timeout: float = 10.0,
+    ) -> None:
+        self.name = name
+        self.url = url
+        self.db = db
+        self.publishing = publishing
+        self.stager = stager
+        self.executor = executor
+        self.membership = membership
+        self.digests = digests
+        self.http = http
+        self.place = place
+        self.policy = policy or Policy()
+        self.peer_timeout = peer_timeout
+        self._readers: OrderedDict[str, EventLogReader] = OrderedDict()
+        self._reader_locks: dict[str, threading.Lock] = {}
+        self._readers_lock = threading.Lock()
+        self.max_cached_readers = 1024
+
+    # ======================================================================
+    # Entry side
+    # ======================================================================
+    def submit(self, req: SubmitRequest, *, owner: str, idempotency_key: str | None) -> tuple[dict[str, Any], bool]:
+        """Place and forward a job.  Returns (job summary, replayed?)."""
+        if not req.name or len(req.name) > 200:
+            raise BadRequest("a job needs a name of 1 to 200 characters")
+        if not req.executable:
+            raise BadRequest("the executable is empty")
+        if not req.inputs:
+            raise BadRequest("a job needs at least one input file from the publishing area")
+        input_paths = [self.publishing.file(p) for p in req.inputs]
+        validate_names(req.executable_name, req.submit_name, [p.name for p in input_paths])
+        try:
+            parse(req.submit_text, self.policy)  # fail fast, before placement
+        except SubmitDescriptionError as exc:
+            raise BadRequest(f"submit file {req.submit_name!r}: {exc}") from None
+
+        fingerprint = req.fingerprint()
+        if idempotency_key:
+            if len(idempotency_key) > 200:
+                raise BadRequest("Idempotency-Key is longer than 200 characters")
+            existing = self._claim_key(idempotency_key, owner, fingerprint)
+            if existing is not None:
+                return existing, True
+            origin_key = hashlib.sha256(f"{owner}\x00{idempotency_key}".encode()).hexdigest()
+        else:
+            origin_key = secrets.token_hex(16)
+
+        ranking = self.place(origin_key, len(input_paths), sum(p.stat().st_size for p in input_paths))
+        if not ranking:
+            raise Unavailable("no peer is available to run the job; try again shortly", retry_after=5)
+        inputs = [
+            {
+                "name": p.name,
+                "path": self.publishing.relative(p),
+                "size": p.stat().st_size,
+                "sha256": self.digests.sha256(p),
+            }
+            for p in input_paths
+        ]
+        meta = {
+            "name": req.name,
+            "owner": owner,
+            "executable_name": req.executable_name,
+            "submit_name": req.submit_name,
+            "submit_text": req.submit_text,
+            "entry_peer": self.name,
+            "entry_url": self.url,
+            "origin_key": origin_key,
+            "inputs": inputs,
+        }
+        errors = []
+        for candidate in ranking:
+            try:
+                if candidate["name"] == self.name:
+                    summary = self.accept(meta, req.executable)
+                else:
+                    summary = self._forward(candidate, meta, req.executable)
+            except (BadGateway, Unavailable) as exc:
+                log.warning("peer %s could not take the job: %s", candidate["name"], exc.message)
+                errors.append(f"{candidate['name']}: {exc.message}")
+                continue
+            if idempotency_key:
+                with self.db.session() as s:
+                    row = s.get(IdempotencyKey, (idempotency_key, owner))
+                    if row is not None:
+                        row.job_id = summary["id"]
+            return summary, False
+        raise Unavailable("every candidate peer failed: " + "; ".join(errors), retry_after=5)
+
+    def _claim_key(self, key: str, owner: str, fingerprint: str) -> dict[str, Any] | None:
+        """Record the key, or return the job a previous identical request created."""
+        for _ in range(2):
+            with self.db.session() as s:
+                row = s.get(IdempotencyKey, (key, owner))
+                if row is None:
+                    s.add(IdempotencyKey(key=key, owner=owner, request_hash=fingerprint, created_at=time.time()))
+                    try:
+                        s.flush()
+                    except IntegrityError:
+                        s.rollback()
+                        continue
+                    return None
+                if row.request_hash != fingerprint:
+                    raise Conflict(
+                        "this Idempotency-Key was already used for a different request; "
+                        "use a new key for a new job"
+                    )
+                if row.job_id is None:
+                    return None  # earlier attempt did not finish: redo it (targets de-duplicate)
+                return {"id": row.job_id, "peer": peer_of(row.job_id)}
+        raise Conflict("concurrent submissions with the same Idempotency-Key; retry")
+
+    def _forward(self, candidate: dict[str, Any], meta: dict[str, Any], executable: bytes) -> dict[str, Any]:
+        url = f"{candidate['url']}/api/v1/peer/jobs"
+        try:
+            r = self.http.post(
+                url,
+                data={"meta": json.dumps(meta)},
+                files={"executable": (meta["executable_name"], executable, "application/octet-stream")},
+                timeout=max(self.peer_timeout, 120.0),  # staging may download inputs
+            )
+        except requests.RequestException as exc:
+            raise BadGateway(f"cannot reach {candidate['name']}: {exc}") from None
+        if r.status_code >= 500:
+            raise BadGateway(f"{candidate['name']} answered {r.status_code}: {r.text[:200]}")
+        body = r.json()
+        if not r.ok:
+            raise PocketgridError(body.get("error", r.text), status=r.status_code)
+        return body
+
+    # ======================================================================
+    # Target side
+    # ======================================================================
+    def accept(self, meta: dict[str, Any], executable: bytes) -> dict[str, Any]:
+        """Stage and queue a job placed here; idempotent on (entry peer, origin key)."""
+        existing = self._by_origin(meta["entry_peer"], meta["origin_key"])
+        if existing is not None:
+            return existing
+        input_meta = meta["inputs"]
+        validate_names(meta["executable_name"], meta["submit_name"], [i["name"] for i in input_meta])
+        try:
+            parsed = parse(meta["submit_text"], self.policy)
+        except SubmitDescriptionError as exc:
+            raise BadRequest(f"submit file {meta['submit_name']!r}: {exc}") from None
+        if meta["entry_peer"] == self.name:
+            sources = [InputSource(name=i["name"], local_path=self.publishing.file(i["path"])) for i in input_meta]
+        else:
+            base = meta["entry_url"].rstrip("/")
+            sources = [
+                InputSource(
+                    name=i["name"],
+                    url=f"{base}/api/v1/peer/files/{requests.utils.quote(i['path'])}",
+                    sha256=i["sha256"],
+                    size=i["size"],
+                )
+                for i in input_meta
+            ]
+        job_id = f"{self.name}.{int(time.time()):x}{secrets.token_hex(4)}"
+        try:
+            staged = self.stager.stage(
+                job_id,
+                executable=executable,
+                executable_name=meta["executable_name"],
+                submit_text=meta["submit_text"],
+                submit_name=meta["submit_name"],
+                inputs=sources,
+            )
+        except PocketgridError:
+            raise
+        except Exception as exc:
+            log.exception("staging %s failed", job_id)
+            raise BadGateway(f"staging failed on {self.name}: {exc}") from None
+        try:
+            with self.db.session() as s:
+                job = Job(
+                    id=job_id,
+                    name=meta["name"],
+                    owner=meta["owner"],
+                    created_at=time.time(),
+                    executor=self.executor.name,
+                    executable_name=meta["executable_name"],
+                    submit_name=meta["submit_name"],
+                    submit_text=meta["submit_text"],
+                    input_names=staged.input_names,
+                    entry_peer=meta["entry_peer"],
+                    origin_key=meta["origin_key"],
+                    warnings=list(parsed.warnings),
+                )
+                s.add(job)
+                s.flush()
+                self.executor.prepare(s, job, staged, parsed)
+        except IntegrityError:
+            shutil.rmtree(staged.root, ignore_errors=True)
+            existing = self._by_origin(meta["entry_peer"], meta["origin_key"])
+            if existing is None:
+                raise
+            return existing
+        except SubmitDescriptionError as exc:
+            shutil.rmtree(staged.root, ignore_errors=True)
+            raise BadRequest(f"submit file {meta['submit_name']!r}: {exc}") from None
+        except BaseException:
+            shutil.rmtree(staged.root, ignore_errors=True)
+            raise
+        self.executor.committed(job_id)
+        log.info("job %s (%s) accepted from %s: %d inputs", job_id, meta["name"], meta["entry_peer"], len(sources))
+        return self._summary(job_id)
+
+    def _by_origin(self, entry_peer: str, origin_key: str) -> dict[str, Any] | None:
+        with self.db.sessions() as s:
+            job = s.scalars(select(Job).where(Job.entry_peer == entry_peer, Job.origin_key == origin_key)).first()
+            return None if job is None else self._summary(job.id)
+
+    def _summary(self, job_id: str) -> dict[str, Any]:
+        with self.db.sessions() as s:
+            job = s.get(Job, job_id)
+            assert job is not None
+            return {
+                "id": job.id,
+                "peer": self.name,
+                "name": job.name,
+                "inputs": len(job.input_names),
+                "clusters": sorted({p.cluster for p in job.procs}),
+                "warnings": job.warnings,
+            }
+
+    # ======================================================================
+    # Status
+    # ======================================================================
+    def _job(self, job_id: str, owner: str, is_admin: bool = False) -> Job:
+        with self.db.sessions() as s:
+            job = s.get(Job, job_id)
+            if job is None or not (is_admin or job.owner == owner):
+                raise NotFound(f"no such job {job_id!r}")
+            job.procs  # load while the session is open
+            return job
+
+    def _reader_lock(self, job_id: str) -> threading.Lock:
+        with self._readers_lock:
+            return self._reader_locks.setdefault(job_id, threading.Lock())
+
+    def _reader(self, job: Job) -> EventLogReader:
+        with self._readers_lock:
+            reader = self._readers.get(job.id)
+            if reader is not None:
+                self._readers.move_to_end(job.id)
+                return reader
+        path = str(self.stager.job_root(job.id) / "job.log")
+        reader = EventLogReader.from_state(path, job.reader_state) if job.reader_state else EventLogReader(path)
+        with self._readers_lock:
+            self._readers[job.id] = reader
+            while len(self._readers) > self.max_cached_readers:
+                self._readers.popitem(last=False)
+        return reader
+
+    def status(self, job_id: str, owner: str, *, is_admin: bool = False) -> dict[str, Any]:
+        """The job's status, from only the events appended since last time."""
+        job = self._job(job_id, owner, is_admin)
+        with self._reader_lock(job_id):
+            reader = self._reader(job)
+            if reader.update():
+                with self.db.session() as s:
+                    row = s.get(Job, job_id)
+                    if row is not None:
+                        row.reader_state = reader.state_dict()
+                        row.status_version = (row.status_version or 0) + 1
+            statuses = dict(reader.procs)
+        inputs = []
+        counts: dict[str, int] = {}
+        ordered = []
+        for p in job.procs:
+            st = statuses.get((p.cluster, p.proc)) or ProcStatus(cluster=p.cluster, proc=p.proc)
+            ordered.append(st)
+            d: dict[str, Any] = {"index": p.index, "input": p.input_name}
+            # Only what is known: an unchanged poll from a phone stays small.
+            d.update({k: v for k, v in st.to_dict().items() if v is not None and not (k == "evictions" and v == 0)})
+            counts[st.state.value] = counts.get(st.state.value, 0) + 1
+            inputs.append(d)
+        state = overall_state(ordered)
+        return {
+            "id": job.id,
+            "name": job.name,
+            "peer": self.name,
+            "owner": job.owner,
+            "executor": job.executor,
+            "created_at": job.created_at,
+            "state": state,
+            "counts": counts,
+            "inputs": inputs,
+            "warnings": job.warnings,
+        }
+
+    def log_size(self, job_id: str) -> int:
+        try:
+            return os.stat(self.stager.job_root(job_id) / "job.log").st_size
+        except FileNotFoundError:
+            return 0
+
+    def list_jobs(self, owner: str, *, is_admin: bool = False, limit: int = 100) -> list[dict[str, Any]]:
+        with self.db.sessions() as s:
+            q = select(Job).order_by(Job.created_at.desc()).limit(limit)
+            if not is_admin:
+                q = q.where(Job.owner == owner)
+            ids = [j.id for j in s.scalars(q)]
+        out = []
+        for job_id in ids:
+            st = self.status(job_id, owner, is_admin=is_admin)
+            out.append({k: st[k] for k in ("id", "name", "peer", "state", "counts", "created_at")})
+        return out
+
+    # ======================================================================
+    # Kill
+    # ======================================================================
+    def kill(self, job_id: str, owner: str, *, is_admin: bool = False) -> dict[str, Any]:
+        self._job(job_id, owner, is_admin)
+        with self.db.session() as s:
+            row = s.get(Job, job_id)
+            if row is not None and row.removed_at is None:
+                row.removed_at = time.time()
+        removed = self.executor.remove(job_id)
+        log.info("job %s: remove requested, %d procs affected", job_id, removed)
+        return {"id": job_id, "removed_procs": removed}
+
+    # ======================================================================
+    # Outputs
+    # ======================================================================
+    def proc_dir(self, job_id: str, index: int) -> Path:
+        return self.stager.job_root(job_id) / str(index)
+
+    def outputs(self, job_id: str, owner: str, *, is_admin: bool = False) -> dict[str, Any]:
+        """Files each proc created so far (not the staged ones), with size and SHA-256."""
+        job = self._job(job_id, owner, is_admin)
+        status = {i["index"]: i["state"] for i in self.status(job_id, owner, is_admin=is_admin)["inputs"]}
+        staged = {job.executable_name, job.submit_name}
+        result = []
+        for p in job.procs:
+            d = self.proc_dir(job_id, p.index)
+            files = []
+            for dirpath, dirnames, filenames in os.walk(d):
+                dirnames.sort()
+                for fn in sorted(filenames):
+                    full = Path(dirpath) / fn
+                    rel = full.relative_to(d).as_posix()
+                    if rel in staged or rel == p.input_name or full.is_symlink() or not full.is_file():
+                        continue
+                    st = full.stat()
+                    files.append(
+                        {"name": rel, "size": st.st_size, "mtime": st.st_mtime, "sha256": self.digests.sha256(full)}
+                    )
+            result.append(
+                {
+                    "index": p.index,
+                    "input": p.input_name,
+                    "state": status.get(p.index, "idle"),
+                    "final": ProcState(status.get(p.index, "idle")).is_terminal,
+                    "files": files,
+                }
+            )
+        return {"id": job_id, "peer": self.name, "outputs": result}
+
+    def output_file(self, job_id: str, owner: str, index: int, name: str, *, is_admin: bool = False) -> Path:
+        job = self._job(job_id, owner, is_admin)
+        if index < 0 or index >= len(job.input_names):
+            raise NotFound(f"job {job_id} has no input number {index}")
+        area = PublishingArea(self.proc_dir(job_id, index))
+        path = area.file(name)
+        if area.relative(path) in {job.executable_name, job.submit_name}:
+            raise NotFound(f"{name!r} is not an output of input {index}")
+        return path

@@ -1,0 +1,108 @@
+"""The peer's own tables: jobs, their procs, idempotency keys, membership."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Job(Base):
+    """A user's job: one executable + submit file, one proc per input file."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (UniqueConstraint("entry_peer", "origin_key", name="uq_job_origin"),)
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    owner: Mapped[str] = mapped_column(String(500), default="anonymous")
+    created_at: Mapped[float] = mapped_column(Float, default=time.time)
+    executor: Mapped[str] = mapped_column(String(20))
+    executable_name: Mapped[str] = mapped_column(String(255))
+    submit_name: Mapped[str] = mapped_column(String(255))
+    submit_text: Mapped[str] = mapped_column(Text)
+    input_names: Mapped[list[str]] = mapped_column(JSON)
+    #: The peer the client talked to, and the client's Idempotency-Key hashed
+    #: there: a retried forward after a lost answer finds this row again.
+    entry_peer: Mapped[str] = mapped_column(String(200))
+    origin_key: Mapped[str] = mapped_column(String(200))
+    warnings: Mapped[list[str]] = mapped_column(JSON, default=list)
+    #: Incremental event-log reader state (offset + per-proc statuses).
+    reader_state: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    #: Bumped whenever the job's visible status changes; the status ETag.
+    status_version: Mapped[int] = mapped_column(Integer, default=0)
+    removed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+    procs: Mapped[list["Proc"]] = relationship(
+        back_populates="job", order_by="Proc.index", cascade="all, delete-orphan"
+    )
+
+
+class Proc(Base):
+    """One input of a job = one Condor proc; maps cluster.proc -> (job, input)."""
+
+    __tablename__ = "procs"
+    __table_args__ = (UniqueConstraint("cluster", "proc", "executor", name="uq_cluster_proc"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    index: Mapped[int] = mapped_column(Integer)
+    input_name: Mapped[str] = mapped_column(String(255))
+    executor: Mapped[str] = mapped_column(String(20))
+    cluster: Mapped[int] = mapped_column(Integer)
+    proc: Mapped[int] = mapped_column(Integer)
+    #: LocalExecutor bookkeeping: queued | running | done.
+    local_state: Mapped[str] = mapped_column(String(20), default="queued", index=True)
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    pid_started: Mapped[float | None] = mapped_column(Float, nullable=True)
+    restarts: Mapped[int] = mapped_column(Integer, default=0)
+
+    job: Mapped[Job] = relationship(back_populates="procs")
+
+
+class IdempotencyKey(Base):
+    """A client's submit key as seen by the entry peer."""
+
+    __tablename__ = "idempotency_keys"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(500), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    job_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    created_at: Mapped[float] = mapped_column(Float, default=time.time)
+
+
+class Counter(Base):
+    """Monotonic counters (local cluster IDs)."""
+
+    __tablename__ = "counters"
+
+    name: Mapped[str] = mapped_column(String(50), primary_key=True)
+    value: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Member(Base):
+    """A peer this peer knows of (pushed by the broker, persisted)."""
+
+    __tablename__ = "members"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    url: Mapped[str] = mapped_column(String(500))
+    seq: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[float] = mapped_column(Float, default=time.time)
+
+
+class FileDigest(Base):
+    """SHA-256 of a file (input or output), valid while its size and mtime are unchanged."""
+
+    __tablename__ = "file_digests"
+
+    path: Mapped[str] = mapped_column(String(1000), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    mtime_ns: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))

@@ -1,0 +1,66 @@
+"""Relaying a client's request to the peer that owns the job.
+
+Every peer is an entry point, and a phone may reach only one of them, so
+status, kill and output requests for another peer's job are relayed (not
+redirected).  Bodies stream through in 256 KiB pieces; the validators that
+make polling and resuming cheap (ETag, If-None-Match, Range, If-Range) pass
+through unchanged.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import requests
+from flask import Response, request
+
+from pocketgrid.errors import BadGateway, NotFound
+
+from .membership import Membership
+
+_REQUEST_HEADERS = ("Accept", "Authorization", "If-None-Match", "If-Range", "Range", "Idempotency-Key")
+_RESPONSE_HEADERS = (
+    "Content-Type",
+    "Content-Length",
+    "Content-Range",
+    "Accept-Ranges",
+    "ETag",
+    "Last-Modified",
+    "Cache-Control",
+    "Retry-After",
+    "X-Checksum-Sha256",
+)
+
+
+def relay(http: requests.Session, membership: Membership, peer: str, *, timeout: float) -> Response:
+    url = membership.url_of(peer)
+    if url is None:
+        raise NotFound(f"no such job: peer {peer!r} named in the job ID is not a member of this system")
+    headers = {h: request.headers[h] for h in _REQUEST_HEADERS if h in request.headers}
+    headers["X-Pocketgrid-Relayed-By"] = membership.name
+    try:
+        upstream = http.request(
+            request.method,
+            f"{url}{request.full_path.rstrip('?')}",
+            headers=headers,
+            stream=True,
+            timeout=timeout,
+            allow_redirects=False,
+        )
+    except requests.RequestException as exc:
+        raise BadGateway(
+            f"peer {peer} is unreachable: the job exists there but cannot be reached now ({type(exc).__name__}); retry later",
+            peer=peer,
+            unreachable=True,
+        ) from None
+
+    def body() -> Iterator[bytes]:
+        try:
+            yield from upstream.raw.stream(256 * 1024, decode_content=False)
+        finally:
+            upstream.close()
+
+    out = Response(body(), status=upstream.status_code, direct_passthrough=True)
+    for h in _RESPONSE_HEADERS:
+        if h in upstream.headers:
+            out.headers[h] = upstream.headers[h]
+    return out

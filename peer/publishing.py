@@ -1,0 +1,217 @@
+"""The file publishing area: browse, wildcard search, search inside files, checksums.
+
+Every user-supplied path goes through :meth:`PublishingArea.resolve`, which is
+the single place that refuses traversal: ``..`` segments, absolute paths,
+NUL bytes, backslashes, and symlinks whose target leaves the area.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import stat
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Iterator
+
+from pocketgrid.errors import BadRequest, NotFound, TooLarge
+
+#: Names are plain: no separators, no control characters, not "." or "..".
+_BAD_NAME = re.compile(r"[\x00-\x1f\x7f/\\]")
+
+
+def check_name(name: str, what: str = "name") -> str:
+    """Validate a single path component (a file or input name)."""
+    if not name or name in {".", ".."} or _BAD_NAME.search(name) or len(name) > 255:
+        raise BadRequest(
+            f"invalid {what} {name!r}: use a plain file name without '/', '\\', control characters, '.' or '..'"
+        )
+    return name
+
+
+def check_relative_path(path: str, what: str = "path") -> PurePosixPath:
+    """Validate a relative POSIX path; refuse anything that could climb out."""
+    if not path:
+        return PurePosixPath(".")
+    if "\x00" in path or "\\" in path:
+        raise BadRequest(f"invalid {what} {path!r}: NUL bytes and backslashes are not allowed")
+    pure = PurePosixPath(path)
+    if pure.is_absolute():
+        raise BadRequest(f"invalid {what} {path!r}: absolute paths are not allowed; give a path relative to the area")
+    if any(part == ".." for part in pure.parts):
+        raise BadRequest(f"invalid {what} {path!r}: '..' is not allowed")
+    return pure
+
+
+@dataclass
+class Entry:
+    path: str
+    type: str  # "file" | "dir"
+    size: int
+    mtime: float
+
+    def to_dict(self) -> dict[str, object]:
+        return {"path": self.path, "type": self.type, "size": self.size, "mtime": self.mtime}
+
+
+@dataclass
+class Match:
+    path: str
+    line: int
+    text: str
+
+    def to_dict(self) -> dict[str, object]:
+        return {"path": self.path, "line": self.line, "text": self.text}
+
+
+class PublishingArea:
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    # ---- paths ------------------------------------------------------------
+    def resolve(self, path: str, *, must_exist: bool = True) -> Path:
+        """Map a user path to a real path inside the area, or refuse it."""
+        pure = check_relative_path(path)
+        real = Path(os.path.realpath(self.root / pure))
+        if real != self.root and self.root not in real.parents:
+            raise BadRequest(f"invalid path {path!r}: it leaves the publishing area (symbolic link?)")
+        if must_exist and not real.exists():
+            raise NotFound(f"no such file in the publishing area: {path!r}")
+        return real
+
+    def relative(self, real: Path) -> str:
+        return real.relative_to(self.root).as_posix()
+
+    def file(self, path: str) -> Path:
+        real = self.resolve(path)
+        if not real.is_file():
+            raise BadRequest(f"{path!r} is a directory, not a file")
+        return real
+
+    # ---- browsing ---------------------------------------------------------
+    def _entry(self, real: Path) -> Entry:
+        st = real.stat()
+        kind = "dir" if stat.S_ISDIR(st.st_mode) else "file"
+        return Entry(self.relative(real), kind, st.st_size if kind == "file" else 0, st.st_mtime)
+
+    def list(self, path: str = "") -> list[Entry]:
+        real = self.resolve(path)
+        if real.is_file():
+            return [self._entry(real)]
+        out = []
+        for child in sorted(real.iterdir()):
+            if self._inside(child):
+                out.append(self._entry(child))
+        return out
+
+    def _inside(self, p: Path) -> bool:
+        real = Path(os.path.realpath(p))
+        return real == self.root or self.root in real.parents
+
+    def walk_files(self, under: str = "") -> Iterator[Path]:
+        """Every regular file below ``under`` that really lies inside the area."""
+        start = self.resolve(under)
+        for dirpath, dirnames, filenames in os.walk(start, followlinks=False):
+            dirnames.sort()
+            for fn in sorted(filenames):
+                p = Path(dirpath) / fn
+                if p.is_file() and self._inside(p):
+                    yield p
+
+    def glob(self, pattern: str, *, limit: int = 10000) -> list[Entry]:
+        """Wildcard search with shell semantics (``*``, ``?``, ``[...]``, ``**`` for any depth).
+
+        A pattern without ``/`` matches file names at any depth, as a person
+        typing ``*.dat`` expects.  Matching is pathlib's own globbing.
+        """
+        if not pattern:
+            raise BadRequest("empty search pattern")
+        check_relative_path(pattern, "pattern")
+        matches = self.root.rglob(pattern) if "/" not in pattern else self.root.glob(pattern)
+        out = []
+        for p in sorted(matches):
+            if p.is_file() and self._inside(p):
+                out.append(self._entry(p))
+                if len(out) >= limit:
+                    break
+        return out
+
+    def grep(
+        self,
+        text: str,
+        *,
+        pattern: str = "*",
+        regex: bool = False,
+        ignore_case: bool = False,
+        max_file_bytes: int,
+        max_matches: int,
+    ) -> dict[str, object]:
+        """Search inside files (the paper's "search within files"), with limits.
+
+        Binary files and files over ``max_file_bytes`` are skipped and listed,
+        so a person sees what was not searched instead of a silent miss.
+        """
+        if not text:
+            raise BadRequest("empty search text")
+        flags = re.IGNORECASE if ignore_case else 0
+        try:
+            rx = re.compile(text if regex else re.escape(text), flags)
+        except re.error as exc:
+            raise BadRequest(f"invalid regular expression: {exc}") from None
+        matches: list[Match] = []
+        skipped: list[str] = []
+        truncated = False
+        for entry in self.glob(pattern):
+            real = self.root / entry.path
+            if entry.size > max_file_bytes:
+                skipped.append(entry.path)
+                continue
+            with open(real, "rb") as fh:
+                head = fh.read(8192)
+                if b"\x00" in head:
+                    skipped.append(entry.path)
+                    continue
+                fh.seek(0)
+                for lineno, raw in enumerate(fh, 1):
+                    line = raw.decode("utf-8", "replace").rstrip("\r\n")
+                    if rx.search(line):
+                        matches.append(Match(entry.path, lineno, line[:500]))
+                        if len(matches) >= max_matches:
+                            truncated = True
+                            break
+            if truncated:
+                break
+        return {
+            "matches": [m.to_dict() for m in matches],
+            "truncated": truncated,
+            "skipped": skipped,
+        }
+
+    # ---- checksums --------------------------------------------------------
+    @staticmethod
+    def digest(path: Path, algorithm: str = "sha256") -> str:
+        if algorithm not in {"sha256", "md5"}:
+            raise BadRequest(f"unsupported checksum {algorithm!r}; use sha256 or md5")
+        with open(path, "rb") as fh:
+            return hashlib.file_digest(fh, algorithm).hexdigest()
+
+    def save_upload(self, relpath: str, stream, max_bytes: int) -> Path:
+        """Store an uploaded file atomically (temp name, then rename)."""
+        pure = check_relative_path(relpath, "upload path")
+        check_name(pure.name, "file name")
+        dest = self.resolve(str(pure), must_exist=False)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.upload-{os.getpid()}")
+        written = 0
+        try:
+            with open(tmp, "wb") as out:
+                while chunk := stream.read(1024 * 1024):
+                    written += len(chunk)
+                    if written > max_bytes:
+                        raise TooLarge(f"upload larger than the limit of {max_bytes} bytes")
+                    out.write(chunk)
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return dest

@@ -1,0 +1,71 @@
+"""Running a peer under gunicorn: one worker process, many threads.
+
+Why one process: the LocalExecutor's scheduler, the event-log readers, the
+in-process EMA agent and the join/election timers must exist once per peer.
+gunicorn's ``gthread`` worker gives concurrency with threads (long-polls park
+a thread each), and the master restarts the worker if it dies; the worker
+rebuilds its state from the database (see LocalExecutor recovery).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from pocketgrid.config import PeerConfig
+
+log = logging.getLogger(__name__)
+
+
+class PeerServer(BaseApplication):
+    def __init__(self, config: PeerConfig) -> None:
+        self.peer_config = config
+        self.services = None
+        super().__init__()
+
+    def load_config(self) -> None:
+        c = self.peer_config
+        settings: dict[str, Any] = {
+            "bind": [f"{c.host}:{c.port}"],
+            "workers": 1,
+            "worker_class": "gthread",
+            "threads": c.threads,
+            "timeout": 120,
+            "graceful_timeout": 20,
+            "keepalive": 30,
+            "loglevel": c.log_level.lower(),
+            "accesslog": None,
+            "errorlog": "-",
+            "proc_name": f"pocketgrid-{c.name}",
+            "worker_exit": _worker_exit,
+            "limit_request_field_size": 16384,
+        }
+        for key, value in settings.items():
+            self.cfg.set(key, value)
+
+    def load(self):
+        """Runs in the worker process: build the app (and its background work) there."""
+        from .app import create_app
+
+        app = create_app(self.peer_config)
+        PeerServer.current_services = app.extensions["pocketgrid"]
+        return app
+
+
+def _worker_exit(server, worker) -> None:  # gunicorn hook, in the worker
+    services = getattr(PeerServer, "current_services", None)
+    if services is not None:
+        log.info("stopping peer services")
+        services.stop()
+
+
+def serve(config: PeerConfig) -> int:
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format=f"%(asctime)s {config.name} %(levelname)s %(name)s: %(message)s",
+    )
+    PeerServer(config).run()
+    return 0

@@ -1,0 +1,163 @@
+"""Staging a job: ``<stage>/<job_id>/<index>/`` per input, built under a temporary name.
+
+Layout of a staged job::
+
+    <stage>/<job_id>/
+        job.log              the HTCondor user log of every proc of the job
+        0/  <executable> <submit file> <input 0>   (+ whatever the job writes)
+        1/  <executable> <submit file> <input 1>
+        ...
+
+The executable and submit file are hard-linked into each subdirectory (copied
+when the filesystem refuses links).  Inputs are copied from the publishing
+area when this peer is the entry peer, otherwise downloaded from the entry
+peer's file service with :func:`mobile_client.transfer.download` (resumable,
+SHA-256 verified).  Everything is built in ``.tmp-<job_id>`` and renamed into
+place only when complete, so a crash never leaves a half-staged job that looks
+submitted; leftovers are swept at start-up.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+from mobile_client.transfer import download
+
+log = logging.getLogger(__name__)
+
+LOG_NAME = "job.log"
+#: Per-job bookkeeping that is not the user's (runner specs and logs).
+META_DIR = ".pocketgrid"
+
+
+@dataclass
+class InputSource:
+    """Where one input comes from: a local file, or a URL on the entry peer."""
+
+    name: str  #: file name inside the proc's subdirectory
+    local_path: Path | None = None
+    url: str | None = None
+    sha256: str | None = None
+    size: int | None = None
+
+
+@dataclass
+class StagedJob:
+    job_id: str
+    root: Path
+    executable_name: str
+    submit_name: str
+    input_names: list[str]
+    proc_dirs: list[Path] = field(default_factory=list)
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / LOG_NAME
+
+    @property
+    def meta_dir(self) -> Path:
+        return self.root / META_DIR
+
+    def staged_names(self) -> set[str]:
+        """Files we put in a proc dir (so they are not reported as outputs)."""
+        return {self.executable_name, self.submit_name}
+
+
+class Stager:
+    def __init__(self, stage_root: Path, *, http: requests.Session, chunk_bytes: int = 1024 * 1024) -> None:
+        self.root = stage_root
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.http = http
+        self.chunk_bytes = chunk_bytes
+
+    def job_root(self, job_id: str) -> Path:
+        return self.root / job_id
+
+    def sweep_incomplete(self) -> int:
+        """Remove half-built staging directories left by a crash."""
+        n = 0
+        for p in self.root.glob(".tmp-*"):
+            shutil.rmtree(p, ignore_errors=True)
+            n += 1
+        if n:
+            log.info("removed %d incomplete staging directories", n)
+        return n
+
+    def stage(
+        self,
+        job_id: str,
+        *,
+        executable: bytes,
+        executable_name: str,
+        submit_text: str,
+        submit_name: str,
+        inputs: list[InputSource],
+    ) -> StagedJob:
+        final = self.job_root(job_id)
+        if final.exists():
+            raise FileExistsError(f"job {job_id} is already staged")
+        tmp = self.root / f".tmp-{job_id}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        try:
+            meta = tmp / META_DIR
+            meta.mkdir()
+            exe = meta / executable_name
+            exe.write_bytes(executable)
+            exe.chmod(exe.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+            sub = meta / submit_name
+            sub.write_text(submit_text)
+            fetched: dict[str, Path] = {}  # one download per distinct source
+            for index, source in enumerate(inputs):
+                d = tmp / str(index)
+                d.mkdir()
+                _link_or_copy(exe, d / executable_name)
+                _link_or_copy(sub, d / submit_name)
+                self._place_input(source, d / source.name, meta, fetched)
+            (tmp / LOG_NAME).touch()
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return StagedJob(
+            job_id=job_id,
+            root=final,
+            executable_name=executable_name,
+            submit_name=submit_name,
+            input_names=[s.name for s in inputs],
+            proc_dirs=[final / str(i) for i in range(len(inputs))],
+        )
+
+    def _place_input(self, source: InputSource, dest: Path, meta: Path, fetched: dict[str, Path]) -> None:
+        if source.local_path is not None:
+            # A copy, not a link: a job that writes to its input must not
+            # change the published file.
+            shutil.copyfile(source.local_path, dest)
+            return
+        assert source.url is not None
+        cached = fetched.get(source.url)
+        if cached is None:
+            cached = meta / "inputs" / f"{len(fetched)}-{source.name}"
+            download(
+                self.http,
+                source.url,
+                cached,
+                expected_sha256=source.sha256,
+                expected_size=source.size,
+                chunk_bytes=self.chunk_bytes,
+            )
+            fetched[source.url] = cached
+        shutil.copyfile(cached, dest)
+
+
+def _link_or_copy(src: Path, dest: Path) -> None:
+    try:
+        os.link(src, dest)
+    except OSError:
+        shutil.copy2(src, dest)

@@ -1,0 +1,1450 @@
+"""The user's HTCondor submit file -> what pocketgrid runs (design "Job life cycle" step 5).
+
+The user hands over an executable, a submit file and input files; the peer
+stages one directory per input and runs one proc per input.  This module reads
+the submit file with HTCondor's own parser (``htcondor2.Submit``) and
+
+* **refuses** what must not run here (:class:`SubmitDescriptionError`, a
+  ``ValueError`` whose message names the offending key or line; the HTTP layer
+  answers 400 with it);
+* **forces** the keys pocketgrid owns (executable, initial directory, event
+  log, stdin, file transfer), with a warning when the user's file said
+  something else;
+* expands ``$(input)`` (the input file's name inside its directory) and
+  ``$(input_index)`` (its 0-based index) per proc, for the LocalExecutor
+  (:func:`local_proc_specs`) and for the CondorExecutor
+  (:func:`condor_submit_dict`).
+
+``$(input)`` is also HTCondor's own ``input`` command (the job's stdin), so in
+HTCondor every proc reads its input file on standard input.  The LocalExecutor
+does the same, so a job behaves alike under both executors.
+
+Policy (the site can change the sets through :class:`Policy`)
+--------------------------------------------------------------
+Refused (HTTP 400; the message names the key), with the aliases HTCondor
+accepts for each command (``submit_param(SUBMIT_KEY_X, ATTR_X)`` in
+submit_utils.cpp):
+
+- ``universe`` other than vanilla, also as ``JobUniverse``, numbers, or
+  implied by ``container_image``/``docker_image`` (a vanilla job with an image
+  is a container job): local/scheduler run on the site's submit host itself,
+  outside the pool; grid forwards the job elsewhere with the site's
+  credentials; the rest are not offered (``Policy.forbidden_universes``; the
+  LocalExecutor runs vanilla only whatever the policy).
+- ``getenv``/``get_env`` unless false: copies the *peer's* environment (its
+  secrets) into the job.  ``$ENV(...)`` likewise.
+- ``shell``, ``tool_daemon_*``, ``parallel_script_*``: run a program other
+  than the uploaded executable (or a script on the submit host).
+- ``remote_initialdir`` (``RemoteIwd``) and every ``Remote_*`` key: the job
+  outside its sandbox / HTCondor-C remote ads; ``FACTORY.*`` keys.
+- ``output_destination``, ``output_directory``, ``checkpoint_destination``,
+  ``manifest_dir``, ``dagman_log``, ``starter_log``, ``transfer_plugins``,
+  ``rendezvousdir``: put files elsewhere than the input's directory (where
+  pocketgrid serves outputs from) or name files of the site by path.
+- ``x509userproxy``, ``use_x509userproxy``, ``scitokens_file``,
+  ``use_scitokens``, ``use_oauth_services``, ``send_credential``, the
+  ``*_access_key_id_file``/``*_secret_access_key_file`` keys and the grid
+  credential files: would use credentials of the site's service account.
+- ``accounting_group``, ``accounting_group_user``: whom the site charges
+  (impersonation).  ``run_as_owner``, ``load_profile``,
+  ``primary_unix_group``: the account the job runs as.
+- ``notify_user``: the site would send e-mail to an address of your choice.
+- ``+Attr`` / ``MY.Attr`` for identity, credential, executable, path and
+  transfer attributes (``Owner``, ``User``, ``AcctGroup*``, ``x509*``,
+  ``AuthToken*``, ``Cmd``, ``Iwd``, ``In``/``Out``/``Err``, ``UserLog``,
+  ``JobUniverse``, ``Transfer*``, ``SUBMIT_*``, ...): they set the job ad
+  directly, bypassing every check above.
+- ``include`` statements: read a file of the site, or (``include command``)
+  *run a command on the peer while parsing*.
+- a queue statement other than ``queue``/``queue 1``, and anything after the
+  queue statement: pocketgrid queues one proc per input itself (``queue ...
+  from cmd |`` would also run a command).
+- multi-line values (``name @=tag``): cannot be written back for HTCondor.
+- output/error/``transfer_input_files``/``transfer_output_remaps`` paths that
+  leave the input's directory (``..``, absolute paths elsewhere, symbolic
+  links pointing out, ``$$()`` that only the matched machine resolves); URLs
+  in ``transfer_input_files`` other than ``Policy.allowed_url_schemes``; any
+  URL as a remap target.
+- macros HTCondor cannot finish expanding (loops, self-references with no
+  earlier definition), HTCondor parse errors (its message and the line).
+
+Forced (the user's value is overridden, with a warning naming the key):
+
+- ``executable`` (``Cmd``): the uploaded executable; warns only when the
+  user's value has a directory part (``executable = prog`` is the norm).
+- ``initialdir`` (``Iwd``, ``initial_dir``, ``job_iwd``): the input's own
+  directory.
+- ``input`` (``stdin``): ``$(input)``, the input file; no warning when the
+  file already says ``input = $(input)``.
+- ``input_index``, ``proc_dir``: defined by pocketgrid per proc.
+- ``log`` (``UserLog``): the job's event log; ``log_xml``: false.
+- ``should_transfer_files = YES``, ``when_to_transfer_output =
+  ON_EXIT_OR_EVICT``, ``transfer_executable = true``, ``stream_output`` and
+  ``stream_error = true`` (outputs readable while the job runs),
+  ``notification = never``; ``transfer_input``/``transfer_output``/
+  ``transfer_error`` stay at HTCondor's default (true).  Warnings only when the
+  user's value differs.
+
+Defaults: with no ``output``/``error``, stdout and stderr go to
+``_condor_stdout``/``_condor_stderr`` in the input's directory (the names
+HTCondor's starter uses in a job sandbox), so the client always gets them
+back; ``/dev/null`` (or an empty value) discards them as in HTCondor.
+
+Safety of the parser itself
+---------------------------
+HTCondor's macro language is not safe to evaluate in the server process:
+``a = $(b)`` / ``b = $(a)`` makes ``Submit.expand`` loop forever, ``$EVAL``
+recursion crashes the process (SIGSEGV), self-doubling definitions exhaust
+memory while parsing, and ``include command : ... |`` runs a command.  So
+``include`` and ``$ENV`` are refused by a scan of the text first, and every
+call into HTCondor's parser and expander on user text runs in a short-lived
+child process (``sys.executable``, minimal environment, memory and CPU
+limits, a wall-clock timeout).  The peer only ever builds ``htcondor2.Submit``
+objects from the already-parsed key/value table, which does no expansion.
+The CondorExecutor's ``Schedd.submit`` does expand in-process, but only a
+table and itemdata that :func:`condor_submit_dict` has expanded successfully
+in the child first.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+import htcondor2
+
+__all__ = [
+    "SubmitDescriptionError",
+    "Policy",
+    "ParsedSubmit",
+    "ProcSpec",
+    "parse",
+    "local_proc_specs",
+    "condor_submit_dict",
+    "split_arguments",
+    "parse_environment",
+    "DEFAULT_FORBIDDEN_UNIVERSES",
+    "DEFAULT_FORBIDDEN_KEYS",
+    "DEFAULT_FORBIDDEN_ATTRIBUTES",
+    "CONDOR_FORCED_KEYS",
+    "DEFAULT_STDOUT",
+    "DEFAULT_STDERR",
+]
+
+
+class SubmitDescriptionError(ValueError):
+    """A submit file pocketgrid will not run; the message says what to change.
+
+    ``key`` (the submit command concerned) and ``line`` (1-based line of the
+    submit file) are set when known.
+    """
+
+    def __init__(self, message: str, *, key: str | None = None, line: int | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+        self.line = line
+
+
+# ---------------------------------------------------------------------------
+# Policy tables
+# ---------------------------------------------------------------------------
+
+#: HTCondor's universe numbers (condor_universe.h); "globus" is an alias of grid.
+_UNIVERSE_NUMBERS = {
+    1: "standard", 2: "pipe", 3: "linda", 4: "pvm", 5: "vanilla", 6: "pvmd", 7: "scheduler",
+    8: "mpi", 9: "grid", 10: "java", 11: "parallel", 12: "local", 13: "vm",
+}
+_UNIVERSE_NAMES = set(_UNIVERSE_NUMBERS.values()) | {"globus", "docker", "container"}
+
+#: Every universe but vanilla.  A site may allow e.g. "container" for its
+#: CondorExecutor; the LocalExecutor runs vanilla jobs only, whatever the policy.
+DEFAULT_FORBIDDEN_UNIVERSES = frozenset(_UNIVERSE_NAMES - {"vanilla"})
+
+_UNIVERSE_REASONS = {
+    "local": "it would run the job on the site's submit host itself, outside the pool's sandboxes",
+    "scheduler": "it would run the job on the site's submit host itself, outside the pool's sandboxes",
+    "grid": "it would forward the job to another system, with the site's credentials",
+    "globus": "it would forward the job to another system, with the site's credentials",
+}
+
+_R_PROGRAM = "it runs a program other than the executable you uploaded"
+_R_PLACE = (
+    "it puts files somewhere other than the input's directory (where pocketgrid serves outputs from) "
+    "or names files of the site by path"
+)
+_R_SANDBOX = "it runs the job in a directory outside its sandbox"
+_R_CRED = "it would use credentials (or read credential files) of the site's service account, not yours"
+_R_ACCOUNT = "it chooses whom the site charges for the job; the site decides that"
+_R_IDENTITY = "it changes the account the job runs as"
+_R_MAIL = "it makes the site send e-mail to an address of your choice"
+_R_GRID = "grid jobs are forwarded to another system with the site's credentials"
+
+#: Bare submit commands refused outright (lower case), with the reason given.
+#: HTCondor also accepts the job-ad attribute name of many commands as an
+#: alias (``submit_param(SUBMIT_KEY_X, ATTR_X)`` in submit_utils.cpp), so the
+#: aliases are listed too.
+_FORBIDDEN_KEY_REASONS: dict[str, str] = {
+    "shell": _R_PROGRAM,
+    "tool_daemon_cmd": _R_PROGRAM, "tooldaemoncmd": _R_PROGRAM,
+    "tool_daemon_args": _R_PROGRAM, "tool_daemon_arguments": _R_PROGRAM,
+    "tool_daemon_arguments2": _R_PROGRAM, "tooldaemonargs": _R_PROGRAM,
+    "tool_daemon_input": _R_PROGRAM, "tooldaemoninput": _R_PROGRAM,
+    "tool_daemon_output": _R_PROGRAM, "tooldaemonoutput": _R_PROGRAM,
+    "tool_daemon_error": _R_PROGRAM, "tooldaemonerror": _R_PROGRAM,
+    "suspend_job_at_exec": _R_PROGRAM,
+    "parallel_script_shadow": "it runs a script on the site's submit host",
+    "parallel_script_starter": _R_PROGRAM,
+    "remote_initialdir": _R_SANDBOX, "remoteiwd": _R_SANDBOX,
+    "output_destination": _R_PLACE, "outputdestination": _R_PLACE,
+    "output_directory": _R_PLACE,
+    "checkpoint_destination": _R_PLACE,
+    "manifest_dir": _R_PLACE,
+    "dagman_log": _R_PLACE,
+    "starter_log": _R_PLACE,
+    "transfer_plugins": _R_PLACE, "transferplugins": _R_PLACE,
+    "rendezvousdir": _R_PLACE,
+    "x509userproxy": _R_CRED, "use_x509userproxy": _R_CRED,
+    "scitokens_file": _R_CRED, "use_scitokens": _R_CRED, "use_scitoken": _R_CRED,
+    "use_oauth_services": _R_CRED, "useoauthservices": _R_CRED,
+    "send_credential": _R_CRED, "docker_send_credentials": _R_CRED,
+    "aws_access_key_id_file": _R_CRED, "aws_secret_access_key_file": _R_CRED,
+    "s3_access_key_id_file": _R_CRED, "s3_secret_access_key_file": _R_CRED,
+    "gs_access_key_id_file": _R_CRED, "gs_secret_access_key_file": _R_CRED,
+    "ec2_access_key_id": _R_CRED, "ec2_secret_access_key": _R_CRED,
+    "ec2_keypair_file": _R_CRED, "ec2_key_pair_file": _R_CRED, "ec2_user_data_file": _R_CRED,
+    "gce_auth_file": _R_CRED, "gce_json_file": _R_CRED, "gce_metadata_file": _R_CRED,
+    "azure_auth_file": _R_CRED, "azure_admin_key": _R_CRED,
+    "boinc_authenticator_file": _R_CRED,
+    "keystore_file": _R_CRED, "keystore_passphrase_file": _R_CRED,
+    "myproxypassword": _R_CRED,
+    "grid_resource": _R_GRID, "gridresource": _R_GRID,
+    "accounting_group": _R_ACCOUNT, "acctgroup": _R_ACCOUNT,
+    "accounting_group_user": _R_ACCOUNT, "acctgroupuser": _R_ACCOUNT,
+    "run_as_owner": _R_IDENTITY, "load_profile": _R_IDENTITY, "primary_unix_group": _R_IDENTITY,
+    "notify_user": _R_MAIL, "notifyuser": _R_MAIL,
+}
+DEFAULT_FORBIDDEN_KEYS = frozenset(_FORBIDDEN_KEY_REASONS)
+
+#: Bare key prefixes refused: HTCondor-C remote attributes and late-materialization factory keys.
+_FORBIDDEN_KEY_PREFIXES = {
+    "remote_": "Remote_* commands set up a job on another schedd (HTCondor-C)",
+    "factory.": "FACTORY.* keys belong to HTCondor's late materialization",
+}
+
+_A_IDENTITY = "it sets who owns or is charged for the job"
+_A_CRED = "it sets credential attributes"
+_A_RUN = "it sets what runs, where, or which files move, bypassing pocketgrid's checks"
+_A_MAIL = _R_MAIL
+
+#: Job-ad attributes (``+Attr`` / ``MY.Attr``, lower case) refused: they would
+#: set the ad directly and bypass the command-level checks.
+_FORBIDDEN_ATTRIBUTE_REASONS: dict[str, str] = {
+    **dict.fromkeys(
+        ["owner", "user", "osuser", "acctgroup", "acctgroupuser", "accountinggroup", "nt_domain",
+         "globaljobid", "clusterid", "procid", "qdate", "runasowner", "loadprofile"],
+        _A_IDENTITY,
+    ),
+    **dict.fromkeys(
+        ["x509userproxy", "oauthservicesneeded", "sendcredential", "scitokensfile", "proxysubject"],
+        _A_CRED,
+    ),
+    **dict.fromkeys(
+        ["cmd", "origcmd", "jobuniverse", "args", "arguments", "env", "environment", "envdelim",
+         "in", "out", "err", "iwd", "remoteiwd", "userlog", "userlogusexml", "dagmannodeslog",
+         "jobstarterlog", "jobstarterdebug", "tooldaemoncmd", "tooldaemonargs", "tooldaemonarguments",
+         "tooldaemoninput", "tooldaemonoutput", "tooldaemonerror", "parallelscriptshadow",
+         "parallelscriptstarter", "wantdocker", "wantcontainer", "dockerimage", "containerimage",
+         "gridresource", "transferin", "transferinput", "transferinputfiles", "transferout",
+         "transferoutput", "transferoutputfiles", "transferoutputremaps", "transfererr",
+         "transferexecutable", "shouldtransferfiles", "whentotransferoutput", "outputdestination",
+         "checkpointdestination", "transferplugins", "manifestdir", "spooledoutputfiles",
+         "streamin", "streamout", "streamerr", "jobshell", "interactivejob"],
+        _A_RUN,
+    ),
+    **dict.fromkeys(["notifyuser", "jobnotification"], _A_MAIL),
+}
+DEFAULT_FORBIDDEN_ATTRIBUTES = frozenset(_FORBIDDEN_ATTRIBUTE_REASONS)
+_FORBIDDEN_ATTRIBUTE_PREFIXES = ("x509", "authtoken", "submit_", "remote_")
+
+#: Keys pocketgrid owns in every executor (lower-case key -> canonical name).
+_OWNED_ALIASES: dict[str, str] = {
+    "executable": "executable", "cmd": "executable",
+    "initialdir": "initialdir", "iwd": "initialdir", "initial_dir": "initialdir", "job_iwd": "initialdir",
+    "input": "input", "stdin": "input",
+    "input_index": "input_index",
+    "proc_dir": "proc_dir",
+    "log": "log", "userlog": "log",
+    "log_xml": "log_xml", "userlogusexml": "log_xml",
+    "should_transfer_files": "should_transfer_files", "shouldtransferfiles": "should_transfer_files",
+    "when_to_transfer_output": "when_to_transfer_output", "whentotransferoutput": "when_to_transfer_output",
+    "transfer_executable": "transfer_executable", "transferexecutable": "transfer_executable",
+    "stream_output": "stream_output", "streamout": "stream_output",
+    "stream_error": "stream_error", "streamerr": "stream_error",
+    "transfer_input": "transfer_input", "transferin": "transfer_input",
+    "transfer_output": "transfer_output", "transferout": "transfer_output",
+    "transfer_error": "transfer_error", "transfererr": "transfer_error",
+    "notification": "notification", "jobnotification": "notification",
+}
+
+#: The values :func:`condor_submit_dict` forces (besides executable, initialdir,
+#: log and transfer_input_files, which depend on the job).
+CONDOR_FORCED_KEYS: dict[str, str] = {
+    "should_transfer_files": "YES",
+    "when_to_transfer_output": "ON_EXIT_OR_EVICT",
+    "transfer_executable": "true",
+    "stream_output": "true",
+    "stream_error": "true",
+    "notification": "never",
+    "log_xml": "false",
+}
+#: Owned keys left at HTCondor's default (dropped from the user's file).
+_CONDOR_DEFAULT_TRUE = ("transfer_input", "transfer_output", "transfer_error")
+
+DEFAULT_STDOUT = "_condor_stdout"
+DEFAULT_STDERR = "_condor_stderr"
+
+#: Macros pocketgrid defines per proc (lower case).  ``proc_dir`` is the
+#: input's directory (the itemdata variable the CondorExecutor sets initialdir from).
+_PER_PROC_MACROS = frozenset(
+    {"input", "input_index", "proc_dir", "process", "procid", "cluster", "clusterid", "step",
+     "itemindex", "row"}
+)
+
+_PLACEHOLDER_ROOT = "/pocketgrid-placeholder-stage"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A site's submit-file policy.  Names are case-insensitive (stored lower case).
+
+    Extend a default rather than replacing it, e.g.
+    ``Policy(forbidden_keys=DEFAULT_FORBIDDEN_KEYS | {"priority"})`` or
+    ``Policy(forbidden_universes=DEFAULT_FORBIDDEN_UNIVERSES - {"container"})``.
+    """
+
+    #: Universes refused (names; numeric forms and ``container_image`` /
+    #: ``docker_image`` are mapped to names first).
+    forbidden_universes: frozenset[str] = DEFAULT_FORBIDDEN_UNIVERSES
+    #: Bare submit commands refused.
+    forbidden_keys: frozenset[str] = DEFAULT_FORBIDDEN_KEYS
+    #: Job-ad attributes refused as ``+Attr`` / ``MY.Attr``.
+    forbidden_attributes: frozenset[str] = DEFAULT_FORBIDDEN_ATTRIBUTES
+    #: URL schemes allowed in ``transfer_input_files`` (fetched by the execute node).
+    allowed_url_schemes: frozenset[str] = frozenset({"http", "https"})
+    #: Largest submit file accepted, in bytes (UTF-8).
+    max_submit_bytes: int = 64 * 1024
+    #: Wall-clock limit for one run of HTCondor's parser/expander in the child process.
+    expand_timeout_seconds: float = 10.0
+    #: Address-space limit of that child process.
+    expand_memory_bytes: int = 1 << 30
+
+    def __post_init__(self) -> None:
+        for name in ("forbidden_universes", "forbidden_keys", "forbidden_attributes", "allowed_url_schemes"):
+            object.__setattr__(self, name, frozenset(str(v).lower() for v in getattr(self, name)))
+
+
+@dataclass
+class ParsedSubmit:
+    """A submit file that passed :func:`parse`.
+
+    ``submit`` is HTCondor's view of the user's commands (queue statement
+    removed); treat it as read-only: :func:`local_proc_specs` and
+    :func:`condor_submit_dict` never modify it, so one ParsedSubmit may be
+    used from several threads.
+    """
+
+    submit: htcondor2.Submit
+    warnings: list[str]
+    policy: Policy
+    #: The same commands as ordered (key, value) pairs, as HTCondor stored them.
+    table: tuple[tuple[str, str], ...] = field(default=())
+
+
+@dataclass
+class ProcSpec:
+    """One proc for the LocalExecutor; every path is absolute."""
+
+    index: int
+    input_name: str
+    iwd: str
+    executable: str
+    arguments: list[str]
+    environment: dict[str, str]
+    stdin: str | None
+    stdout: str | None
+    stderr: str | None
+
+
+# ---------------------------------------------------------------------------
+# HTCondor argument and environment syntax (condor_arglist.cpp, env.cpp)
+# ---------------------------------------------------------------------------
+
+_C_SPACE = " \t\n\v\f\r"  # isspace() in the C locale
+_ARG_SPACE = " \t\n\r"  # what split_args() treats as separators
+
+
+class _SyntaxProblem(Exception):
+    pass
+
+
+def _is_v2_quoted(value: str) -> bool:
+    return value.lstrip(_C_SPACE).startswith('"')
+
+
+def _v2_quoted_to_raw(value: str) -> str:
+    """Strip the surrounding double quotes; ``""`` inside is a literal ``"``."""
+    s = value.lstrip(_C_SPACE)
+    out: list[str] = []
+    i = 1
+    while i < len(s):
+        c = s[i]
+        if c == '"':
+            if i + 1 < len(s) and s[i + 1] == '"':
+                out.append('"')
+                i += 2
+                continue
+            if s[i + 1 :].strip(_C_SPACE):
+                raise _SyntaxProblem(
+                    "Unexpected characters following double-quote.  Did you forget to escape the "
+                    f"double-quote by repeating it?  Here is the quote and trailing characters: {s[i:]}"
+                )
+            return "".join(out)
+        out.append(c)
+        i += 1
+    raise _SyntaxProblem("Unterminated double-quote.")
+
+
+def _split_v2_raw(raw: str) -> list[str]:
+    """Whitespace separates; single quotes group; ``''`` inside them is a literal ``'``."""
+    args: list[str] = []
+    buf: list[str] = []
+    token = False
+    i = 0
+    while i < len(raw):
+        c = raw[i]
+        if c == "'":
+            start = i
+            i += 1
+            token = True
+            while True:
+                if i >= len(raw):
+                    raise _SyntaxProblem(f"Unbalanced quote starting here: {raw[start:]}")
+                if raw[i] == "'":
+                    if i + 1 < len(raw) and raw[i + 1] == "'":
+                        buf.append("'")
+                        i += 2
+                        continue
+                    i += 1
+                    break
+                buf.append(raw[i])
+                i += 1
+        elif c in _ARG_SPACE:
+            i += 1
+            if token:
+                args.append("".join(buf))
+                buf = []
+                token = False
+        else:
+            token = True
+            buf.append(c)
+            i += 1
+    if token:
+        args.append("".join(buf))
+    return args
+
+
+def _v1_wacked_to_raw(value: str) -> str:
+    """Old argument syntax: ``\\"`` is a literal ``"``; a bare ``"`` is an error."""
+    out: list[str] = []
+    i = 0
+    while i < len(value):
+        if value[i] == '"':
+            raise _SyntaxProblem(f"Found illegal unescaped double-quote: {value[i:]}")
+        if value[i] == "\\" and i + 1 < len(value) and value[i + 1] == '"':
+            out.append('"')
+            i += 2
+        else:
+            out.append(value[i])
+            i += 1
+    return "".join(out)
+
+
+def _split_v1_raw(raw: str) -> list[str]:
+    args: list[str] = []
+    buf: list[str] = []
+    for c in raw:
+        if c in _ARG_SPACE:
+            if buf:
+                args.append("".join(buf))
+                buf = []
+        else:
+            buf.append(c)
+    if buf:
+        args.append("".join(buf))
+    return args
+
+
+def split_arguments(value: str, *, v2_only: bool = False, key: str = "arguments") -> list[str]:
+    """Split an ``arguments`` value the way HTCondor does (condor_submit manual).
+
+    New syntax: the whole value in double quotes; whitespace separates
+    arguments; single quotes group (``''`` inside them is a literal ``'``);
+    ``""`` is a literal ``"``.  Old syntax (no surrounding double quotes):
+    split on whitespace; ``\\"`` is a literal ``"``.  ``v2_only`` (for
+    ``arguments2``) refuses the old syntax.
+    """
+    try:
+        if _is_v2_quoted(value):
+            return _split_v2_raw(_v2_quoted_to_raw(value))
+        if v2_only:
+            raise _SyntaxProblem("Expecting double-quoted input string (V2 format).")
+        return _split_v1_raw(_v1_wacked_to_raw(value))
+    except _SyntaxProblem as exc:
+        raise SubmitDescriptionError(f"{key} = {value}: {exc}", key=key) from None
+
+
+_ENV_V1_DELIMS = "!#$%&*+,-/:;<>?@^`|~\x1f"
+
+
+def _set_env(env: dict[str, str], entry: str, match_time_ok: bool) -> None:
+    if not entry:
+        raise _SyntaxProblem("empty environment entry")
+    name, eq, val = entry.partition("=")
+    if not eq:
+        if "$$" in entry:
+            if match_time_ok:
+                return  # HTCondor keeps it verbatim for the execute machine
+            raise _SyntaxProblem(
+                f"environment entry '{entry}' has no '=': HTCondor passes such $$() entries on to the "
+                "execute machine, which pocketgrid's local executor cannot resolve"
+            )
+        raise _SyntaxProblem(f"Missing '=' after environment variable '{entry}'.")
+    if not name:
+        raise _SyntaxProblem(f"missing variable in '{entry}'.")
+    env[name] = val
+
+
+def parse_environment(
+    value: str, *, v2_only: bool = False, key: str = "environment", match_time_ok: bool = False
+) -> dict[str, str]:
+    """Parse an ``environment`` value the way HTCondor does (condor_submit manual).
+
+    New syntax: the whole value in double quotes; whitespace-separated
+    ``NAME=VALUE`` entries; single quotes group (``''`` is a literal ``'``);
+    ``""`` is a literal ``"``.  Old syntax: ``NAME=VALUE`` entries separated by
+    ``;`` (or by the value's first character when it is one of HTCondor's
+    permitted delimiters, e.g. ``|``); quotes have no special meaning.  Later
+    entries win.  ``v2_only`` (for ``environment2``) refuses the old syntax.
+    An entry without ``=`` is an error, except a ``$$()`` entry (HTCondor
+    resolves it on the execute machine) when ``match_time_ok``; it is then
+    left out of the result.
+    """
+    env: dict[str, str] = {}
+    try:
+        if _is_v2_quoted(value):
+            for entry in _split_v2_raw(_v2_quoted_to_raw(value)):
+                _set_env(env, entry, match_time_ok)
+            return env
+        if v2_only:
+            raise _SyntaxProblem("Expecting a double-quoted environment string (V2 format).")
+        delim = ";"
+        rest = value
+        if rest[:1] == delim:
+            rest = rest[1:]
+        elif rest[:1] and rest[0] in _ENV_V1_DELIMS:
+            delim, rest = rest[0], rest[1:]
+        i = 0
+        while i < len(rest):
+            while i < len(rest) and rest[i] in _ARG_SPACE:
+                i += 1
+            j = i
+            while j < len(rest) and rest[j] not in ("\n", delim):
+                j += 1
+            entry = rest[i:j]
+            i = j + 1
+            if entry:
+                _set_env(env, entry, match_time_ok)
+        return env
+    except _SyntaxProblem as exc:
+        raise SubmitDescriptionError(f"{key} = {value}: {exc}", key=key) from None
+
+
+# ---------------------------------------------------------------------------
+# Static scan of the text (before anything parses it)
+# ---------------------------------------------------------------------------
+
+_INCLUDE_RE = re.compile(r"^\s*include(\s|:|$)", re.IGNORECASE)
+_QUEUE_RE = re.compile(r"^\s*queue(\s|$)", re.IGNORECASE)
+_MULTILINE_RE = re.compile(r"^\s*[^\s#=]+\s*@=")
+_ENV_RE = re.compile(r"\$ENV\s*\(", re.IGNORECASE)
+_COMMENT_RE = re.compile(r"^\s*#")
+_BAD_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)")
+
+
+def _raw_lines(text: str) -> list[str]:
+    return [ln[:-1] if ln.endswith("\r") else ln for ln in text.split("\n")]
+
+
+def _logical_lines(lines: list[str]) -> list[tuple[int, str]]:
+    """Join backslash continuations; returns (first line number, joined text)."""
+    out: list[tuple[int, str]] = []
+    i = 0
+    while i < len(lines):
+        start = i
+        cur = lines[i]
+        while cur.rstrip().endswith("\\") and i + 1 < len(lines):
+            i += 1
+            cur = cur.rstrip()[:-1] + lines[i].lstrip()
+        out.append((start + 1, cur))
+        i += 1
+    return out
+
+
+def _scan_text(text: str, policy: Policy) -> None:
+    if not isinstance(text, str):
+        raise SubmitDescriptionError("the submit file must be text")
+    if not text.strip():
+        raise SubmitDescriptionError("the submit file is empty")
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > policy.max_submit_bytes:
+        raise SubmitDescriptionError(
+            f"the submit file is {size} bytes; this site accepts at most {policy.max_submit_bytes}"
+        )
+    bad = _BAD_CONTROL_RE.search(text)
+    if bad:
+        line = text.count("\n", 0, bad.start()) + 1
+        raise SubmitDescriptionError(
+            f"line {line}: control character U+{ord(bad.group()[0]):04X} is not allowed in a submit file",
+            line=line,
+        )
+    lines = _raw_lines(text)
+    candidates = [(n + 1, ln) for n, ln in enumerate(lines)] + _logical_lines(lines)
+    for n, ln in candidates:
+        if _INCLUDE_RE.match(ln):
+            raise SubmitDescriptionError(
+                f"line {n}: include statements are not allowed (they read files of the site, and "
+                f"'include command' runs a command on it): {ln.strip()!r}",
+                key="include",
+                line=n,
+            )
+    for n, ln in _logical_lines(lines):
+        if _COMMENT_RE.match(ln):
+            continue
+        if _MULTILINE_RE.match(ln):
+            raise SubmitDescriptionError(
+                f"line {n}: multi-line values (name @=tag ... @tag) are not supported; put the value on "
+                "one line (a trailing backslash continues a line)",
+                line=n,
+            )
+        if _ENV_RE.search(ln):
+            raise SubmitDescriptionError(
+                f"line {n}: $ENV(...) is not allowed: it would copy the site's environment into your job; "
+                "set what the job needs with environment = ...",
+                key="$ENV",
+                line=n,
+            )
+    queue_line = next((n for n, ln in enumerate(lines, 1) if _QUEUE_RE.match(ln) and not _COMMENT_RE.match(ln)), None)
+    if queue_line is not None:
+        for n, ln in enumerate(lines[queue_line:], queue_line + 1):
+            if ln.strip() and not _COMMENT_RE.match(ln):
+                raise SubmitDescriptionError(
+                    f"line {n}: {ln.strip()!r} comes after the queue statement on line {queue_line}; HTCondor "
+                    "ignores everything after the first queue statement, and pocketgrid queues one proc per "
+                    "input itself: put every command before a single 'queue' at the end",
+                    key="queue",
+                    line=n,
+                )
+
+
+# ---------------------------------------------------------------------------
+# Macro reference graph (a precise message for the common loops)
+# ---------------------------------------------------------------------------
+
+_REF_RE = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)?\(\s*([A-Za-z_][A-Za-z0-9_.]*)")
+_NON_NAME_FUNCS = {"RANDOM_CHOICE", "RANDOM_INTEGER", "ENV"}
+
+
+def _macro_refs(value: str) -> set[str]:
+    refs = set()
+    for m in _REF_RE.finditer(value):
+        if m.start() > 0 and value[m.start() - 1] == "$":
+            continue  # $$(attr): resolved by HTCondor at match time, not a submit macro
+        func = m.group(1)
+        if func and func.upper() in _NON_NAME_FUNCS:
+            continue
+        refs.add(m.group(2).lower())
+    return refs
+
+
+def _find_macro_cycle(table: Sequence[Sequence[str]], exclude: Iterable[str]) -> list[str] | None:
+    skip = {e.lower() for e in exclude}
+    graph: dict[str, set[str]] = {}
+    names: dict[str, str] = {}
+    for k, v in table:
+        lk = k.lower()
+        if lk in skip:
+            continue
+        names[lk] = k
+        graph[lk] = _macro_refs(v)
+    for lk in graph:
+        graph[lk] = {r for r in graph[lk] if r in graph}
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return [names[n] for n in stack[stack.index(nxt):]] + [names[nxt]]
+            if nxt not in state:
+                found = visit(nxt)
+                if found:
+                    return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in graph:
+        if node not in state:
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
+# ---------------------------------------------------------------------------
+# The child process that runs HTCondor's parser and expander on user text
+# ---------------------------------------------------------------------------
+
+_CHILD_BOOT = """\
+import json, resource, sys
+req = json.loads(sys.stdin.buffer.read().decode('utf-8'))
+for lim, val in ((resource.RLIMIT_AS, req['mem']), (resource.RLIMIT_CPU, req['cpu'])):
+    try:
+        resource.setrlimit(lim, (val, val))
+    except (ValueError, OSError):
+        pass
+sys.path[:] = req['sys_path']
+import runpy
+ns = runpy.run_path(req['module_file'], run_name='_pocketgrid_submit_child')
+sys.exit(ns['_child_main'](req))
+"""
+
+_CHILD_ENV_KEYS = ("PATH", "PYTHONHOME", "CONDOR_CONFIG", "LD_LIBRARY_PATH", "LANG", "LC_ALL", "TZ")
+
+
+def _child_env() -> dict[str, str]:
+    env = {k: os.environ[k] for k in _CHILD_ENV_KEYS if k in os.environ}
+    env.update({k: v for k, v in os.environ.items() if k.upper().startswith("_CONDOR_")})
+    return env
+
+
+_LOCATE_MARKER = "\n--pocketgrid: locating the parse error--\n"
+#: Longest value (as written or expanded) accepted, in characters.
+_MAX_VALUE_CHARS = 1 << 20
+
+
+def _locate_parse_error(lines: list[str]) -> int | None:
+    """Smallest k such that the first k lines no longer parse (binary search)."""
+
+    def ok(k: int) -> bool:
+        try:
+            htcondor2.Submit("\n".join(lines[:k]) + "\n")
+            return True
+        except Exception:  # noqa: BLE001
+            return False
+
+    lo, hi = 0, len(lines)  # invariant: ok(lo), not ok(hi)
+    if not ok(0) or ok(hi):
+        return None
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if ok(mid):
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+def _child_main(req: dict[str, Any]) -> int:
+    """Entry point of the child process (see :func:`_run_child`)."""
+
+    def reply(obj: dict[str, Any]) -> int:
+        sys.stdout.write(json.dumps(obj))
+        sys.stdout.flush()
+        return 0
+
+    try:
+        table = req.get("table")
+        qargs = None
+        if req.get("text") is not None:
+            text = req["text"]
+            try:
+                result = htcondor2.Submit(text)
+            except Exception as exc:  # noqa: BLE001 - HTCondor raises several types
+                # HTCondor wrote its diagnostics to fd 2 (the parent reads them up to the marker).
+                sys.stderr.flush()
+                os.write(2, _LOCATE_MARKER.encode())
+                lines = _raw_lines(text)
+                where = _locate_parse_error(lines)
+                return reply(
+                    {
+                        "ok": False,
+                        "kind": "parse",
+                        "message": str(exc) or type(exc).__name__,
+                        "line": where,
+                        "line_text": lines[where - 1] if where and 0 < where <= len(lines) else None,
+                    }
+                )
+            table = [[k, v] for k, v in result.items()]
+            qargs = result.getQArgs()
+        assert table is not None
+        for k, v in table:
+            if len(v) > _MAX_VALUE_CHARS:
+                return reply({"ok": False, "kind": "too_big", "key": k})
+        cycle = _find_macro_cycle(table, _PER_PROC_MACROS)
+        if cycle:
+            return reply({"ok": False, "kind": "cycle", "cycle": cycle})
+        sub = htcondor2.Submit({k: v for k, v in table})
+        rows = []
+        for macros in req.get("procs", []):
+            for k, v in macros.items():
+                sub[k] = v
+            row = {}
+            for k, _ in table:
+                try:
+                    row[k] = sub.expand(k)
+                except KeyError:  # HTCondor reports an empty expansion this way
+                    row[k] = ""
+                if len(row[k]) > _MAX_VALUE_CHARS:
+                    return reply({"ok": False, "kind": "too_big", "key": k})
+            rows.append(row)
+        return reply({"ok": True, "table": table, "qargs": qargs, "rows": rows})
+    except MemoryError:
+        return reply({"ok": False, "kind": "memory"})
+    except Exception as exc:  # noqa: BLE001 - reported to the parent
+        return reply({"ok": False, "kind": "internal", "message": f"{type(exc).__name__}: {exc}"})
+
+
+def _run_child(policy: Policy, *, text: str | None = None, table: Sequence[Sequence[str]] | None = None,
+               procs: Sequence[Mapping[str, str]] = ()) -> dict[str, Any]:
+    """Parse (``text``) and/or expand every key of the table once per proc, in a child process."""
+    if not sys.executable:
+        raise RuntimeError("cannot start the submit-file checker: sys.executable is unknown")
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys_path = [p for p in sys.path if p and os.path.abspath(p) != here]
+    request = {
+        "sys_path": sys_path,
+        "module_file": os.path.abspath(__file__),
+        "mem": int(policy.expand_memory_bytes),
+        "cpu": max(1, int(policy.expand_timeout_seconds) + 1),
+        "text": text,
+        "table": [list(kv) for kv in table] if table is not None else None,
+        "procs": [dict(p) for p in procs],
+    }
+    try:
+        done = subprocess.run(
+            [sys.executable, "-I", "-c", _CHILD_BOOT],
+            input=json.dumps(request).encode("utf-8"),
+            capture_output=True,
+            timeout=policy.expand_timeout_seconds,
+            env=_child_env(),
+            cwd="/",
+        )
+    except subprocess.TimeoutExpired:
+        raise SubmitDescriptionError(
+            f"HTCondor's macro expansion of this submit file did not finish within "
+            f"{policy.expand_timeout_seconds:g} s: macros probably refer to each other in a loop (possibly "
+            "built indirectly, e.g. through $(DOLLAR) or a function macro such as $Fn() or $EVAL())"
+        ) from None
+    if done.returncode < 0:
+        try:
+            sig = signal.Signals(-done.returncode).name
+        except ValueError:
+            sig = str(-done.returncode)
+        raise SubmitDescriptionError(
+            f"HTCondor's submit parser crashed ({sig}) on this submit file; this happens with macros that "
+            "refer to themselves (e.g. through $EVAL()) or that grow without bound"
+        )
+    stderr = done.stderr.decode("utf-8", "replace")
+    try:
+        reply = json.loads(done.stdout.decode("utf-8"))
+    except ValueError:
+        tail = [ln.strip() for ln in stderr.strip().splitlines()[-3:]]
+        if "Traceback" in stderr:  # our side failed (e.g. htcondor2 not importable): a server error
+            raise RuntimeError(f"submit-file checker failed (exit {done.returncode}): {' | '.join(tail)}") from None
+        # HTCondor itself gave up (EXCEPT exits with status 4), e.g. out of memory.
+        said = "; ".join(_DPRINTF_STAMP_RE.sub("", ln) for ln in tail if ln)
+        raise SubmitDescriptionError(
+            f"HTCondor's submit parser gave up on this submit file (exit {done.returncode}"
+            + (f": {said}" if said else "")
+            + f"), within a {policy.expand_memory_bytes >> 20} MiB memory limit; this happens with definitions "
+            "that grow without bound, such as a = $(a)$(a) repeated"
+        ) from None
+    if reply.get("kind") == "internal":
+        raise RuntimeError(f"submit-file checker failed: {reply.get('message')}")
+    if reply.get("kind") == "parse":
+        reply["details"] = stderr.split(_LOCATE_MARKER, 1)[0]
+    return reply
+
+
+_DPRINTF_STAMP_RE = re.compile(r"^\d\d/\d\d/\d\d \d\d:\d\d:\d\d\s+")
+
+
+def _raise_child_failure(reply: dict[str, Any]) -> None:
+    if reply.get("kind") == "parse":
+        details = [
+            _DPRINTF_STAMP_RE.sub("", d).strip()
+            for d in (reply.get("details") or "").splitlines()
+            if d.strip()
+        ]
+        msg = f"HTCondor's submit parser rejected the file ({reply.get('message')})"
+        line = reply.get("line")
+        if line:
+            msg += f" at line {line}: {str(reply.get('line_text') or '').strip()!r}"
+        if details:
+            msg += "; " + "; ".join(dict.fromkeys(details))
+        raise SubmitDescriptionError(msg, line=line)
+    if reply.get("kind") == "cycle":
+        cycle = reply["cycle"]
+        if len(cycle) == 2:
+            msg = (
+                f"macro {cycle[0]} refers to itself with no earlier definition to build on; "
+                "HTCondor would never finish expanding it"
+            )
+        else:
+            msg = (
+                "macros refer to each other in a loop (" + " -> ".join(cycle) + "); "
+                "HTCondor would never finish expanding them"
+            )
+        raise SubmitDescriptionError(msg, key=cycle[0])
+    if reply.get("kind") == "too_big":
+        key = reply.get("key")
+        raise SubmitDescriptionError(
+            f"{key} is (or expands to) more than {_MAX_VALUE_CHARS >> 20} MiB; this site refuses values that large",
+            key=key,
+        )
+    if reply.get("kind") == "memory":
+        raise SubmitDescriptionError(
+            "expanding this submit file's macros ran out of memory; this happens with definitions that grow "
+            "without bound, such as a = $(a)$(a) repeated"
+        )
+    raise SubmitDescriptionError(str(reply.get("message") or "the submit file could not be read"))
+
+
+# ---------------------------------------------------------------------------
+# Interpreting expanded values
+# ---------------------------------------------------------------------------
+
+_FALSE_WORDS = {"false", "f", "no", "n", "0", "off", ""}
+_TRUE_WORDS = {"true", "t", "yes", "y", "1", "on"}
+_URL_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+class _Row:
+    """A proc's expanded commands, looked up case-insensitively, first alias wins."""
+
+    def __init__(self, values: Mapping[str, str]) -> None:
+        self._v = {k.lower(): (k, v) for k, v in values.items()}
+
+    def get(self, *names: str) -> tuple[str, str] | None:
+        for n in names:
+            hit = self._v.get(n.lower())
+            if hit is not None:
+                return hit
+        return None
+
+
+def _truthy(value: str) -> bool:
+    return value.strip().lower() in _TRUE_WORDS
+
+
+def _universe_name(value: str) -> str | None:
+    v = value.strip()
+    m = re.match(r"[+-]?\d+", v)
+    if m and int(m.group()) != 0:  # HTCondor: atoi(value) != 0 means a universe number
+        return _UNIVERSE_NUMBERS.get(int(m.group()))
+    v = v.lower()
+    if v == "globus":
+        return "grid"
+    return v if v in _UNIVERSE_NAMES else None
+
+
+def _effective_universe(row: _Row) -> tuple[str, str | None]:
+    """(universe name, key that set it)."""
+    hit = row.get("universe", "jobuniverse")
+    key = hit[0] if hit else None
+    if hit is None or not hit[1].strip():
+        name = "vanilla"
+    else:
+        name = _universe_name(hit[1])
+        if name is None:
+            raise SubmitDescriptionError(f"{key} = {hit[1]}: HTCondor knows no such universe", key=key)
+    if name == "vanilla":
+        image = row.get("container_image", "containerimage", "docker_image", "dockerimage")
+        if image is not None:
+            return "container", image[0]
+    if name == "docker" and row.get("container_image", "containerimage") is not None:
+        raise SubmitDescriptionError("docker universe does not allow use of container_image", key="container_image")
+    return name, key
+
+
+def _check_universe(row: _Row, policy: Policy, *, local: bool) -> str:
+    name, key = _effective_universe(row)
+    shown = f"{key} = {row.get(key)[1]}" if key and row.get(key) else f"universe {name}"
+    if name in policy.forbidden_universes:
+        reason = _UNIVERSE_REASONS.get(name, "this site runs vanilla-universe jobs only")
+        raise SubmitDescriptionError(f"{shown}: the {name} universe is not allowed here: {reason}", key=key or "universe")
+    if local and name != "vanilla":
+        raise SubmitDescriptionError(
+            f"{shown}: pocketgrid's local executor runs vanilla-universe jobs only", key=key or "universe"
+        )
+    return name
+
+
+def _check_getenv(row: _Row) -> None:
+    hit = row.get("getenv", "get_env")
+    if hit is not None and hit[1].strip().lower() not in _FALSE_WORDS:
+        raise SubmitDescriptionError(
+            f"{hit[0]} = {hit[1]}: copying the submitter's environment would give your job the site's "
+            "environment (its secrets); set what the job needs with environment = ...",
+            key=hit[0],
+        )
+
+
+def _inside(proc_dir: str, path: str, key: str, shown: str) -> str:
+    """Resolve ``path`` against ``proc_dir``; refuse anything that ends up outside it."""
+    if "\x00" in path:
+        raise SubmitDescriptionError(f"{shown}: NUL bytes are not allowed in paths", key=key)
+    if "$$(" in path:
+        raise SubmitDescriptionError(
+            f"{shown}: $$() is resolved only when the job is matched, so pocketgrid cannot check that the "
+            "path stays in the input's directory",
+            key=key,
+        )
+    candidate = path if os.path.isabs(path) else os.path.join(proc_dir, path)
+    real_dir = os.path.realpath(proc_dir)
+    real = os.path.realpath(candidate)
+    if real == real_dir or not real.startswith(real_dir.rstrip(os.sep) + os.sep):
+        raise SubmitDescriptionError(
+            f"{shown}: the path leaves the input's directory (after following '..' and symbolic links); "
+            "name a file inside it, e.g. a plain file name",
+            key=key,
+        )
+    return os.path.join(proc_dir, os.path.relpath(real, real_dir))
+
+
+def _std_path(row: _Row, names: tuple[str, ...], default: str, proc_dir: str) -> str | None:
+    hit = row.get(*names)
+    if hit is None:
+        return os.path.join(proc_dir, default)
+    key, value = hit
+    if value == "" or value == "/dev/null":
+        return None
+    return _inside(proc_dir, value, key, f"{key} = {value}")
+
+
+def _split_file_list(value: str) -> list[str]:
+    """transfer_input_files is "a comma-delimited list" (condor_submit manual); blanks around items go."""
+    return [t.strip() for t in value.split(",") if t.strip()]
+
+
+def _split_remaps(value: str) -> list[tuple[str, str]]:
+    v = value.strip()
+    if len(v) >= 2 and v[0] == v[-1] == '"':
+        v = v[1:-1]
+    pairs: list[tuple[str, str]] = []
+    parts: list[str] = []
+    buf: list[str] = []
+    i = 0
+    while i < len(v):
+        if v[i] == "\\" and i + 1 < len(v):
+            buf.append(v[i : i + 2])
+            i += 2
+            continue
+        if v[i] == ";":
+            parts.append("".join(buf))
+            buf = []
+        else:
+            buf.append(v[i])
+        i += 1
+    parts.append("".join(buf))
+    for part in parts:
+        if not part.strip():
+            continue
+        m = re.match(r"((?:\\.|[^=\\])*)=(.*)", part, re.DOTALL)
+        name, new = (m.group(1), m.group(2)) if m else (part, "")
+        unescape = lambda s: re.sub(r"\\(.)", r"\1", s).strip()  # noqa: E731
+        pairs.append((unescape(name), unescape(new)))
+    return pairs
+
+
+def _check_transfer_paths(row: _Row, proc_dir: str, policy: Policy, exempt: frozenset[str]) -> None:
+    for names in (("transfer_input_files", "transferinputfiles"), ("common_input_files",)):
+        hit = row.get(*names)
+        if hit is None:
+            continue
+        key, value = hit
+        for item in _split_file_list(value):
+            if item in exempt:
+                continue
+            m = _URL_RE.match(item)
+            if m:
+                if m.group(1).lower() not in policy.allowed_url_schemes:
+                    allowed = ", ".join(sorted(policy.allowed_url_schemes)) or "none"
+                    raise SubmitDescriptionError(
+                        f"{key}: {item}: {m.group(1)}:// URLs are not allowed here (allowed: {allowed})", key=key
+                    )
+                continue
+            _inside(proc_dir, item, key, f"{key}: {item}")
+    hit = row.get("transfer_output_remaps", "transferoutputremaps")
+    if hit is not None:
+        key, value = hit
+        for name, new in _split_remaps(value):
+            if not new:
+                raise SubmitDescriptionError(f"{key}: '{name}' has no new name", key=key)
+            if _URL_RE.match(new):
+                raise SubmitDescriptionError(
+                    f"{key}: {name} = {new}: outputs must come back to the input's directory, where pocketgrid "
+                    "serves them from; URLs are not allowed as remap targets",
+                    key=key,
+                )
+            _inside(proc_dir, new, key, f"{key}: {name} = {new}")
+
+
+def _arguments(row: _Row) -> list[str]:
+    a1 = row.get("arguments", "args")
+    a2 = row.get("arguments2")
+    allow = row.get("allow_arguments_v1")
+    if a1 and a2 and not (allow and _truthy(allow[1])):
+        raise SubmitDescriptionError(
+            "If you wish to specify both 'arguments' and 'arguments2' for maximal compatibility with "
+            "different versions of Condor, then you must also specify allow_arguments_v1=true.",
+            key="arguments2",
+        )
+    if a2:
+        return split_arguments(a2[1], v2_only=True, key=a2[0])
+    if a1:
+        return split_arguments(a1[1], key=a1[0])
+    return []
+
+
+def _environment(row: _Row, match_time_ok: bool) -> dict[str, str]:
+    e1 = row.get("environment", "env")
+    e2 = row.get("environment2")
+    allow = row.get("allow_environment_v1")
+    if e1 and e2 and not (allow and _truthy(allow[1])):
+        raise SubmitDescriptionError(
+            "If you wish to specify both 'environment' and 'environment2' for maximal compatibility with "
+            "different versions of Condor, then you must also specify allow_environment_v1=true.",
+            key="environment2",
+        )
+    if e2:
+        return parse_environment(e2[1], v2_only=True, key=e2[0], match_time_ok=match_time_ok)
+    if e1:
+        return parse_environment(e1[1], key=e1[0], match_time_ok=match_time_ok)
+    return {}
+
+
+@dataclass
+class _Interpreted:
+    universe: str
+    arguments: list[str]
+    environment: dict[str, str]
+    stdin: str
+    stdout: str | None
+    stderr: str | None
+
+
+def _interpret(values: Mapping[str, str], *, proc_dir: str, input_name: str, policy: Policy,
+               local: bool, exempt: frozenset[str] = frozenset()) -> _Interpreted:
+    row = _Row(values)
+    universe = _check_universe(row, policy, local=local)
+    _check_getenv(row)
+    args = _arguments(row)
+    env = _environment(row, match_time_ok=not local)
+    stdin = _inside(proc_dir, input_name, "input", f"input = {input_name}")
+    stdout = _std_path(row, ("output", "stdout"), DEFAULT_STDOUT, proc_dir)
+    stderr = _std_path(row, ("error", "stderr"), DEFAULT_STDERR, proc_dir)
+    _check_transfer_paths(row, proc_dir, policy, exempt)
+    return _Interpreted(universe, args, env, stdin, stdout, stderr)
+
+
+# ---------------------------------------------------------------------------
+# Key policy
+# ---------------------------------------------------------------------------
+
+
+def _attribute_name(key: str) -> str | None:
+    if key.startswith("+"):
+        return key[1:]
+    if key[:3].lower() == "my.":
+        return key[3:]
+    return None
+
+
+_ASSIGN_RE = re.compile(r"^\s*([A-Za-z_+][A-Za-z0-9_.+]*)\s*=(.*)$")
+
+
+def _raw_assignments(text: str) -> dict[str, str]:
+    """Last written value of each key, as in the text (before HTCondor's parse-time
+    self-reference substitution, which turns ``input = $(input)`` into an empty value)."""
+    out: dict[str, str] = {}
+    for _, ln in _logical_lines(_raw_lines(text)):
+        m = _ASSIGN_RE.match(ln)
+        if m and not _COMMENT_RE.match(ln):
+            key = m.group(1)
+            key = "my." + key[1:] if key.startswith("+") else key
+            out[key.lower()] = m.group(2).strip()
+    return out
+
+
+def _check_keys(table: Sequence[tuple[str, str]], policy: Policy, raw: Mapping[str, str]) -> list[str]:
+    """Refuse forbidden keys; return warnings for the owned ones."""
+    warnings: list[str] = []
+    for key, value in table:
+        low = key.lower()
+        attr = _attribute_name(key)
+        if attr is not None:
+            la = attr.lower()
+            if la in policy.forbidden_attributes or la.startswith(_FORBIDDEN_ATTRIBUTE_PREFIXES):
+                reason = _FORBIDDEN_ATTRIBUTE_REASONS.get(la, "this site does not allow setting it")
+                raise SubmitDescriptionError(f"+{attr} (MY.{attr}) is not allowed: {reason}", key=key)
+            continue
+        if low in policy.forbidden_keys:
+            reason = _FORBIDDEN_KEY_REASONS.get(low, "this site does not allow it")
+            raise SubmitDescriptionError(f"{key} is not allowed: {reason}", key=key)
+        for prefix, reason in _FORBIDDEN_KEY_PREFIXES.items():
+            if low.startswith(prefix):
+                raise SubmitDescriptionError(f"{key} is not allowed: {reason}", key=key)
+        owned = _OWNED_ALIASES.get(low)
+        if owned is not None:
+            w = _owned_warning(key, owned, raw.get(low, value))
+            if w:
+                warnings.append(w)
+    return warnings
+
+
+def _owned_warning(key: str, owned: str, value: str) -> str | None:
+    shown = f"{key} = {value}"
+    v = value.strip()
+    if owned == "executable":
+        if "/" in v or "\\" in v:
+            return f"{shown} is overridden: pocketgrid runs the executable you uploaded"
+        return None
+    if owned == "initialdir":
+        return f"{shown} is overridden: each proc runs in its own input's directory"
+    if owned == "input":
+        if re.fullmatch(r"\$\(\s*input\s*\)", v, re.IGNORECASE):
+            return None
+        return (
+            f"{shown} is overridden: pocketgrid sets {key} (the proc's standard input) to the input file, "
+            "$(input)"
+        )
+    if owned in ("input_index", "proc_dir"):
+        return f"{shown} is ignored: pocketgrid defines $({owned}) for each proc"
+    if owned == "log":
+        return f"{shown} is overridden: pocketgrid keeps the job's event log itself"
+    if owned in _CONDOR_DEFAULT_TRUE:
+        return None if _truthy(v) else f"{shown} is overridden: pocketgrid always transfers it back"
+    forced = CONDOR_FORCED_KEYS[owned]
+    if forced in ("true", "false"):
+        same = _truthy(v) == (forced == "true") and v.lower() in (_TRUE_WORDS | _FALSE_WORDS)
+    else:
+        same = v.lower() == forced.lower()
+    return None if same else f"{shown} is overridden with {forced}"
+
+
+# ---------------------------------------------------------------------------
+# Public API
+# ---------------------------------------------------------------------------
+
+
+def _check_names(input_names: Sequence[str], proc_dirs: Sequence[str], *, condor: bool) -> list[str]:
+    if len(input_names) != len(proc_dirs):
+        raise ValueError(f"{len(input_names)} input names but {len(proc_dirs)} proc directories")
+    if not input_names:
+        raise SubmitDescriptionError("a job needs at least one input")
+    dirs = []
+    for name in input_names:
+        bad = (
+            not name or name in (".", "..") or "/" in name or "\x00" in name or "\n" in name
+            or "\r" in name or "$" in name or (condor and "," in name)
+        )
+        if bad:
+            raise SubmitDescriptionError(
+                f"input file name {name!r} cannot be used in a submit file: use a plain file name without "
+                "'/', '$'" + (", ','" if condor else "") + " or line breaks",
+                key="input",
+            )
+    for d in proc_dirs:
+        d = str(d)
+        if not d or "$" in d or "\n" in d or "\x00" in d or (condor and "," in d):
+            raise ValueError(f"unusable proc directory {d!r}")
+        dirs.append(os.path.abspath(d))
+    return dirs
+
+
+def _per_proc_macros(index: int, input_name: str, proc_dir: str, cluster_id: int) -> dict[str, str]:
+    i = str(index)
+    return {
+        "input": input_name, "input_index": i, "proc_dir": proc_dir,
+        "Process": i, "ProcId": i, "Step": "0", "ItemIndex": i, "Row": i,
+        "Cluster": str(cluster_id), "ClusterId": str(cluster_id),
+    }
+
+
+def parse(text: str, policy: Policy | None = None, *, input_names: Sequence[str] | None = None) -> ParsedSubmit:
+    """Read a user's submit file with HTCondor's parser and apply the site policy.
+
+    Refuses (SubmitDescriptionError) empty text, include/$ENV/multi-line
+    values, parse errors (with HTCondor's message and the offending line),
+    forbidden keys and universes, a queue statement other than ``queue`` /
+    ``queue 1`` (pocketgrid queues one proc per input itself) and anything
+    after it, macro loops, getenv, and paths that leave the input's directory.
+    Values are checked by expanding every command once per input with
+    ``$(input)``/``$(input_index)`` set; pass ``input_names`` to check with the
+    real names (a placeholder name is used otherwise), the directories are
+    placeholders: :func:`local_proc_specs` / :func:`condor_submit_dict` check
+    again with the real ones.
+    """
+    policy = policy or Policy()
+    _scan_text(text, policy)
+    names = list(input_names) if input_names else ["input"]
+    dirs = [os.path.join(_PLACEHOLDER_ROOT, str(i)) for i in range(len(names))]
+    _check_names(names, dirs, condor=False)
+    procs = [_per_proc_macros(i, n, d, 1) for i, (n, d) in enumerate(zip(names, dirs))]
+    reply = _run_child(policy, text=text, procs=procs)
+    if not reply.get("ok"):
+        _raise_child_failure(reply)
+    qargs = (reply.get("qargs") or "").strip()
+    if qargs not in ("", "1"):
+        raise SubmitDescriptionError(
+            f"queue {qargs}: pocketgrid queues one proc per input file itself, setting $(input) and "
+            "$(input_index); end the submit file with a plain 'queue' (or leave the queue statement out)",
+            key="queue",
+        )
+    table = tuple((k, v) for k, v in reply["table"])
+    warnings = _check_keys(table, policy, _raw_assignments(text))
+    for i, values in enumerate(reply["rows"]):
+        _interpret(values, proc_dir=dirs[i], input_name=names[i], policy=policy, local=False)
+    submit = htcondor2.Submit({k: v for k, v in table})
+    return ParsedSubmit(submit=submit, warnings=warnings, policy=policy, table=table)
+
+
+def local_proc_specs(
+    parsed: ParsedSubmit,
+    *,
+    executable_name: str,
+    input_names: list[str],
+    proc_dirs: list[str],
+    cluster_id: int = 1,
+) -> list[ProcSpec]:
+    """One :class:`ProcSpec` per input for the LocalExecutor.
+
+    Input ``i`` runs ``<proc_dirs[i]>/<executable_name>`` in ``proc_dirs[i]``
+    with ``$(input)`` = ``input_names[i]`` and ``$(input_index)`` = ``i``
+    (also ``$(proc_dir)``, ``$(Process)`` = ``i`` and ``$(Cluster)`` =
+    ``cluster_id``).  stdin is the input file; relative output/error paths
+    resolve against the proc directory and must stay inside it (symbolic links
+    followed); with no output/error the defaults are ``_condor_stdout`` /
+    ``_condor_stderr`` there; ``/dev/null`` or an empty value gives ``None``
+    (discard).  Only the vanilla universe runs locally, whatever the policy.
+    ``$$()`` match-time macros in arguments/environment are passed literally.
+    When output and error name the same file both go to it (append mode), as
+    HTCondor merges them.
+    """
+    if not executable_name or "/" in executable_name or executable_name in (".", ".."):
+        raise ValueError(f"unusable executable name {executable_name!r}")
+    dirs = _check_names(input_names, proc_dirs, condor=False)
+    procs = [_per_proc_macros(i, n, d, cluster_id) for i, (n, d) in enumerate(zip(input_names, dirs))]
+    reply = _run_child(parsed.policy, table=parsed.table, procs=procs)
+    if not reply.get("ok"):
+        _raise_child_failure(reply)
+    specs = []
+    for i, values in enumerate(reply["rows"]):
+        it = _interpret(values, proc_dir=dirs[i], input_name=input_names[i], policy=parsed.policy, local=True)
+        specs.append(
+            ProcSpec(
+                index=i,
+                input_name=input_names[i],
+                iwd=dirs[i],
+                executable=os.path.join(dirs[i], executable_name),
+                arguments=it.arguments,
+                environment=it.environment,
+                stdin=it.stdin,
+                stdout=it.stdout,
+                stderr=it.stderr,
+            )
+        )
+    return specs
+
+
+def condor_submit_dict(
+    parsed: ParsedSubmit,
+    *,
+    executable_path: str,
+    proc_dirs: list[str],
+    input_names: list[str],
+    log_path: str,
+) -> tuple[htcondor2.Submit, list[dict[str, str]]]:
+    """The CondorExecutor's submission: one cluster, one proc per itemdata row.
+
+    Returns ``(submit, itemdata)`` for ``Schedd.submit(submit, itemdata=iter(itemdata))``;
+    each itemdata row is ``{"input", "input_index", "proc_dir"}``.  The user's
+    commands are kept except the owned ones, which are forced:
+    ``executable`` = ``executable_path``, ``initialdir`` = ``$(proc_dir)``,
+    ``log`` = ``log_path``, ``transfer_input_files`` = ``$(input)``, the
+    executable and the user's own (checked) entries, plus
+    :data:`CONDOR_FORCED_KEYS`; ``output``/``error`` default to
+    ``_condor_stdout``/``_condor_stderr``.  Every command is expanded once per
+    row in the checker process first, so the schedd never sees a file whose
+    expansion loops or whose paths leave the input's directory.
+    """
+    for what, p in (("executable path", executable_path), ("log path", log_path)):
+        if not p or not os.path.isabs(p) or "$" in p or "," in p or "\n" in p:
+            raise ValueError(f"unusable {what} {p!r}: it must be absolute, without '$', ',' or line breaks")
+    dirs = _check_names(input_names, proc_dirs, condor=True)
+    row0 = _Row(dict(parsed.table))
+    table: dict[str, str] = {}
+    normalized = {"output", "stdout", "error", "stderr", "transfer_input_files", "transferinputfiles"}
+    for k, v in parsed.table:
+        low = k.lower()
+        if low in _OWNED_ALIASES or low in normalized:
+            continue
+        table[k] = v
+    out = row0.get("output", "stdout")
+    err = row0.get("error", "stderr")
+    user_tif = row0.get("transfer_input_files", "transferinputfiles")
+    transfer = ["$(input)", executable_path] + ([user_tif[1]] if user_tif and user_tif[1].strip() else [])
+    table.update(
+        {
+            "executable": executable_path,
+            "initialdir": "$(proc_dir)",
+            "log": log_path,
+            "output": out[1] if out else DEFAULT_STDOUT,
+            "error": err[1] if err else DEFAULT_STDERR,
+            "transfer_input_files": ", ".join(transfer),
+            **CONDOR_FORCED_KEYS,
+        }
+    )
+    itemdata = [
+        {"input": n, "input_index": str(i), "proc_dir": d} for i, (n, d) in enumerate(zip(input_names, dirs))
+    ]
+    procs = [_per_proc_macros(i, n, d, 1) for i, (n, d) in enumerate(zip(input_names, dirs))]
+    reply = _run_child(parsed.policy, table=list(table.items()), procs=procs)
+    if not reply.get("ok"):
+        _raise_child_failure(reply)
+    for i, values in enumerate(reply["rows"]):
+        _interpret(values, proc_dir=dirs[i], input_name=input_names[i], policy=parsed.policy, local=False,
+                   exempt=frozenset({executable_path}))
+        got = _Row(values)
+        if got.get("initialdir")[1] != dirs[i] or got.get("executable")[1] != executable_path:
+            raise RuntimeError(f"proc {i}: forced keys did not expand as expected")  # pragma: no cover
+    return htcondor2.Submit(table), itemdata

@@ -1,0 +1,113 @@
+"""The ``pocketgrid`` command.
+
+Server commands (serve, agent, demo) import server code lazily, so the client
+commands work on a device that has only the base install.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from mobile_client import cli as client_cli
+
+from . import __version__
+
+
+def _serve_args(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run a peer (with no --join it starts as the broker)")
+    p.add_argument("--config", help="TOML file (table [peer]); env POCKETGRID_<FIELD> and options override it")
+    p.add_argument("--name", help="peer name: letters, digits, '-' and '_'")
+    p.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int)
+    p.add_argument("--public-url", help="URL others use to reach this peer (default http://HOST:PORT)")
+    p.add_argument("--state", dest="state_dir", help="state directory (database, staging)")
+    p.add_argument("--publish", dest="publish_dir", help="publishing area (default STATE/publish)")
+    p.add_argument("--database-url", help="SQLAlchemy URL (default SQLite in STATE)")
+    p.add_argument("--executor", choices=["auto", "local", "condor"])
+    p.add_argument("--join", help="peer URL(s) to join, comma separated")
+    p.add_argument("--slots", dest="local_slots", type=int, help="local executor: procs at once (default: CPUs)")
+    p.add_argument("--no-agent", dest="agent", action="store_false", default=None, help="do not run the EMA agent thread")
+    p.add_argument("--agent-interval", type=float)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--log-level")
+    p.set_defaults(func=_cmd_serve)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import re
+
+    from .config import PeerConfig
+
+    overrides = {
+        k: getattr(args, k)
+        for k in ("name", "host", "port", "public_url", "state_dir", "publish_dir", "database_url", "executor",
+                  "local_slots", "agent", "agent_interval", "threads", "log_level")
+    }
+    if args.join:
+        overrides["join"] = [u.strip() for u in args.join.split(",") if u.strip()]
+    try:
+        config = PeerConfig.load(args.config, overrides=overrides)
+    except (OSError, ValueError) as exc:
+        print(f"error: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", config.name):
+        print(f"error: peer name {config.name!r}: use 1-64 letters, digits, '-' or '_' (job IDs are <name>.<id>)",
+              file=sys.stderr)
+        return 2
+    from peer.executors import ExecutorUnavailable, choose_executor  # noqa: F401  (fail fast below)
+
+    if config.executor == "condor":
+        try:
+            choose_executor("condor", None, config.stage_path, peer_name=config.name, slots=0, max_restarts=0)  # type: ignore[arg-type]
+        except ExecutorUnavailable as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    from peer.server import serve
+
+    return serve(config)
+
+
+def _agent_args(sub: argparse._SubParsersAction) -> None:
+    from ema_agent import cli as agent_cli
+
+    p = sub.add_parser("agent", help="run an End-host Monitoring Agent that reports this host's load")
+    agent_cli.add_arguments(p)
+    p.set_defaults(func=agent_cli.run)
+
+
+def _demo_args(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="start 3 peers on loopback, run a sample analysis, fetch and verify outputs")
+    p.add_argument("--keep", action="store_true", help="keep the state directory afterwards")
+    p.add_argument("--inputs", type=int, default=6, help="number of sample input files")
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(keep=args.keep, n_inputs=args.inputs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pocketgrid", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"pocketgrid {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _demo_args(sub)
+    _serve_args(sub)
+    _agent_args(sub)
+    client_cli.add_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command not in {"serve", "agent", "demo"}:
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+        return client_cli.run(args)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

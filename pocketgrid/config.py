@@ -1,0 +1,144 @@
+"""Peer configuration: one place, three layers.
+
+Precedence (last wins): built-in safe defaults < a TOML file (``--config`` or
+``$POCKETGRID_CONFIG``) < environment variables ``POCKETGRID_<FIELD>`` <
+explicit command-line options.  Every field of :class:`PeerConfig` can be set
+in each layer under the same name, so an operator never has to guess.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+
+@dataclass
+class PeerConfig:
+    """Everything a peer process needs; safe defaults for a laptop."""
+
+    name: str = "peer"
+    host: str = "127.0.0.1"
+    port: int = 8650
+    #: Base URL other peers and clients use to reach this peer.  Derived from
+    #: host/port when empty; set it when the peer sits behind NAT or a proxy.
+    public_url: str = ""
+    state_dir: str = "./pocketgrid-state"
+    #: The file publishing area (the paper's "file service" root).  Empty:
+    #: ``<state_dir>/publish``.
+    publish_dir: str = ""
+    #: SQLAlchemy URL; empty = SQLite (WAL) in the state directory.
+    database_url: str = ""
+    executor: str = "auto"  # auto | local | condor
+    #: Peers to join (comma separated in env/CLI).  Empty: start as broker.
+    join: list[str] = field(default_factory=list)
+    #: Run the EMA agent as a thread inside this peer.
+    agent: bool = True
+    agent_interval: float = 15.0
+    agent_weights: dict[str, float] = field(default_factory=dict)
+    #: LocalExecutor: procs run at once (0 = number of CPUs).
+    local_slots: int = 0
+    #: LocalExecutor: how often a proc lost to a peer crash is re-run.
+    local_max_restarts: int = 3
+    #: Largest request body accepted (executable + submit file + uploads).
+    max_body_bytes: int = 64 * 1024 * 1024
+    #: Largest file the in-file search ("grep") will read, and most matches.
+    grep_max_file_bytes: int = 16 * 1024 * 1024
+    grep_max_matches: int = 1000
+    #: Longest ``?wait=`` a status long-poll may hold a server thread.
+    max_wait_seconds: float = 60.0
+    #: Server threads (one worker process, see docs/architecture.md).
+    threads: int = 32
+    #: Chunk size used when this peer downloads inputs from another peer.
+    transfer_chunk_bytes: int = 1024 * 1024
+    #: Timeout of peer-to-peer calls.
+    peer_timeout: float = 10.0
+    #: Broker: a report older than this many intervals marks a peer stale.
+    report_stale_factor: float = 3.0
+    #: Placement policy name (see broker/placement.py).
+    placement_policy: str = "min-coefficient"
+    log_level: str = "INFO"
+
+    # ---- derived ----------------------------------------------------------
+    @property
+    def url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.state_dir).resolve()
+
+    @property
+    def publish_path(self) -> Path:
+        return Path(self.publish_dir).resolve() if self.publish_dir else self.state_path / "publish"
+
+    @property
+    def stage_path(self) -> Path:
+        return self.state_path / "stage"
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.state_path / 'pocketgrid.db'}"
+
+    # ---- loading -----------------------------------------------------------
+    @classmethod
+    def load(
+        cls,
+        toml_path: str | os.PathLike[str] | None = None,
+        environ: Mapping[str, str] | None = None,
+        overrides: Mapping[str, Any] | None = None,
+    ) -> "PeerConfig":
+        """Build a config from defaults, a TOML file, the environment and overrides."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        toml_path = toml_path or environ.get("POCKETGRID_CONFIG")
+        if toml_path:
+            with open(toml_path, "rb") as fh:
+                data = tomllib.load(fh)
+            values.update(data.get("peer", data))
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        for name in fields:
+            env_value = environ.get(f"POCKETGRID_{name.upper()}")
+            if env_value is not None:
+                values[name] = env_value
+        for key, value in (overrides or {}).items():
+            if value is not None:
+                values[key] = value
+        unknown = set(values) - set(fields)
+        if unknown:
+            raise ValueError(f"unknown configuration keys: {', '.join(sorted(unknown))}")
+        config = cls()
+        for key, value in values.items():
+            setattr(config, key, _coerce(fields[key], value))
+        return config
+
+
+def _coerce(f: dataclasses.Field, value: Any) -> Any:
+    """Coerce strings from the environment/CLI into the field's type."""
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+    if not isinstance(value, str):
+        return value
+    if isinstance(default, bool):
+        if value.lower() in {"1", "true", "yes", "on"}:
+            return True
+        if value.lower() in {"0", "false", "no", "off"}:
+            return False
+        raise ValueError(f"{f.name}: expected true/false, got {value!r}")
+    if isinstance(default, int):
+        return int(value)
+    if isinstance(default, float):
+        return float(value)
+    if isinstance(default, list):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(default, dict):
+        out: dict[str, float] = {}
+        for item in value.split(","):
+            if item.strip():
+                k, _, v = item.partition("=")
+                out[k.strip()] = float(v)
+        return out
+    return value

@@ -1,0 +1,46 @@
+"""Errors a person can act on.  Shared by server and client (no server imports)."""
+from __future__ import annotations
+
+
+class PocketgridError(Exception):
+    """Base class: ``status`` is the HTTP status the server answers with."""
+
+    status = 500
+
+    def __init__(self, message: str, *, status: int | None = None, **details: object) -> None:
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+        self.details = details
+
+    def to_dict(self) -> dict[str, object]:
+        return {"error": self.message, "status": self.status, **self.details}
+
+
+class BadRequest(PocketgridError):
+    status = 400
+
+
+class NotFound(PocketgridError):
+    status = 404
+
+
+class Conflict(PocketgridError):
+    status = 409
+
+
+class TooLarge(PocketgridError):
+    status = 413
+
+
+class RangeNotSatisfiable(PocketgridError):
+    status = 416
+
+
+class Unavailable(PocketgridError):
+    status = 503
+
+
+class BadGateway(PocketgridError):
+    status = 502

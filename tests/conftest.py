@@ -1,0 +1,119 @@
+"""Shared test helpers: real peer processes on free loopback ports."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05, what: str = "condition") -> Any:
+    """Poll until ``predicate()`` is truthy; fail the test at the deadline."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except (requests.RequestException, ValueError, KeyError, OSError) as exc:
+            last = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}" + (f": {last!r}" if last else ""))
+
+
+class PeerProcess:
+    def __init__(self, name: str, state: Path, port: int, args: list[str], env: dict[str, str]) -> None:
+        self.name = name
+        self.state = state
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.args = args
+        self.env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def publish(self) -> Path:
+        return self.state / "publish"
+
+    def start(self) -> "PeerProcess":
+        self.state.mkdir(parents=True, exist_ok=True)
+        log = open(self.state / "peer.log", "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pocketgrid.cli", "serve", "--name", self.name, "--port", str(self.port),
+             "--state", str(self.state), *self.args],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env, cwd=ROOT,
+            start_new_session=True,
+        )
+        log.close()
+        wait_until(self.healthy, 30, what=f"peer {self.name} to answer /healthz")
+        return self
+
+    def healthy(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"peer {self.name} exited: {self.log_tail()}")
+        return requests.get(f"{self.url}/healthz", timeout=2).ok
+
+    def log_tail(self, n: int = 4000) -> str:
+        try:
+            return (self.state / "peer.log").read_text()[-n:]
+        except OSError:
+            return ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 25) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        if sig == signal.SIGKILL:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # the gunicorn master and worker, not the job runners
+        else:
+            self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+@pytest.fixture
+def peers(tmp_path):
+    """Factory: ``peers("site-a", join=..., extra=[...])`` starts a real peer process."""
+    started: list[PeerProcess] = []
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+    def start(name: str, *, join: str | None = None, extra: list[str] | None = None) -> PeerProcess:
+        args = ["--threads", "8", *(extra or [])]
+        if join:
+            args += ["--join", join]
+        p = PeerProcess(name, tmp_path / name, free_port(), args, env).start()
+        started.append(p)
+        return p
+
+    yield start
+    for p in started:
+        p.stop()
+
+
+def report_load(broker_url: str, peer: PeerProcess, coefficient: float) -> None:
+    """Act as a peer's EMA agent: send one load report through the broker API."""
+    r = requests.post(
+        f"{broker_url}/api/v1/broker/reports",
+        json={"peer": peer.name, "url": peer.url, "coefficient": coefficient, "metrics": {},
+              "sampled_at": time.time(), "interval": 15},
+        timeout=5,
+    )
+    r.raise_for_status()

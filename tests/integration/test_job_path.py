@@ -1,0 +1,212 @@
+"""The whole job path on real peer processes over loopback."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+
+from mobile_client import ApiError, Client
+from tests.conftest import ROOT, report_load, wait_until
+
+pytestmark = pytest.mark.integration
+
+COUNT_SH = b"""#!/bin/sh
+# usage: count.sh INPUT INDEX ; fails with exit code 7 on an input named bad.txt
+n=$(wc -l < "$1")
+echo "$n" > count.txt
+echo "input $2 has $n lines"
+case "$1" in bad.txt) echo "bad input" >&2; exit 7;; esac
+"""
+COUNT_SUB = """executable = count.sh
+arguments = $(input) $(input_index)
+output = stdout.txt
+error = stderr.txt
+queue
+"""
+
+
+@pytest.fixture(scope="module")
+def trio(tmp_path_factory):
+    """Broker site-a and two joined peers, no agents (the tests report loads)."""
+    from tests.conftest import PeerProcess, free_port
+
+    root = tmp_path_factory.mktemp("trio")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    started = []
+
+    def start(name, join=None):
+        args = ["--threads", "8", "--no-agent"]
+        if join:
+            args += ["--join", join]
+        p = PeerProcess(name, root / name, free_port(), args, env).start()
+        started.append(p)
+        return p
+
+    a = start("site-a")
+    b = start("site-b", a.url)
+    c = start("site-c", a.url)
+    wait_until(lambda: len(requests.get(f"{a.url}/api/v1/broker", timeout=2).json()["members"]) == 3,
+               what="both peers to register")
+    wait_until(lambda: len(requests.get(f"{b.url}/api/v1/broker", timeout=2).json()["members"]) == 3,
+               what="membership push to site-b")
+    for p in (a, b, c):
+        p.publish.mkdir(parents=True, exist_ok=True)
+    yield a, b, c
+    for p in started:
+        p.stop()
+
+
+def publish(peer, name: str, lines: int) -> str:
+    path = peer.publish / name
+    path.write_text("".join(f"{i}\n" for i in range(lines)))
+    return name
+
+
+def test_job_lands_on_less_loaded_peer_and_completes(trio, tmp_path):
+    a, b, c = trio
+    report_load(a.url, a, 5.0)
+    report_load(a.url, b, 3.0)
+    report_load(a.url, c, 0.5)
+    inputs = [publish(b, f"in{i}.txt", 10 + i) for i in range(3)]
+    client = Client(b.url)  # entry peer is not the broker
+    job = client.submit("count", COUNT_SH, "count.sub", inputs, executable_name="count.sh", submit_text=COUNT_SUB)
+    assert job["peer"] == "site-c" and job["id"].startswith("site-c.")
+    final = client.wait(job["id"], timeout=60)
+    assert final["state"] == "completed"
+    assert [(i["input"], i["state"], i["exit_code"]) for i in final["inputs"]] == [
+        (f"in{i}.txt", "completed", 0) for i in range(3)
+    ]
+    # Outputs, listed and downloaded through the entry peer (relayed to site-c).
+    outs = client.outputs(job["id"])["outputs"]
+    names = {f["name"] for f in outs[0]["files"]}
+    assert names == {"count.txt", "stdout.txt", "stderr.txt"}  # not the staged executable/submit/input
+    results = client.fetch_all(job["id"], tmp_path / "res")
+    counts = sorted(int((tmp_path / "res" / str(i) / "count.txt").read_text()) for i in range(3))
+    assert counts == [10, 11, 12]
+    for r in results:
+        assert hashlib.sha256(r.path.read_bytes()).hexdigest() == r.sha256
+
+
+def test_failing_input_fails_with_its_exit_code_others_complete(trio):
+    a, b, c = trio
+    report_load(a.url, a, 0.1)
+    report_load(a.url, b, 1.0)
+    report_load(a.url, c, 1.0)
+    inputs = [publish(a, "good.txt", 3), publish(a, "bad.txt", 2)]
+    client = Client(a.url)
+    job = client.submit("mixed", COUNT_SH, "count.sub", inputs, executable_name="count.sh", submit_text=COUNT_SUB)
+    final = client.wait(job["id"], timeout=60)
+    by_input = {i["input"]: i for i in final["inputs"]}
+    assert by_input["good.txt"]["state"] == "completed" and by_input["good.txt"]["exit_code"] == 0
+    assert by_input["bad.txt"]["state"] == "failed" and by_input["bad.txt"]["exit_code"] == 7
+    assert final["state"] == "failed"
+
+
+SLEEPER = b"""#!/bin/sh
+echo $$ > pid.txt
+i=0
+while [ $i -lt 600 ]; do i=$((i+1)); echo tick $i; sleep 0.1; done
+"""
+
+
+def test_kill_stops_running_procs(trio):
+    a, b, c = trio
+    report_load(a.url, a, 9.0)
+    report_load(a.url, b, 0.1)
+    report_load(a.url, c, 9.0)
+    inputs = [publish(a, "s0.txt", 1), publish(a, "s1.txt", 1)]
+    client = Client(a.url)
+    job = client.submit("sleep", SLEEPER, "s.sub", inputs, executable_name="sleep.sh",
+                        submit_text="executable = sleep.sh\noutput = out.txt\nqueue\n")
+    assert job["peer"] == "site-b"
+    stage = b.state / "stage" / job["id"]
+    pids = wait_until(lambda: [int((stage / str(i) / "pid.txt").read_text()) for i in range(2)]
+                      if all((stage / str(i) / "pid.txt").exists() for i in range(2)) else None,
+                      what="both procs to start")
+    assert all(psutil.pid_exists(p) for p in pids)
+    res = client.kill(job["id"])  # through the broker peer, relayed to site-b
+    assert res["removed_procs"] == 2
+    final = client.wait(job["id"], timeout=30)
+    assert final["state"] == "removed"
+    assert all(i["state"] == "removed" for i in final["inputs"])
+    wait_until(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+                               for p in pids), what="the killed procs to be gone")
+
+
+def test_status_etag_and_long_poll(trio):
+    a, b, c = trio
+    report_load(a.url, a, 0.0)
+    inputs = [publish(a, "lp.txt", 1)]
+    client = Client(a.url)
+    job = client.submit("lp", COUNT_SH, "count.sub", inputs, executable_name="count.sh", submit_text=COUNT_SUB)
+    final = client.wait(job["id"], timeout=60)
+    r = requests.get(f"{a.url}/api/v1/jobs/{job['id']}")
+    etag = r.headers["ETag"]
+    # Unchanged: 304 with no body, both directly and relayed through another peer.
+    for base in (a.url, c.url):
+        r304 = requests.get(f"{base}/api/v1/jobs/{job['id']}", headers={"If-None-Match": etag})
+        assert r304.status_code == 304 and r304.content == b""
+    # Long-poll on a finished job returns 304 after the wait (nothing will change).
+    t = time.monotonic()
+    r = requests.get(f"{a.url}/api/v1/jobs/{job['id']}", params={"wait": 0.5}, headers={"If-None-Match": etag})
+    assert r.status_code == 304 and time.monotonic() - t >= 0.5
+    assert final["state"] == "completed"
+
+
+def test_long_poll_wakes_when_status_changes(trio):
+    a, b, c = trio
+    report_load(a.url, a, 0.0)
+    inputs = [publish(a, "lp2.txt", 1)]
+    client = Client(a.url)
+    job = client.submit("lp2", SLEEPER, "s.sub", inputs, executable_name="sleep.sh",
+                        submit_text="executable = sleep.sh\nqueue\n")
+    status, etag = client.status(job["id"])
+    # Kill from another thread of control after the long-poll started: it must answer with the new status.
+    wait_until(lambda: client.status(job["id"])[0]["state"] == "running", what="the proc to run")
+    status, etag = client.status(job["id"])
+    proc = subprocess.Popen([sys.executable, "-c", f"import requests; requests.delete('{a.url}/api/v1/jobs/{job['id']}')"])
+    new, new_etag = client.status(job["id"], wait=30, etag=etag)
+    proc.wait()
+    assert new is not None and new_etag != etag
+
+
+def test_outputs_readable_while_running(trio, tmp_path):
+    a, b, c = trio
+    report_load(a.url, a, 0.0)
+    client = Client(a.url)
+    job = client.submit("live", SLEEPER, "s.sub", [publish(a, "live.txt", 1)], executable_name="sleep.sh",
+                        submit_text="executable = sleep.sh\noutput = out.txt\nqueue\n")
+    def ticking():
+        files = client.outputs(job["id"])["outputs"][0]["files"]
+        return next((f for f in files if f["name"] == "out.txt" and f["size"] > 20), None)
+    f = wait_until(ticking, what="output to appear while running")
+    out = client.outputs(job["id"])["outputs"][0]
+    assert out["state"] == "running" and out["final"] is False
+    r = requests.get(f"{a.url}/api/v1/jobs/{job['id']}/outputs/0/out.txt", headers={"Range": "bytes=0-9"})
+    assert r.status_code == 206 and r.content.startswith(b"tick 1")
+    client.kill(job["id"])
+
+
+def test_idempotent_submit(trio):
+    a, b, c = trio
+    report_load(a.url, a, 0.0)
+    inputs = [publish(b, "idem.txt", 2)]
+    client = Client(b.url)
+    kw = dict(executable_name="count.sh", submit_text=COUNT_SUB, idempotency_key="phone-retry-1")
+    first = client.submit("idem", COUNT_SH, "count.sub", inputs, **kw)
+    again = client.submit("idem", COUNT_SH, "count.sub", inputs, **kw)
+    assert again["id"] == first["id"]
+    with pytest.raises(ApiError) as err:
+        client.submit("idem-other", COUNT_SH, "count.sub", inputs, **kw)
+    assert err.value.status == 409 and "Idempotency-Key" in err.value.message
+    mine = [j for j in client.jobs() if j["name"] == "idem"]
+    assert len(mine) == 1
