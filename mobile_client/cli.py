@@ -67,8 +67,21 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("file", nargs="?", help="INDEX/NAME of one output; default: all")
     p.add_argument("-o", "--dest", type=Path, default=Path("."), help="destination directory")
     p.add_argument("--chunk", type=int, default=1024 * 1024, help="checkpoint every N bytes (default 1 MiB)")
+    p.add_argument("--limit-rate", type=_rate, help="cap the speed, e.g. 500K or 2M (bytes/s)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_fetch)
+
+
+def _rate(text: str) -> int:
+    units = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
+    number, unit = text.rstrip("KMGkmg"), text[len(text.rstrip("KMGkmg")):].upper()
+    try:
+        value = int(float(number) * units[unit])
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(f"not a rate: {text!r} (examples: 500K, 2M)") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("the rate must be positive")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -194,11 +207,12 @@ def cmd_fetch(c: Client, args: argparse.Namespace) -> int:
             print("error: give the output as INDEX/NAME, e.g. 0/histogram.json", file=sys.stderr)
             return 2
         dest = args.dest / index / name
-        res = c.fetch(args.job, int(index), name, dest, chunk_bytes=args.chunk,
+        res = c.fetch(args.job, int(index), name, dest, chunk_bytes=args.chunk, rate_limit=args.limit_rate,
                       progress=_bar_factory(show)(args.file, 0))
         results = [res]
     else:
-        results = c.fetch_all(args.job, args.dest, chunk_bytes=args.chunk, progress_factory=_bar_factory(show))
+        results = c.fetch_all(args.job, args.dest, chunk_bytes=args.chunk, rate_limit=args.limit_rate,
+                              progress_factory=_bar_factory(show))
     for r in results:
         resumed = f" (resumed at byte {r.resumed_from})" if r.resumed_from else ""
         print(f"{r.path}  {r.size} bytes  sha256 {r.sha256}  verified{resumed}")

@@ -241,6 +241,7 @@ class Client:
         sha256: str | None = None,
         size: int | None = None,
         chunk_bytes: int = DEFAULT_CHUNK,
+        rate_limit: int | None = None,
         progress: Callable[[int, int | None], None] | None = None,
     ) -> DownloadResult:
         """Download one output, resuming a partial earlier attempt, verified by SHA-256."""
@@ -255,7 +256,7 @@ class Client:
         url = f"{self.base_url}/api/v1/jobs/{job_id}/outputs/{index}/{name}"
         return download(
             self.session, url, dest, expected_sha256=sha256, expected_size=size,
-            chunk_bytes=chunk_bytes, progress=progress,
+            chunk_bytes=chunk_bytes, rate_limit=rate_limit, progress=progress,
         )
 
     def fetch_all(
@@ -264,6 +265,7 @@ class Client:
         dest_dir: str | os.PathLike[str],
         *,
         chunk_bytes: int = DEFAULT_CHUNK,
+        rate_limit: int | None = None,
         progress_factory: Callable[[str, int], Callable[[int, int | None], None]] | None = None,
     ) -> list[DownloadResult]:
         """Download every output of a job into ``dest_dir/<index>/<name>``."""
@@ -274,7 +276,7 @@ class Client:
                 progress = progress_factory(f"{out['index']}/{f['name']}", f["size"]) if progress_factory else None
                 results.append(
                     self.fetch(job_id, out["index"], f["name"], dest, sha256=f["sha256"], size=f["size"],
-                               chunk_bytes=chunk_bytes, progress=progress)
+                               chunk_bytes=chunk_bytes, rate_limit=rate_limit, progress=progress)
                 )
         return results
 

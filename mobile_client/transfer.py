@@ -102,11 +102,13 @@ def download(
     max_attempts: int = 8,
     timeout: float = 30.0,
     fsync: bool = True,
+    rate_limit: int | None = None,
     progress: Callable[[int, int | None], None] | None = None,
 ) -> DownloadResult:
     """Download ``url`` to ``dest``, resuming any earlier partial attempt.
 
     ``progress(done_bytes, total_bytes_or_None)`` is called as bytes arrive.
+    ``rate_limit`` caps the average speed in bytes/s (a metered link).
     Raises :class:`DownloadFailed` on a 4xx/5xx answer or when attempts run
     out, :class:`IntegrityError` when the result does not verify (the partial
     file is then discarded, so the next call starts clean).
@@ -123,6 +125,7 @@ def download(
     total = expected_size
     transferred = 0
     attempt = 0
+    started = time.monotonic()
 
     while True:
         attempt += 1
@@ -165,7 +168,8 @@ def download(
                     fh.truncate()
                     _write_checkpoint(part, url, offset, etag)
                     since_checkpoint = 0
-                    for block in resp.iter_content(chunk_size=min(chunk_bytes, 1024 * 1024)):
+                    read_size = min(chunk_bytes, 1024 * 1024, max(4096, (rate_limit or 1 << 30) // 10))
+                    for block in resp.iter_content(chunk_size=read_size):
                         fh.write(block)
                         hasher.update(block)
                         offset += len(block)
@@ -179,6 +183,10 @@ def download(
                             since_checkpoint = 0
                         if progress:
                             progress(offset, total)
+                        if rate_limit:
+                            ahead = transferred / rate_limit - (time.monotonic() - started)
+                            if ahead > 0:
+                                time.sleep(ahead)
                     fh.flush()
                     if fsync:
                         os.fsync(fh.fileno())

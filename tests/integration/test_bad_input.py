@@ -1,0 +1,167 @@
+"""Every bad input gets a clear 4xx and changes nothing (real peer process)."""
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import os
+
+import pytest
+import requests
+
+from tests.conftest import PeerProcess, free_port, wait_until
+
+pytestmark = pytest.mark.integration
+
+OK_SH = b"#!/bin/sh\necho ok > out.txt\n"
+OK_SUB = "executable = ok.sh\nqueue\n"
+
+
+@pytest.fixture(scope="module")
+def peer(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bad")
+    env = {**os.environ, "POCKETGRID_MAX_BODY_BYTES": "200000"}
+    p = PeerProcess("solo", root / "solo", free_port(), ["--no-agent", "--threads", "4"], env)
+    (p.state / "publish" / "sub").mkdir(parents=True)
+    (p.state / "publish" / "data.txt").write_text("1\n2\n3\n")
+    (p.state / "publish" / "sub" / "inner.txt").write_text("x\n")
+    (root / "secret.txt").write_text("secret")
+    os.symlink(root / "secret.txt", p.state / "publish" / "leak.txt")
+    p.start()
+    requests.post(f"{p.url}/api/v1/broker/reports", json={"peer": "solo", "url": p.url, "coefficient": 0.1},
+                  timeout=5).raise_for_status()
+    yield p
+    p.stop()
+
+
+def raw_get(peer, path: str, headers: dict | None = None) -> tuple[int, dict]:
+    """Send the path exactly as given (requests would normalise '..')."""
+    conn = http.client.HTTPConnection("127.0.0.1", peer.port, timeout=10)
+    conn.request("GET", path, headers=headers or {})
+    resp = conn.getresponse()
+    body = resp.read()
+    conn.close()
+    try:
+        return resp.status, json.loads(body)
+    except ValueError:
+        return resp.status, {"raw": body[:200]}
+
+
+def submit(peer, *, inputs=("data.txt",), exe=OK_SH, exe_name="ok.sh", sub=OK_SUB, name="j", key=None):
+    files = {"executable": (exe_name, io.BytesIO(exe)), "submit": ("job.sub", io.BytesIO(sub.encode()))}
+    headers = {"Idempotency-Key": key} if key else {}
+    return requests.post(f"{peer.url}/api/v1/jobs", data={"name": name, "inputs": json.dumps(list(inputs))},
+                         files=files, headers=headers, timeout=30)
+
+
+def job_count(peer) -> int:
+    return len(requests.get(f"{peer.url}/api/v1/jobs?local=1", timeout=5).json()["jobs"])
+
+
+def staged(peer) -> list[str]:
+    stage = peer.state / "stage"
+    return sorted(os.listdir(stage)) if stage.exists() else []
+
+
+@pytest.mark.parametrize("path", [
+    "/api/v1/files/../secret.txt",
+    "/api/v1/files/%2e%2e/secret.txt",
+    "/api/v1/files/sub/%2E%2E/%2e%2e/secret.txt",
+    "/api/v1/files/leak.txt",
+    "/api/v1/files?path=..",
+    "/api/v1/files?path=/etc",
+    "/api/v1/files?glob=../*",
+    "/api/v1/peer/files/%2e%2e/secret.txt",
+])
+def test_traversal_forms_are_refused(peer, path):
+    status, body = raw_get(peer, path)
+    assert status in (400, 404), (status, body)
+    assert "secret" not in json.dumps(body).replace("secret.txt", "")
+    assert body.get("error")
+
+
+def test_plain_browse_still_works(peer):
+    status, body = raw_get(peer, "/api/v1/files")
+    assert status == 200 and {"data.txt", "sub"} <= {f["path"] for f in body["files"]}
+
+
+@pytest.mark.parametrize("kwargs, status, needle", [
+    ({"inputs": ("../secret.txt",)}, 400, "'..'"),
+    ({"inputs": ("/etc/passwd",)}, 400, "absolute"),
+    ({"inputs": ("leak.txt",)}, 400, "leaves the publishing area"),
+    ({"inputs": ("missing.txt",)}, 404, "no such file"),
+    ({"inputs": ()}, 400, "at least one input"),
+    ({"exe": b""}, 400, "executable is empty"),
+    ({"exe_name": "../evil.sh"}, 400, "executable name"),
+    ({"sub": "executable = ok.sh\nqueue 1 2 3 in\n"}, 400, "submit file"),
+    ({"sub": "universe = local\nexecutable = ok.sh\nqueue\n"}, 400, "universe"),
+    ({"sub": "include command : touch /tmp/pwned |\nqueue\n"}, 400, "include"),
+    ({"exe_name": "data.txt"}, 400, "same name"),
+    ({"name": ""}, 400, "name"),
+])
+def test_bad_submissions_are_refused_and_change_nothing(peer, kwargs, status, needle):
+    before_jobs, before_stage = job_count(peer), staged(peer)
+    r = submit(peer, **kwargs)
+    assert r.status_code == status, r.text
+    assert needle.lower() in r.json()["error"].lower(), r.json()
+    assert job_count(peer) == before_jobs and staged(peer) == before_stage
+
+
+def test_oversize_body_is_413_and_changes_nothing(peer):
+    before = job_count(peer)
+    r = submit(peer, exe=b"#!/bin/sh\n" + b"#" * 300_000)
+    assert r.status_code == 413 and r.json()["error"]
+    assert job_count(peer) == before
+
+
+def test_bad_multipart_fields(peer):
+    r = requests.post(f"{peer.url}/api/v1/jobs", data={"name": "x", "inputs": "not json"},
+                      files={"executable": ("a.sh", b"x"), "submit": ("s", b"queue\n")}, timeout=10)
+    assert r.status_code == 400 and "JSON list" in r.json()["error"]
+    r = requests.post(f"{peer.url}/api/v1/jobs", data={"name": "x"}, timeout=10)
+    assert r.status_code == 400 and "executable" in r.json()["error"]
+
+
+@pytest.mark.parametrize("job_id, status", [
+    ("solo.doesnotexist", 404),
+    ("nopeer.123", 404),
+    ("garbage", 404),
+])
+def test_unknown_jobs(peer, job_id, status):
+    for suffix in ("", "/outputs", "/outputs/0/out.txt"):
+        r = requests.get(f"{peer.url}/api/v1/jobs/{job_id}{suffix}", timeout=10)
+        assert r.status_code == status and r.json()["error"], (suffix, r.text)
+    assert requests.delete(f"{peer.url}/api/v1/jobs/{job_id}", timeout=10).status_code == status
+
+
+def test_output_routes_refuse_traversal_and_staged_files(peer):
+    r = submit(peer)
+    assert r.status_code == 201, r.text
+    job_id = r.json()["id"]
+    wait_until(lambda: requests.get(f"{peer.url}/api/v1/jobs/{job_id}").json()["state"] == "completed")
+    base = f"/api/v1/jobs/{job_id}/outputs"
+    assert raw_get(peer, f"{base}/0/out.txt")[0] == 200
+    for bad, codes in [(f"{base}/0/%2e%2e/job.log", (400,)), (f"{base}/0/../../job.log", (400, 404)),
+                       (f"{base}/0/ok.sh", (404,)), (f"{base}/7/out.txt", (404,)), (f"{base}/0/nope", (404,))]:
+        status, body = raw_get(peer, bad)
+        assert status in codes and body.get("error"), (bad, status, body)
+
+
+def test_range_beyond_end_is_416(peer):
+    r = requests.get(f"{peer.url}/api/v1/files/data.txt", headers={"Range": "bytes=1000-2000"}, timeout=10)
+    assert r.status_code == 416
+    assert r.headers.get("Content-Range") == "bytes */6"
+    r = requests.get(f"{peer.url}/api/v1/files/data.txt", headers={"Range": "bytes=2-"}, timeout=10)
+    assert r.status_code == 206 and r.content == b"2\n3\n"
+
+
+def test_bad_wait_parameter(peer):
+    r = requests.get(f"{peer.url}/api/v1/jobs/solo.x", params={"wait": "soon"}, timeout=10)
+    assert r.status_code == 400 and "wait" in r.json()["error"]
+
+
+def test_bad_broker_calls(peer):
+    r = requests.post(f"{peer.url}/api/v1/broker/reports", json={"peer": "x"}, timeout=10)
+    assert r.status_code == 400 and "url" in r.json()["error"]
+    r = requests.post(f"{peer.url}/api/v1/broker/placements", data="nope", timeout=10)
+    assert r.status_code == 400

@@ -1,0 +1,128 @@
+"""Peers crash and restart; downloads get cut: nothing is lost, nothing is re-sent twice."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+import requests
+
+from mobile_client import Client
+from tests.conftest import ROOT, free_port, report_load, wait_until
+
+pytestmark = pytest.mark.integration
+
+# Runs ~2 s, then writes its exit marker: long enough to kill the peer meanwhile.
+SLOW = b"""#!/bin/sh
+echo $$ > pid.txt
+i=0
+while [ $i -lt 20 ]; do i=$((i+1)); sleep 0.1; done
+echo finished > done.txt
+exit 3
+"""
+SLOW_SUB = "executable = slow.sh\nqueue\n"
+
+
+def _submit(url: str, peer, name: str) -> dict:
+    (peer.publish).mkdir(parents=True, exist_ok=True)
+    (peer.publish / f"{name}.txt").write_text("x\n")
+    return Client(url).submit(name, SLOW, "slow.sub", [f"{name}.txt"], executable_name="slow.sh", submit_text=SLOW_SUB)
+
+
+def test_killed_peer_restarts_and_reports_the_verdict_it_missed(peers):
+    p = peers("solo", extra=["--no-agent"])
+    job = _submit(p.url, p, "crash")
+    pid_file = p.state / "stage" / job["id"] / "0" / "pid.txt"
+    wait_until(pid_file.exists, what="the proc to start")
+    p.stop(signal.SIGKILL)  # the whole peer (gunicorn master + worker) dies; the runner lives on
+    wait_until(lambda: (p.state / "stage" / job["id"] / "0" / "done.txt").exists(), what="the proc to finish")
+    p.start()
+    final = Client(p.url).wait(job["id"], timeout=30)
+    assert final["inputs"][0]["state"] == "failed" and final["inputs"][0]["exit_code"] == 3
+
+
+def test_killed_peer_adopts_a_proc_still_running(peers):
+    p = peers("solo", extra=["--no-agent"])
+    job = _submit(p.url, p, "adopt")
+    pid_file = p.state / "stage" / job["id"] / "0" / "pid.txt"
+    wait_until(pid_file.exists, what="the proc to start")
+    p.stop(signal.SIGKILL)
+    p.start()  # back while the proc still runs
+    status, _ = Client(p.url).status(job["id"])
+    assert status["inputs"][0]["state"] in ("running", "failed")
+    final = Client(p.url).wait(job["id"], timeout=30)
+    assert final["inputs"][0]["exit_code"] == 3
+    assert final["inputs"][0].get("evictions", 0) == 0  # it ran once, never restarted
+
+
+def test_clean_shutdown_evicts_and_reruns_after_restart(peers):
+    p = peers("solo", extra=["--no-agent"])
+    job = _submit(p.url, p, "evict")
+    pid_file = p.state / "stage" / job["id"] / "0" / "pid.txt"
+    wait_until(pid_file.exists, what="the proc to start")
+    first_pid = int(pid_file.read_text())
+    p.stop(signal.SIGTERM)
+    assert not psutil.pid_exists(first_pid) or psutil.Process(first_pid).status() == psutil.STATUS_ZOMBIE
+    p.start()
+    final = Client(p.url).wait(job["id"], timeout=30)
+    proc = final["inputs"][0]
+    assert proc["exit_code"] == 3 and proc["evictions"] == 1
+    assert int(pid_file.read_text()) != first_pid  # it really ran again
+
+
+def test_dead_candidate_falls_back_to_the_next(peers):
+    a = peers("site-a", extra=["--no-agent"])
+    b = peers("site-b", join=a.url, extra=["--no-agent"])
+    dead_port = free_port()
+
+    class Dead:
+        name, url = "site-dead", f"http://127.0.0.1:{dead_port}"
+
+    report_load(a.url, Dead, 0.0)   # best score, but nobody listens there
+    report_load(a.url, b, 0.5)
+    report_load(a.url, a, 0.9)
+    a.publish.mkdir(parents=True, exist_ok=True)
+    (a.publish / "f.txt").write_text("1\n")
+    job = Client(a.url).submit("fb", b"#!/bin/sh\nexit 0\n", "s.sub", ["f.txt"], executable_name="x.sh",
+                               submit_text="executable = x.sh\nqueue\n")
+    assert job["peer"] == "site-b"
+    assert Client(a.url).wait(job["id"], timeout=30)["state"] == "completed"
+
+
+BIG = b"""#!/bin/sh
+head -c 12582912 /dev/urandom > big.bin
+"""
+
+
+def test_interrupted_cli_fetch_resumes_with_at_most_one_chunk_resent(peers, tmp_path):
+    p = peers("solo", extra=["--no-agent"])
+    p.publish.mkdir(parents=True, exist_ok=True)
+    (p.publish / "in.txt").write_text("x\n")
+    client = Client(p.url)
+    job = client.submit("big", BIG, "b.sub", ["in.txt"], executable_name="big.sh",
+                        submit_text="executable = big.sh\nqueue\n")
+    assert client.wait(job["id"], timeout=60)["state"] == "completed"
+    dest = tmp_path / "dl"
+    chunk = 256 * 1024
+    cmd = [sys.executable, "-m", "pocketgrid.cli", "fetch", job["id"], "0/big.bin", "-o", str(dest),
+           "--peer", p.url, "--chunk", str(chunk), "--no-progress", "--limit-rate", "4M"]
+    part = dest / "0" / "big.bin.part"
+    # --limit-rate: a slow link, so it is still downloading when we kill it.
+    proc = subprocess.Popen(cmd, cwd=ROOT)
+    wait_until(lambda: part.exists() and part.stat().st_size > 3 * 1024 * 1024, timeout=60,
+               what="the first download to get going")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    had = part.stat().st_size
+    checkpoint = json.loads((dest / "0" / "big.bin.part.json").read_text())["offset"]
+    assert had - checkpoint <= chunk + 1024 * 1024  # at most one chunk (+ one read) past the checkpoint
+    out = subprocess.run(cmd[:-2], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert f"resumed at byte {checkpoint}" in out.stdout and "verified" in out.stdout
+    assert (dest / "0" / "big.bin").stat().st_size == 12582912
+    assert not part.exists()
