@@ -129,16 +129,17 @@ class JobService:
             raise BadRequest("a job needs at least one input file from the publishing area")
         input_paths = [self.publishing.file(p) for p in req.inputs]
         validate_names(req.executable_name, req.submit_name, [p.name for p in input_paths])
-        try:
-            parse(req.submit_text, self.policy)  # fail fast, before placement
+        try:  # fail fast, before placement
+            parse(req.submit_text, self.policy, input_names=[p.name for p in input_paths])
         except SubmitDescriptionError as exc:
             raise BadRequest(f"submit file {req.submit_name!r}: {exc}") from None
 
         fingerprint = req.fingerprint()
+        previous_target = None
         if idempotency_key:
             if len(idempotency_key) > 200:
                 raise BadRequest("Idempotency-Key is longer than 200 characters")
-            existing = self._claim_key(idempotency_key, owner, fingerprint)
+            existing, previous_target = self._claim_key(idempotency_key, owner, fingerprint)
             if existing is not None:
                 return existing, True
             origin_key = hashlib.sha256(f"{owner}\x00{idempotency_key}".encode()).hexdigest()
@@ -146,6 +147,12 @@ class JobService:
             origin_key = secrets.token_hex(16)
 
         ranking = self.place(origin_key, len(input_paths), sum(p.stat().st_size for p in input_paths))
+        if previous_target is not None:
+            # An earlier attempt may have created the job there: ask it first.
+            url = self.membership.url_of(previous_target)
+            ranking = [c for c in ranking if c["name"] != previous_target]
+            if url is not None:
+                ranking.insert(0, {"name": previous_target, "url": url, "score": None, "reason": "retry"})
         if not ranking:
             raise Unavailable("no peer is available to run the job; try again shortly", retry_after=5)
         inputs = [
@@ -170,6 +177,8 @@ class JobService:
         }
         errors = []
         for candidate in ranking:
+            if idempotency_key:
+                self._record_target(idempotency_key, owner, candidate["name"])
             try:
                 if candidate["name"] == self.name:
                     summary = self.accept(meta, req.executable)
@@ -187,8 +196,15 @@ class JobService:
             return summary, False
         raise Unavailable("every candidate peer failed: " + "; ".join(errors), retry_after=5)
 
-    def _claim_key(self, key: str, owner: str, fingerprint: str) -> dict[str, Any] | None:
-        """Record the key, or return the job a previous identical request created."""
+    def _record_target(self, key: str, owner: str, target: str) -> None:
+        with self.db.session() as s:
+            row = s.get(IdempotencyKey, (key, owner))
+            if row is not None:
+                row.target = target
+
+    def _claim_key(self, key: str, owner: str, fingerprint: str) -> tuple[dict[str, Any] | None, str | None]:
+        """Record the key; or return the job a previous identical request created
+        (or, if that request did not finish, the peer it was sent to)."""
         for _ in range(2):
             with self.db.session() as s:
                 row = s.get(IdempotencyKey, (key, owner))
@@ -199,15 +215,15 @@ class JobService:
                     except IntegrityError:
                         s.rollback()
                         continue
-                    return None
+                    return None, None
                 if row.request_hash != fingerprint:
                     raise Conflict(
                         "this Idempotency-Key was already used for a different request; "
                         "use a new key for a new job"
                     )
                 if row.job_id is None:
-                    return None  # earlier attempt did not finish: redo it (targets de-duplicate)
-                return {"id": row.job_id, "peer": peer_of(row.job_id)}
+                    return None, row.target  # earlier attempt did not finish: redo it there
+                return {"id": row.job_id, "peer": peer_of(row.job_id)}, None
         raise Conflict("concurrent submissions with the same Idempotency-Key; retry")
 
     def _forward(self, candidate: dict[str, Any], meta: dict[str, Any], executable: bytes) -> dict[str, Any]:

@@ -74,6 +74,10 @@ class IdempotencyKey(Base):
     owner: Mapped[str] = mapped_column(String(500), primary_key=True)
     request_hash: Mapped[str] = mapped_column(String(64))
     job_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    #: The peer the job was last forwarded to, recorded BEFORE forwarding: a
+    #: retry after a crash goes back there (it de-duplicates) instead of
+    #: creating a second job on another peer.
+    target: Mapped[str | None] = mapped_column(String(200), nullable=True)
     created_at: Mapped[float] = mapped_column(Float, default=time.time)
 
 

@@ -126,3 +126,27 @@ def test_interrupted_cli_fetch_resumes_with_at_most_one_chunk_resent(peers, tmp_
     assert f"resumed at byte {checkpoint}" in out.stdout and "verified" in out.stdout
     assert (dest / "0" / "big.bin").stat().st_size == 12582912
     assert not part.exists()
+
+
+def test_retry_after_entry_crash_goes_back_to_the_same_target(peers):
+    """The entry peer died after the target made the job but before it recorded the job ID."""
+    import sqlite3
+
+    a = peers("site-a", extra=["--no-agent"])
+    b = peers("site-b", join=a.url, extra=["--no-agent"])
+    c = peers("site-c", join=a.url, extra=["--no-agent"])
+    a.publish.mkdir(parents=True, exist_ok=True)
+    (a.publish / "k.txt").write_text("1\n")
+    for peer, load in ((a, 9.0), (b, 0.1), (c, 5.0)):
+        report_load(a.url, peer, load)
+    kw = dict(executable_name="x.sh", submit_text="executable = x.sh\nqueue\n", idempotency_key="flaky-7")
+    first = Client(a.url).submit("k", b"#!/bin/sh\nexit 0\n", "s.sub", ["k.txt"], **kw)
+    assert first["peer"] == "site-b"
+    # The state a crash between "site-b accepted" and "entry recorded it" leaves behind:
+    with sqlite3.connect(a.state / "pocketgrid.db") as db:
+        db.execute("UPDATE idempotency_keys SET job_id = NULL WHERE key = 'flaky-7'")
+    for peer, load in ((a, 9.0), (b, 5.0), (c, 0.1)):  # now site-c looks best
+        report_load(a.url, peer, load)
+    again = Client(a.url).submit("k", b"#!/bin/sh\nexit 0\n", "s.sub", ["k.txt"], **kw)
+    assert again["id"] == first["id"]
+    assert [j["id"] for j in Client(a.url).jobs() if j["name"] == "k"] == [first["id"]]
