@@ -165,3 +165,25 @@ def test_bad_broker_calls(peer):
     assert r.status_code == 400 and "url" in r.json()["error"]
     r = requests.post(f"{peer.url}/api/v1/broker/placements", data="nope", timeout=10)
     assert r.status_code == 400
+
+
+def test_upload_then_use_as_input_and_upload_refusals(peer, tmp_path):
+    from mobile_client import Client
+
+    local = tmp_path / "mine.txt"
+    local.write_text("a\nb\n")
+    client = Client(peer.url)
+    info = client.upload(local)
+    assert info["path"] == "uploads/mine.txt" and info["size"] == 4
+    r = submit(peer, inputs=(info["path"],))
+    assert r.status_code == 201, r.text
+    # traversal and oversize uploads are refused and leave nothing behind
+    conn = http.client.HTTPConnection("127.0.0.1", peer.port, timeout=10)
+    conn.request("PUT", "/api/v1/files/uploads/%2e%2e/%2e%2e/evil.txt", body=b"x")
+    resp = conn.getresponse()
+    assert resp.status == 400 and b"'..'" in resp.read()
+    conn.close()
+    r = requests.put(f"{peer.url}/api/v1/files/uploads/huge.bin", data=b"x" * 300_000, timeout=10)
+    assert r.status_code == 413
+    assert not (peer.publish / "uploads" / "huge.bin").exists()
+    assert not (peer.state / "evil.txt").exists() and not (peer.publish / "evil.txt").exists()
