@@ -25,6 +25,9 @@ class Registration(BrokerBase):
     url: Mapped[str] = mapped_column(String(500))
     seq: Mapped[int] = mapped_column(Integer)
     registered_at: Mapped[float] = mapped_column(Float, default=time.time)
+    #: Last heartbeat, registration or load report: a peer silent for longer
+    #: than the detection window leaves the placement table.
+    last_seen: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class LoadReport(BrokerBase):
@@ -56,3 +59,31 @@ class Placement(BrokerBase):
     ranking: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     policy: Mapped[str] = mapped_column(String(50))
     decided_at: Mapped[float] = mapped_column(Float, default=time.time)
+
+
+class PeerHealth(BrokerBase):
+    """Failed submissions to one peer, reported by entry peers, and its ban.
+
+    A separate table (not columns on ``broker_load``) so that a ban survives
+    the peer's next load report and older databases gain it by ``create_all``.
+    """
+
+    __tablename__ = "broker_peer_health"
+
+    peer: Mapped[str] = mapped_column(String(200), primary_key=True)
+    #: Consecutive failures (reset by a success or by ``Backoff.forget_after``).
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    last_failure_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    banned_until: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class LinkRate(BrokerBase):
+    """Measured transfer rate from one peer to another (bytes/s, smoothed)."""
+
+    __tablename__ = "broker_link_rates"
+
+    src: Mapped[str] = mapped_column(String(200), primary_key=True)
+    dst: Mapped[str] = mapped_column(String(200), primary_key=True)
+    bytes_per_second: Mapped[float] = mapped_column(Float)
+    samples: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[float] = mapped_column(Float)
