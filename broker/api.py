@@ -5,14 +5,15 @@ Others answer 409 with the current broker so callers retarget at once.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 from flask import Blueprint, current_app, jsonify, request
 
-from pocketgrid.errors import BadRequest, Conflict
+from pocketgrid.errors import BadRequest, Conflict, NotFound
 
 from .placement import JobRequest
-from .role import BrokerRole, NameConflict
+from .role import BrokerRole, NameConflict, UnknownPeer
 
 bp = Blueprint("broker", __name__, url_prefix="/api/v1/broker")
 
@@ -22,7 +23,7 @@ def _role() -> BrokerRole:
     ext = current_app.extensions["pocketgrid"]
     role: BrokerRole | None = ext.broker_role
     if role is None:
-        raise Conflict("this peer is not the broker", broker=ext.current_broker())
+        raise Conflict("this peer is not the broker", broker=ext.current_broker(), epoch=ext.membership.epoch)
     return role
 
 
@@ -47,6 +48,14 @@ def register():
         raise Conflict(str(exc)) from None
 
 
+@bp.post("/heartbeat")
+def heartbeat():
+    """A peer's heartbeat; a non-broker answers 409 naming the broker it knows."""
+    body = _json_body({"name": str, "url": str})
+    role = _role()
+    return jsonify(role.heartbeat(body["name"], body["url"]))
+
+
 @bp.post("/reports")
 def reports():
     body = _json_body({"peer": str, "url": str, "coefficient": (int, float)})
@@ -60,13 +69,58 @@ def placements():
     body = _json_body({"job_key": str, "n_procs": int})
     if body["n_procs"] < 1:
         raise BadRequest("n_procs must be at least 1")
+    input_bytes = body.get("input_bytes") or {}
+    if not isinstance(input_bytes, dict) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in input_bytes.values()
+    ):
+        raise BadRequest("field 'input_bytes' must map peer names to byte counts (integers >= 0)")
     job = JobRequest(
         n_procs=body["n_procs"],
-        input_bytes={str(k): int(v) for k, v in (body.get("input_bytes") or {}).items()},
+        input_bytes={str(k): v for k, v in input_bytes.items()},
         entry_peer=str(body.get("entry_peer", "")),
     )
     ranking = _role().place(body["job_key"], job)
     return jsonify({"ranking": [r.__dict__ for r in ranking]})
+
+
+@bp.post("/placements/outcome")
+def placement_outcome():
+    """An entry peer tells how handing a job to ``peer`` went.
+
+    ``{"peer": name, "ok": false}`` after a failed forward (connection error
+    or 5xx) counts towards the peer's ban; ``"ok": true`` clears it.
+    Answers the peer's ban state.
+    """
+    body = _json_body({"peer": str, "ok": bool})
+    if not body["peer"]:
+        raise BadRequest("field 'peer' must not be empty")
+    role = _role()
+    try:
+        state = role.report_success(body["peer"]) if body["ok"] else role.report_failure(body["peer"])
+    except UnknownPeer as exc:
+        raise NotFound(str(exc)) from None
+    return jsonify(state)
+
+
+@bp.post("/transfers")
+def transfers():
+    """A peer measured a transfer of ``bytes`` from peer ``src`` to peer ``dst`` in ``seconds``.
+
+    Feeds the bandwidth table the default policy uses to price moving inputs
+    (a smoothed estimate per direction; transfers under 256 KiB are ignored).
+    """
+    body = _json_body({"src": str, "dst": str, "bytes": int, "seconds": (int, float)})
+    if body["bytes"] < 0:
+        raise BadRequest("field 'bytes' must be >= 0")
+    if not (math.isfinite(body["seconds"]) and body["seconds"] > 0):
+        raise BadRequest("field 'seconds' must be a finite number > 0")
+    if body["src"] == body["dst"]:
+        raise BadRequest("fields 'src' and 'dst' name the same peer")
+    try:
+        estimate = _role().report_transfer(body["src"], body["dst"], body["bytes"], float(body["seconds"]))
+    except UnknownPeer as exc:
+        raise NotFound(str(exc)) from None
+    return jsonify({"src": body["src"], "dst": body["dst"], "bytes_per_second": estimate})
 
 
 @bp.get("/table")

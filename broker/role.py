@@ -17,14 +17,30 @@ import requests
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from .models import LoadReport, Placement, Registration
-from .placement import JobRequest, PeerState, Ranked, get_policy
+from .models import LinkRate, LoadReport, PeerHealth, Placement, Registration
+from .placement import (
+    DEFAULT_POLICY,
+    MIN_MEASURED_BYTES,
+    Backoff,
+    JobRequest,
+    PeerState,
+    Ranked,
+    expected_occupancy,
+    get_policy,
+    hidden_backlog,
+    peer_state_from_report,
+    update_bandwidth,
+)
 
 log = logging.getLogger(__name__)
 
 
 class NameConflict(ValueError):
     """A different live peer already registered under that name."""
+
+
+class UnknownPeer(LookupError):
+    """An outcome or transfer report names a peer this broker does not know."""
 
 
 class BrokerRole:
@@ -35,24 +51,34 @@ class BrokerRole:
         name: str,
         url: str,
         epoch: int = 1,
-        policy: str = "min-coefficient",
+        policy: str = DEFAULT_POLICY,
         stale_factor: float = 3.0,
+        seed: int | None = None,
+        backoff: Backoff | None = None,
         http: requests.Session | None = None,
         clock: Callable[[], float] = time.time,
         on_change: Callable[[dict[str, Any]], None] | None = None,
+        dead_after: float | None = None,
     ) -> None:
         self.sessions = sessions
+        #: A peer not heard from (heartbeat, report) for this long is dead to placement.
+        self.dead_after = dead_after
         self.name = name
         self.url = url
         self.epoch = epoch
         self.policy_name = policy
-        self.policy = get_policy(policy)
+        #: One instance for the role's life: it keeps its random generator and turn.
+        self.policy = get_policy(policy, seed=seed, stale_factor=stale_factor)
         self.stale_factor = stale_factor
+        self.backoff = backoff or Backoff()
         self.http = http or requests.Session()
         self.clock = clock
         #: Called with the new membership on every change (the holding peer's own view).
         self.on_change = on_change
         self._lock = threading.Lock()
+        #: Estimated procs queued on host-only peers (placement.hidden_backlog).
+        #: Soft state in memory: a new broker starts from zero, as it does for in_flight.
+        self._backlog: dict[str, float] = {}
 
     # ---- membership -------------------------------------------------------
     def register(self, name: str, url: str) -> dict[str, Any]:
@@ -72,9 +98,48 @@ class BrokerRole:
                 seq = (s.scalar(select(func.max(Registration.seq))) or 0) + 1
                 reg = Registration(name=name, url=url, seq=seq, registered_at=self.clock())
                 s.add(reg)
+            reg.last_seen = self.clock()
             seq = reg.seq
         members = self._changed()
         return {"seq": seq, **members}
+
+    def heartbeat(self, name: str, url: str) -> dict[str, Any]:
+        """A peer says it is alive; answers the membership (a new peer is registered)."""
+        with self._lock, self.sessions.begin() as s:
+            reg = s.get(Registration, name)
+            if reg is not None and reg.url == url:
+                reg.last_seen = self.clock()
+                known = True
+            else:
+                known = False
+        if not known:
+            return self.register(name, url)
+        return self.membership()
+
+    def seed(self, members: list[dict[str, Any]]) -> None:
+        """Take over a membership list (after an election): same names, URLs and sequence numbers.
+
+        Everyone counts as alive until the detection window passes without
+        hearing from them: the new broker has not had time to hear anyone.
+        """
+        now = self.clock()
+        with self._lock, self.sessions.begin() as s:
+            for m in members:
+                reg = s.get(Registration, m["name"])
+                if reg is None:
+                    s.add(Registration(name=m["name"], url=m["url"], seq=int(m["seq"]), registered_at=now, last_seen=now))
+                else:
+                    reg.url, reg.seq, reg.last_seen = m["url"], int(m["seq"]), now
+
+    def announce(self) -> dict[str, Any]:
+        """Push the membership (with this role's epoch) to every member."""
+        return self._changed()
+
+    def _alive(self, reg: Registration, load: LoadReport | None, now: float) -> bool:
+        if self.dead_after is None or reg.name == self.name:
+            return True
+        heard = max(reg.last_seen or reg.registered_at or 0.0, load.received_at if load is not None else 0.0)
+        return now - heard <= self.dead_after
 
     def ensure_self_registered(self) -> None:
         with self.sessions.begin() as s:
@@ -111,13 +176,25 @@ class BrokerRole:
 
     # ---- load reports -----------------------------------------------------
     def ingest_report(self, report: dict[str, Any]) -> None:
-        """Store a peer's latest load report; it resets that peer's in-flight count."""
+        """Store a peer's latest load report; it resets that peer's in-flight count.
+
+        For a peer without pool figures, the procs it probably still holds
+        queued (invisible in host metrics) are carried over as its backlog
+        (``placement.hidden_backlog``).
+        """
         now = self.clock()
-        with self.sessions.begin() as s:
-            row = s.get(LoadReport, report["peer"])
+        name = report["peer"]
+        with self._lock, self.sessions.begin() as s:
+            row = s.get(LoadReport, name)
+            previous, placed = None, 0
             if row is None:
-                row = LoadReport(peer=report["peer"])
+                row = LoadReport(peer=name)
                 s.add(row)
+            else:
+                previous = peer_state_from_report(
+                    name, row.url, _report_of(row), now, backlog=self._backlog.get(name, 0.0)
+                )
+                placed = row.in_flight or 0
             row.url = report["url"]
             row.coefficient = float(report["coefficient"])
             row.paper_coefficient = report.get("paper_coefficient")
@@ -127,51 +204,152 @@ class BrokerRole:
             row.received_at = now
             row.interval = float(report.get("interval") or 15.0)
             row.in_flight = 0
-            joined = s.get(Registration, report["peer"]) is None
+            current = peer_state_from_report(name, row.url, _report_of(row), now)
+            self._backlog[name] = hidden_backlog(previous, current, placed)
+            joined = s.get(Registration, name) is None
             if joined:
                 seq = (s.scalar(select(func.max(Registration.seq))) or 0) + 1
-                s.add(Registration(name=report["peer"], url=report["url"], seq=seq, registered_at=now))
+                s.add(Registration(name=name, url=report["url"], seq=seq, registered_at=now))
         if joined:  # a peer known only from its agent's report is a member too
             self._changed()
 
     def peer_states(self) -> list[PeerState]:
+        """The policy's view of every registered peer, at this instant."""
         now = self.clock()
         with self.sessions() as s:
             regs = {r.name: r for r in s.scalars(select(Registration))}
             loads = {l.peer: l for l in s.scalars(select(LoadReport))}
+            bans = {h.peer: h.banned_until for h in s.scalars(select(PeerHealth))}
+            rates: dict[str, dict[str, float]] = {}
+            for link in s.scalars(select(LinkRate)):
+                rates.setdefault(link.dst, {})[link.src] = link.bytes_per_second
         states = []
         for name, reg in regs.items():
             load = loads.get(name)
+            if not self._alive(reg, load, now):
+                continue  # silent past the detection window: no new work goes there
             states.append(
-                PeerState(
-                    name=name,
-                    url=load.url if load else reg.url,
-                    coefficient=load.coefficient if load else None,
-                    report_age=(now - load.sampled_at) if load else None,
-                    interval=load.interval if load else 15.0,
+                peer_state_from_report(
+                    name,
+                    load.url if load else reg.url,
+                    _report_of(load) if load else None,
+                    now,
                     in_flight=load.in_flight if load else 0,
-                    pool=load.pool if load else None,
+                    banned_until=bans.get(name),
+                    bandwidth_in=rates.get(name),
+                    backlog=self._backlog.get(name, 0.0) if load else 0.0,
                 )
             )
         return states
 
     def load_table(self) -> list[dict[str, Any]]:
+        """One row per reporting peer: its report, report age, in-flight procs,
+        expected occupancy (what the default policy believes) and ban state."""
         now = self.clock()
+        states = {p.name: p for p in self.peer_states()}
         with self.sessions() as s:
             rows = s.scalars(select(LoadReport).order_by(LoadReport.peer)).all()
-            return [
-                {
-                    "peer": r.peer,
-                    "url": r.url,
-                    "coefficient": r.coefficient,
-                    "paper_coefficient": r.paper_coefficient,
-                    "metrics": r.metrics,
-                    "pool": r.pool,
-                    "report_age": round(now - r.sampled_at, 3),
-                    "in_flight": r.in_flight,
-                }
-                for r in rows
-            ]
+            health = {h.peer: h for h in s.scalars(select(PeerHealth))}
+            regs = {r.name: r for r in s.scalars(select(Registration))}
+            table = []
+            for r in rows:
+                state = states.get(r.peer)
+                occupancy = expected_occupancy(state) if state is not None else None
+                table.append(
+                    {
+                        "peer": r.peer,
+                        "url": r.url,
+                        "coefficient": r.coefficient,
+                        "paper_coefficient": r.paper_coefficient,
+                        "metrics": r.metrics,
+                        "pool": r.pool,
+                        "report_age": round(now - r.sampled_at, 3),
+                        "in_flight": r.in_flight,
+                        "backlog": round(self._backlog.get(r.peer, 0.0), 3),
+                        "slots": state.slots if state else None,
+                        "expected_occupancy": None if occupancy is None else round(occupancy, 3),
+                        "ban": self._ban_view(health.get(r.peer), now),
+                        "alive": r.peer in regs and self._alive(regs[r.peer], r, now),
+                    }
+                )
+            return table
+
+    @staticmethod
+    def _ban_view(h: PeerHealth | None, now: float) -> dict[str, Any]:
+        banned_for = max(0.0, (h.banned_until or 0.0) - now) if h is not None else 0.0
+        return {
+            "banned": banned_for > 0,
+            "banned_for": round(banned_for, 3),
+            "banned_until": h.banned_until if h is not None and banned_for > 0 else None,
+            "failures": (h.failures or 0) if h is not None else 0,
+        }
+
+    # ---- submission outcomes and transfer rates --------------------------
+    def report_failure(self, peer: str) -> dict[str, Any]:
+        """An entry peer could not hand a job to ``peer``: count it; ban with backoff.
+
+        ``Backoff.threshold`` consecutive failures ban the peer (it is ranked
+        last) for ``base`` seconds, doubling with each further failure.
+        """
+        now = self.clock()
+        with self._lock, self.sessions.begin() as s:
+            h = self._health_row(s, peer)
+            if h.last_failure_at is not None and now - h.last_failure_at > self.backoff.forget_after:
+                h.failures = 0
+            h.failures = (h.failures or 0) + 1
+            h.last_failure_at = now
+            ban = self.backoff.ban_seconds(h.failures)
+            if ban > 0:
+                h.banned_until = now + ban
+                log.warning("peer %s failed %d submissions in a row: banned for %.0f s", peer, h.failures, ban)
+            return {"peer": peer, **self._ban_view(h, now)}
+
+    def report_success(self, peer: str) -> dict[str, Any]:
+        """A submission to ``peer`` worked: forget its failures and lift any ban."""
+        now = self.clock()
+        with self._lock, self.sessions.begin() as s:
+            h = self._health_row(s, peer)
+            h.failures = 0
+            h.banned_until = None
+            return {"peer": peer, **self._ban_view(h, now)}
+
+    def report_transfer(self, src: str, dst: str, nbytes: int, seconds: float) -> float | None:
+        """Fold one measured transfer ``src`` -> ``dst`` into the bandwidth table.
+
+        Returns the new estimate in bytes/s (None while no transfer was large
+        enough to measure; see ``placement.MIN_MEASURED_BYTES``).
+        """
+        if src == dst:
+            raise ValueError("src and dst are the same peer; local copies say nothing about the network")
+        now = self.clock()
+        with self._lock, self.sessions.begin() as s:
+            for name in (src, dst):
+                if s.get(Registration, name) is None:
+                    raise UnknownPeer(f"unknown peer {name!r}")
+            link = s.get(LinkRate, (src, dst))
+            old = link.bytes_per_second if link else None
+            if nbytes < MIN_MEASURED_BYTES:
+                return old  # too small to measure: latency, not bandwidth
+            estimate = update_bandwidth(old, nbytes, seconds)
+            if estimate is None:
+                return None
+            if link is None:
+                link = LinkRate(src=src, dst=dst, bytes_per_second=estimate, samples=0, updated_at=now)
+                s.add(link)
+            link.bytes_per_second = estimate
+            link.samples = (link.samples or 0) + 1
+            link.updated_at = now
+            return estimate
+
+    @staticmethod
+    def _health_row(s: Session, peer: str) -> PeerHealth:
+        if s.get(Registration, peer) is None:
+            raise UnknownPeer(f"unknown peer {peer!r}")
+        h = s.get(PeerHealth, peer)
+        if h is None:
+            h = PeerHealth(peer=peer, failures=0)
+            s.add(h)
+        return h
 
     # ---- placement --------------------------------------------------------
     def place(self, job_key: str, job: JobRequest) -> list[Ranked]:
@@ -197,3 +375,14 @@ class BrokerRole:
                     )
                 )
         return ranking
+
+
+def _report_of(row: LoadReport) -> dict[str, Any]:
+    """A stored report in the agent's report shape (for ``peer_state_from_report``)."""
+    return {
+        "coefficient": row.coefficient,
+        "metrics": row.metrics,
+        "pool": row.pool,
+        "sampled_at": row.sampled_at,
+        "interval": row.interval,
+    }

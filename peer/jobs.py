@@ -96,6 +96,7 @@ class JobService:
         digests: DigestCache,
         http: requests.Session,
         place: Callable[[str, int, int], list[dict[str, Any]]],
+        report_failure: Callable[[str], None] = lambda peer: None,
         policy: Policy | None = None,
         peer_timeout: float = 10.0,
     ) -> None:
@@ -109,6 +110,7 @@ class JobService:
         self.digests = digests
         self.http = http
         self.place = place
+        self.report_failure = report_failure
         self.policy = policy or Policy()
         self.peer_timeout = peer_timeout
         self._readers: OrderedDict[str, EventLogReader] = OrderedDict()
@@ -186,6 +188,7 @@ class JobService:
                     summary = self._forward(candidate, meta, req.executable)
             except (BadGateway, Unavailable) as exc:
                 log.warning("peer %s could not take the job: %s", candidate["name"], exc.message)
+                self.report_failure(candidate["name"])
                 errors.append(f"{candidate['name']}: {exc.message}")
                 continue
             if idempotency_key:
