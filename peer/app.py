@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -23,7 +24,7 @@ from werkzeug.exceptions import HTTPException, RequestedRangeNotSatisfiable
 from broker import api as broker_api
 from broker.models import BrokerBase
 from broker.placement import JobRequest
-from broker.role import BrokerRole
+from broker.role import BrokerRole, UnknownPeer
 from pocketgrid.config import PeerConfig
 from pocketgrid.errors import PocketgridError, Unavailable
 
@@ -31,6 +32,7 @@ from . import api_files, api_jobs, api_peer, api_system
 from .auth import Identity, anonymous
 from .db import Database
 from .digests import DigestCache
+from .election import Elector
 from .executors import Executor, choose_executor
 from .jobs import JobService
 from .membership import Membership
@@ -55,8 +57,10 @@ class PeerServices:
     broker_role: BrokerRole | None
     authenticate: Callable[[], Identity] = anonymous
     agent: Any = None
+    elector: Any = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _started: bool = False
+    _role_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def current_broker(self) -> dict[str, str] | None:
         return self.membership.broker
@@ -66,25 +70,65 @@ class PeerServices:
             return
         self._started = True
         self.executor.start()
-        if self.config.join and self.broker_role is None:
-            threading.Thread(
-                target=self.membership.join, args=(self.config.join, self._stop), name="join", daemon=True
-            ).start()
+        if self.broker_role is None:
+            self._join_async(self._join_urls())
+        self.membership.on_step_down = self.step_down
+        self.elector = Elector(
+            self.membership,
+            self.http,
+            interval=self.config.heartbeat_interval,
+            misses=self.config.heartbeat_misses,
+            take_role=self.take_broker_role,
+        )
+        self.elector.start()
         if self.config.agent:
             from ema_agent.coefficient import Weights
             from ema_agent.reporter import Reporter
 
+            pool_source = None
+            if self.executor.name == "condor":  # a head node: the pool's load, not just this host's
+                from ema_agent.pool import make_pool_source
+
+                pool_source = make_pool_source()
             self.agent = Reporter(
                 self.config.name,
                 self.config.url,
                 [self.config.url, *self.config.join],
                 interval=self.config.agent_interval,
                 weights=Weights.from_dict(self.config.agent_weights),
+                pool_source=pool_source,
             )
             self.agent.start_thread()
 
+    def _join_urls(self) -> list[str]:
+        urls = list(self.config.join)
+        if self.membership.broker and self.membership.broker["name"] != self.config.name:
+            urls.insert(0, self.membership.broker["url"])
+        return urls or [m["url"] for m in self.membership.members() if m["name"] != self.config.name]
+
+    def _join_async(self, urls: list[str]) -> None:
+        threading.Thread(target=self.membership.join, args=(urls, self._stop), name="join", daemon=True).start()
+
+    def take_broker_role(self, epoch: int) -> None:
+        """Hold the broker role from now on (start-up without --join, or an election won)."""
+        with self._role_lock:
+            role = _new_broker_role(self.config, self.db, self.http, self.membership, epoch)
+            role.seed(self.membership.members())
+            self.membership.become_broker(epoch)
+            self.broker_role = role
+            role.announce()
+        log.warning("holding the broker role, epoch %d", epoch)
+
+    def step_down(self, new_broker: dict[str, str]) -> None:
+        """A better claim arrived: become a plain peer and register with the new broker."""
+        with self._role_lock:
+            self.broker_role = None
+        self._join_async([new_broker["url"]])
+
     def stop(self) -> None:
         self._stop.set()
+        if self.elector is not None:
+            self.elector.stop()
         if self.agent is not None:
             self.agent.stop(timeout=5)
         self.executor.stop()
@@ -92,9 +136,21 @@ class PeerServices:
 
     # ---- placement, from the entry peer's point of view --------------------
     def place(self, job_key: str, n_procs: int, input_bytes: int) -> list[dict[str, Any]]:
-        """Ask the broker (ourselves, or over HTTP) for a ranking of peers."""
-        if self.broker_role is not None:
-            ranking = self.broker_role.place(
+        """Ask the broker for a ranking; during an election, wait (bounded) for the new one."""
+        wait = self.config.election_wait or (self.config.heartbeat_misses + 2) * self.config.heartbeat_interval
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                return self._place_once(job_key, n_procs, input_bytes)
+            except Unavailable as exc:
+                if time.monotonic() >= deadline:
+                    raise Unavailable(f"{exc.message} (no broker answered for {wait:.0f} s)", retry_after=5) from None
+                self._stop.wait(min(0.2, self.config.heartbeat_interval / 2))
+
+    def _place_once(self, job_key: str, n_procs: int, input_bytes: int) -> list[dict[str, Any]]:
+        role = self.broker_role
+        if role is not None:
+            ranking = role.place(
                 job_key, JobRequest(n_procs=n_procs, input_bytes={self.config.name: input_bytes}, entry_peer=self.config.name)
             )
             return [r.__dict__ for r in ranking]
@@ -119,6 +175,42 @@ class PeerServices:
                 raise Unavailable(f"the broker refused placement: {r.text[:200]}", retry_after=5)
             return r.json()["ranking"]
         raise Unavailable("could not find the broker; retry shortly", retry_after=5)
+
+
+def _new_broker_role(config: PeerConfig, db: Database, http: requests.Session, membership: Membership, epoch: int) -> BrokerRole:
+    return BrokerRole(
+        db.sessions,
+        name=config.name,
+        url=config.url,
+        epoch=epoch,
+        policy=config.placement_policy,
+        stale_factor=config.report_stale_factor,
+        http=http,
+        on_change=membership.apply,
+        dead_after=config.heartbeat_interval * (config.heartbeat_misses + 1),
+    )
+
+
+def _report_placement_failure(services: "PeerServices", peer: str) -> None:
+    """Tell the broker a forward to ``peer`` failed, so it can ban a peer that keeps failing.
+
+    Best effort and short: the submission is already failing over to the next
+    candidate, and a broker that cannot be told only bans less.
+    """
+    if services.broker_role is not None:
+        try:
+            services.broker_role.report_failure(peer)
+        except UnknownPeer:
+            pass
+        return
+    broker = services.membership.broker
+    if broker is None:
+        return
+    try:
+        services.http.post(f"{broker['url']}/api/v1/broker/placements/outcome",
+                           json={"peer": peer, "ok": False}, timeout=min(services.config.peer_timeout, 2.0))
+    except requests.RequestException as exc:
+        log.info("could not report the failed forward to %s to the broker: %s", peer, exc)
 
 
 def _http_session(pool: int) -> requests.Session:
@@ -150,21 +242,25 @@ def build_services(config: PeerConfig) -> PeerServices:
     membership = Membership(db, name=config.name, url=config.url, http=http, timeout=config.peer_timeout)
     broker_role = None
     if not config.join:
-        broker_role = BrokerRole(
-            db.sessions,
-            name=config.name,
-            url=config.url,
-            epoch=1,
-            policy=config.placement_policy,
-            stale_factor=config.report_stale_factor,
-            http=http,
-            on_change=membership.apply,
-        )
-        broker_role.ensure_self_registered()
-        membership.become_broker(1)
-        membership.apply(broker_role.membership())
+        # No --join: hold the role, unless the system moved on while we were
+        # away (a returning old broker sees the higher epoch and rejoins).
+        view = membership.probe()
+        if view is not None and view["broker"]["name"] != config.name and membership.better(
+            int(view["epoch"]), view["broker"], view.get("members")
+        ):
+            log.warning("broker is %s (epoch %s): joining it as a plain peer", view["broker"]["name"], view["epoch"])
+            membership.follow(view["broker"], int(view["epoch"]))
+        else:
+            broker_role = _new_broker_role(config, db, http, membership, max(membership.epoch, 1))
+            broker_role.seed(membership.members())
+            broker_role.ensure_self_registered()
+            membership.become_broker(max(membership.epoch, 1))
+            membership.apply(broker_role.membership())
     services: PeerServices  # the job service calls back into services.place
+    from .executors.policy import load_site_policy
+
     jobs = JobService(
+        policy=load_site_policy(config.submit_policy),
         name=config.name,
         url=config.url,
         db=db,
@@ -175,6 +271,7 @@ def build_services(config: PeerConfig) -> PeerServices:
         digests=digests,
         http=http,
         place=lambda key, n, b: services.place(key, n, b),
+        report_failure=lambda peer: _report_placement_failure(services, peer),
         peer_timeout=config.peer_timeout,
     )
     services = PeerServices(

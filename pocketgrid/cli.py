@@ -30,6 +30,8 @@ def _serve_args(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-agent", dest="agent", action="store_false", default=None, help="do not run the EMA agent thread")
     p.add_argument("--agent-interval", type=float)
     p.add_argument("--threads", type=int)
+    p.add_argument("--heartbeat-interval", type=float, help="seconds between heartbeats to the broker (default 5)")
+    p.add_argument("--heartbeat-misses", type=int, help="missed heartbeats before an election (default 3)")
     p.add_argument("--log-level")
     p.set_defaults(func=_cmd_serve)
 
@@ -42,7 +44,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     overrides = {
         k: getattr(args, k)
         for k in ("name", "host", "port", "public_url", "state_dir", "publish_dir", "database_url", "executor",
-                  "local_slots", "agent", "agent_interval", "threads", "log_level")
+                  "local_slots", "agent", "agent_interval", "threads", "log_level", "heartbeat_interval",
+                  "heartbeat_misses")
     }
     if args.join:
         overrides["join"] = [u.strip() for u in args.join.split(",") if u.strip()]
@@ -55,11 +58,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print(f"error: peer name {config.name!r}: use 1-64 letters, digits, '-' or '_' (job IDs are <name>.<id>)",
               file=sys.stderr)
         return 2
-    from peer.executors import ExecutorUnavailable, choose_executor  # noqa: F401  (fail fast below)
+    from peer.executors import ExecutorUnavailable, require_condor
 
     if config.executor == "condor":
-        try:
-            choose_executor("condor", None, config.stage_path, peer_name=config.name, slots=0, max_restarts=0)  # type: ignore[arg-type]
+        try:  # fail fast, before the server starts: refuses root, and needs a schedd that answers
+            require_condor()
         except ExecutorUnavailable as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

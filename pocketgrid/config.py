@@ -57,8 +57,19 @@ class PeerConfig:
     peer_timeout: float = 10.0
     #: Broker: a report older than this many intervals marks a peer stale.
     report_stale_factor: float = 3.0
-    #: Placement policy name (see broker/placement.py).
-    placement_policy: str = "min-coefficient"
+    #: Placement policy name: least-expected-load, min-coefficient, round-robin
+    #: or random (see broker/placement.py).
+    placement_policy: str = "least-expected-load"
+    #: Peers heartbeat the broker this often; after ``heartbeat_misses``
+    #: failures in a row (retried every interval/misses) they elect a new one.
+    heartbeat_interval: float = 5.0
+    heartbeat_misses: int = 3
+    #: TOML file with this site's submit-file policy (table [policy]: allow_/forbid_
+    #: universes, keys, attributes; see peer/executors/policy.py).  Empty: the defaults.
+    submit_policy: str = ""
+    #: How long a submission waits for a new broker during an election
+    #: before answering 503 (0: (misses + 2) heartbeat intervals).
+    election_wait: float = 0.0
     log_level: str = "INFO"
 
     # ---- derived ----------------------------------------------------------

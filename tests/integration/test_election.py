@@ -1,0 +1,130 @@
+"""Self-healing on real processes: kill -9 the broker, a new one is agreed, nothing is lost."""
+from __future__ import annotations
+
+import signal
+import threading
+
+import pytest
+import requests
+
+from mobile_client import ApiError, Client
+from tests.conftest import report_load, wait_until
+
+pytestmark = pytest.mark.integration
+
+HB = ["--heartbeat-interval", "0.3", "--heartbeat-misses", "3", "--no-agent"]
+OK = dict(executable_name="ok.sh", submit_text="executable = ok.sh\noutput = out.txt\nqueue\n")
+EXE = b"#!/bin/sh\necho ran > out.txt\n"
+
+
+def view(peer) -> dict:
+    return requests.get(f"{peer.url}/api/v1/broker", timeout=2).json()
+
+
+def agreed(live, broker: str, epoch: int) -> bool:
+    views = [view(p) for p in live]
+    return all(v["broker"] and v["broker"]["name"] == broker and v["epoch"] == epoch for v in views)
+
+
+def test_broker_failover_end_to_end(peers):
+    a = peers("site-a", extra=HB)
+    b = peers("site-b", join=a.url, extra=HB)
+    c = peers("site-c", join=a.url, extra=HB)
+    d = peers("site-d", join=a.url, extra=HB)
+    everyone = [a, b, c, d]
+    wait_until(lambda: agreed(everyone, "site-a", 1) and len(view(d)["members"]) == 4, what="membership")
+    for p in everyone:
+        p.publish.mkdir(parents=True, exist_ok=True)
+        (p.publish / "in.txt").write_text("1\n")
+
+    # One job on the broker-peer itself, one on site-c.
+    report_load(a.url, a, 0.0)
+    on_a = Client(c.url).submit("on-a", EXE, "s.sub", ["in.txt"], **OK)
+    report_load(a.url, a, 9.0)
+    report_load(a.url, c, 0.0)
+    on_c = Client(b.url).submit("on-c", EXE, "s.sub", ["in.txt"], **OK)
+    assert (on_a["peer"], on_c["peer"]) == ("site-a", "site-c")
+    for job in (on_a, on_c):
+        assert Client(b.url).wait(job["id"], timeout=30)["state"] == "completed"
+
+    # kill -9 the broker; submit during the election through site-d.
+    a.stop(signal.SIGKILL)
+    during: dict = {}
+
+    def submit_during():
+        try:
+            during["job"] = Client(d.url).submit("during", EXE, "s.sub", ["in.txt"], **OK)
+        except (ApiError, ConnectionError) as exc:
+            during["error"] = exc
+
+    t = threading.Thread(target=submit_during)
+    t.start()
+    live = [b, c, d]
+    wait_until(lambda: agreed(live, "site-b", 2), timeout=20, what="site-b to be agreed broker with epoch 2")
+    t.join(30)
+    assert "job" in during, during.get("error")
+    assert Client(d.url).wait(during["job"]["id"], timeout=30)["state"] == "completed"
+
+    # Jobs submitted before: still there; the one on the dead peer says so.
+    assert Client(d.url).status(on_c["id"])[0]["state"] == "completed"
+    assert Client(d.url).outputs(on_c["id"])["outputs"][0]["files"]
+    with pytest.raises(ApiError) as err:
+        Client(d.url, retries=0).status(on_a["id"])
+    assert err.value.status == 502 and "unreachable" in err.value.message
+
+    # The old broker comes back: it rejoins as a plain peer, the epoch does not go back.
+    a.start()
+    wait_until(lambda: agreed([a, b, c, d], "site-b", 2), timeout=20, what="site-a to rejoin under site-b")
+    assert Client(a.url).status(on_a["id"])[0]["state"] == "completed"
+
+    # Kill the new broker too: a third takes over.  (site-a has seq 1 but is now the newest member? No:
+    # it kept its sequence number, so the lowest live peer, site-a, wins the election.)
+    b.stop(signal.SIGKILL)
+    live = [a, c, d]
+    wait_until(lambda: len({view(p)["broker"]["name"] for p in live}) == 1 and view(c)["epoch"] == 3,
+               timeout=20, what="a third broker with epoch 3")
+    new_broker = view(c)["broker"]["name"]
+    assert new_broker in {"site-a", "site-c"}
+
+
+def test_dead_plain_peer_leaves_the_placement_table(peers):
+    a = peers("site-a", extra=HB)
+    b = peers("site-b", join=a.url, extra=HB)
+    c = peers("site-c", join=a.url, extra=HB)
+    wait_until(lambda: len(view(a)["members"]) == 3, what="membership")
+    report_load(a.url, a, 9.0)
+    report_load(a.url, b, 0.0)  # the best peer ...
+    report_load(a.url, c, 5.0)
+    b.stop(signal.SIGKILL)      # ... dies
+    def b_gone():
+        rows = {r["peer"]: r for r in view(a)["load"]}
+        return rows["site-b"]["alive"] is False
+    wait_until(b_gone, timeout=20, what="site-b to be marked dead")
+    a.publish.mkdir(parents=True, exist_ok=True)
+    (a.publish / "in.txt").write_text("1\n")
+    job = Client(a.url).submit("after", EXE, "s.sub", ["in.txt"], **OK)
+    assert job["peer"] == "site-c"
+
+
+def test_agents_and_clients_fail_over_by_themselves(peers):
+    agent = ["--heartbeat-interval", "0.3", "--heartbeat-misses", "3", "--agent-interval", "0.3"]
+    a = peers("site-a", extra=agent)
+    b = peers("site-b", join=a.url, extra=agent)
+    c = peers("site-c", join=a.url, extra=agent)
+    wait_until(lambda: len(view(c)["members"]) == 3, what="membership")
+    c.publish.mkdir(parents=True, exist_ok=True)
+    (c.publish / "in.txt").write_text("1\n")
+    job = Client(c.url).submit("j", EXE, "s.sub", ["in.txt"], **OK)
+    a.stop(signal.SIGKILL)
+    wait_until(lambda: agreed([b, c], "site-b", 2), timeout=20, what="site-b to take over")
+
+    def agents_report_to_new_broker():
+        rows = {r["peer"]: r for r in view(b).get("load", [])}
+        return {"site-b", "site-c"} <= set(rows) and all(rows[p]["report_age"] < 2 for p in ("site-b", "site-c"))
+    wait_until(agents_report_to_new_broker, timeout=20, what="the agents to report to site-b")
+    # A client whose first peer is dead uses the next one.
+    client = Client([a.url, c.url], retries=0)
+    assert [f["path"] for f in client.files()] == ["in.txt"] and client.base_url == c.url
+    if job["peer"] != "site-a":  # the agents' live loads decide where it ran; site-a is dead
+        status, _ = client.status(job["id"])
+        assert status["id"] == job["id"]
