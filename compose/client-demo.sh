@@ -1,0 +1,26 @@
+#!/bin/sh
+# The client half of "pocketgrid demo", against the Compose sites, over HTTP only:
+# wait for the three peers to form one system, submit the sample histogram
+# analysis (one proc per input) through site-b (not the broker), follow it
+# with long-polls, list and fetch every output (each verified by SHA-256).
+set -eu
+
+PEERS="${POCKETGRID_PEERS:-http://site-b:8650,http://site-a:8650}"
+SAMPLE=$(python -c 'import importlib.resources as r; print(r.files("pocketgrid") / "sample")')
+
+echo "waiting for site-a, site-b and site-c to join..."
+tries=0
+until [ "$(pocketgrid status --system --peer "$PEERS" 2>/dev/null | grep -c 'http://')" -ge 3 ]; do
+    tries=$((tries + 1))
+    [ "$tries" -lt 90 ] || { echo "the sites did not form a system" >&2; exit 1; }
+    sleep 2
+done
+pocketgrid status --system --peer "$PEERS"
+
+pocketgrid files --glob 'samples/*.txt' --peer "$PEERS"
+JOB=$(pocketgrid submit --name histogram-demo --executable "$SAMPLE/histogram.py" --submit-file "$SAMPLE/histogram.sub" --peer "$PEERS" samples/run000.txt samples/run001.txt samples/run002.txt samples/run003.txt samples/run004.txt samples/run005.txt | awk 'NR == 1 {print $1}')
+echo "submitted $JOB"
+pocketgrid status "$JOB" --wait --peer "$PEERS"
+pocketgrid outputs "$JOB" --peer "$PEERS"
+pocketgrid fetch "$JOB" -o /results --no-progress --peer "$PEERS"
+echo "demo finished: outputs of $JOB are in /results"

@@ -1,0 +1,349 @@
+"""CondorExecutor logic that needs no schedd, checked with HTCondor's own code where it matters.
+
+What is NOT here: anything that claims a schedd behaves some way.  There is
+no schedd on these machines, and nothing below pretends to be one; the whole
+path against a real schedd is tests/integration/test_condor_pool.py.
+
+Here: the submission the schedd would receive (built from a really staged job
+through the real parser, read back with htcondor2.Submit and expanded per
+proc), the cluster.proc -> input mapping, the constraints (evaluated by
+classad2 against job ads), the commit/rollback ordering on a real database,
+the helper process that keeps htcondor2 out of the peer (against the
+environment's real absence of a schedd and against a listener that never
+answers), and how ``auto``/``condor`` decide.
+"""
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from pathlib import Path
+
+import classad2
+import htcondor2
+import pytest
+import requests
+from sqlalchemy.exc import IntegrityError
+
+from peer.db import Database
+from peer.executors import ExecutorUnavailable, choose_executor, require_condor
+from peer.executors import condor as condor_mod
+from peer.executors.condor import (
+    BindingsClient,
+    CondorExecutor,
+    PendingSubmissions,
+    ScheddProbe,
+    condor_table,
+    job_constraint,
+    probe_schedd,
+    proc_rows,
+    quote_classad_string,
+    submission_for,
+)
+from peer.models import Base, Job, Proc
+from peer.staging import InputSource, Stager
+from peer.submit_description import parse
+from pocketgrid.errors import Unavailable
+
+USER_SUB = (
+    "universe = vanilla\n"
+    "executable = histogram.py\n"
+    "arguments = $(input) histogram.json $(input_index)\n"
+    "output = stdout.txt\n"
+    "hold = false\n"
+    '+PocketgridJob = "someone-else.123"\n'
+    'MY.pocketgridPeer = "evil"\n'
+    '+ProjectName = "phys"\n'
+    "queue\n"
+)
+
+
+@pytest.fixture
+def staged(tmp_path: Path):
+    publish = tmp_path / "publish"
+    publish.mkdir()
+    names = ["run 0.txt", "run1.txt", "run2.txt"]
+    for n in names:
+        (publish / n).write_text("1.0\n2.0\n")
+    stager = Stager(tmp_path / "stage", http=requests.Session())
+    return stager.stage(
+        "site-a.65f1c2ab12cd34ef",
+        executable=b"#!/usr/bin/env python3\nprint('hi')\n",
+        executable_name="histogram.py",
+        submit_text=USER_SUB,
+        submit_name="histogram.sub",
+        inputs=[InputSource(name=n, local_path=publish / n) for n in names],
+    )
+
+
+# ---- the submission ----------------------------------------------------------
+
+
+def test_submission_forces_hold_and_identity_and_drops_the_users(staged) -> None:
+    parsed = parse(USER_SUB)
+    table, itemdata = submission_for(parsed, staged, job_id=staged.job_id, peer_name="site-a")
+    low = {k.lower(): v for k, v in table.items()}
+    assert low["hold"] == "true"
+    assert low["my.pocketgridjob"] == f'"{staged.job_id}"'
+    assert low["my.pocketgridpeer"] == '"site-a"'
+    assert low["my.pocketgridindex"] == "$(input_index)"
+    assert low["batch_name"] == staged.job_id
+    assert low["my.projectname"] == '"phys"'  # the user's other attributes stay
+    # exactly one of each identity key: the user's spellings are gone
+    assert [k for k in table if k.lower() == "hold"] == ["hold"]
+    assert [k for k in table if k.lower().endswith("pocketgridjob")] == ["MY.PocketgridJob"]
+    assert [k for k in table if k.lower().endswith("pocketgridpeer")] == ["MY.PocketgridPeer"]
+    assert low["executable"] == str(staged.meta_dir / "histogram.py")
+    assert low["log"] == str(staged.log_path)
+    assert [row["input"] for row in itemdata] == staged.input_names
+    assert [row["proc_dir"] for row in itemdata] == [str(d) for d in staged.proc_dirs]
+
+
+def test_submission_reads_back_through_htcondor_and_expands_per_proc(staged) -> None:
+    table, itemdata = submission_for(parse(USER_SUB), staged, job_id=staged.job_id, peer_name="site-a")
+    # Schedd.submit serialises the table as "key = value" lines; parse them back.
+    text = "".join(f"{k} = {v}\n" for k, v in table.items()) + "queue\n"
+    sub = htcondor2.Submit(text)
+    assert dict(sub.items()) == table
+    for row in itemdata:
+        for k, v in row.items():
+            sub[k] = v
+        assert sub.expand("initialdir") == row["proc_dir"]
+        assert sub.expand("input") == row["input"]
+        assert sub.expand("arguments") == f"{row['input']} histogram.json {row['input_index']}"
+        assert sub.expand("MY.PocketgridIndex") == row["input_index"]
+        first = sub.expand("transfer_input_files").split(",")[0].strip()
+        assert first == row["input"] and (Path(row["proc_dir"]) / first).is_file()
+    assert (staged.meta_dir / "histogram.py").is_file()  # the executable the schedd transfers
+
+
+def test_user_batch_name_is_kept() -> None:
+    table = condor_table({"batch_name": "my analysis", "executable": "/x"}, job_id="a.1", peer_name="a")
+    assert table["batch_name"] == "my analysis"
+
+
+def test_classad_strings_refuse_quotes() -> None:
+    assert quote_classad_string("site-a.65f1") == '"site-a.65f1"'
+    with pytest.raises(ValueError):
+        quote_classad_string('x" || true || "')
+
+
+# ---- cluster.proc -> input ---------------------------------------------------
+
+
+def test_proc_rows_map_itemdata_order_to_proc_ids() -> None:
+    rows = proc_rows("a.1", ["x.txt", "y.txt", "z.txt"], cluster=2345, first_proc=0, num_procs=3)
+    assert [(r.index, r.input_name, r.cluster, r.proc, r.executor) for r in rows] == [
+        (0, "x.txt", 2345, 0, "condor"), (1, "y.txt", 2345, 1, "condor"), (2, "z.txt", 2345, 2, "condor")]
+
+
+def test_proc_rows_refuse_a_count_mismatch() -> None:
+    with pytest.raises(ValueError, match="2 procs for 3 inputs"):
+        proc_rows("a.1", ["x", "y", "z"], cluster=5, first_proc=0, num_procs=2)
+    with pytest.raises(ValueError):
+        proc_rows("a.1", ["x"], cluster=0, first_proc=0, num_procs=1)
+
+
+# ---- constraints, evaluated by HTCondor's ClassAd library ---------------------
+
+
+def _ad(**attrs) -> classad2.ClassAd:
+    return classad2.ClassAd(attrs)
+
+
+def test_job_constraint_matches_only_that_jobs_clusters() -> None:
+    c = classad2.ExprTree(job_constraint("a.1", [7, 9]))
+    assert c.eval(_ad(PocketgridJob="a.1", ClusterId=7)) is True
+    assert c.eval(_ad(PocketgridJob="a.1", ClusterId=9)) is True
+    assert c.eval(_ad(PocketgridJob="a.1", ClusterId=8)) is False
+    assert c.eval(_ad(PocketgridJob="b.2", ClusterId=7)) is False  # a reused cluster number
+    assert c.eval(_ad(ClusterId=7)) is False  # a job that is not pocketgrid's
+
+
+def test_release_constraint_touches_only_procs_held_since_submit() -> None:
+    c = classad2.ExprTree(job_constraint("a.1", [7], submitted_on_hold=True))
+    assert c.eval(_ad(PocketgridJob="a.1", ClusterId=7, JobStatus=5, HoldReasonCode=15)) is True
+    # held later for a real reason (e.g. code 13, input transfer failed): not ours to release
+    assert c.eval(_ad(PocketgridJob="a.1", ClusterId=7, JobStatus=5, HoldReasonCode=13)) is False
+    assert c.eval(_ad(PocketgridJob="a.1", ClusterId=7, JobStatus=1)) is False
+
+
+# ---- commit / rollback ordering on a real database ------------------------------
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Database:
+    d = Database(f"sqlite:///{tmp_path / 'p.db'}")
+    d.create_all(Base.metadata)
+    return d
+
+
+def _job(job_id: str) -> Job:
+    return Job(id=job_id, name="n", owner="o", created_at=time.time(), executor="condor", executable_name="x",
+               submit_name="s", submit_text="queue\n", input_names=["a"], entry_peer="p", origin_key=job_id)
+
+
+def test_commit_keeps_the_cluster_for_release(db: Database) -> None:
+    pending, removed = PendingSubmissions(), []
+    with db.session() as s:
+        s.add(_job("a.1"))
+        s.flush()
+        pending.track(s, "a.1", 41, lambda j, c: removed.append((j, c)))
+        s.add_all(proc_rows("a.1", ["a"], cluster=41, first_proc=0, num_procs=1))
+    assert removed == [] and pending.clusters() == {41}
+    assert pending.pop("a.1") == 41 and len(pending) == 0
+    with db.sessions() as s:
+        assert [(p.cluster, p.proc) for p in s.get(Job, "a.1").procs] == [(41, 0)]
+
+
+def test_rollback_removes_the_cluster(db: Database) -> None:
+    pending, removed = PendingSubmissions(), []
+    with pytest.raises(RuntimeError):
+        with db.session() as s:
+            s.add(_job("a.2"))
+            s.flush()
+            pending.track(s, "a.2", 42, lambda j, c: removed.append((j, c)))
+            raise RuntimeError("something after prepare failed")
+    assert removed == [("a.2", 42)] and len(pending) == 0 and pending.pop("a.2") is None
+
+
+def test_commit_that_fails_removes_the_cluster(db: Database) -> None:
+    """A duplicate cluster.proc (e.g. a schedd whose job queue was wiped) fails the commit itself."""
+    with db.session() as s:
+        s.add(_job("old.1"))
+        s.flush()
+        s.add_all(proc_rows("old.1", ["a"], cluster=43, first_proc=0, num_procs=1))
+    pending, removed = PendingSubmissions(), []
+    with pytest.raises(IntegrityError):
+        with db.session() as s:
+            s.add(_job("a.3"))
+            s.flush()
+            pending.track(s, "a.3", 43, lambda j, c: removed.append((j, c)))
+            s.add_all(proc_rows("a.3", ["a"], cluster=43, first_proc=0, num_procs=1))
+    assert removed == [("a.3", 43)]
+    with db.sessions() as s:
+        assert s.get(Job, "a.3") is None
+
+
+def test_later_rollback_of_a_committed_session_does_not_remove(db: Database) -> None:
+    pending, removed = PendingSubmissions(), []
+    with db.sessions() as s:
+        s.add(_job("a.4"))
+        pending.track(s, "a.4", 44, lambda j, c: removed.append((j, c)))
+        s.commit()
+        s.add(_job("a.5"))
+        s.flush()
+        s.rollback()
+    assert removed == [] and pending.pop("a.4") == 44
+
+
+# ---- the helper process that keeps htcondor2 (and its GIL) out of the peer ------
+
+
+def test_helper_answers_unknown_ops_and_no_schedd_without_hanging() -> None:
+    client = BindingsClient(timeout=20)
+    try:
+        assert client.call("nonsense")["ok"] is False
+        reply = client.call("probe")
+        # No schedd on this machine: htcondor2's own error comes back as an answer.
+        assert reply["ok"] is False and reply["kind"] == "condor" and reply["error"]
+        assert client.call("submit", table={"executable": "/bin/true"}, itemdata=[{"a": "1"}])["ok"] is False
+    finally:
+        client.close()
+
+
+def test_a_schedd_that_never_answers_costs_the_deadline_not_the_peer() -> None:
+    """htcondor2 holds the GIL while it waits (~20 s); the helper keeps that out of our threads."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                accepted.append(srv.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    ticks: list[float] = []
+    stop = threading.Event()
+
+    def tick() -> None:
+        while not stop.is_set():
+            ticks.append(time.monotonic())
+            time.sleep(0.02)
+
+    ticker = threading.Thread(target=tick, daemon=True)
+    ticker.start()
+    try:
+        started = time.monotonic()
+        probe = probe_schedd(1.0, address=f"<127.0.0.1:{srv.getsockname()[1]}>")
+        elapsed = time.monotonic() - started
+    finally:
+        stop.set()
+        ticker.join()
+        srv.close()
+        for c in accepted:
+            c.close()
+    assert not probe.ok and "did not answer 'probe' within 1 s" in (probe.reason or "")
+    assert elapsed < 10  # the deadline, not htcondor2's own 20 s
+    gaps = [b - a for a, b in zip(ticks, ticks[1:])]
+    assert gaps and max(gaps) < 0.5  # our other threads kept running meanwhile
+
+
+def test_probe_without_a_schedd_says_why() -> None:
+    probe = probe_schedd(10)
+    assert not probe.ok and "htcondor2:" in probe.reason
+    assert probe.describe().startswith("no HTCondor schedd answered")
+
+
+# ---- choosing the executor ------------------------------------------------------------
+
+
+def test_auto_without_a_schedd_picks_local_and_says_why(db: Database, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(condor_mod, "running_as_root", lambda: False)
+    ex = choose_executor("auto", db, tmp_path / "stage", peer_name="p", slots=1, max_restarts=0, probe_timeout=10)
+    d = ex.describe()
+    assert ex.name == "local" and d["chosen_by"] == "auto"
+    assert str(d["condor"]).startswith("no HTCondor schedd answered")
+
+
+def test_auto_as_root_does_not_even_try(db: Database, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(condor_mod, "running_as_root", lambda: True)
+    ex = choose_executor("auto", db, tmp_path / "stage", peer_name="p", slots=1, max_restarts=0)
+    assert ex.name == "local" and "root" in str(ex.describe()["condor"])
+
+
+def test_condor_refuses_root_with_the_reason(monkeypatch) -> None:
+    monkeypatch.setattr(condor_mod, "running_as_root", lambda: True)
+    with pytest.raises(ExecutorUnavailable, match="never lets root own jobs"):
+        require_condor()
+
+
+def test_condor_without_a_schedd_fails_fast(db: Database, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(condor_mod, "running_as_root", lambda: False)
+    started = time.monotonic()
+    with pytest.raises(ExecutorUnavailable, match="no HTCondor schedd answered"):
+        choose_executor("condor", db, tmp_path / "stage", peer_name="p", slots=1, max_restarts=0, probe_timeout=10)
+    assert time.monotonic() - started < 10
+
+
+def test_a_peer_whose_schedd_is_gone_answers_503_and_records_nothing(db: Database, staged) -> None:
+    """503 sends the job to the next site (JobService tries candidates on 5xx)."""
+    ex = CondorExecutor(db, staged.root.parent, peer_name="site-a", probe=ScheddProbe(True, "bindings"),
+                        call_timeout=10, submit_timeout=10)
+    try:
+        with pytest.raises(Unavailable, match="did not take the job"):
+            with db.session() as s:
+                job = _job(staged.job_id)
+                s.add(job)
+                s.flush()
+                ex.prepare(s, job, staged, parse(USER_SUB))
+        with db.sessions() as s:
+            assert s.get(Job, staged.job_id) is None and s.query(Proc).count() == 0
+        assert ex.remove("nobody.1") == 0
+        assert ex.describe()["last_error"]
+    finally:
+        ex.stop()
