@@ -102,6 +102,11 @@ def machine_info() -> dict[str, Any]:
             info["mem_gib"] = round(int(fh.readline().split()[1]) / 1024 / 1024, 1)
     except (OSError, ValueError, IndexError):
         pass
+    try:
+        # Other work on the machine skews every number here: say how busy it was.
+        info["loadavg_1_5_15"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        pass
     return info
 
 
@@ -127,6 +132,28 @@ def write_random_file(path: Path, size: int, block: int = MiB) -> None:
             n = min(block, left)
             fh.write(os.urandom(n))
             left -= n
+
+
+def write_probe(directory: Path, mib: int = 200) -> dict[str, Any]:
+    """How fast this machine writes NEW data into the page cache right now (MB/s), then deletes it.
+
+    On some VMs (e.g. with free-page reporting to the host) memory the guest has not touched
+    recently costs a host fault per page: writes into fresh page-cache pages then run at a
+    fraction of the speed of writes into recycled ones.  Staging writes fresh data, so this
+    is context for the submit numbers.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "write-probe.bin"
+    buf = os.urandom(MiB)
+    os.sync()
+    t0 = time.perf_counter()
+    with open(path, "wb") as fh:
+        for _ in range(mib):
+            fh.write(buf)
+    elapsed = time.perf_counter() - t0
+    path.unlink()
+    os.sync()
+    return {"bytes": mib * MiB, "mb_per_s": round(mib * MiB / elapsed / 1e6)}
 
 
 # ---- peers ------------------------------------------------------------------
@@ -195,6 +222,31 @@ class Peer:
         except psutil.Error:
             return None
         return kids[0].pid if kids else None
+
+    def busy_children(self) -> int:
+        """Processes the worker has started and not yet reaped (job runners, submit-file checkers)."""
+        pid = self.worker_pid()
+        if pid is None:
+            return 0
+        import psutil
+
+        try:
+            kids = psutil.Process(pid).children(recursive=True)
+        except psutil.Error:
+            return 0
+        n = 0
+        for k in kids:
+            try:
+                if k.status() != psutil.STATUS_ZOMBIE:
+                    n += 1
+            except psutil.Error:
+                pass
+        return n
+
+    def wait_idle(self, timeout: float = 60.0) -> None:
+        """Until the worker has no live child process (no job runner, no checker) left."""
+        wait_until(lambda: self.busy_children() == 0, timeout, interval=0.05,
+                   what=f"{self.name} to have no running job processes")
 
     def log_tail(self, n: int = 4000) -> str:
         try:
