@@ -515,7 +515,14 @@ class EventLogReader:
     def update(self) -> bool:
         """Read the events appended since the last call; True if any proc changed.
 
-        ``events(stop_after=0)`` ends its iteration not only at EOF but also
+        We call ``events(stop_after=-1)``, not ``0``: htcondor2 turns
+        ``stop_after`` into a deadline in whole seconds, and just after a
+        second boundary a deadline of "now" still lies ahead for the C side,
+        which then waits up to a second for a new event, holding a lock every
+        reader in the process shares (measured: a 1 s stall about once per
+        second of continuous polling).  A deadline in the past never waits.
+
+        ``events(stop_after=-1)`` ends its iteration not only at EOF but also
         when it steps over a line that is not an event (a stray newline, a
         corrupt line), one such line per iteration.  So we iterate again as
         long as an iteration moved the offset; we stop once one does not.
@@ -544,7 +551,7 @@ class EventLogReader:
             while True:
                 before = self.offset
                 try:
-                    for event in self._jel.events(stop_after=0):
+                    for event in self._jel.events(stop_after=-1):
                         changed |= self._apply(event)
                 except htcondor2.HTCondorException:
                     # Not seen in practice (the reader skips garbage), but a

@@ -218,11 +218,19 @@ class LocalExecutor(Executor):
             return None
 
     def _lost(self, p: Proc, why: str) -> None:
-        """Record a proc whose runner vanished; queue it again or give up."""
+        """Record a proc whose runner vanished; queue it again or give up.
+
+        A proc of a job the user removed is never queued again: a runner
+        signalled before it had installed its handlers dies without writing
+        its verdict, and the removal must still be the end of it.
+        """
         writer = EventLogWriter(str(self.stage_root / p.job_id / "job.log"))
         p.restarts += 1
         p.pid = None
-        if p.restarts > self.max_restarts:
+        if p.job.removed_at is not None:
+            writer.aborted(p.cluster, p.proc, "removed by user")
+            p.local_state = "done"
+        elif p.restarts > self.max_restarts:
             writer.aborted(p.cluster, p.proc, f"{why}; gave up after {self.max_restarts} restarts")
             p.local_state = "done"
         else:
@@ -260,7 +268,11 @@ class LocalExecutor(Executor):
                 p = s.get(Proc, row_id)
                 if p is None:
                     continue
-                if rc == EXIT_EVICTED:
+                if rc == EXIT_EVICTED and p.job.removed_at is not None:
+                    EventLogWriter(str(self.stage_root / p.job_id / "job.log")).aborted(
+                        p.cluster, p.proc, "removed by user")
+                    p.local_state = "done"
+                elif rc == EXIT_EVICTED:
                     p.local_state = "queued"
                 elif rc in (EXIT_DONE, None):
                     p.local_state = "done"

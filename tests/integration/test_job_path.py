@@ -210,3 +210,16 @@ def test_idempotent_submit(trio):
     assert err.value.status == 409 and "Idempotency-Key" in err.value.message
     mine = [j for j in client.jobs() if j["name"] == "idem"]
     assert len(mine) == 1
+
+
+def test_kill_right_after_submit_ends_removed(trio):
+    """A remove that reaches runners before they installed their handlers must still end the job."""
+    a, b, c = trio
+    report_load(a.url, a, 0.0)
+    inputs = [publish(a, f"quick{i}.txt", 1) for i in range(10)]
+    client = Client(a.url)
+    job = client.submit("quick-kill", SLEEPER, "s.sub", inputs, executable_name="sleep.sh",
+                        submit_text="executable = sleep.sh\nqueue\n")
+    client.kill(job["id"])
+    final = client.wait(job["id"], timeout=60)
+    assert final["state"] == "removed" and final["counts"] == {"removed": 10}
