@@ -53,7 +53,10 @@ def heartbeat():
     """A peer's heartbeat; a non-broker answers 409 naming the broker it knows."""
     body = _json_body({"name": str, "url": str})
     role = _role()
-    return jsonify(role.heartbeat(body["name"], body["url"]))
+    try:
+        return jsonify(role.heartbeat(body["name"], body["url"]))
+    except NameConflict as exc:
+        raise Conflict(str(exc), broker={"name": role.name, "url": role.url}, epoch=role.epoch) from None
 
 
 @bp.post("/reports")

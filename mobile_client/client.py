@@ -19,11 +19,13 @@ import json
 import os
 import time
 import uuid
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from urllib.parse import quote
 from typing import Any, Callable, Iterable
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NameResolutionError, NewConnectionError
 from urllib3.util.retry import Retry
 
 from .transfer import DEFAULT_CHUNK, DownloadResult, download
@@ -56,7 +58,7 @@ def _session(retries: int) -> requests.Session:
     adapter = HTTPAdapter(max_retries=retry)
     s.mount("http://", adapter)
     s.mount("https://", adapter)
-    s.headers["User-Agent"] = "pocketgrid-client/0.1"
+    s.headers["User-Agent"] = "pocketgrid/0.1"  # short: it rides on every poll
     return s
 
 
@@ -79,12 +81,20 @@ class Client:
 
     # ---- plumbing ---------------------------------------------------------
     def _request(self, method: str, path: str, *, timeout: float | None = None, **kw: Any) -> requests.Response:
-        """Send to the first reachable peer; move a peer that answered to the front."""
+        """Send to the first reachable peer; move a peer that answered to the front.
+
+        Only a request that never reached a peer moves on to the next one.
+        After an ambiguous failure (sent, no answer) the error is raised:
+        Idempotency-Keys are kept per entry peer, so re-sending a submit to
+        another peer could create a second job; retry it on the same peer.
+        """
         last: Exception | None = None
         for i, base in enumerate(list(self.peers)):
             try:
                 r = self.session.request(method, f"{base}{path}", timeout=timeout or self.timeout, **kw)
             except requests.ConnectionError as exc:
+                if not _never_reached(exc):
+                    raise
                 last = exc
                 continue
             if i:
@@ -130,13 +140,13 @@ class Client:
         return self._json("GET", "/api/v1/files", params=params)
 
     def checksum(self, path: str, algorithm: str = "sha256") -> str:
-        return self._json("GET", f"/api/v1/files/{path}", params={"checksum": algorithm})[algorithm]
+        return self._json("GET", f"/api/v1/files/{quote(path)}", params={"checksum": algorithm})[algorithm]
 
     def download(self, path: str, dest: str | os.PathLike[str], **kw: Any) -> DownloadResult:
         """Download a published file, resumable, verified by SHA-256."""
-        info = self._json("GET", f"/api/v1/files/{path}", params={"checksum": "sha256"})
+        info = self._json("GET", f"/api/v1/files/{quote(path)}", params={"checksum": "sha256"})
         return download(
-            self.session, f"{self.base_url}/api/v1/files/{path}", dest,
+            self.session, f"{self.base_url}/api/v1/files/{quote(path)}", dest,
             expected_sha256=info["sha256"], expected_size=info["size"], **kw,
         )
 
@@ -144,7 +154,7 @@ class Client:
         """Put a local file into the entry peer's ``uploads/`` area; use the returned path as an input."""
         local = Path(local)
         with open(local, "rb") as fh:
-            return self._json("PUT", f"/api/v1/files/uploads/{name or local.name}", data=fh)
+            return self._json("PUT", f"/api/v1/files/uploads/{quote(name or local.name)}", data=fh)
 
     # ---- jobs -------------------------------------------------------------
     def submit(
@@ -193,7 +203,10 @@ class Client:
         """One status poll.  With ``etag`` and ``wait``, the server holds the
         request until the status changes (or ``wait`` s pass): returns
         ``(None, etag)`` when nothing changed."""
-        headers = {"If-None-Match": etag} if etag else {}
+        # Only what the server needs: an unchanged poll is one small request and a 304.
+        headers: dict[str, str | None] = {"Accept": None, "Accept-Encoding": None, "Connection": None}
+        if etag:
+            headers["If-None-Match"] = etag
         params = {"wait": wait} if wait else {}
         r = self._request("GET", f"/api/v1/jobs/{job_id}", headers=headers, params=params, timeout=self.timeout + wait)
         if r.status_code == 304:
@@ -253,7 +266,7 @@ class Client:
                             sha256, size = f["sha256"], f["size"]
             if sha256 is None:
                 raise ApiError(404, f"job {job_id} input {index} has no output {name!r}")
-        url = f"{self.base_url}/api/v1/jobs/{job_id}/outputs/{index}/{name}"
+        url = f"{self.base_url}/api/v1/jobs/{quote(job_id)}/outputs/{index}/{quote(name)}"
         return download(
             self.session, url, dest, expected_sha256=sha256, expected_size=size,
             chunk_bytes=chunk_bytes, rate_limit=rate_limit, progress=progress,
@@ -272,7 +285,10 @@ class Client:
         results = []
         for out in self.outputs(job_id)["outputs"]:
             for f in out["files"]:
-                dest = Path(dest_dir) / str(out["index"]) / f["name"]
+                rel = PurePosixPath(f["name"])
+                if rel.is_absolute() or ".." in rel.parts:  # never write outside dest_dir
+                    raise ApiError(502, f"the peer sent an unsafe output name {f['name']!r}")
+                dest = Path(dest_dir) / str(out["index"]) / rel
                 progress = progress_factory(f"{out['index']}/{f['name']}", f["size"]) if progress_factory else None
                 results.append(
                     self.fetch(job_id, out["index"], f["name"], dest, sha256=f["sha256"], size=f["size"],
@@ -282,3 +298,13 @@ class Client:
 
 
 FINAL_STATES = frozenset({"completed", "failed", "removed"})
+
+
+def _never_reached(exc: requests.ConnectionError) -> bool:
+    """True if the request was not delivered (refused, unresolvable, connect timeout)."""
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return True
+    reason = exc.args[0] if exc.args else None
+    if isinstance(reason, MaxRetryError):
+        reason = reason.reason
+    return isinstance(reason, (NewConnectionError, ConnectTimeoutError, NameResolutionError))

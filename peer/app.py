@@ -79,6 +79,7 @@ class PeerServices:
             interval=self.config.heartbeat_interval,
             misses=self.config.heartbeat_misses,
             take_role=self.take_broker_role,
+            announce=lambda: self.broker_role.announce() if self.broker_role is not None else None,
         )
         self.elector.start()
         if self.config.agent:
@@ -112,6 +113,9 @@ class PeerServices:
     def take_broker_role(self, epoch: int) -> None:
         """Hold the broker role from now on (start-up without --join, or an election won)."""
         with self._role_lock:
+            if epoch <= self.membership.epoch and not self.membership.is_broker:
+                log.info("not claiming epoch %d: a claim for epoch %d arrived meanwhile", epoch, self.membership.epoch)
+                return
             role = _new_broker_role(self.config, self.db, self.http, self.membership, epoch)
             role.seed(self.membership.members())
             self.membership.become_broker(epoch)

@@ -50,8 +50,13 @@ class Elector:
         interval: float = 5.0,
         misses: int = 3,
         take_role: Callable[[int], None],
+        announce: Callable[[], None] | None = None,
         timeout: float | None = None,
     ) -> None:
+        #: The broker pushes its claim again every ``misses`` intervals, so two
+        #: claimants (a lost push, a healed partition) hear of each other and
+        #: the worse one steps down.
+        self.announce = announce
         self.membership = membership
         self.http = http
         self.interval = interval
@@ -77,6 +82,14 @@ class Elector:
         while not self._stop.is_set():
             if self.membership.is_broker or self.membership.broker is None:
                 failures = 0
+                if self.membership.is_broker and self.announce is not None:
+                    rounds = getattr(self, "_rounds", 0) + 1
+                    self._rounds = rounds
+                    if rounds % self.misses == 0:
+                        try:
+                            self.announce()
+                        except Exception:  # best effort, next round tries again
+                            log.exception("re-announcing the broker claim failed")
                 self._stop.wait(self.interval)
                 continue
             try:
@@ -111,8 +124,12 @@ class Elector:
             other = view.get("broker") if view else None
             if other and other.get("name") != broker["name"]:
                 self.membership.follow(other, int(view.get("epoch") or 0))
-                return True
-            return False
+            else:
+                log.warning("broker %s refuses our heartbeat: %s", broker["name"], (view or {}).get("error"))
+            return True  # it answered: it is alive
+        if r.status_code >= 500 and r.status_code not in (502, 503, 504):
+            log.warning("broker %s answered our heartbeat with %d", broker["name"], r.status_code)
+            return True  # alive but unwell: no reason to depose it
         if not r.ok:
             return False
         view = _json(r)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import requests
+import urllib3
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
@@ -60,6 +61,30 @@ class SubmitRequest:
             h.update(b"\x00")
         h.update(hashlib.sha256(self.executable).digest())
         return h.hexdigest()
+
+
+class AmbiguousForward(Unavailable):
+    """A forward was sent but no answer came: the job may exist on that peer.
+
+    Trying another peer could create a second job, so the client is told to
+    retry with the same Idempotency-Key, which goes back to the same peer.
+    """
+
+    def __init__(self, peer: str) -> None:
+        super().__init__(
+            f"no answer from {peer} after sending it the job; it may have been created there. "
+            "Retry with the same Idempotency-Key to get it (no second job will be made)",
+            retry_after=5,
+        )
+
+
+def _never_reached(exc: requests.RequestException) -> bool:
+    """True if a request was never delivered (refused, connect timeout)."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return True
+    reason = exc.args[0] if exc.args else None
+    reason = getattr(reason, "reason", reason)
+    return isinstance(reason, (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError))
 
 
 def validate_names(executable_name: str, submit_name: str, input_names: list[str]) -> None:
@@ -117,6 +142,8 @@ class JobService:
         self._reader_locks: dict[str, threading.Lock] = {}
         self._readers_lock = threading.Lock()
         self.max_cached_readers = 1024
+        self._inflight: set[tuple[str, str]] = set()
+        self._inflight_lock = threading.Lock()
 
     # ======================================================================
     # Entry side
@@ -144,6 +171,21 @@ class JobService:
             existing, previous_target = self._claim_key(idempotency_key, owner, fingerprint)
             if existing is not None:
                 return existing, True
+            with self._inflight_lock:
+                if (idempotency_key, owner) in self._inflight:
+                    raise Unavailable("a submission with this Idempotency-Key is in progress; retry shortly",
+                                      retry_after=2)
+                self._inflight.add((idempotency_key, owner))
+            try:
+                return self._place_and_forward(req, owner, idempotency_key, fingerprint, input_paths, previous_target)
+            finally:
+                with self._inflight_lock:
+                    self._inflight.discard((idempotency_key, owner))
+        return self._place_and_forward(req, owner, None, fingerprint, input_paths, None)
+
+    def _place_and_forward(self, req: SubmitRequest, owner: str, idempotency_key: str | None, fingerprint: str,
+                      input_paths: list[Path], previous_target: str | None) -> tuple[dict[str, Any], bool]:
+        if idempotency_key:
             origin_key = hashlib.sha256(f"{owner}\x00{idempotency_key}".encode()).hexdigest()
         else:
             origin_key = secrets.token_hex(16)
@@ -186,6 +228,8 @@ class JobService:
                     summary = self.accept(meta, req.executable)
                 else:
                     summary = self._forward(candidate, meta, req.executable)
+            except AmbiguousForward:
+                raise
             except (BadGateway, Unavailable) as exc:
                 log.warning("peer %s could not take the job: %s", candidate["name"], exc.message)
                 self.report_failure(candidate["name"])
@@ -238,8 +282,12 @@ class JobService:
                 files={"executable": (meta["executable_name"], executable, "application/octet-stream")},
                 timeout=max(self.peer_timeout, 120.0),  # staging may download inputs
             )
-        except requests.RequestException as exc:
-            raise BadGateway(f"cannot reach {candidate['name']}: {exc}") from None
+        except (requests.ConnectTimeout, requests.ConnectionError) as exc:
+            if _never_reached(exc):
+                raise BadGateway(f"cannot reach {candidate['name']}: {type(exc).__name__}") from None
+            raise AmbiguousForward(candidate["name"]) from None
+        except requests.RequestException:
+            raise AmbiguousForward(candidate["name"]) from None
         if r.status_code >= 500:
             raise BadGateway(f"{candidate['name']} answered {r.status_code}: {r.text[:200]}")
         body = r.json()
@@ -376,12 +424,15 @@ class JobService:
         job = self._job(job_id, owner, is_admin)
         with self._reader_lock(job_id):
             reader = self._reader(job)
+            with self.db.sessions() as s:  # under the lock: the version that matches the reader
+                version = s.scalar(select(Job.status_version).where(Job.id == job_id)) or 0
             if reader.update():
                 with self.db.session() as s:
                     row = s.get(Job, job_id)
                     if row is not None:
                         row.reader_state = reader.state_dict()
                         row.status_version = (row.status_version or 0) + 1
+                        version = row.status_version
             statuses = dict(reader.procs)
         inputs = []
         counts: dict[str, int] = {}
@@ -399,6 +450,8 @@ class JobService:
             "id": job.id,
             "name": job.name,
             "peer": self.name,
+            #: Bumped whenever the event log changed what this status says: the ETag.
+            "version": version,
             "owner": job.owner,
             "executor": job.executor,
             "created_at": job.created_at,

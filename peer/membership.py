@@ -84,6 +84,8 @@ class Membership:
 
     def become_broker(self, epoch: int) -> None:
         with self._lock:
+            if epoch < self.epoch:
+                raise ValueError(f"refusing to claim epoch {epoch}: epoch {self.epoch} is already known")
             self.broker = {"name": self.name, "url": self.url}
             self.epoch = epoch
             self._save()

@@ -9,6 +9,7 @@ through unchanged.
 from __future__ import annotations
 
 from typing import Iterator
+from urllib.parse import quote
 
 import requests
 from flask import Response, request
@@ -35,12 +36,18 @@ def relay(http: requests.Session, membership: Membership, peer: str, *, timeout:
     url = membership.url_of(peer)
     if url is None:
         raise NotFound(f"no such job: peer {peer!r} named in the job ID is not a member of this system")
+    if "X-Pocketgrid-Relayed-By" in request.headers:
+        # The owner's URL we know points at a peer that does not own it either: stop here.
+        raise BadGateway(f"peer {peer} is unreachable: its address is out of date (relay loop)", peer=peer)
     headers = {h: request.headers[h] for h in _REQUEST_HEADERS if h in request.headers}
     headers["X-Pocketgrid-Relayed-By"] = membership.name
+    target = quote(request.path)  # re-encode: '#', '?', '%' in a file name must survive the hop
+    if request.query_string:
+        target += "?" + request.query_string.decode("latin-1")
     try:
         upstream = http.request(
             request.method,
-            f"{url}{request.full_path.rstrip('?')}",
+            f"{url}{target}",
             headers=headers,
             stream=True,
             timeout=timeout,

@@ -10,6 +10,7 @@ import hashlib
 import os
 import re
 import stat
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterator
@@ -128,9 +129,12 @@ class PublishingArea:
         if not pattern:
             raise BadRequest("empty search pattern")
         check_relative_path(pattern, "pattern")
-        matches = self.root.rglob(pattern) if "/" not in pattern else self.root.glob(pattern)
+        try:
+            matches = sorted(self.root.rglob(pattern) if "/" not in pattern else self.root.glob(pattern))
+        except ValueError as exc:  # e.g. '**' not alone in a path segment
+            raise BadRequest(f"invalid pattern {pattern!r}: {exc}") from None
         out = []
-        for p in sorted(matches):
+        for p in matches:
             if p.is_file() and self._inside(p):
                 out.append(self._entry(p))
                 if len(out) >= limit:
@@ -202,10 +206,11 @@ class PublishingArea:
         check_name(pure.name, "file name")
         dest = self.resolve(str(pure), must_exist=False)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.upload-{os.getpid()}")
+        fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".upload")
+        tmp = Path(tmp_name)  # unique per request: concurrent uploads never share a temp file
         written = 0
         try:
-            with open(tmp, "wb") as out:
+            with os.fdopen(fd, "wb") as out:
                 while chunk := stream.read(1024 * 1024):
                     written += len(chunk)
                     if written > max_bytes:

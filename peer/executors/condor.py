@@ -333,7 +333,7 @@ def submission_for(parsed: ParsedSubmit, staged: StagedJob, *, job_id: str,
     ``.pocketgrid/``), one row per input directory, ``job.log`` as the log."""
     submit, itemdata = condor_submit_dict(
         parsed,
-        executable_path=str(staged.meta_dir / staged.executable_name),
+        executable_path=str(staged.executable_path),
         proc_dirs=[str(d) for d in staged.proc_dirs],
         input_names=list(staged.input_names),
         log_path=str(staged.log_path),

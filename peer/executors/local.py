@@ -170,6 +170,11 @@ class LocalExecutor(Executor):
                     popen.send_signal(signal.SIGUSR1)
                 except ProcessLookupError:
                     pass
+            for proc in list(self._adopted.values()):  # runners adopted after a crash, too
+                try:
+                    proc.send_signal(signal.SIGUSR1)
+                except psutil.Error:
+                    pass
             for pid, popen in list(self._children.values()):
                 try:
                     popen.wait(timeout)
@@ -292,35 +297,57 @@ class LocalExecutor(Executor):
             self._lost(p, "the local runner vanished without a verdict")
 
     def _fill(self) -> None:
+        """Start queued procs up to the free slots.
+
+        Each proc's "running" state is committed BEFORE its runner starts, one
+        proc at a time: an error (or a crash) can then leave a proc marked
+        running that never started, which recovery treats as lost and queues
+        again, but never a runner whose row still says queued (it would run
+        twice).
+        """
         with self._lock:
             free = self.slots - len(self._children) - len(self._adopted)
             if free <= 0:
                 return
-            with self.db.session() as s:
+            with self.db.sessions() as s:
                 queued = s.scalars(
-                    select(Proc)
+                    select(Proc.id)
                     .join(Job)
                     .where(Proc.executor == self.name, Proc.local_state == "queued", Job.removed_at.is_(None))
                     .order_by(Job.created_at, Proc.index)
                     .limit(free)
                 ).all()
-                for p in queued:
-                    spec = _spec_path(self.stage_root / p.job_id, p.index)
-                    runner_log = open(spec.with_suffix(".runner.log"), "ab")
-                    popen = subprocess.Popen(
-                        [sys.executable, "-m", "peer.executors.local_runner", str(spec)],
-                        stdin=subprocess.DEVNULL,
-                        stdout=runner_log,
-                        stderr=runner_log,
-                        start_new_session=True,
-                        close_fds=True,
-                    )
-                    runner_log.close()
-                    try:
-                        started = psutil.Process(popen.pid).create_time()
-                    except psutil.Error:
-                        started = None
-                    p.local_state = "running"
-                    p.pid = popen.pid
-                    p.pid_started = started
-                    self._children[p.id] = (popen.pid, popen)
+            for row_id in queued:
+                with self.db.session() as s:
+                    p = s.get(Proc, row_id)
+                    if p is None or p.local_state != "queued":
+                        continue
+                    p.local_state, p.pid, p.pid_started = "running", None, None
+                    job_id, index = p.job_id, p.index
+                spec = _spec_path(self.stage_root / job_id, index)
+                try:
+                    with open(spec.with_suffix(".runner.log"), "ab") as runner_log:
+                        popen = subprocess.Popen(
+                            [sys.executable, "-m", "peer.executors.local_runner", str(spec)],
+                            stdin=subprocess.DEVNULL,
+                            stdout=runner_log,
+                            stderr=runner_log,
+                            start_new_session=True,
+                            close_fds=True,
+                        )
+                except OSError as exc:
+                    log.error("cannot start the runner of %s input %d: %s", job_id, index, exc)
+                    with self.db.session() as s:
+                        p = s.get(Proc, row_id)
+                        if p is not None:
+                            p.local_state = "queued"  # it never started: try again next round
+                    return
+                self._children[row_id] = (popen.pid, popen)
+                try:
+                    started = psutil.Process(popen.pid).create_time()
+                except psutil.Error:
+                    started = None
+                with self.db.session() as s:
+                    p = s.get(Proc, row_id)
+                    if p is not None:
+                        p.pid, p.pid_started = popen.pid, started

@@ -155,9 +155,16 @@ def test_range_beyond_end_is_416(peer):
     assert r.status_code == 206 and r.content == b"2\n3\n"
 
 
-def test_bad_wait_parameter(peer):
-    r = requests.get(f"{peer.url}/api/v1/jobs/solo.x", params={"wait": "soon"}, timeout=10)
+@pytest.mark.parametrize("wait", ["soon", "nan", "inf", "-1"])
+def test_bad_wait_parameter(peer, wait):
+    r = requests.get(f"{peer.url}/api/v1/jobs/solo.x", params={"wait": wait}, timeout=10)
     assert r.status_code == 400 and "wait" in r.json()["error"]
+
+
+@pytest.mark.parametrize("pattern", ["**x", "a**"])
+def test_bad_glob_is_400(peer, pattern):
+    status, body = raw_get(peer, f"/api/v1/files?glob={pattern}")
+    assert status == 400 and "pattern" in body["error"]
 
 
 def test_bad_broker_calls(peer):

@@ -223,3 +223,19 @@ def test_kill_right_after_submit_ends_removed(trio):
     client.kill(job["id"])
     final = client.wait(job["id"], timeout=60)
     assert final["state"] == "removed" and final["counts"] == {"removed": 10}
+
+
+def test_output_names_with_url_characters_survive_the_relay(trio, tmp_path):
+    a, b, c = trio
+    report_load(a.url, a, 9.0)
+    report_load(a.url, b, 9.0)
+    report_load(a.url, c, 0.0)
+    client = Client(a.url)  # entry a, owner c: every output request is relayed
+    exe = b"#!/bin/sh\necho hash > 'out#1'\necho query > 'out?x'\necho pct > 'o%41'\necho plain > out\n"
+    job = client.submit("names", exe, "n.sub", [publish(a, "n.txt", 1)], executable_name="n.sh",
+                        submit_text="executable = n.sh\nqueue\n")
+    assert job["peer"] == "site-c"
+    assert client.wait(job["id"], timeout=30)["state"] == "completed"
+    got = {r.path.name: r.path.read_text().strip() for r in client.fetch_all(job["id"], tmp_path / "o")}
+    assert {k: v for k, v in got.items() if not k.startswith("_condor")} == {
+        "out#1": "hash", "out?x": "query", "o%41": "pct", "out": "plain"}

@@ -93,7 +93,7 @@ def test_submission_forces_hold_and_identity_and_drops_the_users(staged) -> None
     assert [k for k in table if k.lower() == "hold"] == ["hold"]
     assert [k for k in table if k.lower().endswith("pocketgridjob")] == ["MY.PocketgridJob"]
     assert [k for k in table if k.lower().endswith("pocketgridpeer")] == ["MY.PocketgridPeer"]
-    assert low["executable"] == str(staged.meta_dir / "histogram.py")
+    assert low["executable"] == str(staged.executable_path)
     assert low["log"] == str(staged.log_path)
     assert [row["input"] for row in itemdata] == staged.input_names
     assert [row["proc_dir"] for row in itemdata] == [str(d) for d in staged.proc_dirs]
@@ -114,7 +114,7 @@ def test_submission_reads_back_through_htcondor_and_expands_per_proc(staged) -> 
         assert sub.expand("MY.PocketgridIndex") == row["input_index"]
         first = sub.expand("transfer_input_files").split(",")[0].strip()
         assert first == row["input"] and (Path(row["proc_dir"]) / first).is_file()
-    assert (staged.meta_dir / "histogram.py").is_file()  # the executable the schedd transfers
+    assert staged.executable_path.is_file()  # the executable the schedd transfers
 
 
 def test_user_batch_name_is_kept() -> None:
