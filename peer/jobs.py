@@ -421,11 +421,10 @@ class JobService:
 
     def status(self, job_id: str, owner: str, *, is_admin: bool = False) -> dict[str, Any]:
         """The job's status, from only the events appended since last time."""
-        job = self._job(job_id, owner, is_admin)
         with self._reader_lock(job_id):
+            job = self._job(job_id, owner, is_admin)  # under the lock: its version matches the reader
             reader = self._reader(job)
-            with self.db.sessions() as s:  # under the lock: the version that matches the reader
-                version = s.scalar(select(Job.status_version).where(Job.id == job_id)) or 0
+            version = job.status_version or 0
             if reader.update():
                 with self.db.session() as s:
                     row = s.get(Job, job_id)
