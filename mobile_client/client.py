@@ -93,7 +93,7 @@ class Client:
             try:
                 r = self.session.request(method, f"{base}{path}", timeout=timeout or self.timeout, **kw)
             except requests.ConnectionError as exc:
-                if not _never_reached(exc):
+                if not never_reached(exc):
                     raise
                 last = exc
                 continue
@@ -300,7 +300,7 @@ class Client:
 FINAL_STATES = frozenset({"completed", "failed", "removed"})
 
 
-def _never_reached(exc: requests.ConnectionError) -> bool:
+def never_reached(exc: requests.RequestException) -> bool:
     """True if the request was not delivered (refused, unresolvable, connect timeout)."""
     if isinstance(exc, requests.exceptions.ConnectTimeout):
         return True

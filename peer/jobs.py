@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import requests
-import urllib3
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from mobile_client.client import never_reached
 from pocketgrid.errors import BadGateway, BadRequest, Conflict, NotFound, PocketgridError, Unavailable
 
 from .db import Database
@@ -76,15 +76,6 @@ class AmbiguousForward(Unavailable):
             "Retry with the same Idempotency-Key to get it (no second job will be made)",
             retry_after=5,
         )
-
-
-def _never_reached(exc: requests.RequestException) -> bool:
-    """True if a request was never delivered (refused, connect timeout)."""
-    if isinstance(exc, requests.ConnectTimeout):
-        return True
-    reason = exc.args[0] if exc.args else None
-    reason = getattr(reason, "reason", reason)
-    return isinstance(reason, (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError))
 
 
 def validate_names(executable_name: str, submit_name: str, input_names: list[str]) -> None:
@@ -283,7 +274,7 @@ class JobService:
                 timeout=max(self.peer_timeout, 120.0),  # staging may download inputs
             )
         except (requests.ConnectTimeout, requests.ConnectionError) as exc:
-            if _never_reached(exc):
+            if never_reached(exc):
                 raise BadGateway(f"cannot reach {candidate['name']}: {type(exc).__name__}") from None
             raise AmbiguousForward(candidate["name"]) from None
         except requests.RequestException:
