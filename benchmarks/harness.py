@@ -17,15 +17,16 @@ import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import requests
+
+from pocketgrid.loopback import free_port, report_load, wait_until  # noqa: F401  (re-exported for the benchmarks)
 
 ROOT = Path(__file__).resolve().parent.parent
 MiB = 1024 * 1024
@@ -37,28 +38,6 @@ NOOP_SUB = "executable = x.sh\nqueue\n"
 
 
 # ---- small utilities --------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05,
-               what: str = "condition") -> Any:
-    """Poll ``predicate`` until it is truthy; raise ``TimeoutError`` at the deadline."""
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except (requests.RequestException, ValueError, KeyError, OSError) as exc:
-            last = exc
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout} s waiting for {what}" + (f": {last!r}" if last else ""))
-
-
 def percentile(sorted_values: Sequence[float], q: float) -> float:
     """Linear-interpolated percentile (q in 0..100) of an already sorted sequence."""
     if not sorted_values:
@@ -315,17 +294,6 @@ class Cluster:
                 print(f"kept state in {self.root}", file=sys.stderr)
             else:
                 shutil.rmtree(self.root, ignore_errors=True)
-
-
-def report_load(broker_url: str, peer: Peer, coefficient: float) -> None:
-    """Act as a peer's EMA agent: one load report through the broker API (resets its in-flight count)."""
-    r = requests.post(
-        f"{broker_url}/api/v1/broker/reports",
-        json={"peer": peer.name, "url": peer.url, "coefficient": coefficient, "metrics": {},
-              "sampled_at": time.time(), "interval": 15},
-        timeout=5,
-    )
-    r.raise_for_status()
 
 
 def wait_job(base_url: str, job_id: str, timeout: float = 120.0,

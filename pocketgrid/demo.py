@@ -15,7 +15,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,8 @@ import requests
 from mobile_client import Client
 from mobile_client.cli import _bar_factory, _status_text
 
+from .loopback import free_port, wait_until
+
 log = logging.getLogger("pocketgrid.demo")
 
 PEERS = ("site-a", "site-b", "site-c")
@@ -38,25 +39,12 @@ class DemoFailed(Exception):
     pass
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_for(what: str, predicate, timeout: float, interval: float = 0.1):
-    """Poll ``predicate`` until it returns a truthy value or ``timeout`` passes."""
-    deadline = time.monotonic() + timeout
-    last_exc: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except (requests.RequestException, ValueError, KeyError) as exc:
-            last_exc = exc
-        time.sleep(interval)
-    raise DemoFailed(f"timed out after {timeout:.0f} s waiting for {what}" + (f" ({last_exc})" if last_exc else ""))
+    """Poll ``predicate`` until it returns a truthy value; DemoFailed at the deadline."""
+    try:
+        return wait_until(predicate, timeout, interval, what)
+    except TimeoutError as exc:
+        raise DemoFailed(str(exc)) from None
 
 
 class Cluster:

@@ -3,38 +3,26 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 import requests
 
+from pocketgrid.loopback import free_port, report_load  # noqa: F401  (used by the test modules)
+from pocketgrid.loopback import wait_until as _wait_until
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05, what: str = "condition") -> Any:
     """Poll until ``predicate()`` is truthy; fail the test at the deadline."""
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except (requests.RequestException, ValueError, KeyError, OSError) as exc:
-            last = exc
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}" + (f": {last!r}" if last else ""))
+    try:
+        return _wait_until(predicate, timeout, interval, what)
+    except TimeoutError as exc:
+        raise AssertionError(str(exc)) from None
 
 
 class PeerProcess:
@@ -106,14 +94,3 @@ def peers(tmp_path):
     yield start
     for p in started:
         p.stop()
-
-
-def report_load(broker_url: str, peer: PeerProcess, coefficient: float) -> None:
-    """Act as a peer's EMA agent: send one load report through the broker API."""
-    r = requests.post(
-        f"{broker_url}/api/v1/broker/reports",
-        json={"peer": peer.name, "url": peer.url, "coefficient": coefficient, "metrics": {},
-              "sampled_at": time.time(), "interval": 15},
-        timeout=5,
-    )
-    r.raise_for_status()
