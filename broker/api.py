@@ -2,6 +2,8 @@
 
 Every peer mounts these routes; only the peer holding the role answers them.
 Others answer 409 with the current broker so callers retarget at once.
+Hosts only (mutual TLS, peer/access.py); a peer or agent registers,
+heartbeats and reports only under the name in its own host certificate.
 """
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ from typing import Any, Callable
 from flask import Blueprint, current_app, jsonify, request
 
 from pocketgrid.errors import BadRequest, Conflict, NotFound
+
+from peer.auth import require_host_name
 
 from .placement import JobRequest
 from .role import BrokerRole, NameConflict, UnknownPeer
@@ -42,6 +46,7 @@ def _json_body(required: dict[str, type | tuple[type, ...]]) -> dict[str, Any]:
 @bp.post("/register")
 def register():
     body = _json_body({"name": str, "url": str})
+    require_host_name(body["name"])
     try:
         return jsonify(_role().register(body["name"], body["url"]))
     except NameConflict as exc:
@@ -52,6 +57,7 @@ def register():
 def heartbeat():
     """A peer's heartbeat; a non-broker answers 409 naming the broker it knows."""
     body = _json_body({"name": str, "url": str})
+    require_host_name(body["name"])
     role = _role()
     try:
         return jsonify(role.heartbeat(body["name"], body["url"]))
@@ -62,6 +68,7 @@ def heartbeat():
 @bp.post("/reports")
 def reports():
     body = _json_body({"peer": str, "url": str, "coefficient": (int, float)})
+    require_host_name(body["peer"])
     role = _role()
     role.ingest_report(body)
     return jsonify({"accepted": True, "broker": {"name": role.name, "url": role.url}, "epoch": role.epoch})

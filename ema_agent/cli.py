@@ -4,8 +4,12 @@ The top-level ``pocketgrid`` command builds its sub-parser with
 :func:`add_arguments` and calls :func:`run`; this module owns nothing else of
 the CLI, so the agent stays runnable without any server package installed.
 
-    pocketgrid agent --peer URL --name NAME [--interval 15] [--weights k=v,...]
+    pocketgrid agent --peer URL --name NAME --pki DIR [--interval 15] [--weights k=v,...]
                      [--known URL,...] [--timeout 5] [--once] [--log-level INFO]
+
+Reports go over mutual TLS: the agent checks the peers against the site CA
+and presents the host certificate of the peer it reports for
+(``DIR/hosts/NAME.pem``); the broker refuses reports for other names.
 """
 
 from __future__ import annotations
@@ -61,6 +65,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="timeout of every HTTP call (default: %(default)s)")
     parser.add_argument("--once", action="store_true",
                         help="send one report and exit (0 if accepted, 1 if not)")
+    parser.add_argument("--pki", metavar="DIR",
+                        help="`pocketgrid pki` directory: ca.pem and hosts/NAME.pem|.key (mutual TLS)")
+    parser.add_argument("--cert", help="host certificate (default DIR/hosts/NAME.pem)")
+    parser.add_argument("--key", help="its private key (default DIR/hosts/NAME.key)")
+    parser.add_argument("--ca", help="site CA bundle (default DIR/ca.pem)")
     parser.add_argument("--log-level", default="INFO",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="(default: %(default)s)")
 
@@ -78,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         weights = parse_weights(args.weights)
+        session = _tls_session(args)
         reporter = Reporter(
             args.name,
             args.peer,
@@ -85,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
             interval=args.interval,
             weights=weights,
             timeout=args.timeout,
+            session=session,
         )
     except ValueError as exc:
         log.error("invalid agent configuration: %s", exc)
@@ -105,6 +116,32 @@ def run(args: argparse.Namespace) -> int:
         return 0
     finally:
         reporter.close()
+        if session is not None:
+            session.close()
+
+
+def _tls_session(args: argparse.Namespace):
+    """A session with the site CA and this host's certificate, or None for plain-HTTP development peers."""
+    import os
+
+    from mobile_client.client import Session
+
+    pki = args.pki or ""
+    cert = args.cert or (pki and os.path.join(pki, "hosts", f"{args.name}.pem"))
+    key = args.key or (pki and os.path.join(pki, "hosts", f"{args.name}.key"))
+    ca = args.ca or (pki and os.path.join(pki, "ca.pem"))
+    if not (cert or key or ca):
+        if args.peer.startswith("https://"):
+            raise ValueError("an https peer needs --pki DIR (or --cert, --key and --ca) to report over mutual TLS")
+        return None
+    for label, path in (("certificate", cert), ("key", key), ("CA bundle", ca)):
+        if not path or not os.path.isfile(path):
+            raise ValueError(f"{label} {path or '(not given)'} not found: give --pki DIR or --cert/--key/--ca")
+    session = Session()
+    session.verify = ca
+    session.cert = (cert, key)
+    session.headers["User-Agent"] = "pocketgrid-ema/0.1"
+    return session
 
 
 def _stop_on_sigterm(reporter: Reporter) -> None:

@@ -1,4 +1,9 @@
-"""Client commands of the ``pocketgrid`` CLI: files, submit, status, kill, outputs, fetch, jobs, system."""
+"""Client commands of the ``pocketgrid`` CLI: login, pair, files, submit, status, kill, outputs, fetch, acl, audit.
+
+Peers, CA bundle and token come from ``--peer``/``--ca`` or the environment
+(``POCKETGRID_PEERS``, ``POCKETGRID_CA``, ``POCKETGRID_TOKEN``), else from
+the credentials file ``pocketgrid login`` or ``pocketgrid pair`` wrote.
+"""
 from __future__ import annotations
 
 import argparse
@@ -11,21 +16,71 @@ from typing import Any, Callable
 from tqdm import tqdm
 
 from .client import ApiError, Client
+from .credentials import Credentials
 from .transfer import DownloadFailed, IntegrityError
 
 ENV_PEERS = "POCKETGRID_PEERS"
+ENV_CA = "POCKETGRID_CA"
+ENV_TOKEN = "POCKETGRID_TOKEN"
+DEFAULT_PEER = "https://127.0.0.1:8650"
 
 
 def add_peer_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--peer",
-        default=os.environ.get(ENV_PEERS, "http://127.0.0.1:8650"),
-        help=f"peer URL(s), comma separated; tried in order (env {ENV_PEERS})",
-    )
+    p.add_argument("--peer", help=f"peer URL(s), comma separated; tried in order (env {ENV_PEERS}; "
+                                  f"default: the peers you logged in to, else {DEFAULT_PEER})")
+    p.add_argument("--ca", help=f"site CA bundle to check the peers against (env {ENV_CA}; default: saved at login)")
     p.add_argument("--json", action="store_true", help="print raw JSON")
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("login", help="log in with your certificate; the token is saved (0600) for later commands")
+    add_peer_option(p)
+    p.add_argument("url", nargs="?", help="peer URL(s) to log in to (same as --peer)")
+    p.add_argument("--cert", required=True, type=Path, help="your user certificate (PEM)")
+    p.add_argument("--key", required=True, type=Path, help="its private key (PEM); it never leaves this machine")
+    p.set_defaults(func=cmd_login)
+
+    p = sub.add_parser("pair", help="pair a phone: with no --code, print a code; on the phone, redeem it with --code")
+    add_peer_option(p)
+    p.add_argument("url", nargs="?", help="peer URL(s) (same as --peer)")
+    p.add_argument("--code", help="the code shown on your logged-in device (on the phone)")
+    p.add_argument("--device", default="phone", help="a name for this device, to recognise and revoke it later")
+    p.set_defaults(func=cmd_pair)
+
+    p = sub.add_parser("logout", help="revoke your token on every peer and forget it here")
+    add_peer_option(p)
+    p.set_defaults(func=cmd_logout)
+
+    p = sub.add_parser("whoami", help="your DN, VO and rights as the peer sees them")
+    add_peer_option(p)
+    p.set_defaults(func=cmd_whoami)
+
+    p = sub.add_parser("tokens", help="list your tokens (devices included) or revoke one")
+    add_peer_option(p)
+    p.add_argument("--revoke", metavar="TOKEN_ID", help="revoke this token (e.g. a lost phone)")
+    p.add_argument("--all", action="store_true", help="administrators: everyone's tokens")
+    p.set_defaults(func=cmd_tokens)
+
+    p = sub.add_parser("acl", help="administrators: list or change the ACL rules")
+    add_peer_option(p)
+    acl_sub = p.add_subparsers(dest="acl_command", required=True, metavar="ACTION")
+    acl_sub.add_parser("list", help="the rules in evaluation order")
+    for effect in ("allow", "deny"):
+        q = acl_sub.add_parser(effect, help=f"add a rule that {effect}s a group of operations")
+        q.add_argument("group", help="files-read | jobs-submit | jobs-manage | admin | *")
+        q.add_argument("match", help="dn | dn-substring | vo | any")
+        q.add_argument("value", nargs="?", default="", help="the DN, DN part or VO (none for 'any')")
+        q.add_argument("--position", type=int, help="where in the order (default: last)")
+    q = acl_sub.add_parser("remove", help="remove a rule by its id")
+    q.add_argument("rule_id", type=int)
+    p.set_defaults(func=cmd_acl)
+
+    p = sub.add_parser("audit", help="administrators: the audit log, newest first")
+    add_peer_option(p)
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--action", help="only this action (login, submit, kill, acl-deny, ...)")
+    p.set_defaults(func=cmd_audit)
+
     p = sub.add_parser("files", help="browse, wildcard-search or search inside the publishing area")
     add_peer_option(p)
     p.add_argument("path", nargs="?", default="", help="directory to list")
@@ -84,14 +139,25 @@ def _rate(text: str) -> int:
     return value
 
 
+def make_client(args: argparse.Namespace) -> tuple[Client, Credentials]:
+    saved = Credentials.load()
+    peers = getattr(args, "url", None) or args.peer or os.environ.get(ENV_PEERS) or ",".join(saved.peers) or DEFAULT_PEER
+    ca = args.ca or os.environ.get(ENV_CA) or saved.ca
+    token = os.environ.get(ENV_TOKEN) or saved.token
+    if ca:
+        ca = str(Path(ca).resolve())
+    return Client(peers, ca=ca, token=token), saved
+
+
 def run(args: argparse.Namespace) -> int:
-    client = Client(args.peer)
+    client, saved = make_client(args)
+    args.saved_credentials = saved
     try:
         return args.func(client, args)
     except ApiError as exc:
         print(f"error: {exc.message} (HTTP {exc.status})", file=sys.stderr)
         return 1
-    except (DownloadFailed, IntegrityError, ConnectionError, TimeoutError) as exc:
+    except (DownloadFailed, IntegrityError, ConnectionError, TimeoutError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 
@@ -106,6 +172,90 @@ def _size(n: int) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return str(n)
+
+
+def _save_login(c: Client, args: argparse.Namespace, answer: dict[str, Any]) -> None:
+    creds: Credentials = args.saved_credentials
+    creds.peers = list(c.peers)
+    creds.ca = c.session.verify if isinstance(c.session.verify, str) else None
+    creds.token, creds.token_id = answer["token"], answer["token_id"]
+    creds.dn, creds.kind, creds.expires_at = answer["dn"], answer["kind"], answer["expires_at"]
+    path = creds.save()
+    print(f"logged in as {answer['dn']} ({answer['kind']} token {answer['token_id']}, "
+          f"valid until {_when(answer['expires_at'])}); saved to {path}")
+
+
+def _when(epoch: float) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(epoch).strftime("%Y-%m-%d %H:%M")
+
+
+def cmd_login(c: Client, args: argparse.Namespace) -> int:
+    _save_login(c, args, c.login(args.cert, args.key))
+    return 0
+
+
+def cmd_pair(c: Client, args: argparse.Namespace) -> int:
+    if args.code:
+        _save_login(c, args, c.pair(args.code, args.device))
+        return 0
+    res = c.pairing_code()
+    _print(args, res, lambda r: f"pairing code: {r['code']}  (single use, valid until {_when(r['expires_at'])})\n"
+           f"on the phone: pocketgrid pair {c.base_url} --code {r['code']}")
+    return 0
+
+
+def cmd_logout(c: Client, args: argparse.Namespace) -> int:
+    res = c.logout()
+    creds: Credentials = args.saved_credentials
+    creds.forget_token()
+    creds.save()
+    print(f"logged out: token {res['revoked']} revoked")
+    return 0
+
+
+def cmd_whoami(c: Client, args: argparse.Namespace) -> int:
+    res = c.whoami()
+    _print(args, res, lambda r: f"{r['dn']}" + (f" (VO {r['vo']})" if r.get("vo") else "")
+           + ("  [admin]" if r["admin"] else "") + "\n  may: " + ", ".join(g for g, ok in r["groups"].items() if ok))
+    return 0
+
+
+def cmd_tokens(c: Client, args: argparse.Namespace) -> int:
+    if args.revoke:
+        res = c.revoke_token(args.revoke)
+        print(f"revoked {res['revoked']}")
+        return 0
+    res = c.tokens(everyone=args.all)
+    _print(args, res, lambda ts: "\n".join(
+        f"{t['id']}  {t['kind']:<6} {t['device'] or '':<12} until {_when(t['expires_at'])}"
+        + ("  REVOKED" if t["revoked"] else "") + (f"  {t['dn']}" if args.all else "") for t in ts) or "no tokens")
+    return 0
+
+
+def cmd_acl(c: Client, args: argparse.Namespace) -> int:
+    if args.acl_command in ("allow", "deny"):
+        rule = c.acl_add(args.acl_command, args.group, args.match, args.value, position=args.position)
+        _print(args, rule, lambda r: f"added rule {r['id']}: {r['effect']} {r['group']} {r['match']} {r['value']!r}")
+        return 0
+    if args.acl_command == "remove":
+        rule = c.acl_remove(args.rule_id)
+        _print(args, rule, lambda r: f"removed rule {r['id']}")
+        return 0
+    res = c.acl()
+    _print(args, res, lambda r: f"ACL version {r['version']} (deny wins; no match: default)\n" + "\n".join(
+        f"{x['id']:>4} pos {x['position']:>3}  {x['effect']:<5} {x['group']:<12} {x['match']:<12} {x['value']!r}"
+        for x in r["rules"]))
+    return 0
+
+
+def cmd_audit(c: Client, args: argparse.Namespace) -> int:
+    events = c.audit(limit=args.limit, action=args.action)
+    _print(args, events, lambda es: "\n".join(
+        f"{_when(e['at'])}  {e['action']:<14} {e['outcome']:<7} {e['source']:<16} {e['dn']}  {e['detail']}"
+        for e in es) or "no events")
+    return 0
 
 
 def cmd_files(c: Client, args: argparse.Namespace) -> int:

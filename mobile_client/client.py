@@ -1,7 +1,8 @@
 """The pocketgrid client: a small, guessable API over the peers' REST interface.
 
     from mobile_client import Client
-    c = Client("http://127.0.0.1:8650")
+    c = Client("https://127.0.0.1:8650", ca="pki/ca.pem")
+    c.login("pki/users/alice.pem", "pki/users/alice.key")   # or c.pair("ABCD-EFGH") on a phone
     job = c.submit("hist", "analyse.py", "job.sub", inputs=["data/run1.txt"])
     final = c.wait(job["id"])
     for out in c.fetch_all(job["id"], "results/"):
@@ -15,6 +16,7 @@ and job IDs name their owner.
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 import time
@@ -41,8 +43,23 @@ class ApiError(Exception):
         self.body = body or {}
 
 
+class Session(requests.Session):
+    """A requests session whose own ``verify`` (the site CA) is not overridden by the environment.
+
+    Plain requests lets ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE`` replace a
+    session's CA bundle whenever a call does not pass ``verify`` itself
+    (psf/requests#3829), so a peer signed by the site CA would fail to
+    verify on any machine that sets those variables.
+    """
+
+    def merge_environment_settings(self, url, proxies, stream, verify, cert):  # type: ignore[override]
+        if verify is None:
+            verify = self.verify
+        return super().merge_environment_settings(url, proxies, stream, verify, cert)
+
+
 def _session(retries: int) -> requests.Session:
-    s = requests.Session()
+    s = Session()
     retry = Retry(
         total=retries,
         connect=retries,
@@ -67,17 +84,37 @@ class Client:
         self,
         peers: str | Iterable[str],
         *,
+        ca: str | os.PathLike[str] | None = None,
+        token: str | None = None,
         session: requests.Session | None = None,
         timeout: float = 30.0,
         retries: int = 4,
     ) -> None:
+        """``ca``: the site CA bundle the peers' certificates are checked against
+        (default: the system's trust store); ``token``: a bearer token from
+        :meth:`login` or :meth:`pair`."""
         if isinstance(peers, str):
             peers = [p for p in peers.split(",") if p.strip()]
         self.peers = [p.strip().rstrip("/") for p in peers]
         if not self.peers:
             raise ValueError("give at least one peer URL")
         self.session = session or _session(retries)
+        if ca is not None:
+            self.session.verify = os.fspath(ca)
+        self.token = token
         self.timeout = timeout
+
+    @property
+    def token(self) -> str | None:
+        return self._token
+
+    @token.setter
+    def token(self, value: str | None) -> None:
+        self._token = value
+        if value:
+            self.session.headers["Authorization"] = f"Bearer {value}"
+        else:
+            self.session.headers.pop("Authorization", None)
 
     # ---- plumbing ---------------------------------------------------------
     def _request(self, method: str, path: str, *, timeout: float | None = None, **kw: Any) -> requests.Response:
@@ -127,6 +164,69 @@ class Client:
     def system(self) -> dict[str, Any]:
         """The broker, its epoch and the membership as the entry peer sees them."""
         return self._json("GET", "/api/v1/broker")
+
+    # ---- login ------------------------------------------------------------
+    def login(self, cert: str | os.PathLike[str], key: str | os.PathLike[str]) -> dict[str, Any]:
+        """Log in with a user certificate: sign the peer's challenge; keeps and returns the token."""
+        from pocketgrid.pki import load_private_key, sign_bytes
+
+        private_key = load_private_key(key)
+        certificate = Path(cert).read_text()
+        challenge = self._json("POST", "/api/v1/auth/challenge")
+        signature = sign_bytes(private_key, challenge["message"].encode())
+        answer = self._json("POST", "/api/v1/auth/login", json={
+            "nonce": challenge["nonce"],
+            "certificate": certificate,
+            "signature": base64.b64encode(signature).decode(),
+        })
+        self.token = answer["token"]
+        return answer
+
+    def pairing_code(self) -> dict[str, Any]:
+        """A short single-use code to type on a phone (needs a certificate login)."""
+        return self._json("POST", "/api/v1/auth/pairing")
+
+    def pair(self, code: str, device: str = "phone") -> dict[str, Any]:
+        """On the phone: trade a pairing code for this device's own token; keeps and returns it."""
+        answer = self._json("POST", "/api/v1/auth/pair", json={"code": code, "device": device})
+        self.token = answer["token"]
+        return answer
+
+    def logout(self) -> dict[str, Any]:
+        """Revoke this client's token on every peer."""
+        answer = self._json("POST", "/api/v1/auth/logout")
+        self.token = None
+        return answer
+
+    def whoami(self) -> dict[str, Any]:
+        return self._json("GET", "/api/v1/auth/whoami")
+
+    def tokens(self, *, everyone: bool = False) -> list[dict[str, Any]]:
+        """Your tokens issued by the entry peer (devices included)."""
+        return self._json("GET", "/api/v1/auth/tokens", params={"all": 1} if everyone else {})["tokens"]
+
+    def revoke_token(self, token_id: str) -> dict[str, Any]:
+        """Revoke one token, e.g. a lost phone's, without logging out here."""
+        return self._json("DELETE", f"/api/v1/auth/tokens/{quote(token_id)}")
+
+    # ---- administration ----------------------------------------------------
+    def acl(self) -> dict[str, Any]:
+        return self._json("GET", "/api/v1/admin/acl")
+
+    def acl_add(self, effect: str, group: str, match: str, value: str = "", *, position: int | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"effect": effect, "group": group, "match": match, "value": value}
+        if position is not None:
+            body["position"] = position
+        return self._json("POST", "/api/v1/admin/acl", json=body)
+
+    def acl_remove(self, rule_id: int) -> dict[str, Any]:
+        return self._json("DELETE", f"/api/v1/admin/acl/{int(rule_id)}")
+
+    def audit(self, *, limit: int = 100, action: str | None = None) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"limit": limit}
+        if action:
+            params["action"] = action
+        return self._json("GET", "/api/v1/admin/audit", params=params)["events"]
 
     # ---- files ------------------------------------------------------------
     def files(self, path: str = "") -> list[dict[str, Any]]:

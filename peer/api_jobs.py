@@ -15,7 +15,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 
 from pocketgrid.errors import BadRequest
 
-from .auth import identity
+from .auth import USER_HEADER, identity
 from .downloads import send_ranged
 from .jobs import SubmitRequest, peer_of
 from .proxy import relay
@@ -97,6 +97,9 @@ def submit():
     who = identity()
     req = _read_submit_request()
     summary, replayed = svc.jobs.submit(req, owner=who.dn, idempotency_key=request.headers.get("Idempotency-Key"))
+    if not replayed:
+        svc.security.audit.record("submit", dn=who.dn, source=who.source,
+                                  detail=f"job {summary['id']} ({req.name!r}, {len(req.inputs)} inputs)")
     response = jsonify(summary)
     response.status_code = 200 if replayed else 201
     if replayed:
@@ -115,7 +118,7 @@ def list_jobs():
     unreachable: list[str] = []
     if request.args.get("local") not in {"1", "true"}:
         others = [m for m in svc.membership.members() if m["name"] != svc.config.name]
-        headers = {h: request.headers[h] for h in ("Authorization",) if h in request.headers}
+        headers = {USER_HEADER: who.assertion()} if who.kind == "user" else {}
 
         def fetch(member):
             try:
@@ -176,7 +179,11 @@ def kill(job_id: str):
     if peer:
         return _relay(peer)
     who = identity()
-    return jsonify(_svc().jobs.kill(job_id, who.dn, is_admin=who.is_admin))
+    svc = _svc()
+    result = svc.jobs.kill(job_id, who.dn, is_admin=who.is_admin)
+    svc.security.audit.record("kill", dn=who.dn, source=who.source,
+                              detail=f"job {job_id}: {result.get('removed_procs', 0)} procs removed")
+    return jsonify(result)
 
 
 # ---- outputs --------------------------------------------------------------

@@ -1,4 +1,7 @@
-"""``/api/v1/peer``: peer-to-peer calls (forwarded jobs, input file reads, membership pushes)."""
+"""``/api/v1/peer``: peer-to-peer calls (forwarded jobs, input file reads, membership and security pushes).
+
+Hosts only: every route here needs a host certificate (mutual TLS, see peer/access.py).
+"""
 from __future__ import annotations
 
 import json
@@ -55,6 +58,18 @@ def read_file(path: str):
     """The paper's ``file.read``: another peer fetching an input it stages."""
     svc = _svc()
     return send_ranged(svc.publishing.file(path))
+
+
+@bp.get("/security")
+def security_state():
+    """ACL rules (with their version) and revoked token IDs, for a peer catching up."""
+    return jsonify(_svc().security.sync.state())
+
+
+@bp.post("/security")
+def security_push():
+    """Another peer's ACL change or revocation (see peer/security_sync.py)."""
+    return jsonify(_svc().security.sync.apply(request.get_json(silent=True)))
 
 
 @bp.post("/membership")

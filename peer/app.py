@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import requests
 from flask import Flask, jsonify
@@ -25,11 +25,12 @@ from broker import api as broker_api
 from broker.models import BrokerBase
 from broker.placement import JobRequest
 from broker.role import BrokerRole, UnknownPeer
+from mobile_client.client import Session
 from pocketgrid.config import PeerConfig
 from pocketgrid.errors import PocketgridError, Unavailable
 
-from . import api_files, api_jobs, api_peer, api_system
-from .auth import Identity, anonymous
+from . import api_admin, api_auth, api_files, api_jobs, api_peer, api_system
+from .access import check_access
 from .db import Database
 from .digests import DigestCache
 from .election import Elector
@@ -38,6 +39,7 @@ from .jobs import JobService
 from .membership import Membership
 from .models import Base
 from .publishing import PublishingArea
+from .security import Security, build_security
 from .staging import Stager
 
 log = logging.getLogger(__name__)
@@ -55,7 +57,7 @@ class PeerServices:
     membership: Membership
     jobs: JobService
     broker_role: BrokerRole | None
-    authenticate: Callable[[], Identity] = anonymous
+    security: Security
     agent: Any = None
     elector: Any = None
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -98,6 +100,7 @@ class PeerServices:
                 interval=self.config.agent_interval,
                 weights=Weights.from_dict(self.config.agent_weights),
                 pool_source=pool_source,
+                session=self.http,  # the peer's host certificate and CA: reports are mutual TLS
             )
             self.agent.start_thread()
 
@@ -108,7 +111,13 @@ class PeerServices:
         return urls or [m["url"] for m in self.membership.members() if m["name"] != self.config.name]
 
     def _join_async(self, urls: list[str]) -> None:
-        threading.Thread(target=self.membership.join, args=(urls, self._stop), name="join", daemon=True).start()
+        def join() -> None:
+            self.membership.join(urls, self._stop)
+            broker = self.membership.broker
+            if broker is not None and broker["name"] != self.config.name:
+                self.security.sync.pull(broker["url"])  # ACL rules and revocations made while we were away
+
+        threading.Thread(target=join, name="join", daemon=True).start()
 
     def take_broker_role(self, epoch: int) -> None:
         """Hold the broker role from now on (start-up without --join, or an election won)."""
@@ -217,8 +226,13 @@ def _report_placement_failure(services: "PeerServices", peer: str) -> None:
         log.info("could not report the failed forward to %s to the broker: %s", peer, exc)
 
 
-def _http_session(pool: int) -> requests.Session:
-    session = requests.Session()
+def _http_session(config: PeerConfig) -> requests.Session:
+    """Peer-to-peer HTTP: verifies peers against the site CA and presents our host certificate."""
+    pool = config.threads
+    session = Session()
+    if not config.insecure_http:
+        session.verify = config.tls_ca
+        session.cert = (config.tls_cert, config.tls_key)
     adapter = requests.adapters.HTTPAdapter(pool_connections=pool, pool_maxsize=pool)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
@@ -227,10 +241,11 @@ def _http_session(pool: int) -> requests.Session:
 
 
 def build_services(config: PeerConfig) -> PeerServices:
+    config.resolve_tls()
     config.state_path.mkdir(parents=True, exist_ok=True)
     db = Database(config.sqlalchemy_url)
     db.create_all(Base.metadata, BrokerBase.metadata)
-    http = _http_session(config.threads)
+    http = _http_session(config)
     publishing = PublishingArea(config.publish_path)
     digests = DigestCache(db)
     stager = Stager(config.stage_path, http=http, chunk_bytes=config.transfer_chunk_bytes)
@@ -289,6 +304,7 @@ def build_services(config: PeerConfig) -> PeerServices:
         membership=membership,
         jobs=jobs,
         broker_role=broker_role,
+        security=build_security(config, db, membership, http),
     )
     return services
 
@@ -300,8 +316,9 @@ def create_app(config: PeerConfig | None = None, *, start_services: bool = True)
     app.json.sort_keys = False
     services = build_services(config)
     app.extensions["pocketgrid"] = services
-    for bp in (api_system.bp, api_files.bp, api_jobs.bp, api_peer.bp, broker_api.bp):
+    for bp in (api_system.bp, api_auth.bp, api_admin.bp, api_files.bp, api_jobs.bp, api_peer.bp, broker_api.bp):
         app.register_blueprint(bp)
+    app.before_request(check_access)
     _register_error_handlers(app)
     if start_services:
         services.start()
@@ -316,6 +333,8 @@ def _register_error_handlers(app: Flask) -> None:
         retry_after = exc.details.get("retry_after")
         if retry_after is not None:
             response.headers["Retry-After"] = str(retry_after)
+        if exc.status == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="pocketgrid"'
         return response
 
     @app.errorhandler(HTTPException)

@@ -1,15 +1,39 @@
-"""Who is calling: the authentication seam.
+"""Who is calling: the request's :class:`Identity`.
 
-Until certificate login lands (see docs/security.md), every caller is the
-single local identity ``anonymous`` with no admin rights over other owners'
-jobs.  Routes ask for :func:`identity` and never look at headers themselves,
-so the real authenticator replaces only this module's function.
+Three kinds of caller, checked in this order (docs/security.md):
+
+1. **A peer or an agent** presents its host certificate as the TLS client
+   certificate (mutual TLS; gunicorn's handshake already checked the chain
+   to the site CA and the dates).  When a peer acts for a user (a relayed
+   status poll, a job list fan-out) it says so in ``X-Pocketgrid-User``;
+   that header is believed only from a host certificate.
+2. **A user** sends ``Authorization: Bearer <token>`` from a certificate
+   login or a paired device (peer/tokens.py).
+3. **A user with a certificate at hand** (a laptop) may present it as the
+   TLS client certificate and skip the login.
+
+Anything else is unauthenticated (401).  With ``insecure_http`` (local
+development) there is no TLS, hence no way to authenticate anyone: every
+caller is ``anonymous``, as the loud start-up warning says.
 """
 from __future__ import annotations
 
+import json
+import ssl
+import threading
 from dataclasses import dataclass
+from typing import Any
 
-from flask import current_app, g
+from cryptography import x509
+from flask import current_app, g, request
+
+from pocketgrid.errors import Forbidden, Unauthorized
+from pocketgrid.pki import identity_of, is_host_certificate
+
+from .tokens import Claims, common_name
+
+#: Header a peer uses to say which user it acts for (believed only from hosts).
+USER_HEADER = "X-Pocketgrid-User"
 
 
 @dataclass(frozen=True)
@@ -17,20 +41,100 @@ class Identity:
     dn: str
     vo: str | None = None
     is_admin: bool = False
+    kind: str = "user"  # user | host | anonymous
+    token: Claims | None = None
+    #: The address the request came from (the phone's, also through a relay).
+    source: str = ""
+    #: The host DN that relayed this user's request, if any.
+    via: str | None = None
+
+    def assertion(self) -> str:
+        """The ``X-Pocketgrid-User`` value a peer sends when relaying for this user."""
+        return json.dumps({"dn": self.dn, "vo": self.vo, "source": self.source})
 
 
-ANONYMOUS = Identity(dn="anonymous")
+ANONYMOUS = Identity(dn="anonymous", kind="anonymous")
 
 
-def identity() -> Identity:
-    """The caller's identity for this request (cached on ``flask.g``)."""
-    ident = g.get("pocketgrid_identity")
-    if ident is None:
-        authenticate = current_app.extensions["pocketgrid"].authenticate
-        ident = authenticate()
-        g.pocketgrid_identity = ident
+@dataclass(frozen=True)
+class CertIdentity:
+    dn: str
+    vo: str | None
+    is_host: bool
+    cn: str | None = None
+
+
+_cert_cache: dict[bytes, CertIdentity] = {}
+_cert_lock = threading.Lock()
+
+
+def tls_client_certificate() -> CertIdentity | None:
+    """The verified TLS client certificate of this request's connection, if any."""
+    sock = request.environ.get("gunicorn.socket")
+    if not isinstance(sock, ssl.SSLSocket):
+        return None
+    der = sock.getpeercert(binary_form=True)
+    if not der:
+        return None
+    found = _cert_cache.get(der)
+    if found is None:
+        cert = x509.load_der_x509_certificate(der)
+        dn, vo = identity_of(cert)
+        found = CertIdentity(dn, vo, is_host_certificate(cert), common_name(cert))
+        with _cert_lock:
+            if len(_cert_cache) > 1024:
+                _cert_cache.clear()
+            _cert_cache[der] = found
+    return found
+
+
+def identity(required: bool = True) -> Identity:
+    """The caller's identity for this request (cached on ``flask.g``); 401 if required and unknown."""
+    if "pocketgrid_identity" not in g:
+        g.pocketgrid_identity = _resolve(current_app.extensions["pocketgrid"])
+    ident = g.pocketgrid_identity
+    if ident is None and required:
+        raise Unauthorized(
+            "log in first: `pocketgrid login URL --cert ... --key ...`, or pair this device with a code"
+        )
     return ident
 
 
-def anonymous() -> Identity:
-    return ANONYMOUS
+def _resolve(svc: Any) -> Identity | None:
+    source = request.remote_addr or ""
+    if svc.config.insecure_http:
+        return Identity(dn=ANONYMOUS.dn, kind="anonymous", source=source)
+    acl = svc.security.acl
+    cert = tls_client_certificate()
+    if cert is not None and cert.is_host:
+        asserted = request.headers.get(USER_HEADER)
+        if asserted is None:
+            return Identity(dn=cert.dn, kind="host", source=source)
+        try:
+            user = json.loads(asserted)
+            dn, vo = str(user["dn"]), user.get("vo")
+            origin = str(user.get("source") or source)
+        except (ValueError, KeyError, TypeError):
+            raise Unauthorized(f"malformed {USER_HEADER} header from peer {cert.dn}") from None
+        return Identity(dn=dn, vo=vo, is_admin=acl.is_admin(dn, vo), source=origin, via=cert.dn)
+    header = request.headers.get("Authorization")
+    if header is not None:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized("use 'Authorization: Bearer <token>' (get a token with `pocketgrid login`)")
+        claims = svc.security.tokens.verify(token.strip())
+        return Identity(dn=claims.dn, vo=claims.vo, is_admin=acl.is_admin(claims.dn, claims.vo), token=claims,
+                        source=source)
+    if cert is not None:
+        return Identity(dn=cert.dn, vo=cert.vo, is_admin=acl.is_admin(cert.dn, cert.vo), source=source)
+    return None
+
+
+def require_host_name(name: str) -> None:
+    """403 unless the calling host's certificate is for ``name`` (a peer may only speak for itself)."""
+    if current_app.extensions["pocketgrid"].config.insecure_http:
+        return
+    cert = tls_client_certificate()
+    if cert is None or not cert.is_host or cert.cn != name:
+        raise Forbidden(f"only the host certificate of {name!r} may register, heartbeat or report for it "
+                        f"(this connection presents {cert.dn if cert else 'none'})")

@@ -16,9 +16,13 @@ from flask import Response, request
 
 from pocketgrid.errors import BadGateway, NotFound
 
+from .auth import USER_HEADER, identity
 from .membership import Membership
 
-_REQUEST_HEADERS = ("Accept", "Authorization", "If-None-Match", "If-Range", "Range", "Idempotency-Key")
+#: The user's bearer token is NOT passed on: the owner peer is told who the
+#: user is in ``X-Pocketgrid-User``, believed because we present a host
+#: certificate (peer/auth.py).  Tokens never travel further than the entry peer.
+_REQUEST_HEADERS = ("Accept", "If-None-Match", "If-Range", "Range", "Idempotency-Key")
 _RESPONSE_HEADERS = (
     "Content-Type",
     "Content-Length",
@@ -41,6 +45,9 @@ def relay(http: requests.Session, membership: Membership, peer: str, *, timeout:
         raise BadGateway(f"peer {peer} is unreachable: its address is out of date (relay loop)", peer=peer)
     headers = {h: request.headers[h] for h in _REQUEST_HEADERS if h in request.headers}
     headers["X-Pocketgrid-Relayed-By"] = membership.name
+    who = identity(required=False)
+    if who is not None and who.kind == "user":
+        headers[USER_HEADER] = who.assertion()
     target = quote(request.path)  # re-encode: '#', '?', '%' in a file name must survive the hop
     if request.query_string:
         target += "?" + request.query_string.decode("latin-1")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import ssl
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -43,6 +44,12 @@ class PeerServer(BaseApplication):
             "worker_exit": _worker_exit,
             "limit_request_field_size": 16384,
         }
+        if not c.insecure_http:
+            # TLS with the site CA.  CERT_OPTIONAL: peers and agents present
+            # host certificates (mutual TLS); phones and browsers present none
+            # and log in with a bearer token instead (docs/security.md).  A
+            # certificate that is presented must verify, or the handshake fails.
+            settings.update(certfile=c.tls_cert, keyfile=c.tls_key, ca_certs=c.tls_ca, cert_reqs=ssl.CERT_OPTIONAL)
         for key, value in settings.items():
             self.cfg.set(key, value)
 
@@ -67,5 +74,11 @@ def serve(config: PeerConfig) -> int:
         level=config.log_level.upper(),
         format=f"%(asctime)s {config.name} %(levelname)s %(name)s: %(message)s",
     )
+    if config.insecure_http:
+        banner = "!" * 72
+        log.warning("%s", banner)
+        log.warning("INSECURE: plain HTTP and NO authentication: anyone who reaches %s may do anything.", config.url)
+        log.warning("For local development only. In production give --pki DIR (see `pocketgrid pki`).")
+        log.warning("%s", banner)
     PeerServer(config).run()
     return 0

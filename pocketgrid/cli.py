@@ -11,7 +11,7 @@ import sys
 
 from mobile_client import cli as client_cli
 
-from . import __version__
+from . import __version__, pki_cli
 
 
 def _serve_args(sub: argparse._SubParsersAction) -> None:
@@ -20,7 +20,7 @@ def _serve_args(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", help="peer name: letters, digits, '-' and '_'")
     p.add_argument("--host", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int)
-    p.add_argument("--public-url", help="URL others use to reach this peer (default http://HOST:PORT)")
+    p.add_argument("--public-url", help="URL others use to reach this peer (default https://HOST:PORT)")
     p.add_argument("--state", dest="state_dir", help="state directory (database, staging)")
     p.add_argument("--publish", dest="publish_dir", help="publishing area (default STATE/publish)")
     p.add_argument("--database-url", help="SQLAlchemy URL (default SQLite in STATE)")
@@ -32,6 +32,14 @@ def _serve_args(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int)
     p.add_argument("--heartbeat-interval", type=float, help="seconds between heartbeats to the broker (default 5)")
     p.add_argument("--heartbeat-misses", type=int, help="missed heartbeats before an election (default 3)")
+    p.add_argument("--pki", dest="pki_dir", help="a `pocketgrid pki` directory: ca.pem and hosts/NAME.pem|.key")
+    p.add_argument("--tls-cert", help="host certificate (PEM); default from --pki")
+    p.add_argument("--tls-key", help="its private key (PEM); default from --pki")
+    p.add_argument("--tls-ca", help="site CA bundle (PEM); default from --pki")
+    p.add_argument("--admin", dest="admins", action="append",
+                   help="subject DN of a bootstrap administrator (repeatable)")
+    p.add_argument("--insecure-http", dest="insecure_http", action="store_true", default=None,
+                   help="NO TLS and NO authentication: local development only")
     p.add_argument("--log-level")
     p.set_defaults(func=_cmd_serve)
 
@@ -45,12 +53,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         k: getattr(args, k)
         for k in ("name", "host", "port", "public_url", "state_dir", "publish_dir", "database_url", "executor",
                   "local_slots", "agent", "agent_interval", "threads", "log_level", "heartbeat_interval",
-                  "heartbeat_misses")
+                  "heartbeat_misses", "pki_dir", "tls_cert", "tls_key", "tls_ca", "admins", "insecure_http")
     }
     if args.join:
         overrides["join"] = [u.strip() for u in args.join.split(",") if u.strip()]
     try:
         config = PeerConfig.load(args.config, overrides=overrides)
+        config.resolve_tls()
     except (OSError, ValueError) as exc:
         print(f"error: bad configuration: {exc}", file=sys.stderr)
         return 2
@@ -100,13 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
     _serve_args(sub)
     _agent_args(sub)
     client_cli.add_commands(sub)
+    pki_cli.add_commands(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command not in {"serve", "agent", "demo"}:
+    if args.command not in {"serve", "agent", "demo", "pki"}:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
         return client_cli.run(args)
     return int(args.func(args) or 0)

@@ -70,6 +70,33 @@ class PeerConfig:
     #: How long a submission waits for a new broker during an election
     #: before answering 503 (0: (misses + 2) heartbeat intervals).
     election_wait: float = 0.0
+    # ---- security (docs/security.md) ------------------------------------
+    #: This peer's host certificate and key (PEM) and the site CA bundle.
+    #: Every server speaks TLS with them; peers present the host certificate
+    #: as a TLS client certificate to each other (mutual TLS).
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
+    #: A ``pocketgrid pki`` directory: fills the three above from
+    #: ``ca.pem`` and ``hosts/<name>.pem|.key`` when they are empty.
+    pki_dir: str = ""
+    #: Plain HTTP and no authentication at all (everyone is ``anonymous``).
+    #: Local development only; the peer logs a loud warning.
+    insecure_http: bool = False
+    #: Bootstrap administrators: subject DNs that always hold every right
+    #: (separate several with ';' in env/CLI: DNs contain commas).
+    admins: list[str] = field(default_factory=list, metadata={"separator": ";"})
+    #: Groups any authenticated user holds unless a rule denies them.
+    acl_default_allow: list[str] = field(default_factory=lambda: ["files-read", "jobs-submit", "jobs-manage"])
+    #: Lifetimes, seconds: login tokens, device (paired phone) tokens,
+    #: login challenges and pairing codes.
+    token_lifetime: float = 8 * 3600.0
+    device_token_lifetime: float = 30 * 86400.0
+    challenge_lifetime: float = 60.0
+    pairing_code_lifetime: float = 300.0
+    #: Wrong pairing codes one address may try per window before 429.
+    pairing_max_failures: int = 5
+    pairing_failure_window: float = 300.0
     log_level: str = "INFO"
 
     # ---- derived ----------------------------------------------------------
@@ -77,7 +104,27 @@ class PeerConfig:
     def url(self) -> str:
         if self.public_url:
             return self.public_url.rstrip("/")
-        return f"http://{self.host}:{self.port}"
+        scheme = "http" if self.insecure_http else "https"
+        return f"{scheme}://{self.host}:{self.port}"
+
+    def resolve_tls(self) -> None:
+        """Fill the TLS paths from ``pki_dir`` and check them; raise ValueError with what to do."""
+        if self.insecure_http:
+            return
+        if self.pki_dir:
+            pki = Path(self.pki_dir)
+            self.tls_ca = self.tls_ca or str(pki / "ca.pem")
+            self.tls_cert = self.tls_cert or str(pki / "hosts" / f"{self.name}.pem")
+            self.tls_key = self.tls_key or str(pki / "hosts" / f"{self.name}.key")
+        missing = [n for n in ("tls_cert", "tls_key", "tls_ca") if not getattr(self, n)]
+        if missing:
+            raise ValueError(
+                "TLS is required: give --pki DIR (made by `pocketgrid pki`) or tls_cert, tls_key and tls_ca; "
+                "for local development only, --insecure-http"
+            )
+        for n in ("tls_cert", "tls_key", "tls_ca"):
+            if not Path(getattr(self, n)).is_file():
+                raise ValueError(f"{n}: no such file {getattr(self, n)!r} (create it with `pocketgrid pki`)")
 
     @property
     def state_path(self) -> Path:
@@ -144,7 +191,7 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
     if isinstance(default, float):
         return float(value)
     if isinstance(default, list):
-        return [v.strip() for v in value.split(",") if v.strip()]
+        return [v.strip() for v in value.split(f.metadata.get("separator", ",")) if v.strip()]
     if isinstance(default, dict):
         out: dict[str, float] = {}
         for item in value.split(","):

@@ -1,11 +1,14 @@
 """``pocketgrid demo``: the whole path on loopback, verified end to end.
 
-Starts a broker-peer and two more peers (real gunicorn servers, each with its
-EMA agent thread), publishes sample data, submits a histogram analysis (one
-proc per input) through a peer that is not the broker, follows its status
-with long-polls, fetches every output in resumable chunks verified by
-SHA-256, merges the histograms and prints them.  Exit status 0 only if all of
-that worked; every process it started is stopped before it returns.
+Creates a site PKI (CA, a host certificate per peer, a user certificate),
+starts a broker-peer and two more peers (real gunicorn servers with TLS and
+mutual TLS between them, each with its EMA agent thread), logs the user in by
+challenge-response, publishes sample data, submits a histogram analysis (one
+proc per input) through a peer that is not the broker, pairs a "phone" with a
+short code, follows the job from the phone with long-polls, fetches every
+output in resumable chunks verified by SHA-256, merges the histograms, then
+revokes the phone's token.  Exit status 0 only if all of that worked; every
+process it started is stopped before it returns.
 """
 from __future__ import annotations
 
@@ -24,9 +27,10 @@ from pathlib import Path
 
 import requests
 
-from mobile_client import Client
+from mobile_client import ApiError, Client
 from mobile_client.cli import _bar_factory, _status_text
 
+from . import pki
 from .loopback import free_port, wait_until
 
 log = logging.getLogger("pocketgrid.demo")
@@ -50,18 +54,21 @@ def wait_for(what: str, predicate, timeout: float, interval: float = 0.1):
 class Cluster:
     """Peers started as real processes; stopped (and reaped) on exit."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, pki_dir: Path, admin: str) -> None:
         self.root = root
+        self.pki_dir = pki_dir
+        self.admin = admin
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.urls: dict[str, str] = {}
 
     def start_peer(self, name: str, join: str | None = None, extra: list[str] | None = None) -> str:
         port = free_port()
-        url = f"http://127.0.0.1:{port}"
+        url = f"https://127.0.0.1:{port}"
         state = self.root / name
         state.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "pocketgrid.cli", "serve", "--name", name, "--port", str(port),
-               "--state", str(state), "--agent-interval", str(AGENT_INTERVAL), "--threads", "8"]
+               "--state", str(state), "--agent-interval", str(AGENT_INTERVAL), "--threads", "8",
+               "--pki", str(self.pki_dir), "--admin", self.admin]
         if join:
             cmd += ["--join", join]
         cmd += extra or []
@@ -77,7 +84,7 @@ class Cluster:
             def healthy(name=name, url=url):
                 if self.procs[name].poll() is not None:
                     raise DemoFailed(f"peer {name} exited early; see {self.root / name / 'peer.log'}")
-                return requests.get(f"{url}/healthz", timeout=2).ok
+                return requests.get(f"{url}/healthz", timeout=2, verify=str(self.pki_dir / "ca.pem")).ok
             wait_for(f"peer {name} to answer", healthy, timeout)
 
     def stop(self) -> None:
@@ -129,27 +136,37 @@ def render(h: dict, width: int = 50) -> str:
 def run_demo(*, keep: bool = False, n_inputs: int = 6) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     root = Path(tempfile.mkdtemp(prefix="pocketgrid-demo-"))
-    cluster = Cluster(root)
+    pki_dir = root / "pki"
+    ca = pki.init_ca(pki_dir, common_name="pocketgrid demo CA")
+    for name in PEERS:
+        pki.issue_host(pki_dir, name)
+    user = pki.issue_user(pki_dir, "Alice Demo", vo="demo")
+    cluster = Cluster(root, pki_dir, admin=user.subject)
     t0 = time.monotonic()
     try:
         print(f"state directory: {root}")
+        print(f"site PKI: CA {ca.cert_path.name}, host certificates for {', '.join(PEERS)}, user {user.subject}")
         broker_url = cluster.start_peer(PEERS[0])
         for name in PEERS[1:]:
             cluster.start_peer(name, join=broker_url)
         cluster.wait_healthy()
-        print("peers up: " + ", ".join(f"{n} {u}" for n, u in cluster.urls.items()) + f" (broker: {PEERS[0]})")
+        print("peers up (TLS, mutual TLS between peers): " + ", ".join(f"{n} {u}" for n, u in cluster.urls.items())
+              + f" (broker: {PEERS[0]})")
+
+        entry = cluster.urls[PEERS[1]]
+        client = Client([entry, broker_url], ca=ca.cert_path)
+        login = client.login(user.cert_path, user.key_path)
+        print(f"logged in as {login['dn']} by challenge-response (token valid {login['expires_at'] - time.time():.0f} s)")
 
         def all_reported():
-            table = requests.get(f"{broker_url}/api/v1/broker", timeout=2).json().get("load", [])
+            table = Client(broker_url, ca=ca.cert_path, token=client.token).system().get("load", [])
             return table if len(table) == len(PEERS) else None
 
         table = wait_for("every agent's first load report", all_reported, 30)
         for row in table:
             print(f"  load {row['peer']}: coefficient {row['coefficient']:.3f} (report age {row['report_age']:.1f} s)")
 
-        entry = cluster.urls[PEERS[1]]
         inputs = make_sample_data(root / PEERS[1] / "publish", n_inputs)
-        client = Client([entry, broker_url])
         print(f"published {len(inputs)} input files on {PEERS[1]}; files matching '*.txt': {len(client.glob('*.txt'))}")
 
         sample = resources.files("pocketgrid") / "sample"
@@ -166,12 +183,16 @@ def run_demo(*, keep: bool = False, n_inputs: int = 6) -> int:
                 print(line, flush=True)
                 last["line"] = line
 
-        final = client.wait(job["id"], timeout=120, poll=10, on_change=show)
+        code = client.pairing_code()["code"]
+        phone = Client([entry, broker_url], ca=ca.cert_path)
+        paired = phone.pair(code, device="demo-phone")
+        print(f"paired a phone with code {code}: device token {paired['token_id']} for {paired['dn']}")
+        final = phone.wait(job["id"], timeout=120, poll=10, on_change=show)
         if final["state"] != "completed":
             raise DemoFailed("the job did not complete:\n" + _status_text(final))
 
         results_dir = root / "results"
-        results = client.fetch_all(job["id"], results_dir, chunk_bytes=64 * 1024,
+        results = phone.fetch_all(job["id"], results_dir, chunk_bytes=64 * 1024,
                                    progress_factory=_bar_factory(sys.stderr.isatty()))
         print(f"fetched {len(results)} output files, each verified by SHA-256")
         histograms = [json.loads(r.path.read_text()) for r in results if r.path.name == "histogram.json"]
@@ -180,6 +201,13 @@ def run_demo(*, keep: bool = False, n_inputs: int = 6) -> int:
         merged = merge(histograms)
         print(f"\nmerged histogram of {n_inputs} inputs, run on {final['peer']}:")
         print(render(merged))
+        client.revoke_token(paired["token_id"])
+        try:
+            phone.status(job["id"])
+        except ApiError as exc:
+            print(f"\nrevoked the phone's token; its next poll: HTTP {exc.status} ({exc.message})")
+        else:
+            raise DemoFailed("the phone's token still works after revocation")
         print(f"\ndemo finished in {time.monotonic() - t0:.1f} s")
         return 0
     except DemoFailed as exc:

@@ -44,3 +44,19 @@ class Unavailable(PocketgridError):
 
 class BadGateway(PocketgridError):
     status = 502
+
+
+class Unauthorized(PocketgridError):
+    """No valid credentials: log in (or pair) first."""
+
+    status = 401
+
+
+class Forbidden(PocketgridError):
+    """Authenticated, but an ACL rule (or the route's audience) refuses it."""
+
+    status = 403
+
+
+class TooManyRequests(PocketgridError):
+    status = 429

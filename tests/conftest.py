@@ -11,6 +11,7 @@ from typing import Any, Callable
 import pytest
 import requests
 
+from pocketgrid import pki
 from pocketgrid.loopback import free_port, report_load  # noqa: F401  (used by the test modules)
 from pocketgrid.loopback import wait_until as _wait_until
 
@@ -26,12 +27,17 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, interval: fl
 
 
 class PeerProcess:
+    """A real ``pocketgrid serve`` process.  With ``--pki`` in ``args`` it serves TLS (mutual TLS
+    between peers); without, the test is about something else and the peer runs ``--insecure-http``."""
+
     def __init__(self, name: str, state: Path, port: int, args: list[str], env: dict[str, str]) -> None:
         self.name = name
         self.state = state
         self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-        self.args = args
+        self.tls = "--pki" in args
+        self.url = f"{'https' if self.tls else 'http'}://127.0.0.1:{port}"
+        self.ca = str(Path(args[args.index("--pki") + 1]) / "ca.pem") if self.tls else None
+        self.args = args if self.tls else [*args, "--insecure-http"]
         self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -55,7 +61,7 @@ class PeerProcess:
     def healthy(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
             raise AssertionError(f"peer {self.name} exited: {self.log_tail()}")
-        return requests.get(f"{self.url}/healthz", timeout=2).ok
+        return requests.get(f"{self.url}/healthz", timeout=2, verify=self.ca or True).ok
 
     def log_tail(self, n: int = 4000) -> str:
         try:
@@ -94,3 +100,32 @@ def peers(tmp_path):
     yield start
     for p in started:
         p.stop()
+
+
+class SitePki:
+    """A site PKI for tests: a CA, host certificates on demand, and users alice, bob and carol."""
+
+    USERS = {"alice": ("Alice", "cms"), "bob": ("Bob", "atlas"), "carol": ("Carol Admin", "cms")}
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        pki.init_ca(root)
+        self.users = {key: pki.issue_user(root, cn, vo=vo, file_name=key) for key, (cn, vo) in self.USERS.items()}
+
+    @property
+    def ca(self) -> str:
+        return str(self.root / "ca.pem")
+
+    def host(self, name: str) -> pki.Issued:
+        cert = self.root / "hosts" / f"{name}.pem"
+        if cert.exists():
+            return pki.Issued(cert, cert.with_suffix(".key"), pki.load_certificate(cert).subject.rfc4514_string())
+        return pki.issue_host(self.root, name)
+
+    def dn(self, user: str) -> str:
+        return self.users[user].subject
+
+
+@pytest.fixture(scope="session")
+def site_pki(tmp_path_factory) -> SitePki:
+    return SitePki(tmp_path_factory.mktemp("site-pki"))

@@ -9,6 +9,7 @@ import pytest
 import yaml
 from openapi_spec_validator import validate
 
+from peer.access import audience
 from peer.app import create_app
 from pocketgrid.config import PeerConfig
 
@@ -41,8 +42,10 @@ def spec() -> dict:
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory):
-    config = PeerConfig(name="docs", state_dir=str(tmp_path_factory.mktemp("openapi-peer")), agent=False)
+def app(tmp_path_factory, site_pki):
+    site_pki.host("docs")
+    config = PeerConfig(name="docs", state_dir=str(tmp_path_factory.mktemp("openapi-peer")), agent=False,
+                        pki_dir=str(site_pki.root))
     app = create_app(config, start_services=False)
     yield app
     app.extensions["pocketgrid"].stop()
@@ -127,3 +130,9 @@ def test_peer_serves_the_spec(app, spec):
     r = client.get("/api/v1/openapi.yaml")
     assert r.status_code == 200
     assert yaml.safe_load(r.get_data(as_text=True)) == spec
+
+
+def test_every_route_has_an_access_rule(app):
+    """peer/access.py refuses routes it does not know (fail closed): each real route must be listed."""
+    missing = sorted(r.endpoint for r in app.url_map.iter_rules() if r.endpoint != "static" and audience(r.endpoint) is None)
+    assert missing == []

@@ -291,7 +291,8 @@ def client(tmp_path_factory):
     from peer.app import create_app
     from pocketgrid.config import PeerConfig
 
-    config = PeerConfig(name="solo", state_dir=str(tmp_path_factory.mktemp("placement-peer")), agent=False)
+    config = PeerConfig(name="solo", state_dir=str(tmp_path_factory.mktemp("placement-peer")), agent=False,
+                        insecure_http=True)  # input checks of the broker routes; access is tested elsewhere
     app = create_app(config, start_services=False)
     yield app.test_client()
     app.extensions["pocketgrid"].stop()

@@ -28,7 +28,20 @@ def test_config_layers(tmp_path):
     cfg = PeerConfig.load(toml, environ={"POCKETGRID_PORT": "9100", "POCKETGRID_JOIN": "http://a,http://b"},
                           overrides={"local_slots": 4})
     assert (cfg.name, cfg.port, cfg.local_slots, cfg.join) == ("from-toml", 9100, 4, ["http://a", "http://b"])
-    assert cfg.url == "http://127.0.0.1:9100"
+    assert cfg.url == "https://127.0.0.1:9100"  # TLS unless insecure_http is set explicitly
+
+
+def test_admin_dns_split_on_semicolons_and_tls_is_required(tmp_path):
+    cfg = PeerConfig.load(None, environ={"POCKETGRID_ADMINS": "CN=A,O=x; CN=B,OU=cms,O=x"})
+    assert cfg.admins == ["CN=A,O=x", "CN=B,OU=cms,O=x"]  # DNs contain commas
+    with pytest.raises(ValueError, match="TLS is required"):
+        cfg.resolve_tls()
+    cfg.pki_dir = str(tmp_path)
+    with pytest.raises(ValueError, match="no such file"):
+        cfg.resolve_tls()
+    dev = PeerConfig.load(None, environ={"POCKETGRID_INSECURE_HTTP": "true"})
+    dev.resolve_tls()
+    assert dev.url.startswith("http://")
 
 
 def test_config_rejects_unknown_keys_and_bad_booleans(tmp_path):

@@ -1,0 +1,85 @@
+"""What each route needs: one table, checked before every request.
+
+Every endpoint is listed here with its audience: public, any authenticated
+caller, hosts only (peer-to-peer and agent routes, mutual TLS), or an ACL
+operation group (peer/acl.py).  An endpoint missing from the table is
+refused (fail closed), and a test checks that every route is listed.
+
+Ownership (a job is its submitter's) is not here: the job service answers
+404 to anyone else, so a job's existence is not revealed (peer/jobs.py).
+"""
+from __future__ import annotations
+
+from flask import current_app, request
+
+from pocketgrid.errors import Forbidden
+
+from .auth import identity
+
+PUBLIC = "public"
+AUTHENTICATED = "authenticated"
+HOST = "host"
+
+#: endpoint -> PUBLIC | AUTHENTICATED | HOST | an ACL group name
+ROUTES: dict[str, str] = {
+    "system.healthz": PUBLIC,
+    "system.openapi_json": PUBLIC,
+    "system.openapi_yaml": PUBLIC,
+    "system.broker": AUTHENTICATED,
+    "auth.challenge": PUBLIC,
+    "auth.login": PUBLIC,
+    "auth.pair": PUBLIC,
+    "auth.logout": AUTHENTICATED,
+    "auth.whoami": AUTHENTICATED,
+    "auth.pairing_code": AUTHENTICATED,
+    "auth.tokens": AUTHENTICATED,
+    "auth.revoke_token": AUTHENTICATED,
+    "files.listing": "files-read",
+    "files.download": "files-read",
+    "files.upload": "jobs-submit",
+    "jobs.submit": "jobs-submit",
+    "jobs.list_jobs": "jobs-manage",
+    "jobs.status": "jobs-manage",
+    "jobs.kill": "jobs-manage",
+    "jobs.outputs": "jobs-manage",
+    "jobs.output_file": "jobs-manage",
+    "admin.acl_list": "admin",
+    "admin.acl_add": "admin",
+    "admin.acl_remove": "admin",
+    "admin.audit": "admin",
+}
+#: Blueprints whose every route is for hosts only.
+HOST_BLUEPRINTS = frozenset({"peer", "broker"})
+
+
+def audience(endpoint: str) -> str | None:
+    if endpoint.partition(".")[0] in HOST_BLUEPRINTS:
+        return HOST
+    return ROUTES.get(endpoint)
+
+
+def check_access() -> None:
+    """``before_request``: 401 without credentials, 403 when the route or an ACL rule refuses."""
+    endpoint = request.endpoint
+    if endpoint is None:  # no such route: Flask answers 404
+        return
+    svc = current_app.extensions["pocketgrid"]
+    needed = audience(endpoint)
+    if needed == PUBLIC or svc.config.insecure_http:
+        return
+    if needed is None:
+        raise Forbidden(f"route {endpoint} has no access rule; refusing it")
+    who = identity()
+    if needed == HOST:
+        if who.kind != "host":
+            raise Forbidden("this is a peer-to-peer route: only peers and agents with a host certificate may call it")
+        return
+    if needed == AUTHENTICATED:  # users and hosts (peers ask each other who the broker is)
+        return
+    if who.kind == "host":
+        raise Forbidden("a host certificate may call user routes only on behalf of a user (X-Pocketgrid-User)")
+    decision = svc.security.acl.decide(who.dn, who.vo, needed)
+    if not decision.allowed:
+        svc.security.audit.record("access-denied", dn=who.dn, source=who.source, outcome="denied",
+                                  detail=f"{request.method} {request.path}: {decision.reason}")
+        raise Forbidden(decision.reason)

@@ -1,0 +1,152 @@
+"""``/api/v1/auth``: certificate login, logout, pairing a phone, listing and revoking tokens."""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from flask import Blueprint, current_app, jsonify, request
+
+from pocketgrid.errors import BadRequest, Forbidden, PocketgridError
+
+from .auth import identity
+
+bp = Blueprint("auth", __name__, url_prefix="/api/v1/auth")
+
+_DEVICE_NAME = re.compile(r"[\w .@()+-]{1,64}")
+
+
+def _security():
+    svc = current_app.extensions["pocketgrid"]
+    if svc.security.tokens is None:
+        raise BadRequest("this peer runs without TLS (insecure_http): there is nothing to log in to")
+    return svc.security
+
+
+def _body(*fields: str) -> dict[str, Any]:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise BadRequest("expected a JSON object body")
+    for name in fields:
+        if not isinstance(body.get(name), str) or not body[name]:
+            raise BadRequest(f"missing or empty string field {name!r}")
+    return body
+
+
+def _token_answer(new) -> dict[str, Any]:
+    c = new.claims
+    return {"token": new.token, "token_id": c.jti, "dn": c.dn, "vo": c.vo, "kind": c.kind, "expires_at": c.expires_at}
+
+
+@bp.post("/challenge")
+def challenge():
+    """Step 1 of a login: a single-use nonce bound to this peer; sign ``message`` with your key."""
+    item = _security().login.challenge()
+    return jsonify({**item.to_dict(), "server": current_app.extensions["pocketgrid"].config.name})
+
+
+@bp.post("/login")
+def login():
+    """Step 2: ``{nonce, certificate (PEM), signature (base64)}`` -> a bearer token."""
+    sec = _security()
+    source = request.remote_addr or ""
+    body = _body("nonce", "certificate", "signature")
+    try:
+        user = sec.login.verify(body["nonce"], body["certificate"], body["signature"])
+    except PocketgridError as exc:  # recorded, then answered by the error handlers
+        sec.audit.record("login", dn=_claimed_dn(body["certificate"]), source=source, outcome="failed",
+                         detail=exc.message)
+        raise
+    new = sec.tokens.issue(user.dn, user.vo)
+    sec.audit.record("login", dn=user.dn, source=source, detail=f"token {new.claims.jti}")
+    return jsonify(_token_answer(new))
+
+
+def _claimed_dn(pem: str) -> str:
+    """The subject a failed login claimed (for the audit log only; never trusted)."""
+    from cryptography import x509
+
+    try:
+        return x509.load_pem_x509_certificate(pem.encode()).subject.rfc4514_string()[:500]
+    except ValueError:
+        return "(unreadable certificate)"
+
+
+@bp.post("/logout")
+def logout():
+    """Revoke the token this request carries (everywhere in the system)."""
+    sec = _security()
+    who = identity()
+    if who.token is None:
+        raise BadRequest("this request carries no bearer token to log out")
+    _revoke(who.token.jti, who.token.expires_at)
+    sec.audit.record("logout", dn=who.dn, source=who.source, detail=f"token {who.token.jti}")
+    return jsonify({"revoked": who.token.jti})
+
+
+@bp.get("/whoami")
+def whoami():
+    svc = current_app.extensions["pocketgrid"]
+    who = identity()
+    groups = {g: svc.security.acl.decide(who.dn, who.vo, g).allowed
+              for g in ("files-read", "jobs-submit", "jobs-manage", "admin")}
+    token = who.token.to_dict() if who.token else None
+    return jsonify({"dn": who.dn, "vo": who.vo, "kind": who.kind, "admin": who.is_admin, "groups": groups,
+                    "token": token})
+
+
+@bp.post("/pairing")
+def pairing_code():
+    """A short code to type on a phone (only from a certificate login, not from another device)."""
+    sec = _security()
+    who = identity()
+    if who.token is None or who.token.kind != "login":
+        raise Forbidden("pairing codes are issued to certificate logins only, not to paired devices")
+    code, expires_at = sec.pairing.new_code(who.dn, who.vo)
+    sec.audit.record("pairing-code", dn=who.dn, source=who.source)
+    return jsonify({"code": code, "expires_at": expires_at}), 201
+
+
+@bp.post("/pair")
+def pair():
+    """The phone's side: ``{code, device}`` -> its own device token for the same DN."""
+    sec = _security()
+    source = request.remote_addr or ""
+    body = _body("code")
+    device = body.get("device") or "device"
+    if not isinstance(device, str) or not _DEVICE_NAME.fullmatch(device):
+        raise BadRequest("'device' must be 1-64 letters, digits, spaces or . @ ( ) + - _")
+    try:
+        grant = sec.pairing.redeem(body["code"], source)
+    except PocketgridError as exc:
+        sec.audit.record("pair", dn="(unknown)", source=source, outcome="failed",
+                         detail=exc.message)
+        raise
+    new = sec.tokens.issue(grant.dn, grant.vo, kind="device", device=device)
+    sec.audit.record("pair", dn=grant.dn, source=source, detail=f"device {device!r} token {new.claims.jti}")
+    return jsonify(_token_answer(new)), 201
+
+
+@bp.get("/tokens")
+def tokens():
+    """Your unexpired tokens issued by this peer (an admin with ``?all=1``: everyone's)."""
+    sec = _security()
+    who = identity()
+    everyone = request.args.get("all") in {"1", "true"} and who.is_admin
+    return jsonify({"tokens": sec.tokens.issued_to(None if everyone else who.dn)})
+
+
+@bp.delete("/tokens/<token_id>")
+def revoke_token(token_id: str):
+    """Revoke one of your tokens (a lost phone) without logging out elsewhere."""
+    sec = _security()
+    who = identity()
+    issued = sec.tokens.find_issued(token_id, None if who.is_admin else who.dn)
+    _revoke(issued.jti, issued.expires_at)
+    sec.audit.record("token-revoke", dn=who.dn, source=who.source, detail=f"token {issued.jti} of {issued.dn}")
+    return jsonify({"revoked": issued.jti})
+
+
+def _revoke(jti: str, expires_at: float) -> None:
+    svc = current_app.extensions["pocketgrid"]
+    svc.security.tokens.revoke(jti, expires_at)
+    svc.security.sync.push_revocation(jti, expires_at)
