@@ -202,7 +202,7 @@ def cmd_pair(c: Client, args: argparse.Namespace) -> int:
         return 0
     res = c.pairing_code()
     _print(args, res, lambda r: f"pairing code: {r['code']}  (single use, valid until {_when(r['expires_at'])})\n"
-           f"on the phone: pocketgrid pair {c.base_url} --code {r['code']}")
+           f"on the phone: pocketgrid pair {r.get('url', c.base_url)} --code {r['code']}")
     return 0
 
 

@@ -103,7 +103,8 @@ def pairing_code():
         raise Forbidden("pairing codes are issued to certificate logins only, not to paired devices")
     code, expires_at = sec.pairing.new_code(who.dn, who.vo)
     sec.audit.record("pairing-code", dn=who.dn, source=who.source)
-    return jsonify({"code": code, "expires_at": expires_at}), 201
+    # Codes live in this peer's memory: the phone redeems it here (``url``).
+    return jsonify({"code": code, "expires_at": expires_at, "url": current_app.extensions["pocketgrid"].config.url}), 201
 
 
 @bp.post("/pair")

@@ -5,7 +5,9 @@ from flask import Blueprint, current_app, jsonify, request
 
 from pocketgrid.errors import BadRequest
 
+from .auth import identity
 from .downloads import send_ranged
+from .uploads import check_visible, upload_dir, visibility
 
 bp = Blueprint("files", __name__, url_prefix="/api/v1/files")
 
@@ -23,6 +25,7 @@ def listing():
     """List a directory (``?path=``), match a wildcard (``?glob=``) or search inside files (``?grep=``)."""
     svc = _svc()
     area = svc.publishing
+    visible = visibility(identity())
     if "grep" in request.args:
         result = area.grep(
             request.args["grep"],
@@ -31,18 +34,21 @@ def listing():
             ignore_case=_flag("icase"),
             max_file_bytes=svc.config.grep_max_file_bytes,
             max_matches=svc.config.grep_max_matches,
+            visible=visible,
         )
         return jsonify(result)
     if "glob" in request.args:
-        return jsonify({"files": [e.to_dict() for e in area.glob(request.args["glob"])]})
+        return jsonify({"files": [e.to_dict() for e in area.glob(request.args["glob"], visible=visible)]})
     path = request.args.get("path", "")
-    return jsonify({"path": path, "files": [e.to_dict() for e in area.list(path)]})
+    check_visible(area, identity(), path)
+    return jsonify({"path": path, "files": [e.to_dict() for e in area.list(path, visible=visible)]})
 
 
 @bp.get("/<path:path>")
 def download(path: str):
     """Download with Range/If-Range/ETag; ``?checksum=md5|sha256`` answers the digest as JSON instead."""
     svc = _svc()
+    check_visible(svc.publishing, identity(), path)
     real = svc.publishing.file(path)
     if "checksum" in request.args:
         algorithm = request.args["checksum"] or "sha256"
@@ -53,9 +59,9 @@ def download(path: str):
 
 @bp.put("/uploads/<path:path>")
 def upload(path: str):
-    """Upload an input file into ``uploads/`` of the publishing area (raw body)."""
+    """Upload an input file into the caller's private ``uploads/u-.../`` directory (raw body)."""
     svc = _svc()
     if request.content_length is None:
         raise BadRequest("send the file as the raw request body with a Content-Length")
-    real = svc.publishing.save_upload(f"uploads/{path}", request.stream, svc.config.max_body_bytes)
+    real = svc.publishing.save_upload(f"{upload_dir(identity().dn)}/{path}", request.stream, svc.config.max_body_bytes)
     return jsonify({"path": svc.publishing.relative(real), "size": real.stat().st_size, "sha256": svc.digests.sha256(real)}), 201

@@ -19,6 +19,7 @@ from .auth import USER_HEADER, identity
 from .downloads import send_ranged
 from .jobs import SubmitRequest, peer_of
 from .proxy import relay
+from .uploads import check_visible
 
 bp = Blueprint("jobs", __name__, url_prefix="/api/v1/jobs")
 
@@ -96,6 +97,8 @@ def submit():
     svc = _svc()
     who = identity()
     req = _read_submit_request()
+    for path in req.inputs:  # another user's uploads do not exist for this caller
+        check_visible(svc.publishing, who, path)
     summary, replayed = svc.jobs.submit(req, owner=who.dn, idempotency_key=request.headers.get("Idempotency-Key"))
     if not replayed:
         svc.security.audit.record("submit", dn=who.dn, source=who.source,

@@ -13,7 +13,7 @@ import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Iterator
+from typing import Callable, Iterator
 
 from pocketgrid.errors import BadRequest, NotFound, TooLarge
 
@@ -65,6 +65,10 @@ class Match:
         return {"path": self.path, "line": self.line, "text": self.text}
 
 
+def _everything(path: str) -> bool:
+    return True
+
+
 class PublishingArea:
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
@@ -96,13 +100,14 @@ class PublishingArea:
         kind = "dir" if stat.S_ISDIR(st.st_mode) else "file"
         return Entry(self.relative(real), kind, st.st_size if kind == "file" else 0, st.st_mtime)
 
-    def list(self, path: str = "") -> list[Entry]:
+    def list(self, path: str = "", *, visible: Callable[[str], bool] = _everything) -> list[Entry]:
+        """``visible`` hides paths from a caller (another user's uploads, see peer/uploads.py)."""
         real = self.resolve(path)
         if real.is_file():
             return [self._entry(real)]
         out = []
         for child in sorted(real.iterdir()):
-            if self._inside(child):
+            if self._inside(child) and visible(self.relative(child)):
                 out.append(self._entry(child))
         return out
 
@@ -120,7 +125,7 @@ class PublishingArea:
                 if p.is_file() and self._inside(p):
                     yield p
 
-    def glob(self, pattern: str, *, limit: int = 10000) -> list[Entry]:
+    def glob(self, pattern: str, *, limit: int = 10000, visible: Callable[[str], bool] = _everything) -> list[Entry]:
         """Wildcard search with shell semantics (``*``, ``?``, ``[...]``, ``**`` for any depth).
 
         A pattern without ``/`` matches file names at any depth, as a person
@@ -135,7 +140,7 @@ class PublishingArea:
             raise BadRequest(f"invalid pattern {pattern!r}: {exc}") from None
         out = []
         for p in matches:
-            if p.is_file() and self._inside(p):
+            if p.is_file() and self._inside(p) and visible(self.relative(p)):
                 out.append(self._entry(p))
                 if len(out) >= limit:
                     break
@@ -150,6 +155,7 @@ class PublishingArea:
         ignore_case: bool = False,
         max_file_bytes: int,
         max_matches: int,
+        visible: Callable[[str], bool] = _everything,
     ) -> dict[str, object]:
         """Search inside files (the paper's "search within files"), with limits.
 
@@ -166,7 +172,7 @@ class PublishingArea:
         matches: list[Match] = []
         skipped: list[str] = []
         truncated = False
-        for entry in self.glob(pattern):
+        for entry in self.glob(pattern, visible=visible):
             real = self.root / entry.path
             if entry.size > max_file_bytes:
                 skipped.append(entry.path)

@@ -59,13 +59,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         overrides["join"] = [u.strip() for u in args.join.split(",") if u.strip()]
     try:
         config = PeerConfig.load(args.config, overrides=overrides)
-        config.resolve_tls()
     except (OSError, ValueError) as exc:
         print(f"error: bad configuration: {exc}", file=sys.stderr)
         return 2
     if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", config.name):
         print(f"error: peer name {config.name!r}: use 1-64 letters, digits, '-' or '_' (job IDs are <name>.<id>)",
               file=sys.stderr)
+        return 2
+    try:
+        config.resolve_tls()
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     from peer.executors import ExecutorUnavailable, require_condor
 

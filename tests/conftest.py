@@ -129,3 +129,33 @@ class SitePki:
 @pytest.fixture(scope="session")
 def site_pki(tmp_path_factory) -> SitePki:
     return SitePki(tmp_path_factory.mktemp("site-pki"))
+
+
+def user_session(peer: PeerProcess, site_pki: SitePki, user: str) -> requests.Session:
+    """A plain session (no retries) logged in to ``peer`` as ``user`` by certificate challenge-response."""
+    from mobile_client import Client
+    from mobile_client.client import Session
+
+    issued = site_pki.users[user]
+    token = Client(peer.url, ca=site_pki.ca, retries=0).login(issued.cert_path, issued.key_path)["token"]
+    session = Session()
+    session.verify = site_pki.ca
+    session.headers["Authorization"] = f"Bearer {token}"
+    return session
+
+
+def host_session(site_pki: SitePki, name: str) -> requests.Session:
+    """A session presenting ``name``'s host certificate (mutual TLS), as a peer or agent does."""
+    from mobile_client.client import Session
+
+    issued = site_pki.host(name)
+    session = Session()
+    session.verify = site_pki.ca
+    session.cert = (str(issued.cert_path), str(issued.key_path))
+    return session
+
+
+def secure_args(site_pki: SitePki, name: str, *extra: str) -> list[str]:
+    """``serve`` options for a TLS peer of the test site, carol as bootstrap administrator."""
+    site_pki.host(name)
+    return ["--pki", str(site_pki.root), "--admin", site_pki.dn("carol"), *extra]

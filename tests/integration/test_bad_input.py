@@ -1,15 +1,16 @@
-"""Every bad input gets a clear 4xx and changes nothing (real peer process)."""
+"""Every bad input gets a clear 4xx and changes nothing (real peer process, TLS, logged-in user)."""
 from __future__ import annotations
 
 import http.client
 import io
 import json
 import os
+import ssl
 
 import pytest
 import requests
 
-from tests.conftest import PeerProcess, free_port, wait_until
+from tests.conftest import PeerProcess, free_port, host_session, secure_args, user_session, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -18,26 +19,38 @@ OK_SUB = "executable = ok.sh\nqueue\n"
 
 
 @pytest.fixture(scope="module")
-def peer(tmp_path_factory):
+def peer(tmp_path_factory, site_pki):
     root = tmp_path_factory.mktemp("bad")
     env = {**os.environ, "POCKETGRID_MAX_BODY_BYTES": "200000"}
-    p = PeerProcess("solo", root / "solo", free_port(), ["--no-agent", "--threads", "4"], env)
+    p = PeerProcess("solo", root / "solo", free_port(), secure_args(site_pki, "solo", "--no-agent", "--threads", "4"), env)
     (p.state / "publish" / "sub").mkdir(parents=True)
     (p.state / "publish" / "data.txt").write_text("1\n2\n3\n")
     (p.state / "publish" / "sub" / "inner.txt").write_text("x\n")
     (root / "secret.txt").write_text("secret")
     os.symlink(root / "secret.txt", p.state / "publish" / "leak.txt")
     p.start()
-    requests.post(f"{p.url}/api/v1/broker/reports", json={"peer": "solo", "url": p.url, "coefficient": 0.1},
-                  timeout=5).raise_for_status()
+    p.http = user_session(p, site_pki, "alice")  # every request below is a logged-in user's
+    p.host = host_session(site_pki, "solo")  # peer-to-peer and agent routes
+    p.site_pki = site_pki
+    p.host.post(f"{p.url}/api/v1/broker/reports", json={"peer": "solo", "url": p.url, "coefficient": 0.1},
+                timeout=5).raise_for_status()
     yield p
     p.stop()
 
 
+def raw_conn(peer, path: str) -> http.client.HTTPSConnection:
+    """A TLS connection that sends paths exactly as given; peer routes present the host certificate."""
+    context = ssl.create_default_context(cafile=peer.site_pki.ca)
+    if path.startswith("/api/v1/peer/") or path.startswith("/api/v1/broker/"):
+        host = peer.site_pki.host("solo")
+        context.load_cert_chain(host.cert_path, host.key_path)
+    return http.client.HTTPSConnection("127.0.0.1", peer.port, timeout=10, context=context)
+
+
 def raw_get(peer, path: str, headers: dict | None = None) -> tuple[int, dict]:
-    """Send the path exactly as given (requests would normalise '..')."""
-    conn = http.client.HTTPConnection("127.0.0.1", peer.port, timeout=10)
-    conn.request("GET", path, headers=headers or {})
+    """Send the path exactly as given (requests would normalise '..'), as the logged-in user."""
+    conn = raw_conn(peer, path)
+    conn.request("GET", path, headers={"Authorization": peer.http.headers["Authorization"], **(headers or {})})
     resp = conn.getresponse()
     body = resp.read()
     conn.close()
@@ -50,12 +63,12 @@ def raw_get(peer, path: str, headers: dict | None = None) -> tuple[int, dict]:
 def submit(peer, *, inputs=("data.txt",), exe=OK_SH, exe_name="ok.sh", sub=OK_SUB, name="j", key=None):
     files = {"executable": (exe_name, io.BytesIO(exe)), "submit": ("job.sub", io.BytesIO(sub.encode()))}
     headers = {"Idempotency-Key": key} if key else {}
-    return requests.post(f"{peer.url}/api/v1/jobs", data={"name": name, "inputs": json.dumps(list(inputs))},
+    return peer.http.post(f"{peer.url}/api/v1/jobs", data={"name": name, "inputs": json.dumps(list(inputs))},
                          files=files, headers=headers, timeout=30)
 
 
 def job_count(peer) -> int:
-    return len(requests.get(f"{peer.url}/api/v1/jobs?local=1", timeout=5).json()["jobs"])
+    return len(peer.http.get(f"{peer.url}/api/v1/jobs?local=1", timeout=5).json()["jobs"])
 
 
 def staged(peer) -> list[str]:
@@ -115,10 +128,10 @@ def test_oversize_body_is_413_and_changes_nothing(peer):
 
 
 def test_bad_multipart_fields(peer):
-    r = requests.post(f"{peer.url}/api/v1/jobs", data={"name": "x", "inputs": "not json"},
+    r = peer.http.post(f"{peer.url}/api/v1/jobs", data={"name": "x", "inputs": "not json"},
                       files={"executable": ("a.sh", b"x"), "submit": ("s", b"queue\n")}, timeout=10)
     assert r.status_code == 400 and "JSON list" in r.json()["error"]
-    r = requests.post(f"{peer.url}/api/v1/jobs", data={"name": "x"}, timeout=10)
+    r = peer.http.post(f"{peer.url}/api/v1/jobs", data={"name": "x"}, timeout=10)
     assert r.status_code == 400 and "executable" in r.json()["error"]
 
 
@@ -129,16 +142,16 @@ def test_bad_multipart_fields(peer):
 ])
 def test_unknown_jobs(peer, job_id, status):
     for suffix in ("", "/outputs", "/outputs/0/out.txt"):
-        r = requests.get(f"{peer.url}/api/v1/jobs/{job_id}{suffix}", timeout=10)
+        r = peer.http.get(f"{peer.url}/api/v1/jobs/{job_id}{suffix}", timeout=10)
         assert r.status_code == status and r.json()["error"], (suffix, r.text)
-    assert requests.delete(f"{peer.url}/api/v1/jobs/{job_id}", timeout=10).status_code == status
+    assert peer.http.delete(f"{peer.url}/api/v1/jobs/{job_id}", timeout=10).status_code == status
 
 
 def test_output_routes_refuse_traversal_and_staged_files(peer):
     r = submit(peer)
     assert r.status_code == 201, r.text
     job_id = r.json()["id"]
-    wait_until(lambda: requests.get(f"{peer.url}/api/v1/jobs/{job_id}").json()["state"] == "completed")
+    wait_until(lambda: peer.http.get(f"{peer.url}/api/v1/jobs/{job_id}").json()["state"] == "completed")
     base = f"/api/v1/jobs/{job_id}/outputs"
     assert raw_get(peer, f"{base}/0/out.txt")[0] == 200
     for bad, codes in [(f"{base}/0/%2e%2e/job.log", (400,)), (f"{base}/0/../../job.log", (400, 404)),
@@ -148,16 +161,16 @@ def test_output_routes_refuse_traversal_and_staged_files(peer):
 
 
 def test_range_beyond_end_is_416(peer):
-    r = requests.get(f"{peer.url}/api/v1/files/data.txt", headers={"Range": "bytes=1000-2000"}, timeout=10)
+    r = peer.http.get(f"{peer.url}/api/v1/files/data.txt", headers={"Range": "bytes=1000-2000"}, timeout=10)
     assert r.status_code == 416
     assert r.headers.get("Content-Range") == "bytes */6"
-    r = requests.get(f"{peer.url}/api/v1/files/data.txt", headers={"Range": "bytes=2-"}, timeout=10)
+    r = peer.http.get(f"{peer.url}/api/v1/files/data.txt", headers={"Range": "bytes=2-"}, timeout=10)
     assert r.status_code == 206 and r.content == b"2\n3\n"
 
 
 @pytest.mark.parametrize("wait", ["soon", "nan", "inf", "-1"])
 def test_bad_wait_parameter(peer, wait):
-    r = requests.get(f"{peer.url}/api/v1/jobs/solo.x", params={"wait": wait}, timeout=10)
+    r = peer.http.get(f"{peer.url}/api/v1/jobs/solo.x", params={"wait": wait}, timeout=10)
     assert r.status_code == 400 and "wait" in r.json()["error"]
 
 
@@ -168,9 +181,9 @@ def test_bad_glob_is_400(peer, pattern):
 
 
 def test_bad_broker_calls(peer):
-    r = requests.post(f"{peer.url}/api/v1/broker/reports", json={"peer": "x"}, timeout=10)
+    r = peer.host.post(f"{peer.url}/api/v1/broker/reports", json={"peer": "x"}, timeout=10)
     assert r.status_code == 400 and "url" in r.json()["error"]
-    r = requests.post(f"{peer.url}/api/v1/broker/placements", data="nope", timeout=10)
+    r = peer.host.post(f"{peer.url}/api/v1/broker/placements", data="nope", timeout=10)
     assert r.status_code == 400
 
 
@@ -179,18 +192,19 @@ def test_upload_then_use_as_input_and_upload_refusals(peer, tmp_path):
 
     local = tmp_path / "mine.txt"
     local.write_text("a\nb\n")
-    client = Client(peer.url)
+    client = Client(peer.url, ca=peer.site_pki.ca, token=peer.http.headers["Authorization"].split()[1])
     info = client.upload(local)
-    assert info["path"] == "uploads/mine.txt" and info["size"] == 4
+    assert info["path"].startswith("uploads/u-") and info["path"].endswith("/mine.txt") and info["size"] == 4
     r = submit(peer, inputs=(info["path"],))
     assert r.status_code == 201, r.text
     # traversal and oversize uploads are refused and leave nothing behind
-    conn = http.client.HTTPConnection("127.0.0.1", peer.port, timeout=10)
-    conn.request("PUT", "/api/v1/files/uploads/%2e%2e/%2e%2e/evil.txt", body=b"x")
+    conn = raw_conn(peer, "/api/v1/files/uploads")
+    conn.request("PUT", "/api/v1/files/uploads/%2e%2e/%2e%2e/evil.txt", body=b"x",
+                 headers={"Authorization": peer.http.headers["Authorization"]})
     resp = conn.getresponse()
     assert resp.status == 400 and b"'..'" in resp.read()
     conn.close()
-    r = requests.put(f"{peer.url}/api/v1/files/uploads/huge.bin", data=b"x" * 300_000, timeout=10)
+    r = peer.http.put(f"{peer.url}/api/v1/files/uploads/huge.bin", data=b"x" * 300_000, timeout=10)
     assert r.status_code == 413
-    assert not (peer.publish / "uploads" / "huge.bin").exists()
+    assert not list((peer.publish / "uploads").rglob("huge.bin"))
     assert not (peer.state / "evil.txt").exists() and not (peer.publish / "evil.txt").exists()

@@ -84,5 +84,7 @@ def test_client_commands(peers, tmp_path):
 def test_serve_refuses_bad_names_and_the_missing_condor_executor(tmp_path):
     out = run_cli("serve", "--name", "bad.name", "--state", str(tmp_path))
     assert out.returncode == 2 and "peer name" in out.stderr
-    out = run_cli("serve", "--name", "ok", "--executor", "condor", "--state", str(tmp_path))
+    out = run_cli("serve", "--name", "ok", "--executor", "condor", "--state", str(tmp_path), "--insecure-http")
     assert out.returncode == 2 and "executor" in out.stderr
+    out = run_cli("serve", "--name", "ok", "--state", str(tmp_path))  # no certificates, no --insecure-http
+    assert out.returncode == 2 and "TLS is required" in out.stderr and "--pki" in out.stderr

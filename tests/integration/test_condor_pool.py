@@ -182,7 +182,8 @@ def test_serve_condor_refuses_clearly_when_it_cannot_work(tmp_path):
     if reason is None:
         pytest.skip("a schedd answers here and this account may use it: serve --executor condor would start")
     out = subprocess.run([sys.executable, "-m", "pocketgrid.cli", "serve", "--name", "c", "--executor", "condor",
-                          "--state", str(tmp_path)], capture_output=True, text=True, cwd=ROOT, timeout=60)
+                          "--state", str(tmp_path), "--insecure-http"], capture_output=True, text=True, cwd=ROOT,
+                         timeout=60)
     assert out.returncode == 2
     if running_as_root():
         assert "never lets root own jobs" in out.stderr and "service account" in out.stderr
