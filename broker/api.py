@@ -14,7 +14,7 @@ from flask import Blueprint, current_app, jsonify, request
 
 from pocketgrid.errors import BadRequest, Conflict, NotFound
 
-from peer.auth import require_host_name
+from peer.auth import require_host_name, tls_client_certificate
 
 from .placement import JobRequest
 from .role import BrokerRole, NameConflict, UnknownPeer
@@ -43,12 +43,18 @@ def _json_body(required: dict[str, type | tuple[type, ...]]) -> dict[str, Any]:
     return body
 
 
+def _host_pem() -> str | None:
+    """The caller's host certificate (PEM) from the handshake: never taken from the request body."""
+    cert = tls_client_certificate()
+    return cert.pem if cert is not None and cert.is_host else None
+
+
 @bp.post("/register")
 def register():
     body = _json_body({"name": str, "url": str})
     require_host_name(body["name"])
     try:
-        return jsonify(_role().register(body["name"], body["url"]))
+        return jsonify(_role().register(body["name"], body["url"], _host_pem()))
     except NameConflict as exc:
         raise Conflict(str(exc)) from None
 
@@ -60,7 +66,7 @@ def heartbeat():
     require_host_name(body["name"])
     role = _role()
     try:
-        return jsonify(role.heartbeat(body["name"], body["url"]))
+        return jsonify(role.heartbeat(body["name"], body["url"], _host_pem()))
     except NameConflict as exc:
         raise Conflict(str(exc), broker={"name": role.name, "url": role.url}, epoch=role.epoch) from None
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import JSON, Float, Integer, String
+from sqlalchemy import Float, Integer, JSON, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -28,6 +28,10 @@ class Registration(BrokerBase):
     #: Last heartbeat, registration or load report: a peer silent for longer
     #: than the detection window leaves the placement table.
     last_seen: Mapped[float | None] = mapped_column(Float, nullable=True)
+    #: The peer's host certificate (PEM) from the mutual-TLS handshake of its
+    #: registration: every peer learns every other peer's key through the
+    #: membership, to check tokens that peer issued even when it is down.
+    cert: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class LoadReport(BrokerBase):

@@ -59,8 +59,11 @@ class BrokerRole:
         clock: Callable[[], float] = time.time,
         on_change: Callable[[dict[str, Any]], None] | None = None,
         dead_after: float | None = None,
+        cert: str | None = None,
     ) -> None:
         self.sessions = sessions
+        #: The holding peer's own host certificate (PEM), listed in the membership like everyone's.
+        self.cert = cert
         #: A peer not heard from (heartbeat, report) for this long is dead to placement.
         self.dead_after = dead_after
         self.name = name
@@ -81,8 +84,11 @@ class BrokerRole:
         self._backlog: dict[str, float] = {}
 
     # ---- membership -------------------------------------------------------
-    def register(self, name: str, url: str) -> dict[str, Any]:
-        """Register (or re-register) a peer; returns its sequence number and the membership."""
+    def register(self, name: str, url: str, cert: str | None = None) -> dict[str, Any]:
+        """Register (or re-register) a peer; returns its sequence number and the membership.
+
+        ``cert``: the peer's host certificate (PEM) from the TLS handshake, passed on to every member.
+        """
         with self._lock, self.sessions.begin() as s:
             reg = s.get(Registration, name)
             if reg is not None and reg.url != url:
@@ -99,21 +105,23 @@ class BrokerRole:
                 reg = Registration(name=name, url=url, seq=seq, registered_at=self.clock())
                 s.add(reg)
             reg.last_seen = self.clock()
+            if cert:
+                reg.cert = cert
             seq = reg.seq
         members = self._changed()
         return {"seq": seq, **members}
 
-    def heartbeat(self, name: str, url: str) -> dict[str, Any]:
+    def heartbeat(self, name: str, url: str, cert: str | None = None) -> dict[str, Any]:
         """A peer says it is alive; answers the membership (a new peer is registered)."""
         with self._lock, self.sessions.begin() as s:
             reg = s.get(Registration, name)
-            if reg is not None and reg.url == url:
+            if reg is not None and reg.url == url and (not cert or reg.cert == cert):
                 reg.last_seen = self.clock()
                 known = True
             else:
                 known = False
         if not known:
-            return self.register(name, url)
+            return self.register(name, url, cert)
         return self.membership()
 
     def seed(self, members: list[dict[str, Any]]) -> None:
@@ -127,9 +135,11 @@ class BrokerRole:
             for m in members:
                 reg = s.get(Registration, m["name"])
                 if reg is None:
-                    s.add(Registration(name=m["name"], url=m["url"], seq=int(m["seq"]), registered_at=now, last_seen=now))
+                    s.add(Registration(name=m["name"], url=m["url"], seq=int(m["seq"]), registered_at=now, last_seen=now,
+                                       cert=m.get("cert")))
                 else:
                     reg.url, reg.seq, reg.last_seen = m["url"], int(m["seq"]), now
+                    reg.cert = m.get("cert") or reg.cert
 
     def announce(self) -> dict[str, Any]:
         """Push the membership (with this role's epoch) to every member."""
@@ -143,14 +153,17 @@ class BrokerRole:
 
     def ensure_self_registered(self) -> None:
         with self.sessions.begin() as s:
-            if s.get(Registration, self.name) is None:
+            reg = s.get(Registration, self.name)
+            if reg is None:
                 seq = (s.scalar(select(func.max(Registration.seq))) or 0) + 1
-                s.add(Registration(name=self.name, url=self.url, seq=seq, registered_at=self.clock()))
+                s.add(Registration(name=self.name, url=self.url, seq=seq, registered_at=self.clock(), cert=self.cert))
+            elif self.cert:
+                reg.cert = self.cert
 
     def membership(self) -> dict[str, Any]:
         with self.sessions() as s:
             regs = s.scalars(select(Registration).order_by(Registration.seq)).all()
-            members = [{"name": r.name, "url": r.url, "seq": r.seq} for r in regs]
+            members = [{"name": r.name, "url": r.url, "seq": r.seq, "cert": r.cert} for r in regs]
         return {"broker": {"name": self.name, "url": self.url}, "epoch": self.epoch, "members": members}
 
     def _changed(self) -> dict[str, Any]:

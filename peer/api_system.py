@@ -34,7 +34,7 @@ def broker():
     svc = _svc()
     view = svc.membership.describe()
     if svc.broker_role is not None:
-        view["members"] = svc.broker_role.membership()["members"]
+        view["members"] = [{k: v for k, v in m.items() if k != "cert"} for m in svc.broker_role.membership()["members"]]
         view["load"] = svc.broker_role.load_table()
         view["policy"] = svc.broker_role.policy_name
     return jsonify(view)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -201,6 +202,7 @@ def _new_broker_role(config: PeerConfig, db: Database, http: requests.Session, m
         http=http,
         on_change=membership.apply,
         dead_after=config.heartbeat_interval * (config.heartbeat_misses + 1),
+        cert=None if config.insecure_http else Path(config.tls_cert).read_text(),
     )
 
 

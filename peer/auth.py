@@ -62,6 +62,7 @@ class CertIdentity:
     vo: str | None
     is_host: bool
     cn: str | None = None
+    pem: str = ""
 
 
 _cert_cache: dict[bytes, CertIdentity] = {}
@@ -80,7 +81,7 @@ def tls_client_certificate() -> CertIdentity | None:
     if found is None:
         cert = x509.load_der_x509_certificate(der)
         dn, vo = identity_of(cert)
-        found = CertIdentity(dn, vo, is_host_certificate(cert), common_name(cert))
+        found = CertIdentity(dn, vo, is_host_certificate(cert), common_name(cert), ssl.DER_cert_to_PEM_cert(der))
         with _cert_lock:
             if len(_cert_cache) > 1024:
                 _cert_cache.clear()

@@ -116,7 +116,8 @@ class Membership:
             with self.db.session() as s:
                 s.execute(delete(Member))
                 for m in members:
-                    s.add(Member(name=m["name"], url=m["url"], seq=int(m.get("seq", 0)), updated_at=time.time()))
+                    s.add(Member(name=m["name"], url=m["url"], seq=int(m.get("seq", 0)), updated_at=time.time(),
+                                 cert=m.get("cert")))
                     if m["name"] == self.name:
                         self.seq = int(m.get("seq", 0))
             self._save()
@@ -132,6 +133,12 @@ class Membership:
                 {"name": m.name, "url": m.url, "seq": m.seq}
                 for m in s.scalars(select(Member).order_by(Member.seq))
             ]
+
+    def cert_of(self, name: str) -> str | None:
+        """A member's host certificate (PEM) as the broker saw it at registration, if known."""
+        with self.db.sessions() as s:
+            m = s.get(Member, name)
+            return m.cert if m is not None else None
 
     def url_of(self, name: str) -> str | None:
         if name == self.name:

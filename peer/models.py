@@ -99,6 +99,8 @@ class Member(Base):
     url: Mapped[str] = mapped_column(String(500))
     seq: Mapped[int] = mapped_column(Integer, default=0)
     updated_at: Mapped[float] = mapped_column(Float, default=time.time)
+    #: Its host certificate (PEM), as the broker saw it (see broker/models.py).
+    cert: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class FileDigest(Base):

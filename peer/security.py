@@ -43,7 +43,7 @@ def build_security(config: PeerConfig, db: Database, membership: Membership, htt
         with open(config.tls_cert, "rb") as fh:
             host_cert = x509.load_pem_x509_certificate(fh.read())
         keys = IssuerKeys(config.name, host_cert.public_key(), config.tls_ca, membership.url_of,
-                          timeout=min(config.peer_timeout, 5.0))
+                          cert_of=membership.cert_of, timeout=min(config.peer_timeout, 5.0))
         tokens = TokenService(db, issuer=config.name, private_key=load_private_key(config.tls_key), keys=keys,
                               lifetime=config.token_lifetime, device_lifetime=config.device_token_lifetime)
         login = LoginService(server=config.name, url=config.url, ca_file=config.tls_ca,

@@ -3,10 +3,12 @@
 A token is a JWT (PyJWT) signed with the issuing peer's host-certificate key
 (ES256 for EC keys, RS256 for RSA) whose ``kid`` header names that peer.
 Any peer can check it without asking anyone: the public key comes from the
-issuer's host certificate, read once from a TLS handshake with the issuer
-(verified against the site CA, host name checked, CN must equal the
-issuer's name) and cached.  So a phone that fails over to another peer
-keeps working, and a token signed with any other key is refused.
+issuer's host certificate, which the membership carries (the broker took it
+from the mutual-TLS handshake when the issuer registered), checked against
+the site CA, its dates, and its CN (must equal the issuer's name).  Only if
+the membership has none yet is it read from a TLS handshake with the issuer.
+So a phone whose entry peer died keeps working on the others, and a token
+signed with any other key is refused.
 
 Revocation (logout, a lost phone) is a set of token IDs: written to the
 database, pushed to the other peers (peer/security_sync.py) and checked on
@@ -22,11 +24,13 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
 import jwt
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 from sqlalchemy import delete, select
@@ -81,11 +85,14 @@ class IssuerKeys:
     """Public keys of the peers that issue tokens, from their host certificates."""
 
     def __init__(self, own_name: str, own_public_key: Any, ca_file: str, url_of: Callable[[str], str | None],
-                 timeout: float = 5.0) -> None:
+                 cert_of: Callable[[str], str | None] = lambda name: None, timeout: float = 5.0) -> None:
         self._keys: dict[str, Any] = {own_name: own_public_key}
         self.own_name = own_name
         self.ca_file = ca_file
+        with open(ca_file, "rb") as fh:
+            self._cas = x509.load_pem_x509_certificates(fh.read())
         self.url_of = url_of
+        self.cert_of = cert_of
         self.timeout = timeout
         self._lock = threading.Lock()
 
@@ -94,21 +101,41 @@ class IssuerKeys:
             key = self._keys.get(name)
             if key is not None:
                 return key
-        url = self.url_of(name)
-        if url is None:
-            raise Unauthorized(f"the token was issued by {name!r}, which is not a peer of this system: log in again")
-        try:
-            cert = self._fetch_certificate(url)
-        except (OSError, ssl.SSLError) as exc:
-            raise Unauthorized(
-                f"the token was issued by peer {name}, whose certificate cannot be fetched now ({exc}); log in here again"
-            ) from None
+        cert = self._from_membership(name) if not refresh else None
+        if cert is None:
+            url = self.url_of(name)
+            if url is None:
+                raise Unauthorized(f"the token was issued by {name!r}, which is not a peer of this system: log in again")
+            try:
+                cert = self._fetch_certificate(url)
+            except (OSError, ssl.SSLError) as exc:
+                raise Unauthorized(
+                    f"the token was issued by peer {name}, whose certificate is unknown here and cannot be fetched "
+                    f"now ({exc}); log in here again"
+                ) from None
         if common_name(cert) != name or not is_host_certificate(cert):
             raise Unauthorized(f"peer {name}'s address answers with another certificate; log in again")
         key = cert.public_key()
         with self._lock:
             self._keys[name] = key
         return key
+
+    def _from_membership(self, name: str) -> x509.Certificate | None:
+        """The member's certificate from the membership, if it is there and the site CA issued it."""
+        pem = self.cert_of(name)
+        if not pem:
+            return None
+        cert = x509.load_pem_x509_certificate(pem.encode())
+        now = datetime.now(timezone.utc)
+        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+            return None
+        for ca in self._cas:
+            try:
+                cert.verify_directly_issued_by(ca)
+                return cert
+            except (ValueError, TypeError, InvalidSignature):
+                continue
+        return None
 
     def _fetch_certificate(self, url: str) -> x509.Certificate:
         """The host certificate a TLS handshake with ``url`` presents, verified against the CA."""

@@ -42,10 +42,11 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, interval: fl
     raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}" + (f": {last!r}" if last else ""))
 
 
-def report_load(broker_url: str, peer: Any, coefficient: float) -> None:
+def report_load(broker_url: str, peer: Any, coefficient: float, *, session: Any = requests) -> None:
     """Act as ``peer``'s EMA agent (anything with ``name`` and ``url``): one load
-    report through the broker API, which also resets its in-flight count."""
-    r = requests.post(
+    report through the broker API, which also resets its in-flight count.
+    With TLS, ``session`` must present ``peer``'s host certificate."""
+    r = session.post(
         f"{broker_url}/api/v1/broker/reports",
         json={"peer": peer.name, "url": peer.url, "coefficient": coefficient, "metrics": {},
               "sampled_at": time.time(), "interval": 15},

@@ -89,11 +89,16 @@ def peers(tmp_path):
     started: list[PeerProcess] = []
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
-    def start(name: str, *, join: str | None = None, extra: list[str] | None = None) -> PeerProcess:
+    def start(name: str, *, join: str | None = None, extra: list[str] | None = None,
+              site_pki: "SitePki | None" = None) -> PeerProcess:
         args = ["--threads", "8", *(extra or [])]
         if join:
             args += ["--join", join]
-        p = PeerProcess(name, tmp_path / name, free_port(), args, env).start()
+        if site_pki is not None:  # TLS, mutual TLS between peers, carol as administrator
+            args = secure_args(site_pki, name, *args)
+        p = PeerProcess(name, tmp_path / name, free_port(), args, env)
+        p.site_pki = site_pki
+        p.start()
         started.append(p)
         return p
 

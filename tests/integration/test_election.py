@@ -1,4 +1,10 @@
-"""Self-healing on real processes: kill -9 the broker, a new one is agreed, nothing is lost."""
+"""Self-healing on real processes: kill -9 the broker, a new one is agreed, nothing is lost.
+
+The failover tests run with TLS (mutual TLS for heartbeats, registrations,
+membership pushes and elections) and a logged-in user whose token was issued
+by the broker that is killed: the other peers still accept it (they know the
+dead issuer's certificate from the membership).
+"""
 from __future__ import annotations
 
 import signal
@@ -8,7 +14,8 @@ import pytest
 import requests
 
 from mobile_client import ApiError, Client
-from tests.conftest import report_load, wait_until
+from mobile_client import Client as _Client
+from tests.conftest import host_session, report_load, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -18,7 +25,17 @@ EXE = b"#!/bin/sh\necho ran > out.txt\n"
 
 
 def view(peer) -> dict:
-    return requests.get(f"{peer.url}/api/v1/broker", timeout=2).json()
+    http = host_session(peer.site_pki, peer.name) if peer.tls else requests
+    return http.get(f"{peer.url}/api/v1/broker", timeout=2).json()
+
+
+def load(broker, peer, coefficient: float) -> None:
+    report_load(broker.url, peer, coefficient, session=host_session(peer.site_pki, peer.name))
+
+
+def user(peer, site_pki, name: str = "alice") -> str:
+    issued = site_pki.users[name]
+    return Client(peer.url, ca=site_pki.ca).login(issued.cert_path, issued.key_path)["token"]
 
 
 def agreed(live, broker: str, epoch: int) -> bool:
@@ -26,11 +43,16 @@ def agreed(live, broker: str, epoch: int) -> bool:
     return all(v["broker"] and v["broker"]["name"] == broker and v["epoch"] == epoch for v in views)
 
 
-def test_broker_failover_end_to_end(peers):
-    a = peers("site-a", extra=HB)
-    b = peers("site-b", join=a.url, extra=HB)
-    c = peers("site-c", join=a.url, extra=HB)
-    d = peers("site-d", join=a.url, extra=HB)
+def test_broker_failover_end_to_end(peers, site_pki):
+    a = peers("site-a", extra=HB, site_pki=site_pki)
+    b = peers("site-b", join=a.url, extra=HB, site_pki=site_pki)
+    c = peers("site-c", join=a.url, extra=HB, site_pki=site_pki)
+    d = peers("site-d", join=a.url, extra=HB, site_pki=site_pki)
+    token = user(a, site_pki)  # issued by the broker that will be killed
+
+    def Client(url, **kw):  # noqa: N802  (the test reads as before, every call logged in over TLS)
+        return _Client(url, ca=site_pki.ca, token=token, **kw)
+
     everyone = [a, b, c, d]
     wait_until(lambda: agreed(everyone, "site-a", 1) and len(view(d)["members"]) == 4, what="membership")
     for p in everyone:
@@ -38,10 +60,10 @@ def test_broker_failover_end_to_end(peers):
         (p.publish / "in.txt").write_text("1\n")
 
     # One job on the broker-peer itself, one on site-c.
-    report_load(a.url, a, 0.0)
+    load(a, a, 0.0)
     on_a = Client(c.url).submit("on-a", EXE, "s.sub", ["in.txt"], **OK)
-    report_load(a.url, a, 9.0)
-    report_load(a.url, c, 0.0)
+    load(a, a, 9.0)
+    load(a, c, 0.0)
     on_c = Client(b.url).submit("on-c", EXE, "s.sub", ["in.txt"], **OK)
     assert (on_a["peer"], on_c["peer"]) == ("site-a", "site-c")
     for job in (on_a, on_c):
@@ -106,11 +128,16 @@ def test_dead_plain_peer_leaves_the_placement_table(peers):
     assert job["peer"] == "site-c"
 
 
-def test_agents_and_clients_fail_over_by_themselves(peers):
+def test_agents_and_clients_fail_over_by_themselves(peers, site_pki):
     agent = ["--heartbeat-interval", "0.3", "--heartbeat-misses", "3", "--agent-interval", "0.3"]
-    a = peers("site-a", extra=agent)
-    b = peers("site-b", join=a.url, extra=agent)
-    c = peers("site-c", join=a.url, extra=agent)
+    a = peers("site-a", extra=agent, site_pki=site_pki)
+    b = peers("site-b", join=a.url, extra=agent, site_pki=site_pki)
+    c = peers("site-c", join=a.url, extra=agent, site_pki=site_pki)
+    token = user(a, site_pki)
+
+    def Client(urls, **kw):  # noqa: N802
+        return _Client(urls, ca=site_pki.ca, token=token, **kw)
+
     wait_until(lambda: len(view(c)["members"]) == 3, what="membership")
     c.publish.mkdir(parents=True, exist_ok=True)
     (c.publish / "in.txt").write_text("1\n")
