@@ -127,7 +127,7 @@ class PeerServices:
                 log.info("not claiming epoch %d: a claim for epoch %d arrived meanwhile", epoch, self.membership.epoch)
                 return
             role = _new_broker_role(self.config, self.db, self.http, self.membership, epoch)
-            role.seed(self.membership.members())
+            role.seed(self.membership.members(with_certs=True))  # keep everyone's certificate
             self.membership.become_broker(epoch)
             self.broker_role = role
             role.announce()
@@ -273,7 +273,7 @@ def build_services(config: PeerConfig) -> PeerServices:
             membership.follow(view["broker"], int(view["epoch"]))
         else:
             broker_role = _new_broker_role(config, db, http, membership, max(membership.epoch, 1))
-            broker_role.seed(membership.members())
+            broker_role.seed(membership.members(with_certs=True))
             broker_role.ensure_self_registered()
             membership.become_broker(max(membership.epoch, 1))
             membership.apply(broker_role.membership())

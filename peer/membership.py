@@ -127,10 +127,11 @@ class Membership:
         return True
 
     # ---- lookups ----------------------------------------------------------
-    def members(self) -> list[dict[str, Any]]:
+    def members(self, *, with_certs: bool = False) -> list[dict[str, Any]]:
+        """Members in sequence order; ``with_certs`` adds each one's host certificate (PEM)."""
         with self.db.sessions() as s:
             return [
-                {"name": m.name, "url": m.url, "seq": m.seq}
+                {"name": m.name, "url": m.url, "seq": m.seq, **({"cert": m.cert} if with_certs else {})}
                 for m in s.scalars(select(Member).order_by(Member.seq))
             ]
 

@@ -94,6 +94,13 @@ def test_broker_failover_end_to_end(peers, site_pki):
         Client(d.url, retries=0).status(on_a["id"])
     assert err.value.status == 502 and "unreachable" in err.value.message
 
+    # A peer restarted after the election (nothing cached) still accepts the token the dead
+    # broker issued: the new broker's membership carries every peer's certificate.
+    c.stop()
+    c.start()
+    wait_until(lambda: agreed(live, "site-b", 2), timeout=20, what="site-c to rejoin")
+    assert Client(c.url).status(on_c["id"])[0]["state"] == "completed"
+
     # The old broker comes back: it rejoins as a plain peer, the epoch does not go back.
     a.start()
     wait_until(lambda: agreed([a, b, c, d], "site-b", 2), timeout=20, what="site-a to rejoin under site-b")
