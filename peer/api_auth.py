@@ -40,7 +40,7 @@ def _token_answer(new) -> dict[str, Any]:
 @bp.post("/challenge")
 def challenge():
     """Step 1 of a login: a single-use nonce bound to this peer; sign ``message`` with your key."""
-    item = _security().login.challenge()
+    item = _security().login.challenge(request.remote_addr or "")
     return jsonify({**item.to_dict(), "server": current_app.extensions["pocketgrid"].config.name})
 
 
@@ -99,7 +99,8 @@ def pairing_code():
     """A short code to type on a phone (only from a certificate login, not from another device)."""
     sec = _security()
     who = identity()
-    if who.token is None or who.token.kind != "login":
+    by_certificate = who.token is None and who.via is None and who.kind == "user"  # a user cert on the connection
+    if not by_certificate and (who.token is None or who.token.kind != "login"):
         raise Forbidden("pairing codes are issued to certificate logins only, not to paired devices")
     code, expires_at = sec.pairing.new_code(who.dn, who.vo)
     sec.audit.record("pairing-code", dn=who.dn, source=who.source)
@@ -132,7 +133,9 @@ def tokens():
     """Your unexpired tokens issued by this peer (an admin with ``?all=1``: everyone's)."""
     sec = _security()
     who = identity()
-    everyone = request.args.get("all") in {"1", "true"} and who.is_admin
+    everyone = request.args.get("all") in {"1", "true"}
+    if everyone and not who.is_admin:
+        raise Forbidden("only administrators may list everyone's tokens (?all=1)")
     return jsonify({"tokens": sec.tokens.issued_to(None if everyone else who.dn)})
 
 

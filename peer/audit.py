@@ -5,8 +5,10 @@ administrator through ``GET /api/v1/admin/audit``) and the
 ``pocketgrid.audit`` logger, so a site can ship it to its own log system.
 Actions: ``login``, ``pair``, ``pairing-code``, ``logout``, ``token-revoke``,
 ``acl-allow``, ``acl-deny``, ``acl-remove``, ``submit``, ``kill`` and
-``access-denied``; outcome ``ok``, ``failed`` (bad credentials) or ``denied``
-(an ACL or ownership refused it).
+``access-denied``; outcome ``ok``, ``failed`` (bad credentials, a bad pairing
+code) or ``denied`` (an ACL rule refused it).  Not recorded: requests
+refused because a route is for hosts only, and other users' jobs answered
+with 404 (those look like any unknown job, on purpose).
 """
 from __future__ import annotations
 

@@ -30,8 +30,9 @@ from cryptography.x509.verification import PolicyBuilder, Store, VerificationErr
 from pocketgrid.errors import BadRequest, TooManyRequests, Unauthorized
 from pocketgrid.pki import PkiError, identity_of, is_host_certificate, verify_signature
 
-#: Outstanding challenges one peer keeps before refusing new ones.
+#: Outstanding challenges one peer keeps, and one address may hold, before refusing new ones.
 _MAX_OUTSTANDING = 10_000
+_MAX_PER_SOURCE = 20
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class Challenge:
     nonce: str
     message: str
     expires_at: float
+    source: str = ""
 
     def to_dict(self) -> dict[str, object]:
         return {"nonce": self.nonce, "message": self.message, "expires_at": self.expires_at}
@@ -65,17 +67,19 @@ class LoginService:
         self._challenges: dict[str, Challenge] = {}
         self._lock = threading.Lock()
 
-    def challenge(self) -> Challenge:
+    def challenge(self, source: str = "") -> Challenge:
+        """A new nonce; an address may hold only a few unanswered ones (so nobody can exhaust the table)."""
         now = time.time()
         nonce = secrets.token_urlsafe(24)
         expires_at = now + self.challenge_lifetime
-        item = Challenge(nonce, challenge_message(self.server, self.url, nonce, expires_at), expires_at)
+        item = Challenge(nonce, challenge_message(self.server, self.url, nonce, expires_at), expires_at, source)
         with self._lock:
-            if len(self._challenges) >= _MAX_OUTSTANDING:
+            if len(self._challenges) % 256 == 0 or len(self._challenges) >= _MAX_OUTSTANDING:
                 for key in [k for k, c in self._challenges.items() if c.expires_at < now]:
                     del self._challenges[key]
-            if len(self._challenges) >= _MAX_OUTSTANDING:
-                raise TooManyRequests("too many logins in progress; retry in a minute", retry_after=60)
+            mine = sum(1 for c in self._challenges.values() if c.source == source and c.expires_at >= now)
+            if mine >= _MAX_PER_SOURCE or len(self._challenges) >= _MAX_OUTSTANDING:
+                raise TooManyRequests("too many logins in progress; retry in a minute", retry_after=int(self.challenge_lifetime))
             self._challenges[nonce] = item
         return item
 

@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 ALGORITHMS = ["ES256", "RS256"]
 #: Verified tokens kept in memory; the cache is dropped whole when it fills.
 _CACHE_MAX = 4096
+#: Shortest time between two fresh looks at one issuer's certificate.
+REFRESH_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,13 @@ def common_name(cert: x509.Certificate) -> str | None:
     return str(names[0].value) if names else None
 
 
+def _same_key(a: Any, b: Any) -> bool:
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    return a.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo) == b.public_bytes(
+        Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+
+
 class IssuerKeys:
     """Public keys of the peers that issue tokens, from their host certificates."""
 
@@ -93,15 +102,22 @@ class IssuerKeys:
             self._cas = x509.load_pem_x509_certificates(fh.read())
         self.url_of = url_of
         self.cert_of = cert_of
+        self._refreshed: dict[str, float] = {}
         self.timeout = timeout
         self._lock = threading.Lock()
 
     def get(self, name: str, *, refresh: bool = False) -> Any:
-        if not refresh or name == self.own_name:
-            key = self._keys.get(name)
-            if key is not None:
-                return key
-        cert = self._from_membership(name) if not refresh else None
+        """``refresh``: the cached key did not verify a token; look again, at most once a minute per
+        peer (a forged token must not make this peer open a connection per request)."""
+        key = self._keys.get(name)
+        if key is not None and (not refresh or name == self.own_name
+                                or time.monotonic() - self._refreshed.get(name, -REFRESH_SECONDS) < REFRESH_SECONDS):
+            return key
+        if refresh:
+            self._refreshed[name] = time.monotonic()
+        cert = self._from_membership(name)
+        if cert is not None and refresh and key is not None and _same_key(cert.public_key(), key):
+            cert = None  # the membership knows no newer certificate: ask the peer itself
         if cert is None:
             url = self.url_of(name)
             if url is None:

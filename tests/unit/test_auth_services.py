@@ -138,3 +138,12 @@ def test_a_challenge_names_the_peer_and_is_spent_by_any_attempt(site_pki):
     good = base64.b64encode(pki.sign_bytes(pki.load_private_key(alice.key_path), fresh.message.encode()))
     user = svc.verify(fresh.nonce, alice.cert_path.read_text(), good.decode())
     assert (user.dn, user.vo) == (site_pki.dn("alice"), "cms")
+
+
+def test_one_address_cannot_exhaust_the_challenge_table(site_pki):
+    svc = LoginService(server="site-a", url="https://a", ca_file=site_pki.ca, challenge_lifetime=30)
+    for _ in range(20):
+        svc.challenge("10.0.0.66")
+    with pytest.raises(TooManyRequests):
+        svc.challenge("10.0.0.66")
+    assert svc.challenge("10.0.0.7").nonce  # everyone else can still log in
