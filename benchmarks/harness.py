@@ -164,9 +164,14 @@ class Peer:
         return self.state / "peer.log"
 
     def command(self) -> list[str]:
+        """Without ``--pki`` in ``extra`` the peer runs ``--insecure-http``: the job-path benchmarks
+        (submit, status, goodput, failover, RSS) measure the job path itself, and their figures in
+        benchmarks/README.md were taken that way; what TLS and authentication add is what
+        ``auth_throughput`` measures (TLS peers, real logins)."""
+        tls = "--pki" in self.extra
         cmd = [sys.executable, "-m", "pocketgrid.cli", "serve", "--name", self.name, "--port", str(self.port),
                "--state", str(self.state), "--no-agent", "--threads", str(self.threads),
-               "--log-level", self.log_level, *self.extra]
+               "--log-level", self.log_level, *self.extra, *([] if tls else ["--insecure-http"])]
         if self.join:
             cmd += ["--join", self.join]
         return cmd

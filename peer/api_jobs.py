@@ -161,18 +161,15 @@ def status(job_id: str):
     deadline = time.monotonic() + wait
     while True:
         size = svc.jobs.log_size(job_id)
-        body = svc.jobs.status(job_id, who.dn, is_admin=who.is_admin)
-        etag = _etag(body)
+        entry = svc.jobs.status_entry(job_id, who.dn, is_admin=who.is_admin)
+        etag = _etag(entry.body)
         if etag != inm or time.monotonic() >= deadline:
             break
         while svc.jobs.log_size(job_id) == size and time.monotonic() < deadline:
             time.sleep(WAIT_POLL_SECONDS)
     if etag == inm:
         return Response(status=304, headers={"ETag": etag, "Cache-Control": "no-cache"})
-    response = jsonify(body)
-    response.headers["ETag"] = etag
-    response.headers["Cache-Control"] = "no-cache"
-    return response
+    return Response(entry.json, mimetype="application/json", headers={"ETag": etag, "Cache-Control": "no-cache"})
 
 
 # ---- kill -----------------------------------------------------------------
