@@ -74,7 +74,6 @@ import os
 import re
 import resource
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -92,6 +91,7 @@ from pocketgrid import pki
 from pocketgrid.demo import make_sample_data
 
 from .harness import Cluster, Peer, common_arguments, emit, percentile
+from .profiling import Recorder
 
 CLARENS_RPS = 1450.0
 TARGET_RATIO = 0.7
@@ -424,23 +424,6 @@ INCLUSIVE: list[tuple[str, str]] = [
 
 _FRAME = re.compile(r"^(?P<func>.+?) \((?P<file>.+?):(?P<line>\d+)\)$")
 _OWN = re.compile(r"^(peer|broker|pocketgrid|mobile_client|ema_agent)/")
-
-
-class Recorder:
-    """A profiler attached to the worker (py-spy or perf); :meth:`stop` ends it with SIGINT."""
-
-    def __init__(self, cmd: list[str]) -> None:
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-
-    def stop(self, timeout: float = 60.0) -> str:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-        try:
-            _, err = self.proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            _, err = self.proc.communicate(timeout=10)
-        return (err or b"").decode(errors="replace")
 
 
 def _short(file: str) -> str:

@@ -39,20 +39,12 @@ def py_spy_path() -> str | None:
     return shutil.which("py-spy")
 
 
-class PySpy:
-    """``py-spy record`` attached to one pid; :meth:`stop` ends it with SIGINT (py-spy then writes)."""
+class Recorder:
+    """A profiler process attached to a pid (py-spy, perf); :meth:`stop` ends it with SIGINT, which
+    makes it write its output."""
 
-    def __init__(self, pid: int, out: Path, *, rate: int = 250, max_seconds: int = 300) -> None:
-        exe = py_spy_path()
-        if exe is None:
-            raise FileNotFoundError("py-spy is not installed (pip install py-spy)")
-        self.out = out
-        self.proc = subprocess.Popen(
-            [exe, "record", "-p", str(pid), "--idle", "--threads", "--nonblocking", "-r", str(rate),
-             "-f", "raw", "-o", str(out), "-d", str(max_seconds)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
-        )
-        self.rate = rate
+    def __init__(self, cmd: list[str]) -> None:
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
 
     def stop(self, timeout: float = 30.0) -> str:
         if self.proc.poll() is None:
@@ -63,6 +55,19 @@ class PySpy:
             self.proc.kill()
             _, err = self.proc.communicate(timeout=10)
         return (err or b"").decode(errors="replace")
+
+
+class PySpy(Recorder):
+    """``py-spy record`` attached to one pid."""
+
+    def __init__(self, pid: int, out: Path, *, rate: int = 250, max_seconds: int = 300) -> None:
+        exe = py_spy_path()
+        if exe is None:
+            raise FileNotFoundError("py-spy is not installed (pip install py-spy)")
+        self.out = out
+        super().__init__([exe, "record", "-p", str(pid), "--idle", "--threads", "--nonblocking", "-r", str(rate),
+                          "-f", "raw", "-o", str(out), "-d", str(max_seconds)])
+        self.rate = rate
 
 
 def _source(file: str, line: int) -> str:

@@ -7,7 +7,6 @@ refused with a clear 4xx and change nothing.
 from __future__ import annotations
 
 import base64
-import io
 import json
 import os
 import socket
