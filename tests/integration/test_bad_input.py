@@ -8,7 +8,6 @@ import os
 import ssl
 
 import pytest
-import requests
 
 from tests.conftest import PeerProcess, free_port, host_session, secure_args, user_session, wait_until
 
