@@ -253,6 +253,10 @@ class Client:
     def upload(self, local: str | os.PathLike[str], name: str | None = None) -> dict[str, Any]:
         """Put a local file into the entry peer's ``uploads/`` area; use the returned path as an input."""
         local = Path(local)
+        limit = self.health().get("max_body_bytes")
+        size = local.stat().st_size
+        if isinstance(limit, int) and size > limit:  # say so instead of sending it to have the connection cut
+            raise ApiError(413, f"{local.name} is {size} bytes, over the peer's limit of {limit} bytes")
         with open(local, "rb") as fh:
             return self._json("PUT", f"/api/v1/files/uploads/{quote(name or local.name)}", data=fh)
 

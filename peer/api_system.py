@@ -24,6 +24,8 @@ def healthz():
             "executor": svc.executor.describe(),
             "broker": svc.membership.broker,
             "is_broker": svc.broker_role is not None,
+            "max_body_bytes": svc.config.max_body_bytes,
+            "tls": not svc.config.insecure_http,
         }
     )
 
