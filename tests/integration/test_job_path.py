@@ -1,21 +1,18 @@
-"""The whole job path on real peer processes over loopback."""
+"""The whole job path on real peer processes over loopback: TLS, mutual TLS between the peers,
+and every request a logged-in user's."""
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import psutil
 import pytest
-import requests
 
 from mobile_client import ApiError, Client
-from tests.conftest import ROOT, report_load, wait_until
+from tests.conftest import host_session, report_load, user_session, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -35,28 +32,33 @@ queue
 
 
 @pytest.fixture(scope="module")
-def trio(tmp_path_factory):
-    """Broker site-a and two joined peers, no agents (the tests report loads)."""
-    from tests.conftest import PeerProcess, free_port
+def trio(tmp_path_factory, site_pki):
+    """Broker site-a and two joined peers, no agents (the tests report loads); alice logged in."""
+    from tests.conftest import PeerProcess, free_port, secure_args
 
     root = tmp_path_factory.mktemp("trio")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     started = []
 
     def start(name, join=None):
-        args = ["--threads", "8", "--no-agent"]
+        args = secure_args(site_pki, name, "--threads", "8", "--no-agent")
         if join:
             args += ["--join", join]
         p = PeerProcess(name, root / name, free_port(), args, env).start()
+        p.host = host_session(site_pki, name)  # acts as its agent: load reports
         started.append(p)
         return p
 
     a = start("site-a")
     b = start("site-b", a.url)
     c = start("site-c", a.url)
-    wait_until(lambda: len(requests.get(f"{a.url}/api/v1/broker", timeout=2).json()["members"]) == 3,
+    http = user_session(a, site_pki, "alice")
+    for p in (a, b, c):
+        p.http = http
+        p.token = http.headers["Authorization"].split()[1]
+    wait_until(lambda: len(http.get(f"{a.url}/api/v1/broker", timeout=2).json()["members"]) == 3,
                what="both peers to register")
-    wait_until(lambda: len(requests.get(f"{b.url}/api/v1/broker", timeout=2).json()["members"]) == 3,
+    wait_until(lambda: len(http.get(f"{b.url}/api/v1/broker", timeout=2).json()["members"]) == 3,
                what="membership push to site-b")
     for p in (a, b, c):
         p.publish.mkdir(parents=True, exist_ok=True)
@@ -73,11 +75,11 @@ def publish(peer, name: str, lines: int) -> str:
 
 def test_job_lands_on_less_loaded_peer_and_completes(trio, tmp_path):
     a, b, c = trio
-    report_load(a.url, a, 5.0)
-    report_load(a.url, b, 3.0)
-    report_load(a.url, c, 0.5)
+    report_load(a.url, a, 5.0, session=a.host)
+    report_load(a.url, b, 3.0, session=b.host)
+    report_load(a.url, c, 0.5, session=c.host)
     inputs = [publish(b, f"in{i}.txt", 10 + i) for i in range(3)]
-    client = Client(b.url)  # entry peer is not the broker
+    client = Client(b.url, ca=b.ca, token=b.token)  # entry peer is not the broker
     job = client.submit("count", COUNT_SH, "count.sub", inputs, executable_name="count.sh", submit_text=COUNT_SUB)
     assert job["peer"] == "site-c" and job["id"].startswith("site-c.")
     final = client.wait(job["id"], timeout=60)
@@ -98,11 +100,11 @@ def test_job_lands_on_less_loaded_peer_and_completes(trio, tmp_path):
 
 def test_failing_input_fails_with_its_exit_code_others_complete(trio):
     a, b, c = trio
-    report_load(a.url, a, 0.1)
-    report_load(a.url, b, 1.0)
-    report_load(a.url, c, 1.0)
+    report_load(a.url, a, 0.1, session=a.host)
+    report_load(a.url, b, 1.0, session=b.host)
+    report_load(a.url, c, 1.0, session=c.host)
     inputs = [publish(a, "good.txt", 3), publish(a, "bad.txt", 2)]
-    client = Client(a.url)
+    client = Client(a.url, ca=a.ca, token=a.token)
     job = client.submit("mixed", COUNT_SH, "count.sub", inputs, executable_name="count.sh", submit_text=COUNT_SUB)
     final = client.wait(job["id"], timeout=60)
     by_input = {i["input"]: i for i in final["inputs"]}
@@ -120,11 +122,11 @@ while [ $i -lt 600 ]; do i=$((i+1)); echo tick $i; sleep 0.1; done
 
 def test_kill_stops_running_procs(trio):
     a, b, c = trio
-    report_load(a.url, a, 9.0)
-    report_load(a.url, b, 0.1)
-    report_load(a.url, c, 9.0)
+    report_load(a.url, a, 9.0, session=a.host)
+    report_load(a.url, b, 0.1, session=b.host)
+    report_load(a.url, c, 9.0, session=c.host)
     inputs = [publish(a, "s0.txt", 1), publish(a, "s1.txt", 1)]
-    client = Client(a.url)
+    client = Client(a.url, ca=a.ca, token=a.token)
     job = client.submit("sleep", SLEEPER, "s.sub", inputs, executable_name="sleep.sh",
                         submit_text="executable = sleep.sh\noutput = out.txt\nqueue\n")
     assert job["peer"] == "site-b"
@@ -144,36 +146,38 @@ def test_kill_stops_running_procs(trio):
 
 def test_status_etag_and_long_poll(trio):
     a, b, c = trio
-    report_load(a.url, a, 0.0)
+    report_load(a.url, a, 0.0, session=a.host)
     inputs = [publish(a, "lp.txt", 1)]
-    client = Client(a.url)
+    client = Client(a.url, ca=a.ca, token=a.token)
     job = client.submit("lp", COUNT_SH, "count.sub", inputs, executable_name="count.sh", submit_text=COUNT_SUB)
     final = client.wait(job["id"], timeout=60)
-    r = requests.get(f"{a.url}/api/v1/jobs/{job['id']}")
+    r = a.http.get(f"{a.url}/api/v1/jobs/{job['id']}")
     etag = r.headers["ETag"]
     # Unchanged: 304 with no body, both directly and relayed through another peer.
     for base in (a.url, c.url):
-        r304 = requests.get(f"{base}/api/v1/jobs/{job['id']}", headers={"If-None-Match": etag})
+        r304 = a.http.get(f"{base}/api/v1/jobs/{job['id']}", headers={"If-None-Match": etag})
         assert r304.status_code == 304 and r304.content == b""
     # Long-poll on a finished job returns 304 after the wait (nothing will change).
     t = time.monotonic()
-    r = requests.get(f"{a.url}/api/v1/jobs/{job['id']}", params={"wait": 0.5}, headers={"If-None-Match": etag})
+    r = a.http.get(f"{a.url}/api/v1/jobs/{job['id']}", params={"wait": 0.5}, headers={"If-None-Match": etag})
     assert r.status_code == 304 and time.monotonic() - t >= 0.5
     assert final["state"] == "completed"
 
 
 def test_long_poll_wakes_when_status_changes(trio):
     a, b, c = trio
-    report_load(a.url, a, 0.0)
+    report_load(a.url, a, 0.0, session=a.host)
     inputs = [publish(a, "lp2.txt", 1)]
-    client = Client(a.url)
+    client = Client(a.url, ca=a.ca, token=a.token)
     job = client.submit("lp2", SLEEPER, "s.sub", inputs, executable_name="sleep.sh",
                         submit_text="executable = sleep.sh\nqueue\n")
     status, etag = client.status(job["id"])
     # Kill from another thread of control after the long-poll started: it must answer with the new status.
     wait_until(lambda: client.status(job["id"])[0]["state"] == "running", what="the proc to run")
     status, etag = client.status(job["id"])
-    proc = subprocess.Popen([sys.executable, "-c", f"import requests; requests.delete('{a.url}/api/v1/jobs/{job['id']}')"])
+    proc = subprocess.Popen([sys.executable, "-c", "import requests; requests.delete("
+                             f"'{a.url}/api/v1/jobs/{job['id']}', verify='{a.ca}', "
+                             f"headers={{'Authorization': 'Bearer {a.token}'}})"])
     new, new_etag = client.status(job["id"], wait=30, etag=etag)
     proc.wait()
     assert new is not None and new_etag != etag
@@ -181,26 +185,26 @@ def test_long_poll_wakes_when_status_changes(trio):
 
 def test_outputs_readable_while_running(trio, tmp_path):
     a, b, c = trio
-    report_load(a.url, a, 0.0)
-    client = Client(a.url)
+    report_load(a.url, a, 0.0, session=a.host)
+    client = Client(a.url, ca=a.ca, token=a.token)
     job = client.submit("live", SLEEPER, "s.sub", [publish(a, "live.txt", 1)], executable_name="sleep.sh",
                         submit_text="executable = sleep.sh\noutput = out.txt\nqueue\n")
     def ticking():
         files = client.outputs(job["id"])["outputs"][0]["files"]
         return next((f for f in files if f["name"] == "out.txt" and f["size"] > 20), None)
-    f = wait_until(ticking, what="output to appear while running")
+    wait_until(ticking, what="output to appear while running")
     out = client.outputs(job["id"])["outputs"][0]
     assert out["state"] == "running" and out["final"] is False
-    r = requests.get(f"{a.url}/api/v1/jobs/{job['id']}/outputs/0/out.txt", headers={"Range": "bytes=0-9"})
+    r = a.http.get(f"{a.url}/api/v1/jobs/{job['id']}/outputs/0/out.txt", headers={"Range": "bytes=0-9"})
     assert r.status_code == 206 and r.content.startswith(b"tick 1")
     client.kill(job["id"])
 
 
 def test_idempotent_submit(trio):
     a, b, c = trio
-    report_load(a.url, a, 0.0)
+    report_load(a.url, a, 0.0, session=a.host)
     inputs = [publish(b, "idem.txt", 2)]
-    client = Client(b.url)
+    client = Client(b.url, ca=b.ca, token=b.token)
     kw = dict(executable_name="count.sh", submit_text=COUNT_SUB, idempotency_key="phone-retry-1")
     first = client.submit("idem", COUNT_SH, "count.sub", inputs, **kw)
     again = client.submit("idem", COUNT_SH, "count.sub", inputs, **kw)
@@ -215,9 +219,9 @@ def test_idempotent_submit(trio):
 def test_kill_right_after_submit_ends_removed(trio):
     """A remove that reaches runners before they installed their handlers must still end the job."""
     a, b, c = trio
-    report_load(a.url, a, 0.0)
+    report_load(a.url, a, 0.0, session=a.host)
     inputs = [publish(a, f"quick{i}.txt", 1) for i in range(10)]
-    client = Client(a.url)
+    client = Client(a.url, ca=a.ca, token=a.token)
     job = client.submit("quick-kill", SLEEPER, "s.sub", inputs, executable_name="sleep.sh",
                         submit_text="executable = sleep.sh\nqueue\n")
     client.kill(job["id"])
@@ -227,10 +231,10 @@ def test_kill_right_after_submit_ends_removed(trio):
 
 def test_output_names_with_url_characters_survive_the_relay(trio, tmp_path):
     a, b, c = trio
-    report_load(a.url, a, 9.0)
-    report_load(a.url, b, 9.0)
-    report_load(a.url, c, 0.0)
-    client = Client(a.url)  # entry a, owner c: every output request is relayed
+    report_load(a.url, a, 9.0, session=a.host)
+    report_load(a.url, b, 9.0, session=b.host)
+    report_load(a.url, c, 0.0, session=c.host)
+    client = Client(a.url, ca=a.ca, token=a.token)  # entry a, owner c: every output request is relayed
     exe = b"#!/bin/sh\necho hash > 'out#1'\necho query > 'out?x'\necho pct > 'o%41'\necho plain > out\n"
     job = client.submit("names", exe, "n.sub", [publish(a, "n.txt", 1)], executable_name="n.sh",
                         submit_text="executable = n.sh\nqueue\n")

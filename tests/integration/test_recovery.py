@@ -1,21 +1,53 @@
-"""Peers crash and restart; downloads get cut: nothing is lost, nothing is re-sent twice."""
+"""Peers crash and restart; downloads get cut: nothing is lost, nothing is re-sent twice.
+
+Over TLS with mutual TLS between peers; alice, logged in, makes every request."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
 import subprocess
 import sys
-import time
 
 import psutil
 import pytest
-import requests
 
 from mobile_client import Client
-from tests.conftest import ROOT, free_port, report_load, wait_until
+from tests.conftest import ROOT, free_port, host_session, report_load, wait_until
 
 pytestmark = pytest.mark.integration
+
+_site: dict = {}
+
+
+@pytest.fixture(autouse=True)
+def _logged_in(site_pki):
+    """Every peer of these tests is a TLS peer of the test site; ``client(url)`` is alice logged in there."""
+    _site.update(pki=site_pki, tokens={})
+    yield
+    _site.clear()
+
+
+@pytest.fixture
+def peers(peers, site_pki):  # the conftest factory, with TLS
+    return functools.partial(peers, site_pki=site_pki)
+
+
+def token(url: str) -> str:
+    if url not in _site["tokens"]:
+        alice = _site["pki"].users["alice"]
+        _site["tokens"][url] = Client(url, ca=_site["pki"].ca).login(alice.cert_path, alice.key_path)["token"]
+    return _site["tokens"][url]
+
+
+def client(url: str) -> Client:
+    return Client(url, ca=_site["pki"].ca, token=token(url))
+
+
+def load(broker_url: str, peer, value: float) -> None:
+    """``peer``'s agent reporting (with ``peer``'s host certificate)."""
+    report_load(broker_url, peer, value, session=host_session(_site["pki"], peer.name))
 
 # Runs ~2 s, then writes its exit marker: long enough to kill the peer meanwhile.
 SLOW = b"""#!/bin/sh
@@ -31,7 +63,7 @@ SLOW_SUB = "executable = slow.sh\nqueue\n"
 def _submit(url: str, peer, name: str) -> dict:
     (peer.publish).mkdir(parents=True, exist_ok=True)
     (peer.publish / f"{name}.txt").write_text("x\n")
-    return Client(url).submit(name, SLOW, "slow.sub", [f"{name}.txt"], executable_name="slow.sh", submit_text=SLOW_SUB)
+    return client(url).submit(name, SLOW, "slow.sub", [f"{name}.txt"], executable_name="slow.sh", submit_text=SLOW_SUB)
 
 
 def test_killed_peer_restarts_and_reports_the_verdict_it_missed(peers):
@@ -42,7 +74,7 @@ def test_killed_peer_restarts_and_reports_the_verdict_it_missed(peers):
     p.stop(signal.SIGKILL)  # the whole peer (gunicorn master + worker) dies; the runner lives on
     wait_until(lambda: (p.state / "stage" / job["id"] / "0" / "done.txt").exists(), what="the proc to finish")
     p.start()
-    final = Client(p.url).wait(job["id"], timeout=30)
+    final = client(p.url).wait(job["id"], timeout=30)
     assert final["inputs"][0]["state"] == "failed" and final["inputs"][0]["exit_code"] == 3
 
 
@@ -53,9 +85,9 @@ def test_killed_peer_adopts_a_proc_still_running(peers):
     wait_until(pid_file.exists, what="the proc to start")
     p.stop(signal.SIGKILL)
     p.start()  # back while the proc still runs
-    status, _ = Client(p.url).status(job["id"])
+    status, _ = client(p.url).status(job["id"])
     assert status["inputs"][0]["state"] in ("running", "failed")
-    final = Client(p.url).wait(job["id"], timeout=30)
+    final = client(p.url).wait(job["id"], timeout=30)
     assert final["inputs"][0]["exit_code"] == 3
     assert final["inputs"][0].get("evictions", 0) == 0  # it ran once, never restarted
 
@@ -69,7 +101,7 @@ def test_clean_shutdown_evicts_and_reruns_after_restart(peers):
     p.stop(signal.SIGTERM)
     assert not psutil.pid_exists(first_pid) or psutil.Process(first_pid).status() == psutil.STATUS_ZOMBIE
     p.start()
-    final = Client(p.url).wait(job["id"], timeout=30)
+    final = client(p.url).wait(job["id"], timeout=30)
     proc = final["inputs"][0]
     assert proc["exit_code"] == 3 and proc["evictions"] == 1
     assert int(pid_file.read_text()) != first_pid  # it really ran again
@@ -83,15 +115,15 @@ def test_dead_candidate_falls_back_to_the_next(peers):
     class Dead:
         name, url = "site-dead", f"http://127.0.0.1:{dead_port}"
 
-    report_load(a.url, Dead, 0.0)   # best score, but nobody listens there
-    report_load(a.url, b, 0.5)
-    report_load(a.url, a, 0.9)
+    load(a.url, Dead, 0.0)   # best score, but nobody listens there
+    load(a.url, b, 0.5)
+    load(a.url, a, 0.9)
     a.publish.mkdir(parents=True, exist_ok=True)
     (a.publish / "f.txt").write_text("1\n")
-    job = Client(a.url).submit("fb", b"#!/bin/sh\nexit 0\n", "s.sub", ["f.txt"], executable_name="x.sh",
+    job = client(a.url).submit("fb", b"#!/bin/sh\nexit 0\n", "s.sub", ["f.txt"], executable_name="x.sh",
                                submit_text="executable = x.sh\nqueue\n")
     assert job["peer"] == "site-b"
-    assert Client(a.url).wait(job["id"], timeout=30)["state"] == "completed"
+    assert client(a.url).wait(job["id"], timeout=30)["state"] == "completed"
 
 
 BIG = b"""#!/bin/sh
@@ -103,17 +135,18 @@ def test_interrupted_cli_fetch_resumes_with_at_most_one_chunk_resent(peers, tmp_
     p = peers("solo", extra=["--no-agent"])
     p.publish.mkdir(parents=True, exist_ok=True)
     (p.publish / "in.txt").write_text("x\n")
-    client = Client(p.url)
-    job = client.submit("big", BIG, "b.sub", ["in.txt"], executable_name="big.sh",
+    alice = client(p.url)
+    job = alice.submit("big", BIG, "b.sub", ["in.txt"], executable_name="big.sh",
                         submit_text="executable = big.sh\nqueue\n")
-    assert client.wait(job["id"], timeout=60)["state"] == "completed"
+    assert alice.wait(job["id"], timeout=60)["state"] == "completed"
     dest = tmp_path / "dl"
     chunk = 256 * 1024
     cmd = [sys.executable, "-m", "pocketgrid.cli", "fetch", job["id"], "0/big.bin", "-o", str(dest),
-           "--peer", p.url, "--chunk", str(chunk), "--no-progress", "--limit-rate", "4M"]
+           "--peer", p.url, "--ca", _site["pki"].ca, "--chunk", str(chunk), "--no-progress", "--limit-rate", "4M"]
+    env = {**os.environ, "POCKETGRID_TOKEN": token(p.url)}
     part = dest / "0" / "big.bin.part"
     # --limit-rate: a slow link, so it is still downloading when we kill it.
-    proc = subprocess.Popen(cmd, cwd=ROOT)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
     wait_until(lambda: part.exists() and part.stat().st_size > 3 * 1024 * 1024, timeout=60,
                what="the first download to get going")
     proc.send_signal(signal.SIGKILL)
@@ -121,7 +154,7 @@ def test_interrupted_cli_fetch_resumes_with_at_most_one_chunk_resent(peers, tmp_
     had = part.stat().st_size
     checkpoint = json.loads((dest / "0" / "big.bin.part.json").read_text())["offset"]
     assert had - checkpoint <= chunk + 1024 * 1024  # at most one chunk (+ one read) past the checkpoint
-    out = subprocess.run(cmd[:-2], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    out = subprocess.run(cmd[:-2], capture_output=True, text=True, cwd=ROOT, timeout=60, env=env)
     assert out.returncode == 0, out.stderr
     assert f"resumed at byte {checkpoint}" in out.stdout and "verified" in out.stdout
     assert (dest / "0" / "big.bin").stat().st_size == 12582912
@@ -137,16 +170,16 @@ def test_retry_after_entry_crash_goes_back_to_the_same_target(peers):
     c = peers("site-c", join=a.url, extra=["--no-agent"])
     a.publish.mkdir(parents=True, exist_ok=True)
     (a.publish / "k.txt").write_text("1\n")
-    for peer, load in ((a, 9.0), (b, 0.1), (c, 5.0)):
-        report_load(a.url, peer, load)
+    for peer, value in ((a, 9.0), (b, 0.1), (c, 5.0)):
+        load(a.url, peer, value)
     kw = dict(executable_name="x.sh", submit_text="executable = x.sh\nqueue\n", idempotency_key="flaky-7")
-    first = Client(a.url).submit("k", b"#!/bin/sh\nexit 0\n", "s.sub", ["k.txt"], **kw)
+    first = client(a.url).submit("k", b"#!/bin/sh\nexit 0\n", "s.sub", ["k.txt"], **kw)
     assert first["peer"] == "site-b"
     # The state a crash between "site-b accepted" and "entry recorded it" leaves behind:
     with sqlite3.connect(a.state / "pocketgrid.db") as db:
         db.execute("UPDATE idempotency_keys SET job_id = NULL WHERE key = 'flaky-7'")
-    for peer, load in ((a, 9.0), (b, 5.0), (c, 0.1)):  # now site-c looks best
-        report_load(a.url, peer, load)
-    again = Client(a.url).submit("k", b"#!/bin/sh\nexit 0\n", "s.sub", ["k.txt"], **kw)
+    for peer, value in ((a, 9.0), (b, 5.0), (c, 0.1)):  # now site-c looks best
+        load(a.url, peer, value)
+    again = client(a.url).submit("k", b"#!/bin/sh\nexit 0\n", "s.sub", ["k.txt"], **kw)
     assert again["id"] == first["id"]
-    assert [j["id"] for j in Client(a.url).jobs() if j["name"] == "k"] == [first["id"]]
+    assert [j["id"] for j in client(a.url).jobs() if j["name"] == "k"] == [first["id"]]
