@@ -1,4 +1,5 @@
-"""The same job path with PostgreSQL as the peer's database (a real server that .ci/run starts)."""
+"""The same job path, and the security tables, with PostgreSQL as the peer's database (a real server
+that .ci/run starts); TLS and a logged-in user as everywhere."""
 from __future__ import annotations
 
 import os
@@ -6,7 +7,7 @@ import secrets
 
 import pytest
 
-from mobile_client import Client
+from mobile_client import ApiError, Client
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 
@@ -29,21 +30,43 @@ def pg_database():
     admin.dispose()
 
 
-def test_job_path_and_restart_on_postgresql(peers, pg_database):
-    p = peers("pg-site", extra=["--no-agent", "--database-url", pg_database])
+def login(p, site_pki, user: str) -> Client:
+    issued = site_pki.users[user]
+    c = Client(p.url, ca=site_pki.ca)
+    c.login(issued.cert_path, issued.key_path)
+    return c
+
+
+def test_job_path_and_restart_on_postgresql(peers, pg_database, site_pki):
+    p = peers("pg-site", extra=["--no-agent", "--database-url", pg_database], site_pki=site_pki)
     p.publish.mkdir(parents=True, exist_ok=True)
     (p.publish / "a.txt").write_text("1\n2\n")
     (p.publish / "b.txt").write_text("3\n")
-    client = Client(p.url)
+    client = login(p, site_pki, "alice")
+    carol, bob = login(p, site_pki, "carol"), login(p, site_pki, "bob")
+    rule = carol.acl_add("deny", "jobs-submit", "vo", "atlas")
+    bob_token = bob.token
     kw = dict(executable_name="wc.sh", submit_text="executable = wc.sh\narguments = $(input)\noutput = n.txt\nqueue\n",
               idempotency_key="pg-1")
     job = client.submit("pg", b"#!/bin/sh\nwc -l < \"$1\"\n", "s.sub", ["a.txt", "b.txt"], **kw)
     assert client.submit("pg", b"#!/bin/sh\nwc -l < \"$1\"\n", "s.sub", ["a.txt", "b.txt"], **kw)["id"] == job["id"]
     final = client.wait(job["id"], timeout=60)
     assert [i["state"] for i in final["inputs"]] == ["completed", "completed"]
+    bob.logout()
     p.stop()
-    p.start()  # state (jobs, reader offsets, digests) comes back from PostgreSQL
-    again, _ = Client(p.url).status(job["id"])
+    p.start()  # state (jobs, reader offsets, digests, rules, revocations, audit) comes back from PostgreSQL
+    again, _ = client.status(job["id"])  # alice's token still verifies after the restart
     assert again["state"] == "completed" and again["inputs"] == final["inputs"]
-    outs = Client(p.url).outputs(job["id"])["outputs"]
+    outs = client.outputs(job["id"])["outputs"]
     assert [f["size"] for o in outs for f in o["files"] if f["name"] == "n.txt"] == [2, 2]
+    assert [r["id"] for r in carol.acl()["rules"]] == [rule["id"]]
+    r = Client(p.url, ca=site_pki.ca, token=bob_token, retries=0)
+    with pytest.raises(ApiError) as err:  # revoked before the restart, still revoked
+        r.whoami()
+    assert err.value.status == 401 and "revoked" in err.value.message
+    with pytest.raises(ApiError) as err:  # the rule survived the restart too
+        login(p, site_pki, "bob").submit("no", b"x", "s.sub", ["a.txt"], executable_name="x.sh",
+                                         submit_text="executable = x.sh\nqueue\n")
+    assert err.value.status == 403
+    actions = {e["action"] for e in carol.audit(limit=100)}
+    assert {"login", "submit", "acl-deny", "logout", "access-denied"} <= actions
