@@ -11,7 +11,6 @@ import signal
 import threading
 
 import pytest
-import requests
 
 from mobile_client import ApiError, Client
 from mobile_client import Client as _Client
@@ -25,8 +24,7 @@ EXE = b"#!/bin/sh\necho ran > out.txt\n"
 
 
 def view(peer) -> dict:
-    http = host_session(peer.site_pki, peer.name) if peer.tls else requests
-    return http.get(f"{peer.url}/api/v1/broker", timeout=2).json()
+    return host_session(peer.site_pki, peer.name).get(f"{peer.url}/api/v1/broker", timeout=2).json()
 
 
 def load(broker, peer, coefficient: float) -> None:
@@ -116,14 +114,14 @@ def test_broker_failover_end_to_end(peers, site_pki):
     assert new_broker in {"site-a", "site-c"}
 
 
-def test_dead_plain_peer_leaves_the_placement_table(peers):
-    a = peers("site-a", extra=HB)
-    b = peers("site-b", join=a.url, extra=HB)
-    c = peers("site-c", join=a.url, extra=HB)
+def test_dead_plain_peer_leaves_the_placement_table(peers, site_pki):
+    a = peers("site-a", extra=HB, site_pki=site_pki)
+    b = peers("site-b", join=a.url, extra=HB, site_pki=site_pki)
+    c = peers("site-c", join=a.url, extra=HB, site_pki=site_pki)
     wait_until(lambda: len(view(a)["members"]) == 3, what="membership")
-    report_load(a.url, a, 9.0)
-    report_load(a.url, b, 0.0)  # the best peer ...
-    report_load(a.url, c, 5.0)
+    load(a, a, 9.0)
+    load(a, b, 0.0)  # the best peer ...
+    load(a, c, 5.0)
     b.stop(signal.SIGKILL)      # ... dies
     def b_gone():
         rows = {r["peer"]: r for r in view(a)["load"]}
@@ -131,7 +129,7 @@ def test_dead_plain_peer_leaves_the_placement_table(peers):
     wait_until(b_gone, timeout=20, what="site-b to be marked dead")
     a.publish.mkdir(parents=True, exist_ok=True)
     (a.publish / "in.txt").write_text("1\n")
-    job = Client(a.url).submit("after", EXE, "s.sub", ["in.txt"], **OK)
+    job = _Client(a.url, ca=site_pki.ca, token=user(a, site_pki)).submit("after", EXE, "s.sub", ["in.txt"], **OK)
     assert job["peer"] == "site-c"
 
 
