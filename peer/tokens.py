@@ -61,7 +61,10 @@ class Claims:
     device: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return self.__dict__.copy()
+        """As the API shows a token: its ID is ``id`` (as in the token list), not the JWT's ``jti``."""
+        d = self.__dict__.copy()
+        d["id"] = d.pop("jti")
+        return d
 
 
 @dataclass(frozen=True)

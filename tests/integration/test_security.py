@@ -302,7 +302,7 @@ def test_pairing_gives_the_phone_its_own_revocable_token(site, site_pki):
                what="the phone's token to be refused on both peers")
     assert laptop.status(job["id"])[0]["id"] == job["id"]  # the laptop is not logged out
     with pytest.raises(ApiError) as err:  # someone else cannot revoke alice's tokens, nor see they exist
-        login(a, site_pki, "bob").revoke_token(laptop.whoami()["token"]["jti"])
+        login(a, site_pki, "bob").revoke_token(laptop.whoami()["token"]["id"])
     assert err.value.status == 404
 
 
