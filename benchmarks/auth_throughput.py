@@ -90,7 +90,7 @@ from mobile_client.client import Session  # keeps its own CA even when REQUESTS_
 from pocketgrid import pki
 from pocketgrid.demo import make_sample_data
 
-from .harness import Cluster, Peer, common_arguments, emit, percentile
+from .harness import Cluster, Peer, TlsPeer, common_arguments, emit, percentile
 from .profiling import Recorder
 
 CLARENS_RPS = 1450.0
@@ -136,21 +136,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # ---- peers ----------------------------------------------------------------------
-class TlsPeer(Peer):
-    """A peer with TLS (``--pki``), checked on /healthz against the site CA."""
-
-    def __init__(self, name: str, state: Path, *, pki_dir: Path, admin: str, threads: int, log_level: str) -> None:
-        super().__init__(name, state, threads=threads, log_level=log_level,
-                         extra=["--pki", str(pki_dir), "--admin", admin])
-        self.url = f"https://127.0.0.1:{self.port}"
-        self.ca = str(pki_dir / "ca.pem")
-
-    def healthy(self) -> bool:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise RuntimeError(f"peer {self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
-        return requests.get(f"{self.url}/healthz", timeout=2, verify=self.ca).ok
-
-
 def sample_job(client: Client, peer: Peer, n_inputs: int, timeout: float) -> dict[str, Any]:
     """Submit the demo's histogram job and wait until it has completed and its runners are gone."""
     inputs = make_sample_data(peer.publish, n_inputs)

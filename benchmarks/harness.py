@@ -253,6 +253,21 @@ class Peer:
             self.proc.wait(10)
 
 
+class TlsPeer(Peer):
+    """A peer with TLS (``--pki``), checked on /healthz against the site CA."""
+
+    def __init__(self, name: str, state: Path, *, pki_dir: Path, admin: str, threads: int, log_level: str) -> None:
+        super().__init__(name, state, threads=threads, log_level=log_level,
+                         extra=["--pki", str(pki_dir), "--admin", admin])
+        self.url = f"https://127.0.0.1:{self.port}"
+        self.ca = str(pki_dir / "ca.pem")
+
+    def healthy(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"peer {self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
+        return requests.get(f"{self.url}/healthz", timeout=2, verify=self.ca).ok
+
+
 class Cluster:
     """A set of peers in one temporary directory; a context manager that always stops them.
 

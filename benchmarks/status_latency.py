@@ -18,12 +18,18 @@ second one on the same connection).  TCP/IP headers are not included.
 
 Targets: p50 under 5 ms; unchanged poll (request + response) under 300 bytes.
 
-    python -m benchmarks.status_latency [--requests 500]
+``--tls``: the peer serves TLS (a fresh site PKI), the client logs in by
+challenge-response and every poll carries its bearer token, as in
+production.  The wire count then also gives the TLS bytes (records, and the
+handshake for the first request), counted through a ``MemoryBIO``.
+
+    python -m benchmarks.status_latency [--requests 500] [--tls]
 """
 from __future__ import annotations
 
 import argparse
 import socket
+import ssl
 import threading
 import time
 from typing import Any
@@ -31,8 +37,10 @@ from typing import Any
 import requests
 
 from mobile_client import Client
+from pocketgrid import pki
 
-from .harness import NOOP_SH, NOOP_SUB, Cluster, common_arguments, emit, summarize_ms, wait_job, write_random_file
+from .harness import (NOOP_SH, NOOP_SUB, Cluster, TlsPeer, common_arguments, emit, summarize_ms, wait_job,
+                      write_random_file)
 
 TARGET_P50_MS = 5.0
 TARGET_WIRE_BYTES = 300
@@ -46,12 +54,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=20, help="untimed requests first (default 20)")
     p.add_argument("--inputs", type=int, default=10, help="inputs of the job (default 10)")
     p.add_argument("--job-timeout", type=float, default=120.0)
+    p.add_argument("--tls", action="store_true", help="TLS peer and a logged-in client (production setup)")
     common_arguments(p)
     return p.parse_args(argv)
 
 
 # ---- what the client sends ----------------------------------------------------
-def capture_client_request(job_id: str, etag: str, timeout: float = 10.0) -> bytes:
+def capture_client_request(job_id: str, etag: str, timeout: float = 10.0, token: str | None = None) -> bytes:
     """The exact bytes ``Client.status(job_id, etag=etag)`` sends, caught by a local listener."""
     captured: dict[str, bytes] = {}
     srv = socket.socket()
@@ -81,7 +90,7 @@ def capture_client_request(job_id: str, etag: str, timeout: float = 10.0) -> byt
     t = threading.Thread(target=serve, daemon=True)
     t.start()
     try:
-        Client(f"http://127.0.0.1:{port}", retries=0, timeout=timeout).status(job_id, etag=etag)
+        Client(f"http://127.0.0.1:{port}", retries=0, timeout=timeout, token=token).status(job_id, etag=etag)
     finally:
         t.join(timeout)
         srv.close()
@@ -137,6 +146,60 @@ def wire_size(port: int, request_bytes: bytes, timeout: float = 10.0) -> dict[st
     return out
 
 
+def tls_wire_size(port: int, request_bytes: bytes, ca: str, timeout: float = 10.0) -> dict[str, Any]:
+    """:func:`wire_size` over TLS: HTTP bytes, and the TLS bytes really sent and received."""
+    context = ssl.create_default_context(cafile=ca)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
+    sent = received = 0
+    deadline = time.monotonic() + timeout
+
+    def flush(sock: socket.socket) -> None:
+        nonlocal sent
+        data = outgoing.read()
+        if data:
+            sock.sendall(data)
+            sent += len(data)
+
+    def pump(sock: socket.socket) -> None:
+        nonlocal received
+        data = sock.recv(65536)
+        if not data:
+            raise ConnectionError("the peer closed the connection")
+        incoming.write(data)
+        received += len(data)
+
+    out: dict[str, Any] = {}
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                flush(sock)
+                pump(sock)
+        flush(sock)
+        out["handshake_tls_bytes"] = {"sent": sent, "received": received}
+        for label in ("first_on_new_connection", "second_on_same_connection"):
+            sent = received = 0
+            tls.write(request_bytes)
+            flush(sock)
+            resp = b""
+            while b"\r\n\r\n" not in resp and time.monotonic() < deadline:
+                try:
+                    resp += tls.read(65536)
+                except ssl.SSLWantReadError:
+                    pump(sock)
+            status_line = resp.split(b"\r\n", 1)[0].decode(errors="replace")
+            out[label] = {"request_bytes": len(request_bytes), "response_bytes": len(resp),
+                          "total_bytes": len(request_bytes) + len(resp), "status": status_line,
+                          "tls_bytes_sent": sent, "tls_bytes_received": received,
+                          "tls_total_bytes": sent + received}
+            out.setdefault("response_text", resp.decode(errors="replace"))
+    out["request_text"] = request_bytes.decode(errors="replace")
+    return out
+
+
 def timed(session: requests.Session, url: str, n: int, headers: dict[str, str], expect: int) -> list[float]:
     times = []
     for _ in range(n):
@@ -154,18 +217,32 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t_start = time.monotonic()
     results: dict[str, Any] = {
-        "params": {"requests": args.requests, "warmup": args.warmup, "inputs": args.inputs, "threads": 8},
+        "params": {"requests": args.requests, "warmup": args.warmup, "inputs": args.inputs, "threads": 8,
+                   "tls": args.tls},
         "target": {"p50_ms": TARGET_P50_MS, "unchanged_poll_wire_bytes": TARGET_WIRE_BYTES},
     }
     with Cluster(workdir=args.workdir, keep=args.keep, log_level=args.log_level) as cluster:
-        a = cluster.start("site-a")
+        if args.tls:
+            pki_dir = cluster.root / "pki"
+            pki.init_ca(pki_dir)
+            pki.issue_host(pki_dir, "site-a")
+            user = pki.issue_user(pki_dir, "Alice Bench", vo="bench")
+            a = TlsPeer("site-a", cluster.root / "site-a", pki_dir=pki_dir, admin="CN=nobody", threads=8,
+                        log_level=args.log_level)
+            cluster.peers.append(a)
+            a.start()
+            client = Client(a.url, ca=a.ca)
+            client.login(user.cert_path, user.key_path)
+        else:
+            a = cluster.start("site-a")
+            client = Client(a.url)
         names = []
         for i in range(args.inputs):
             write_random_file(a.publish / f"in{i:02d}.bin", 1024)
             names.append(f"in{i:02d}.bin")
-        client = Client(a.url)
         job = client.submit("bench-status", NOOP_SH, "x.sub", names, executable_name="x.sh", submit_text=NOOP_SUB)
-        final = wait_job(a.url, job["id"], timeout=args.job_timeout)
+        final = client.wait(job["id"], timeout=args.job_timeout) if args.tls else wait_job(
+            a.url, job["id"], timeout=args.job_timeout)
         if final["state"] != "completed":
             raise RuntimeError(f"job ended {final['state']}")
         a.wait_idle()
@@ -184,8 +261,8 @@ def main(argv: list[str] | None = None) -> int:
         results["not_modified_304"] = summarize_ms(cond, 3)
         for key, times in (("full_200", full), ("not_modified_304", cond)):
             results[key][f"over_{STALL_MS:.0f}_ms"] = sum(1 for t in times if t * 1000 > STALL_MS)
-        raw = rewrite_host(capture_client_request(job["id"], etag), f"127.0.0.1:{a.port}")
-        wire = wire_size(a.port, raw)
+        raw = rewrite_host(capture_client_request(job["id"], etag, token=client.token), f"127.0.0.1:{a.port}")
+        wire = tls_wire_size(a.port, raw, a.ca) if args.tls else wire_size(a.port, raw)
         results["unchanged_poll_on_the_wire"] = wire
     results["wall_seconds"] = round(time.monotonic() - t_start, 1)
 
@@ -204,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
              f"(target p50 < {TARGET_P50_MS:.0f} ms: "
              f"{'MEETS' if results['meets_target']['p50_200'] and results['meets_target']['p50_304'] else 'MISSES'}); "
              f"unchanged poll on the wire {w['request_bytes']} + {w['response_bytes']} = {w['total_bytes']} bytes "
-             f"(target < {TARGET_WIRE_BYTES}: {'MEETS' if results['meets_target']['wire_bytes'] else 'MISSES'})")
+             f"(target < {TARGET_WIRE_BYTES}: {'MEETS' if results['meets_target']['wire_bytes'] else 'MISSES'})"
+             + (f"; with TLS records {w['tls_total_bytes']} bytes, TLS, logged in" if args.tls else ""))
     emit("status_latency", results, human)
     return 0
 
