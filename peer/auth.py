@@ -113,8 +113,10 @@ def _resolve(svc: Any) -> Identity | None:
             return Identity(dn=cert.dn, kind="host", source=source)
         try:
             user = json.loads(asserted)
-            dn, vo = str(user["dn"]), user.get("vo")
+            dn, vo = user["dn"], user.get("vo")
             origin = str(user.get("source") or source)
+            if not isinstance(dn, str) or not dn or not (vo is None or isinstance(vo, str)):
+                raise TypeError("dn must be a non-empty string, vo a string or null")
         except (ValueError, KeyError, TypeError):
             raise Unauthorized(f"malformed {USER_HEADER} header from peer {cert.dn}") from None
         return Identity(dn=dn, vo=vo, is_admin=acl.is_admin(dn, vo), source=origin, via=cert.dn)
