@@ -124,7 +124,8 @@ class IssuerKeys:
         if cert is None:
             url = self.url_of(name)
             if url is None:
-                raise Unauthorized(f"the token was issued by {name!r}, which is not a peer of this system: log in again")
+                raise Unauthorized(f"the token was issued by {name!r}, which is not (or not yet) a member of this "
+                                   "system: log in again, or retry once that peer has joined")
             try:
                 cert = self._fetch_certificate(url)
             except (OSError, ssl.SSLError) as exc:

@@ -28,6 +28,7 @@ from pathlib import Path
 import requests
 
 from mobile_client import ApiError, Client
+from mobile_client.client import Session
 from mobile_client.cli import _bar_factory, _status_text
 
 from . import pki
@@ -86,6 +87,18 @@ class Cluster:
                     raise DemoFailed(f"peer {name} exited early; see {self.root / name / 'peer.log'}")
                 return requests.get(f"{url}/healthz", timeout=2, verify=str(self.pki_dir / "ca.pem")).ok
             wait_for(f"peer {name} to answer", healthy, timeout)
+
+    def wait_joined(self, broker_url: str, timeout: float = 30.0) -> None:
+        """Until every peer is in the broker's membership (a token issued by a peer that has not joined
+        yet is unknown to the others).  Asked with the broker's own host certificate."""
+        host = self.pki_dir / "hosts" / PEERS[0]
+        session = Session()  # keeps the site CA even when REQUESTS_CA_BUNDLE is set
+        session.verify = str(self.pki_dir / "ca.pem")
+        session.cert = (str(host.with_suffix(".pem")), str(host.with_suffix(".key")))
+        with session:
+            wait_for("every peer to join the broker",
+                     lambda: len(session.get(f"{broker_url}/api/v1/broker", timeout=2).json()["members"]) == len(self.urls),
+                     timeout)
 
     def stop(self) -> None:
         for proc in self.procs.values():
@@ -150,6 +163,7 @@ def run_demo(*, keep: bool = False, n_inputs: int = 6) -> int:
         for name in PEERS[1:]:
             cluster.start_peer(name, join=broker_url)
         cluster.wait_healthy()
+        cluster.wait_joined(broker_url)
         print("peers up (TLS, mutual TLS between peers): " + ", ".join(f"{n} {u}" for n, u in cluster.urls.items())
               + f" (broker: {PEERS[0]})")
 

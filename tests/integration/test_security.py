@@ -251,7 +251,7 @@ def test_forged_and_tampered_tokens_are_refused(site, site_pki):
     evil_payload = base64.urlsafe_b64encode(json.dumps({**claims, "sub": site_pki.dn("carol")}).encode()).rstrip(b"=")
     tampered = f"{head}.{evil_payload.decode()}.{sig}"
     unknown_issuer = jwt.encode(claims, other_key, algorithm="ES256", headers={**header, "kid": "nobody"})
-    for token, needle in [(forged, "signature"), (tampered, "signature"), (unknown_issuer, "not a peer"),
+    for token, needle in [(forged, "signature"), (tampered, "signature"), (unknown_issuer, "a member of this system"),
                           ("x.y.z", "malformed"), (alice.token[:-4], "malformed")]:
         r = requests.get(f"{a.url}/api/v1/admin/audit", headers={"Authorization": f"Bearer {token}"},
                          verify=site_pki.ca, timeout=5)

@@ -68,7 +68,7 @@ def test_tokens_of_another_peer_verify_through_the_membership_certificate(db, si
         pki.init_ca(other)
     forged_pem = pki.issue_host(other, "site-b").cert_path.read_text()
     fooled = tokens(db, site_pki, name="site-a", cert_of=lambda n: forged_pem)
-    with pytest.raises(Unauthorized, match="not a peer of this system"):  # falls back to url_of: unknown
+    with pytest.raises(Unauthorized, match="a member of this system"):  # falls back to url_of: unknown
         fooled.verify(new.token)
 
 
