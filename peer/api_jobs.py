@@ -160,7 +160,7 @@ def status(job_id: str):
     inm = request.headers.get("If-None-Match")
     deadline = time.monotonic() + wait
     while True:
-        size = svc.jobs.log_size(job_id)
+        size = svc.jobs.log_size(job_id) if wait and inm else 0  # taken first: growth during the read is seen
         entry = svc.jobs.status_entry(job_id, who.dn, is_admin=who.is_admin)
         etag = _etag(entry.body)
         if etag != inm or time.monotonic() >= deadline:

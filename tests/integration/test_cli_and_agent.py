@@ -10,7 +10,7 @@ import psutil
 import pytest
 import requests
 
-from tests.conftest import ROOT, wait_until
+from tests.conftest import ROOT, host_session, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -32,15 +32,16 @@ def test_demo_runs_end_to_end_and_leaves_nothing_behind():
     assert leftovers == [] and not os.path.exists(state)
 
 
-def test_standalone_agent_reports_to_the_broker(peers):
-    broker = peers("site-a", extra=["--no-agent"])
-    member = peers("site-b", join=broker.url, extra=["--no-agent"])
+def test_standalone_agent_reports_to_the_broker(peers, site_pki):
+    broker = peers("site-a", extra=["--no-agent"], site_pki=site_pki)
+    member = peers("site-b", join=broker.url, extra=["--no-agent"], site_pki=site_pki)
     agent = subprocess.Popen([sys.executable, "-m", "pocketgrid.cli", "agent", "--peer", member.url,
-                              "--name", "site-b", "--interval", "0.5"], cwd=ROOT,
+                              "--name", "site-b", "--interval", "0.5", "--pki", str(site_pki.root)], cwd=ROOT,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    view = host_session(site_pki, "site-a")
     try:
         def reported():
-            load = requests.get(f"{broker.url}/api/v1/broker", timeout=2).json()["load"]
+            load = view.get(f"{broker.url}/api/v1/broker", timeout=2).json()["load"]
             return next((r for r in load if r["peer"] == "site-b"), None)
         row = wait_until(reported, what="site-b's agent report at the broker")
         assert row["coefficient"] >= 0 and row["metrics"]["cores"] >= 1 and row["url"] == member.url
@@ -140,3 +141,12 @@ def test_security_commands(peers, tmp_path, site_pki):
     assert run_cli("logout", home=laptop).returncode == 0
     out = run_cli("files", home=laptop)  # forgotten here, and refused
     assert out.returncode == 1 and "HTTP 401" in out.stderr
+
+
+def test_insecure_http_is_explicit_loud_and_open(peers):
+    """The development mode: plain HTTP, no authentication, and the log says so."""
+    p = peers("dev", extra=["--no-agent"])  # no --pki: the test harness adds --insecure-http
+    health = requests.get(f"{p.url}/healthz", timeout=5).json()
+    assert p.url.startswith("http://") and health["tls"] is False
+    assert requests.get(f"{p.url}/api/v1/jobs", timeout=5).json()["jobs"] == []  # anyone, no token
+    assert "INSECURE: plain HTTP and NO authentication" in p.log_tail(100_000)
