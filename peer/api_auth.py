@@ -87,7 +87,8 @@ def logout():
 def whoami():
     svc = current_app.extensions["pocketgrid"]
     who = identity()
-    groups = {g: svc.security.acl.decide(who.dn, who.vo, g).allowed
+    # A host may call user routes only for a user (peer/access.py): as itself it holds none of them.
+    groups = {g: who.kind != "host" and svc.security.acl.decide(who.dn, who.vo, g).allowed
               for g in ("files-read", "jobs-submit", "jobs-manage", "admin")}
     token = who.token.to_dict() if who.token else None
     return jsonify({"dn": who.dn, "vo": who.vo, "kind": who.kind, "admin": who.is_admin, "groups": groups,

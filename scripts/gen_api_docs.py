@@ -102,7 +102,13 @@ def type_of(schema: dict[str, Any] | None) -> str:
     if "$ref" in schema:
         name = _ref_name(schema["$ref"])
         return f"[{name}](#{name.lower()})"
+    if "oneOf" in schema or "anyOf" in schema:
+        return " or ".join(type_of(alt) for alt in schema.get("oneOf") or schema.get("anyOf"))
     kind = schema.get("type", "object" if "properties" in schema else "")
+    nullable = bool(schema.get("nullable"))
+    if isinstance(kind, list):  # OpenAPI 3.1: ["string", "null"]
+        nullable = nullable or "null" in kind
+        kind = " or ".join(k for k in kind if k != "null")
     if kind == "array":
         text = type_of(schema.get("items") or {}) + "[]"
     elif kind == "object" and "additionalProperties" in schema and isinstance(schema["additionalProperties"], dict):
@@ -115,7 +121,7 @@ def type_of(schema: dict[str, Any] | None) -> str:
         text += " (one of " + ", ".join(f"`{v}`" for v in schema["enum"]) + ")"
     if "maxLength" in schema:
         text += f", max length {schema['maxLength']}"
-    if schema.get("nullable"):
+    if nullable:
         text += ", nullable"
     return text
 
