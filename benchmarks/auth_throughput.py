@@ -272,8 +272,7 @@ def run_wrk(url: str, headers: dict[str, str], *, seconds: float, connections: i
 
 def _py_worker(args: tuple[str, dict[str, str], float, str | bool]) -> tuple[int, int, list[float], Counter]:
     url, headers, seconds, verify = args
-    s = Session()
-    s.verify = verify
+    s = Session(verify=verify)
     lat: list[float] = []
     codes: Counter = Counter()
     nbytes = 0
@@ -557,8 +556,7 @@ def format_perf(p: dict[str, Any]) -> str:
 # ---- checks ---------------------------------------------------------------------------
 def check_auth(url: str, ca: str, token: str) -> dict[str, Any]:
     """The status URL refuses no token and a forged one (401); the token gets 200, then 304 with the ETag."""
-    s = Session()
-    s.verify = ca
+    s = Session(verify=ca)
     out: dict[str, Any] = {}
     out["no_token"] = s.get(url, timeout=10).status_code
     head, payload, sig = token.split(".")

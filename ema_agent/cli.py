@@ -137,9 +137,7 @@ def _tls_session(args: argparse.Namespace):
     for label, path in (("certificate", cert), ("key", key), ("CA bundle", ca)):
         if not path or not os.path.isfile(path):
             raise ValueError(f"{label} {path or '(not given)'} not found: give --pki DIR or --cert/--key/--ca")
-    session = Session()
-    session.verify = ca
-    session.cert = (cert, key)
+    session = Session(verify=ca, cert=(cert, key))
     session.headers["User-Agent"] = "pocketgrid-ema/0.1"
     return session
 

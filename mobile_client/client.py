@@ -50,7 +50,17 @@ class Session(requests.Session):
     session's CA bundle whenever a call does not pass ``verify`` itself
     (psf/requests#3829), so a peer signed by the site CA would fail to
     verify on any machine that sets those variables.
+
+    ``verify``: the CA bundle to check servers against; ``cert``: a
+    ``(certificate, key)`` pair to present (mutual TLS, as peers and agents do).
     """
+
+    def __init__(self, *, verify: str | bool | None = None, cert: tuple[str, str] | None = None) -> None:
+        super().__init__()
+        if verify is not None:
+            self.verify = verify
+        if cert is not None:
+            self.cert = cert
 
     def merge_environment_settings(self, url, proxies, stream, verify, cert):  # type: ignore[override]
         if verify is None:

@@ -231,10 +231,8 @@ def _report_placement_failure(services: "PeerServices", peer: str) -> None:
 def _http_session(config: PeerConfig) -> requests.Session:
     """Peer-to-peer HTTP: verifies peers against the site CA and presents our host certificate."""
     pool = config.threads
-    session = Session()
-    if not config.insecure_http:
-        session.verify = config.tls_ca
-        session.cert = (config.tls_cert, config.tls_key)
+    session = Session() if config.insecure_http else Session(verify=config.tls_ca,
+                                                             cert=(config.tls_cert, config.tls_key))
     adapter = requests.adapters.HTTPAdapter(pool_connections=pool, pool_maxsize=pool)
     session.mount("http://", adapter)
     session.mount("https://", adapter)

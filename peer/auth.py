@@ -28,9 +28,9 @@ from cryptography import x509
 from flask import current_app, g, request
 
 from pocketgrid.errors import Forbidden, Unauthorized
-from pocketgrid.pki import identity_of, is_host_certificate
+from pocketgrid.pki import common_name, identity_of, is_host_certificate
 
-from .tokens import Claims, common_name
+from .tokens import Claims
 
 #: Header a peer uses to say which user it acts for (believed only from hosts).
 USER_HEADER = "X-Pocketgrid-User"

@@ -32,11 +32,10 @@ import jwt
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
 from sqlalchemy import delete, select
 
 from pocketgrid.errors import NotFound, Unauthorized
-from pocketgrid.pki import is_host_certificate
+from pocketgrid.pki import common_name, is_host_certificate
 
 from .db import Database
 from .models import IssuedToken, RevokedToken
@@ -79,11 +78,6 @@ def algorithm_for(key: Any) -> str:
     if isinstance(key, (rsa.RSAPrivateKey, rsa.RSAPublicKey)):
         return "RS256"
     raise ValueError(f"unsupported host key type {type(key).__name__}: use an EC (P-256) or RSA key")
-
-
-def common_name(cert: x509.Certificate) -> str | None:
-    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    return str(names[0].value) if names else None
 
 
 def _same_key(a: Any, b: Any) -> bool:

@@ -92,10 +92,8 @@ class Cluster:
         """Until every peer is in the broker's membership (a token issued by a peer that has not joined
         yet is unknown to the others).  Asked with the broker's own host certificate."""
         host = self.pki_dir / "hosts" / PEERS[0]
-        session = Session()  # keeps the site CA even when REQUESTS_CA_BUNDLE is set
-        session.verify = str(self.pki_dir / "ca.pem")
-        session.cert = (str(host.with_suffix(".pem")), str(host.with_suffix(".key")))
-        with session:
+        with Session(verify=str(self.pki_dir / "ca.pem"),  # keeps the site CA even with REQUESTS_CA_BUNDLE
+                     cert=(str(host.with_suffix(".pem")), str(host.with_suffix(".key")))) as session:
             wait_for("every peer to join the broker",
                      lambda: len(session.get(f"{broker_url}/api/v1/broker", timeout=2).json()["members"]) == len(self.urls),
                      timeout)

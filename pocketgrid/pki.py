@@ -271,6 +271,12 @@ def issue_user(directory: str | os.PathLike[str], common_name: str, *, vo: str |
 
 # --- reading certificates ----------------------------------------------------------------------
 
+def common_name(cert: x509.Certificate) -> str | None:
+    """The subject's CN (a host certificate's CN is its peer name)."""
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(names[0].value) if names else None
+
+
 def identity_of(cert: x509.Certificate) -> tuple[str, str | None]:
     """Return (subject DN, VO): the VO is the first OU of the subject, if any."""
     ous = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)

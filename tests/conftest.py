@@ -143,8 +143,7 @@ def user_session(peer: PeerProcess, site_pki: SitePki, user: str) -> requests.Se
 
     issued = site_pki.users[user]
     token = Client(peer.url, ca=site_pki.ca, retries=0).login(issued.cert_path, issued.key_path)["token"]
-    session = Session()
-    session.verify = site_pki.ca
+    session = Session(verify=site_pki.ca)
     session.headers["Authorization"] = f"Bearer {token}"
     return session
 
@@ -154,10 +153,7 @@ def host_session(site_pki: SitePki, name: str) -> requests.Session:
     from mobile_client.client import Session
 
     issued = site_pki.host(name)
-    session = Session()
-    session.verify = site_pki.ca
-    session.cert = (str(issued.cert_path), str(issued.key_path))
-    return session
+    return Session(verify=site_pki.ca, cert=(str(issued.cert_path), str(issued.key_path)))
 
 
 def secure_args(site_pki: SitePki, name: str, *extra: str) -> list[str]:

@@ -61,8 +61,7 @@ def login(peer, site_pki, user: str) -> Client:
 
 def login_body(peer, site_pki, cert_path, key_path, *, challenge=None) -> dict:
     """A login answer built by hand, so a test can tamper with any part."""
-    s = Session()
-    s.verify = site_pki.ca
+    s = Session(verify=site_pki.ca)
     challenge = challenge or s.post(f"{peer.url}/api/v1/auth/challenge", timeout=5).json()
     signature = pki.sign_bytes(pki.load_private_key(key_path), challenge["message"].encode())
     return {"nonce": challenge["nonce"], "certificate": open(cert_path).read(),
@@ -121,9 +120,8 @@ def test_peer_routes_need_a_host_certificate_for_the_right_name(site, site_pki):
     r = alice.post(f"{a.url}/api/v1/broker/reports", json={"peer": "site-b", "url": b.url, "coefficient": 0}, timeout=5)
     assert r.status_code == 403
     # a user certificate presented by mutual TLS is a user, not a host
-    user_tls = Session()
-    user_tls.verify = site_pki.ca
-    user_tls.cert = (str(site_pki.users["alice"].cert_path), str(site_pki.users["alice"].key_path))
+    user_tls = Session(verify=site_pki.ca,
+                       cert=(str(site_pki.users["alice"].cert_path), str(site_pki.users["alice"].key_path)))
     assert user_tls.get(f"{a.url}/api/v1/peer/security", timeout=5).status_code == 403
     # a valid host may speak only for itself
     as_b = host_session(site_pki, "site-b")
@@ -221,8 +219,7 @@ def test_expired_challenge_and_expired_token(tmp_path, site_pki):
     p = start(tmp_path, site_pki, "short", env={"POCKETGRID_CHALLENGE_LIFETIME": "0.5",
                                                 "POCKETGRID_TOKEN_LIFETIME": "2"})
     try:
-        s = Session()
-        s.verify = site_pki.ca
+        s = Session(verify=site_pki.ca)
         challenge = s.post(f"{p.url}/api/v1/auth/challenge", timeout=5).json()
         wait_until(lambda: time.time() > challenge["expires_at"] + 0.2, what="the challenge to expire")
         body = login_body(p, site_pki, site_pki.users["alice"].cert_path, site_pki.users["alice"].key_path,
