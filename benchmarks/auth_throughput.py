@@ -86,7 +86,7 @@ from typing import Any
 import requests
 
 from mobile_client import Client
-from mobile_client.client import Session  # keeps its own CA even when REQUESTS_CA_BUNDLE is set
+from pocketgrid.http import Session  # keeps its own CA even when REQUESTS_CA_BUNDLE is set
 from pocketgrid import pki
 from pocketgrid.demo import make_sample_data
 
@@ -387,7 +387,7 @@ INCLUSIVE: list[tuple[str, str]] = [
      r"^(RequestContext\.(__init__|push|match_request)|Flask\.create_url_adapter|Flask\.request_context) \(flask/"),
     ("    before_request: check_access (authentication + ACL)", r"^check_access \(peer/access\.py"),
     ("      identity() -> _resolve", r"^_resolve \(peer/auth\.py"),
-    ("        tls_client_certificate (getpeercert)", r"^tls_client_certificate \(peer/auth\.py"),
+    ("        tls_client_certificate (getpeercert)", r"^tls_client_certificate \(pocketgrid/client_certificate\.py"),
     ("        TokenService.verify (cached: dict lookup, expiry, revocation)", r"^TokenService\.verify \(peer/tokens\.py"),
     ("        AclStore.is_admin", r"^AclStore\.is_admin \(peer/acl\.py"),
     ("      AclStore.decide (jobs-manage)", r"^AclStore\.decide \(peer/acl\.py"),

@@ -46,7 +46,7 @@ from typing import Any
 import requests
 
 from mobile_client import Client
-from mobile_client import transfer
+from pocketgrid import transfer
 
 from .bigfile import MIN_FREE_BYTES, BigOutput, free_bytes, make_big_output
 from .client_rss import human_line as rss_human_line
@@ -168,7 +168,7 @@ def profile_client(big: BigOutput, peer_url: str, dest_dir: Path, rate: int = 25
     try:
         if done.returncode != 0:
             return {"error": done.stderr.decode(errors="replace")[-500:]}
-        b = breakdown(raw, "download (mobile_client/transfer.py", rate=rate, requests_count=1)
+        b = breakdown(raw, "download (pocketgrid/transfer.py", rate=rate, requests_count=1)
         b["seconds_under_py_spy"] = round(elapsed, 2)
         return b
     finally:

@@ -12,9 +12,8 @@ from typing import Any, Callable
 
 from flask import Blueprint, current_app, jsonify, request
 
+from pocketgrid.client_certificate import require_host_name, tls_client_certificate
 from pocketgrid.errors import BadRequest, Conflict, NotFound
-
-from peer.auth import require_host_name, tls_client_certificate
 
 from .placement import JobRequest
 from .role import BrokerRole, NameConflict, UnknownPeer

@@ -124,7 +124,7 @@ def _tls_session(args: argparse.Namespace):
     """A session with the site CA and this host's certificate, or None for plain-HTTP development peers."""
     import os
 
-    from mobile_client.client import Session
+    from pocketgrid.http import Session
 
     pki = args.pki or ""
     cert = args.cert or (pki and os.path.join(pki, "hosts", f"{args.name}.pem"))

@@ -1,5 +1,5 @@
 """pocketgrid's thin client (requests only): library and CLI."""
 from .client import ApiError, Client
-from .transfer import DownloadFailed, DownloadResult, IntegrityError, download
+from pocketgrid.transfer import DownloadFailed, DownloadResult, IntegrityError, download
 
 __all__ = ["ApiError", "Client", "DownloadFailed", "DownloadResult", "IntegrityError", "download"]

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from .client import ApiError, Client
 from .credentials import Credentials
-from .transfer import DownloadFailed, IntegrityError
+from pocketgrid.transfer import DownloadFailed, IntegrityError
 
 ENV_PEERS = "POCKETGRID_PEERS"
 ENV_CA = "POCKETGRID_CA"

@@ -26,7 +26,7 @@ from broker import api as broker_api
 from broker.models import BrokerBase
 from broker.placement import JobRequest
 from broker.role import BrokerRole, UnknownPeer
-from mobile_client.client import Session
+from pocketgrid.http import Session
 from pocketgrid.config import PeerConfig
 from pocketgrid.errors import PocketgridError, Unavailable
 

@@ -19,16 +19,13 @@ caller is ``anonymous``, as the loud start-up warning says.
 from __future__ import annotations
 
 import json
-import ssl
-import threading
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography import x509
 from flask import current_app, g, request
 
-from pocketgrid.errors import Forbidden, Unauthorized
-from pocketgrid.pki import common_name, identity_of, is_host_certificate
+from pocketgrid.client_certificate import CertIdentity, require_host_name, tls_client_certificate
+from pocketgrid.errors import Unauthorized
 
 from .tokens import Claims
 
@@ -54,39 +51,6 @@ class Identity:
 
 
 ANONYMOUS = Identity(dn="anonymous", kind="anonymous")
-
-
-@dataclass(frozen=True)
-class CertIdentity:
-    dn: str
-    vo: str | None
-    is_host: bool
-    cn: str | None = None
-    pem: str = ""
-
-
-_cert_cache: dict[bytes, CertIdentity] = {}
-_cert_lock = threading.Lock()
-
-
-def tls_client_certificate() -> CertIdentity | None:
-    """The verified TLS client certificate of this request's connection, if any."""
-    sock = request.environ.get("gunicorn.socket")
-    if not isinstance(sock, ssl.SSLSocket):
-        return None
-    der = sock.getpeercert(binary_form=True)
-    if not der:
-        return None
-    found = _cert_cache.get(der)
-    if found is None:
-        cert = x509.load_der_x509_certificate(der)
-        dn, vo = identity_of(cert)
-        found = CertIdentity(dn, vo, is_host_certificate(cert), common_name(cert), ssl.DER_cert_to_PEM_cert(der))
-        with _cert_lock:
-            if len(_cert_cache) > 1024:
-                _cert_cache.clear()
-            _cert_cache[der] = found
-    return found
 
 
 def identity(required: bool = True) -> Identity:
@@ -131,13 +95,3 @@ def _resolve(svc: Any) -> Identity | None:
     if cert is not None:
         return Identity(dn=cert.dn, vo=cert.vo, is_admin=acl.is_admin(cert.dn, cert.vo), source=source)
     return None
-
-
-def require_host_name(name: str) -> None:
-    """403 unless the calling host's certificate is for ``name`` (a peer may only speak for itself)."""
-    if current_app.extensions["pocketgrid"].config.insecure_http:
-        return
-    cert = tls_client_certificate()
-    if cert is None or not cert.is_host or cert.cn != name:
-        raise Forbidden(f"only the host certificate of {name!r} may register, heartbeat or report for it "
-                        f"(this connection presents {cert.dn if cert else 'none'})")

@@ -26,7 +26,7 @@ import requests
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from mobile_client.client import never_reached
+from pocketgrid.http import never_reached
 from pocketgrid.errors import BadGateway, BadRequest, Conflict, NotFound, PocketgridError, Unavailable
 
 from .db import Database

@@ -11,7 +11,7 @@ Layout of a staged job::
 The executable and submit file are hard-linked into each subdirectory (copied
 when the filesystem refuses links).  Inputs are copied from the publishing
 area when this peer is the entry peer, otherwise downloaded from the entry
-peer's file service with :func:`mobile_client.transfer.download` (resumable,
+peer's file service with :func:`pocketgrid.transfer.download` (resumable,
 SHA-256 verified).  Everything is built in ``.tmp-<job_id>`` and renamed into
 place only when complete, so a crash never leaves a half-staged job that looks
 submitted; leftovers are swept at start-up.
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import requests
 
-from mobile_client.transfer import download
+from pocketgrid.transfer import download
 
 log = logging.getLogger(__name__)
 

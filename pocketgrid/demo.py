@@ -28,7 +28,7 @@ from pathlib import Path
 import requests
 
 from mobile_client import ApiError, Client
-from mobile_client.client import Session
+from pocketgrid.http import Session
 from mobile_client.cli import _bar_factory, _status_text
 
 from . import pki

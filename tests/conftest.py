@@ -139,7 +139,7 @@ def site_pki(tmp_path_factory) -> SitePki:
 def user_session(peer: PeerProcess, site_pki: SitePki, user: str) -> requests.Session:
     """A plain session (no retries) logged in to ``peer`` as ``user`` by certificate challenge-response."""
     from mobile_client import Client
-    from mobile_client.client import Session
+    from pocketgrid.http import Session
 
     issued = site_pki.users[user]
     token = Client(peer.url, ca=site_pki.ca, retries=0).login(issued.cert_path, issued.key_path)["token"]
@@ -150,7 +150,7 @@ def user_session(peer: PeerProcess, site_pki: SitePki, user: str) -> requests.Se
 
 def host_session(site_pki: SitePki, name: str) -> requests.Session:
     """A session presenting ``name``'s host certificate (mutual TLS), as a peer or agent does."""
-    from mobile_client.client import Session
+    from pocketgrid.http import Session
 
     issued = site_pki.host(name)
     return Session(verify=site_pki.ca, cert=(str(issued.cert_path), str(issued.key_path)))

@@ -20,7 +20,7 @@ import requests
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from mobile_client import ApiError, Client
-from mobile_client.client import Session
+from pocketgrid.http import Session
 from pocketgrid import pki
 from tests.conftest import PeerProcess, free_port, host_session, secure_args, user_session, wait_until
 

@@ -10,7 +10,7 @@ import requests
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
-from mobile_client.transfer import DownloadFailed, IntegrityError, download
+from pocketgrid.transfer import DownloadFailed, IntegrityError, download
 
 DATA = os.urandom(3 * 1024 * 1024 + 123)
 SHA = hashlib.sha256(DATA).hexdigest()

@@ -8,8 +8,8 @@ one chunk is ever fetched twice.  ``If-Range`` with the server's ETag makes
 the server send the whole file again (200) if it changed in between.  The
 whole file is verified by SHA-256 at the end.
 
-This module needs only ``requests``; the peers use it too, to fetch inputs
-from each other.
+This module needs only ``requests``: the client uses it for outputs and the
+peers to fetch inputs from each other.
 """
 from __future__ import annotations
 
