@@ -18,6 +18,8 @@ from gunicorn.app.base import BaseApplication
 
 from pocketgrid.config import PeerConfig
 
+from .tls_context import make_hook
+
 log = logging.getLogger(__name__)
 
 
@@ -49,7 +51,13 @@ class PeerServer(BaseApplication):
             # host certificates (mutual TLS); phones and browsers present none
             # and log in with a bearer token instead (docs/security.md).  A
             # certificate that is presented must verify, or the handshake fails.
-            settings.update(certfile=c.tls_cert, keyfile=c.tls_key, ca_certs=c.tls_ca, cert_reqs=ssl.CERT_OPTIONAL)
+            settings.update(certfile=c.tls_cert, keyfile=c.tls_key, ca_certs=c.tls_ca, cert_reqs=ssl.CERT_OPTIONAL,
+                            ssl_context=make_hook(c))  # one context per worker; the web chain by SNI
+        if "control_socket_disable" in self.cfg.settings:
+            # gunicorn >= 24 opens a control socket at one path per account
+            # ($HOME/.gunicorn/gunicorn.ctl): two peers of one account would
+            # share it.  pocketgrid never uses it (signals and the API do), so off.
+            settings["control_socket_disable"] = True
         for key, value in settings.items():
             self.cfg.set(key, value)
 

@@ -36,6 +36,9 @@ def _serve_args(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tls-cert", help="host certificate (PEM); default from --pki")
     p.add_argument("--tls-key", help="its private key (PEM); default from --pki")
     p.add_argument("--tls-ca", help="site CA bundle (PEM); default from --pki")
+    p.add_argument("--web-tls-cert", help="certificate chain (PEM) for the names phones and browsers use, "
+                                          "e.g. from an ACME CA; peers keep the site certificate")
+    p.add_argument("--web-tls-key", help="the key of --web-tls-cert")
     p.add_argument("--admin", dest="admins", action="append",
                    help="subject DN of a bootstrap administrator (repeatable)")
     p.add_argument("--insecure-http", dest="insecure_http", action="store_true", default=None,
@@ -53,7 +56,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         k: getattr(args, k)
         for k in ("name", "host", "port", "public_url", "state_dir", "publish_dir", "database_url", "executor",
                   "local_slots", "agent", "agent_interval", "threads", "log_level", "heartbeat_interval",
-                  "heartbeat_misses", "pki_dir", "tls_cert", "tls_key", "tls_ca", "admins", "insecure_http")
+                  "heartbeat_misses", "pki_dir", "tls_cert", "tls_key", "tls_ca", "web_tls_cert", "web_tls_key", "admins",
+                  "insecure_http")
     }
     if args.join:
         overrides["join"] = [u.strip() for u in args.join.split(",") if u.strip()]

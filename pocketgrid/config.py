@@ -49,6 +49,13 @@ class PeerConfig:
     grep_max_matches: int = 1000
     #: Longest ``?wait=`` a status long-poll may hold a server thread.
     max_wait_seconds: float = 60.0
+    #: Live job status (Server-Sent Events, peer/api_events.py): each open
+    #: stream parks a server thread, so at most this many per user and peer
+    #: (429 beyond), each closed after ``sse_stream_seconds`` (the browser
+    #: reconnects with Last-Event-ID), a keepalive comment every ``sse_keepalive_seconds``.
+    sse_max_streams_per_user: int = 4
+    sse_stream_seconds: float = 60.0
+    sse_keepalive_seconds: float = 15.0
     #: Server threads (one worker process, see docs/architecture.md).
     threads: int = 32
     #: Chunk size used when this peer downloads inputs from another peer.
@@ -80,6 +87,12 @@ class PeerConfig:
     #: A ``pocketgrid pki`` directory: fills the three above from
     #: ``ca.pem`` and ``hosts/<name>.pem|.key`` when they are empty.
     pki_dir: str = ""
+    #: Optional certificate chain and key for the names people type into a
+    #: browser (phones trust public CAs, not the site CA): presented to
+    #: connections whose TLS server name (SNI) is not this peer's own URL host;
+    #: peers and agents keep getting the site certificate (peer/tls_context.py).
+    web_tls_cert: str = ""
+    web_tls_key: str = ""
     #: Plain HTTP and no authentication at all (everyone is ``anonymous``).
     #: Local development only; the peer logs a loud warning.
     insecure_http: bool = False
@@ -125,6 +138,11 @@ class PeerConfig:
         for n in ("tls_cert", "tls_key", "tls_ca"):
             if not Path(getattr(self, n)).is_file():
                 raise ValueError(f"{n}: no such file {getattr(self, n)!r} (create it with `pocketgrid pki`)")
+        if bool(self.web_tls_cert) != bool(self.web_tls_key):
+            raise ValueError("web_tls_cert and web_tls_key go together: give both (the chain and its key) or neither")
+        for n in ("web_tls_cert", "web_tls_key"):
+            if getattr(self, n) and not Path(getattr(self, n)).is_file():
+                raise ValueError(f"{n}: no such file {getattr(self, n)!r}")
 
     @property
     def state_path(self) -> Path:
