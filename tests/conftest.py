@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
@@ -160,3 +162,88 @@ def secure_args(site_pki: SitePki, name: str, *extra: str) -> list[str]:
     """``serve`` options for a TLS peer of the test site, carol as bootstrap administrator."""
     site_pki.host(name)
     return ["--pki", str(site_pki.root), "--admin", site_pki.dn("carol"), *extra]
+
+
+# ---- HTCondor: the tests' own configuration (issue 16) ------------------------------------------
+#
+# The htcondor2 bindings and the condor_* tools find the machine's HTCondor configuration by
+# themselves, so "no schedd answers" would be whatever the host has.  Every test therefore runs with a
+# configuration of its own that names a schedd and a collector where nothing listens; child processes
+# (peers, the htcondor2 helper, the agent's pool query, condor_* tools) inherit it through the
+# environment.  Only the tests marked ``condor`` use the host's pool, through ``host_condor()``.
+
+#: The host's own HTCondor settings, as the tests found them (restored by ``host_condor()``).
+HOST_CONDOR_ENV = {k: v for k, v in os.environ.items() if k == "CONDOR_CONFIG" or k.upper().startswith("_CONDOR_")}
+
+
+def write_condor_config(directory: Path, address: str) -> Path:
+    """An HTCondor configuration in ``directory`` whose schedd and collector are ``address`` (host:port)."""
+    local = directory / "condor"
+    for sub in ("log", "spool", "execute", "lock", "run"):
+        (local / sub).mkdir(parents=True, exist_ok=True)
+    path = directory / "condor_config"
+    path.write_text(
+        "# written by tests/conftest.py: nothing listens at this address\n"
+        f"LOCAL_DIR = {local}\nLOG = $(LOCAL_DIR)/log\nSPOOL = $(LOCAL_DIR)/spool\n"
+        "EXECUTE = $(LOCAL_DIR)/execute\nLOCK = $(LOCAL_DIR)/lock\nRUN = $(LOCAL_DIR)/run\n"
+        f"SCHEDD_HOST = {address}\nCOLLECTOR_HOST = {address}\nuse_shared_port = false\n"
+    )
+    return path
+
+
+def _reload_htcondor() -> None:
+    """Make the bindings already imported in this process read the configuration again."""
+    for name in ("htcondor2", "htcondor"):
+        module = sys.modules.get(name)
+        if module is not None and hasattr(module, "reload_config"):
+            module.reload_config()
+
+
+@contextmanager
+def condor_environment(settings: dict[str, str]):
+    """Exactly ``settings`` as this process's CONDOR_CONFIG/_CONDOR_* variables (and its bindings')."""
+    with pytest.MonkeyPatch.context() as mp:
+        for k in list(os.environ):
+            if k == "CONDOR_CONFIG" or k.upper().startswith("_CONDOR_"):
+                mp.delenv(k)
+        for k, v in settings.items():
+            mp.setenv(k, v)
+        _reload_htcondor()
+        try:
+            yield
+        finally:
+            mp.undo()
+            _reload_htcondor()
+
+
+@contextmanager
+def refused_address():
+    """``127.0.0.1:PORT`` of a socket that is bound but never listens: every connection is refused at once."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        yield f"127.0.0.1:{s.getsockname()[1]}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def own_condor_config(tmp_path_factory) -> Any:
+    """The whole session runs with an HTCondor configuration of its own (see above)."""
+    with refused_address() as address:
+        path = write_condor_config(tmp_path_factory.mktemp("condor-config"), address)
+        with condor_environment({"CONDOR_CONFIG": str(path)}):
+            yield path
+
+
+@pytest.fixture
+def no_schedd(tmp_path: Path) -> Any:
+    """This test's own HTCondor configuration, in its tmp dir: no schedd answers.  Yields the address."""
+    with refused_address() as address:
+        path = write_condor_config(tmp_path / "no-schedd", address)
+        with condor_environment({"CONDOR_CONFIG": str(path)}):
+            yield address
+
+
+@contextmanager
+def host_condor():
+    """The host's own HTCondor configuration, for the ``condor``-marked tests (a real pool) only."""
+    with condor_environment(HOST_CONDOR_ENV):
+        yield

@@ -14,9 +14,12 @@ not under /tmp, because HTCondor's daemons may run with a private /tmp.
 ``$POCKETGRID_CONDOR_TEST_TIMEOUT`` (default 600 s) bounds each wait for the
 pool (a busy pool may take long to match a job).
 
-The second part of the file needs no schedd: ``serve`` refuses ``--executor
-condor`` with a clear message when it cannot work, and ``auto`` says in
-/healthz which executor it chose and why.
+The tests marked ``condor`` use the host's own HTCondor configuration
+(``tests.conftest.host_condor``); every other test runs with the suite's own,
+where no schedd answers.  So the second part of the file gives the same
+verdict on any machine: ``serve`` refuses ``--executor condor`` with a clear
+message when it cannot work, and ``auto`` says in /healthz which executor it
+chose and why.
 """
 from __future__ import annotations
 
@@ -33,7 +36,7 @@ import requests
 
 from mobile_client import Client
 from peer.executors.condor import probe_schedd, running_as_root
-from tests.conftest import ROOT, PeerProcess, free_port, wait_until
+from tests.conftest import ROOT, PeerProcess, free_port, host_condor, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -60,7 +63,8 @@ SLEEP_SH = b"#!/bin/sh\necho started\nsleep 3600\n"
 def _skip_reason() -> str | None:
     if running_as_root():
         return "running as root: the HTCondor schedd never lets root own jobs; run the condor tests as the job owner"
-    probe = probe_schedd(10.0)
+    with host_condor():
+        probe = probe_schedd(10.0)
     if not probe.ok:
         return f"no HTCondor schedd answers here: {probe.reason}"
     return None
@@ -73,7 +77,8 @@ def condor_peer():
         pytest.skip(reason)
     base = Path(os.environ.get("POCKETGRID_CONDOR_TEST_DIR", Path.home() / ".cache" / "pocketgrid-condor-tests"))
     root = base / uuid.uuid4().hex[:12]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with host_condor():
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     peer = PeerProcess("condor-site", root / "condor-site", free_port(),
                        ["--threads", "8", "--no-agent", "--executor", "condor"], env).start()
     peer.publish.mkdir(parents=True, exist_ok=True)
@@ -87,8 +92,9 @@ def condor_peer():
 def _schedd_jobs(cluster: int) -> list[dict]:
     import htcondor2
 
-    ads = htcondor2.Schedd().query(f"ClusterId == {cluster}", ["ProcId", "JobStatus", "PocketgridJob",
-                                                                 "PocketgridIndex", "HoldReasonCode"])
+    with host_condor():
+        ads = htcondor2.Schedd().query(f"ClusterId == {cluster}", ["ProcId", "JobStatus", "PocketgridJob",
+                                                                     "PocketgridIndex", "HoldReasonCode"])
     return [{k: ad.get(k) for k in ("ProcId", "JobStatus", "PocketgridJob", "PocketgridIndex", "HoldReasonCode")}
             for ad in ads]
 
@@ -178,9 +184,6 @@ def test_hold_reason_is_surfaced_and_kill_removes_the_cluster(condor_peer):
 
 
 def test_serve_condor_refuses_clearly_when_it_cannot_work(tmp_path):
-    reason = _skip_reason()
-    if reason is None:
-        pytest.skip("a schedd answers here and this account may use it: serve --executor condor would start")
     out = subprocess.run([sys.executable, "-m", "pocketgrid.cli", "serve", "--name", "c", "--executor", "condor",
                           "--state", str(tmp_path), "--insecure-http"], capture_output=True, text=True, cwd=ROOT,
                          timeout=60)

@@ -1,16 +1,20 @@
 """CondorExecutor logic that needs no schedd, checked with HTCondor's own code where it matters.
 
-What is NOT here: anything that claims a schedd behaves some way.  There is
-no schedd on these machines, and nothing below pretends to be one; the whole
-path against a real schedd is tests/integration/test_condor_pool.py.
+What is NOT here: anything that claims a schedd behaves some way.  Nothing
+below pretends to be one; the whole path against a real schedd is
+tests/integration/test_condor_pool.py.  The "no schedd" cases do not rely on
+the machine having none: they run with an HTCondor configuration of their own
+(the ``no_schedd`` fixture of tests/conftest.py: ``CONDOR_CONFIG`` in the
+test's tmp dir, naming a schedd and collector address where nothing listens),
+which the helper process inherits, so they give the same verdict on a host
+that runs a pool.
 
 Here: the submission the schedd would receive (built from a really staged job
 through the real parser, read back with htcondor2.Submit and expanded per
 proc), the cluster.proc -> input mapping, the constraints (evaluated by
 classad2 against job ads), the commit/rollback ordering on a real database,
-the helper process that keeps htcondor2 out of the peer (against the
-environment's real absence of a schedd and against a listener that never
-answers), and how ``auto``/``condor`` decide.
+the helper process that keeps htcondor2 out of the peer (against an address
+that refuses connections and against a listener that never answers), and how ``auto``/``condor`` decide.
 """
 from __future__ import annotations
 
@@ -240,13 +244,14 @@ def test_later_rollback_of_a_committed_session_does_not_remove(db: Database) -> 
 # ---- the helper process that keeps htcondor2 (and its GIL) out of the peer ------
 
 
-def test_helper_answers_unknown_ops_and_no_schedd_without_hanging() -> None:
+def test_helper_answers_unknown_ops_and_no_schedd_without_hanging(no_schedd: str) -> None:
     client = BindingsClient(timeout=20)
     try:
         assert client.call("nonsense")["ok"] is False
         reply = client.call("probe")
-        # No schedd on this machine: htcondor2's own error comes back as an answer.
-        assert reply["ok"] is False and reply["kind"] == "condor" and reply["error"]
+        # The configured schedd refuses connections: htcondor2's own error comes back as an answer,
+        # and it names the address of this test's configuration (the helper inherited it).
+        assert reply["ok"] is False and reply["kind"] == "condor" and no_schedd in reply["error"]
         assert client.call("submit", table={"executable": "/bin/true"}, itemdata=[{"a": "1"}])["ok"] is False
     finally:
         client.close()
@@ -293,21 +298,22 @@ def test_a_schedd_that_never_answers_costs_the_deadline_not_the_peer() -> None:
     assert gaps and max(gaps) < 0.5  # our other threads kept running meanwhile
 
 
-def test_probe_without_a_schedd_says_why() -> None:
+def test_probe_without_a_schedd_says_why(no_schedd: str) -> None:
     probe = probe_schedd(10)
-    assert not probe.ok and "htcondor2:" in probe.reason
+    assert not probe.ok and "htcondor2:" in probe.reason and no_schedd in probe.reason
     assert probe.describe().startswith("no HTCondor schedd answered")
 
 
 # ---- choosing the executor ------------------------------------------------------------
 
 
-def test_auto_without_a_schedd_picks_local_and_says_why(db: Database, tmp_path: Path, monkeypatch) -> None:
+def test_auto_without_a_schedd_picks_local_and_says_why(db: Database, tmp_path: Path, monkeypatch,
+                                                        no_schedd: str) -> None:
     monkeypatch.setattr(condor_mod, "running_as_root", lambda: False)
     ex = choose_executor("auto", db, tmp_path / "stage", peer_name="p", slots=1, max_restarts=0, probe_timeout=10)
     d = ex.describe()
     assert ex.name == "local" and d["chosen_by"] == "auto"
-    assert str(d["condor"]).startswith("no HTCondor schedd answered")
+    assert str(d["condor"]).startswith("no HTCondor schedd answered") and no_schedd in str(d["condor"])
 
 
 def test_auto_as_root_does_not_even_try(db: Database, tmp_path: Path, monkeypatch) -> None:
@@ -322,15 +328,16 @@ def test_condor_refuses_root_with_the_reason(monkeypatch) -> None:
         require_condor()
 
 
-def test_condor_without_a_schedd_fails_fast(db: Database, tmp_path: Path, monkeypatch) -> None:
+def test_condor_without_a_schedd_fails_fast(db: Database, tmp_path: Path, monkeypatch, no_schedd: str) -> None:
     monkeypatch.setattr(condor_mod, "running_as_root", lambda: False)
     started = time.monotonic()
-    with pytest.raises(ExecutorUnavailable, match="no HTCondor schedd answered"):
+    with pytest.raises(ExecutorUnavailable, match="no HTCondor schedd answered") as refused:
         choose_executor("condor", db, tmp_path / "stage", peer_name="p", slots=1, max_restarts=0, probe_timeout=10)
     assert time.monotonic() - started < 10
+    assert no_schedd in str(refused.value) and "--executor local" in str(refused.value)
 
 
-def test_a_peer_whose_schedd_is_gone_answers_503_and_records_nothing(db: Database, staged) -> None:
+def test_a_peer_whose_schedd_is_gone_answers_503_and_records_nothing(db: Database, staged, no_schedd: str) -> None:
     """503 sends the job to the next site (JobService tries candidates on 5xx)."""
     ex = CondorExecutor(db, staged.root.parent, peer_name="site-a", probe=ScheddProbe(True, "bindings"),
                         call_timeout=10, submit_timeout=10)
