@@ -136,7 +136,7 @@ def download(
     expected_sha256: str | None = None,
     expected_size: int | None = None,
     chunk_bytes: int = DEFAULT_CHUNK,
-    max_attempts: int = 8,
+    max_stalls: int = 8,
     timeout: float = 30.0,
     fsync: bool = True,
     fsync_interval: float | None = None,
@@ -156,9 +156,15 @@ def download(
     forced to disk), and buys nothing for correctness: after a power loss a
     sidecar ahead of the synced data costs a failed SHA-256 check and a
     fresh download, never a bad file.
-    Raises :class:`DownloadFailed` on a 4xx/5xx answer or when attempts run
-    out, :class:`IntegrityError` when the result does not verify (the partial
-    file is then discarded, so the next call starts clean).
+    A flaky link: an interrupted transfer is resumed from the last byte
+    received.  As long as each attempt makes progress the download keeps
+    going, whatever the number of drops, retrying after a short pause; only
+    ``max_stalls`` failures in a row **without a single new byte** end it
+    (backing off up to 30 s between them), and the message says where a
+    rerun resumes.
+    Raises :class:`DownloadFailed` on a 4xx/5xx answer or when the link
+    stalls, :class:`IntegrityError` when the result does not verify (the
+    partial file is then discarded, so the next call starts clean).
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -172,12 +178,12 @@ def download(
     last_sync = time.monotonic()
     total = expected_size
     transferred = 0
-    attempt = 0
+    stalls = 0  # failures in a row that brought no new byte
+    progress_mark = offset
     started = time.monotonic()
 
     try:
         while True:
-            attempt += 1
             headers = {"Accept-Encoding": "identity"}
             if offset:
                 headers["Range"] = f"bytes={offset}-"
@@ -249,10 +255,20 @@ def download(
                         break
                     raise requests.exceptions.ChunkedEncodingError("connection closed early")
             except _RETRYABLE as exc:
-                if attempt >= max_attempts:
-                    raise DownloadFailed(f"giving up after {attempt} attempts: {exc}") from exc
-                delay = min(30.0, 0.5 * 2 ** (attempt - 1)) * (0.5 + random.random() / 2)
-                log.warning("download interrupted at byte %d (%s); retrying in %.1f s", offset, exc, delay)
+                if part.exists() and part.stat().st_size >= offset:  # the bytes written are kept: say so
+                    _write_checkpoint(part, url, offset, etag)
+                if offset > progress_mark:  # this attempt moved on: the link works, if badly
+                    stalls, progress_mark = 0, offset
+                    delay = 0.2 * (0.5 + random.random() / 2)
+                else:
+                    stalls += 1
+                    if stalls >= max_stalls:
+                        raise DownloadFailed(
+                            f"the link stalled: {stalls} attempts in a row brought no new byte ({exc}); "
+                            f"{offset} of {total if total is not None else '?'} bytes are kept, "
+                            f"and running the same command again resumes from byte {offset}") from exc
+                    delay = min(30.0, 0.5 * 2 ** (stalls - 1)) * (0.5 + random.random() / 2)
+                log.info("download interrupted at byte %d (%s); retrying in %.1f s", offset, exc, delay)
                 time.sleep(delay)
 
     except BaseException:

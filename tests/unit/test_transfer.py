@@ -113,3 +113,39 @@ def test_server_refusal_is_not_retried(tmp_path):
         assert info.value.status == 404
     finally:
         s.shutdown()
+
+
+def test_a_link_that_keeps_dropping_but_makes_progress_never_gives_up(server, tmp_path):
+    """A phone link that resets every ~200 KB: far more drops than the stall limit, yet it completes."""
+    from tests.cutting_proxy import CuttingProxy
+
+    port = int(server.url.rsplit(":", 1)[1].split("/")[0])
+    with CuttingProxy("127.0.0.1", port, cut_every_bytes=200 * 1024) as proxy:
+        url = f"{proxy.url_for('http')}/f"
+        res = download(requests.Session(), url, tmp_path / "out", expected_sha256=SHA, chunk_bytes=64 * 1024,
+                       max_stalls=3)
+        assert proxy.cuts > 3 * 3  # many more drops than the limit of stalls in a row
+    assert res.sha256 == SHA and (tmp_path / "out").read_bytes() == DATA
+
+
+def test_a_dead_link_gives_up_and_says_a_rerun_resumes(server, tmp_path):
+    from tests.cutting_proxy import CuttingProxy
+
+    port = int(server.url.rsplit(":", 1)[1].split("/")[0])
+    with CuttingProxy("127.0.0.1", port, cut_every_bytes=300 * 1024) as proxy:
+        url = f"{proxy.url_for('http')}/f"
+        proxy.set_cut(300 * 1024)
+
+        def first_drop_kills_the_link(done: int, _total: int | None) -> None:
+            if done >= 256 * 1024:
+                proxy.set_cut(1)  # from now on no response byte gets through
+
+        with pytest.raises(DownloadFailed, match="running the same command again resumes from byte") as info:
+            download(requests.Session(), url, tmp_path / "out", expected_sha256=SHA, chunk_bytes=64 * 1024,
+                     max_stalls=2, progress=first_drop_kills_the_link)
+        kept = (tmp_path / "out.part").stat().st_size
+        assert kept >= 256 * 1024 and f"resumes from byte {kept}" in str(info.value)
+        # The link is back: the same call resumes from the kept bytes and verifies.
+        proxy.set_cut(None)
+        res = download(requests.Session(), url, tmp_path / "out", expected_sha256=SHA, chunk_bytes=64 * 1024)
+    assert res.resumed_from == kept and res.sha256 == SHA
