@@ -1,4 +1,8 @@
-"""``/api/v1/admin``: ACL rules and the audit log (the ``admin`` group only, see peer/access.py)."""
+"""``/api/v1/admin``: ACL rules and the audit log (the ``admin`` group only, see peer/access.py).
+
+The audit log is kept where each event happened; ``GET /audit`` gathers every
+member's (peer/fanout.py) unless asked for one peer's (``?local=1``).
+"""
 from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify, request
@@ -6,6 +10,7 @@ from flask import Blueprint, current_app, jsonify, request
 from pocketgrid.errors import BadRequest
 
 from .auth import identity
+from .fanout import grid_view
 
 bp = Blueprint("admin", __name__, url_prefix="/api/v1/admin")
 
@@ -55,9 +60,21 @@ def acl_remove(rule_id: int):
 
 @bp.get("/audit")
 def audit():
-    """Newest first; ``?limit=`` (at most 1000), ``?action=``, ``?dn=``."""
+    """The whole grid's audit log, newest first, each event tagged with its ``peer``.
+
+    ``?limit=`` (at most 1000, over the merged list), ``?action=``, ``?dn=``;
+    ``?local=1``: this peer's events only.  ``unreachable_peers`` names the
+    members that did not answer (their events are missing).
+    """
     raw = request.args.get("limit", "100")
     if not raw.isdigit() or not 1 <= int(raw) <= 1000:
         raise BadRequest("limit must be a whole number from 1 to 1000")
-    records = _security().audit.recent(limit=int(raw), action=request.args.get("action"), dn=request.args.get("dn"))
-    return jsonify({"events": [r.to_dict() for r in records]})
+    limit = int(raw)
+    action, dn = request.args.get("action"), request.args.get("dn")
+    mine = [r.to_dict() for r in _security().audit.recent(limit=limit, action=action, dn=dn)]
+    params = {"limit": limit, **({"action": action} if action else {}), **({"dn": dn} if dn else {})}
+    events, unreachable = grid_view(current_app.extensions["pocketgrid"], identity(), "/api/v1/admin/audit",
+                                    key="events", records=mine, params=params,
+                                    local_only=request.args.get("local") in {"1", "true"})
+    events.sort(key=lambda e: e.get("at") or 0, reverse=True)
+    return jsonify({"events": events[:limit], "unreachable_peers": unreachable})

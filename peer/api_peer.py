@@ -1,15 +1,19 @@
-"""``/api/v1/peer``: peer-to-peer calls (forwarded jobs, input file reads, membership and security pushes).
+"""``/api/v1/peer``: peer-to-peer calls (forwarded jobs, input file reads, membership and security pushes,
+pairing codes redeemed at another peer).
 
 Hosts only: every route here needs a host certificate (mutual TLS, see peer/access.py).
 """
 from __future__ import annotations
 
 import json
+import time
 
 from flask import Blueprint, current_app, jsonify, request
 
-from pocketgrid.errors import BadRequest
+from pocketgrid.client_certificate import tls_client_certificate
+from pocketgrid.errors import BadRequest, PocketgridError
 
+from .auth import identity
 from .downloads import send_ranged
 
 bp = Blueprint("peer", __name__, url_prefix="/api/v1/peer")
@@ -79,3 +83,33 @@ def membership():
         raise BadRequest("expected {broker, epoch, members}")
     accepted = _svc().membership.apply(body)
     return jsonify({"accepted": accepted})
+
+
+@bp.post("/pairing/redeem")
+def pairing_redeem():
+    """The home side of a pairing code redeemed at another peer: ``{code, source}`` (the phone's address).
+
+    200 ``{dn, vo, expires_at}``: the code was issued here and is now spent (the
+    asking peer issues the device token); 410: issued here but expired (spent
+    too); 404: not issued here.  Nothing is counted against ``source`` here:
+    the asking peer counts the phone's failures.
+    """
+    sec = _svc().security
+    if sec.pairing is None:
+        raise BadRequest("this peer runs without TLS (insecure_http): it issues no pairing codes")
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or not isinstance(body.get("code"), str) or not isinstance(body.get("source", ""), str):
+        raise BadRequest("expected {code: string, source: string (the phone's address)}")
+    source = str(body.get("source") or "")[:200]
+    cert = tls_client_certificate()
+    relay = cert.cn if cert is not None and cert.cn else identity().dn
+    grant = sec.pairing.take(body["code"])
+    if grant is None:
+        raise PocketgridError("no such pairing code was issued here", status=404)
+    if grant.expires_at < time.time():
+        sec.audit.record("pairing-redeem", dn=grant.dn, source=source, outcome="failed",
+                         detail=f"expired code presented at peer {relay}")
+        raise PocketgridError("this pairing code has expired: ask for a new one on your logged-in device", status=410)
+    sec.audit.record("pairing-redeem", dn=grant.dn, source=source,
+                     detail=f"code issued here, redeemed at peer {relay} (which issues the device token)")
+    return jsonify({"dn": grant.dn, "vo": grant.vo, "expires_at": grant.expires_at})

@@ -1,0 +1,104 @@
+"""Asking every other member at once: the grid-wide views (audit log, tokens) and pairing codes.
+
+Any peer is an entry point, but some records live only on the peer where
+they were made (audit events, issued tokens, outstanding pairing codes).
+The entry peer asks the others in parallel over mutual TLS (the peer's own
+session presents its host certificate) and gets back who answered what and
+who did not answer at all.
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+
+from .membership import Membership
+
+#: At most this many members asked at the same time.
+MAX_PARALLEL = 8
+
+
+@dataclass(frozen=True)
+class MemberReply:
+    """One member's answer: its HTTP status and its JSON body (None if the body was not JSON)."""
+
+    peer: str
+    status: int
+    body: Any
+
+
+def other_members(membership: Membership) -> list[dict[str, Any]]:
+    return [m for m in membership.members() if m["name"] != membership.name]
+
+
+def ask_others(http: requests.Session, membership: Membership, method: str, path: str, *, timeout: float,
+               json: Any = None, params: dict[str, Any] | None = None,
+               headers: dict[str, str] | None = None) -> tuple[list[MemberReply], list[str]]:
+    """``method path`` on every other member; returns (replies, names of the members that did not answer)."""
+    others = other_members(membership)
+    if not others:
+        return [], []
+
+    def ask(member: dict[str, Any]) -> MemberReply | str:
+        try:
+            r = http.request(method, member["url"] + path, json=json, params=params, headers=headers,
+                             timeout=timeout)
+        except requests.RequestException:
+            return member["name"]
+        try:
+            body = r.json()
+        except ValueError:
+            body = None
+        return MemberReply(member["name"], r.status_code, body)
+
+    replies: list[MemberReply] = []
+    unreachable: list[str] = []
+    with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(others))) as pool:
+        for result in pool.map(ask, others):
+            if isinstance(result, str):
+                unreachable.append(result)
+            else:
+                replies.append(result)
+    return replies, unreachable
+
+
+def gather_records(http: requests.Session, membership: Membership, path: str, *, key: str, timeout: float,
+                   params: dict[str, Any] | None = None,
+                   headers: dict[str, str] | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+    """``GET path`` on every other member, the list under ``key`` of each answer tagged with its ``peer``.
+
+    Returns (records, members that did not answer).  A member that answers
+    something else than 200 with that list counts as not answering (its
+    records are missing from the view, and the caller says so).
+    """
+    replies, unreachable = ask_others(http, membership, "GET", path, timeout=timeout, params=params,
+                                      headers=headers)
+    records: list[dict[str, Any]] = []
+    for reply in replies:
+        items = reply.body.get(key) if reply.status == 200 and isinstance(reply.body, dict) else None
+        if not isinstance(items, list):
+            unreachable.append(reply.peer)
+            continue
+        records.extend({**item, "peer": reply.peer} for item in items if isinstance(item, dict))
+    return records, sorted(unreachable)
+
+
+def grid_view(svc: Any, who: Any, path: str, *, key: str, records: list[dict[str, Any]], params: dict[str, Any],
+              local_only: bool) -> tuple[list[dict[str, Any]], list[str]]:
+    """This peer's ``records`` (tagged with its name) plus every other member's, for a user's request.
+
+    The others are asked ``GET path?local=1&params`` for the same user
+    (``X-Pocketgrid-User``, believed from our host certificate).  Nothing is
+    gathered with ``local_only``, for a relayed request (the relaying peer
+    gathers) or for a caller that is not a user.  Returns (records, members
+    that did not answer).
+    """
+    mine = [{**r, "peer": svc.config.name} for r in records]
+    if local_only or who.kind != "user" or who.via is not None:
+        return mine, []
+    theirs, unreachable = gather_records(svc.http, svc.membership, path, key=key, params={**params, "local": 1},
+                                         headers={"X-Pocketgrid-User": who.assertion()},
+                                         timeout=svc.config.peer_timeout)
+    return mine + theirs, unreachable
