@@ -1,0 +1,156 @@
+"""``GET /api/v1/jobs/<job_id>/events``: a job's status pushed live (Server-Sent Events).
+
+One event per status change::
+
+    id: <version>            the status version (the status ETag without quotes)
+    event: status
+    data: <the status JSON, one line>
+
+On connect the current status is sent at once, unless ``Last-Event-ID``
+equals the current version (a reconnect that already has it).  At a final
+state (completed, failed, removed) the final status is followed by
+``event: end`` and the stream closes.  A ``: keepalive`` comment goes out
+every ``sse_keepalive_seconds``; after ``sse_stream_seconds`` the stream
+sends ``retry: 1000`` and closes, and the browser's EventSource reconnects
+with ``Last-Event-ID``, missing nothing.
+
+The watching reuses the long-poll's machinery (peer/api_jobs.py::status): a
+``stat`` of the job's event log every 0.1 s, and the per-job cached status
+body, read again only when the log grew.  Jobs of other peers are relayed
+to their owner (peer/proxy.py passes the events through as they arrive).
+
+Cost: each open stream parks one server thread (one worker process with
+``--threads`` threads, peer/server.py) -- on the entry peer and, when
+relayed, on the owner too.  Hence at most ``sse_max_streams_per_user``
+streams per user on each peer (429 with Retry-After beyond), and a bounded
+duration so a forgotten tab frees its thread (docs/architecture.md).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Iterator
+
+from flask import Blueprint, Response, current_app, request
+
+from pocketgrid.errors import PocketgridError, TooManyRequests
+
+from .auth import identity
+from .jobs import JobService, peer_of
+from .proxy import relay
+
+bp = Blueprint("events", __name__)
+
+FINAL_STATES = frozenset({"completed", "failed", "removed"})
+#: How often a stream looks at the job's event log for growth (as the long-poll does).
+POLL_SECONDS = 0.1
+#: What the browser waits before reconnecting after the stream's time is up.
+RETRY_MS = 1000
+
+
+class StreamLimiter:
+    """Open event streams per user on this peer."""
+
+    def __init__(self, per_user: int) -> None:
+        self.per_user = per_user
+        self._open: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def acquire(self, user: str) -> bool:
+        with self._lock:
+            n = self._open.get(user, 0)
+            if n >= self.per_user:
+                return False
+            self._open[user] = n + 1
+            return True
+
+    def release(self, user: str) -> None:
+        with self._lock:
+            n = self._open.get(user, 0) - 1
+            if n > 0:
+                self._open[user] = n
+            else:
+                self._open.pop(user, None)
+
+    def open_streams(self, user: str) -> int:
+        return self._open.get(user, 0)
+
+
+def _limiter() -> StreamLimiter:
+    ext = current_app.extensions
+    limiter = ext.get("pocketgrid.sse_streams")
+    if limiter is None:
+        limiter = ext.setdefault("pocketgrid.sse_streams",
+                                 StreamLimiter(ext["pocketgrid"].config.sse_max_streams_per_user))
+    return limiter
+
+
+def _event(version: str, body: bytes) -> bytes:
+    return b"id: " + version.encode() + b"\nevent: status\ndata: " + body.rstrip(b"\n") + b"\n\n"
+
+
+def status_events(jobs: JobService, job_id: str, owner: str, *, is_admin: bool, last_event_id: str | None,
+                  stream_seconds: float, keepalive_seconds: float) -> Iterator[bytes]:
+    """The event stream of one job this peer owns (ownership already checked by the caller)."""
+    start = time.monotonic()
+    deadline = start + stream_seconds
+    keepalive_at = start + keepalive_seconds
+    sent = last_event_id
+    yield f"retry: {RETRY_MS}\n\n".encode()
+    while True:
+        size = jobs.log_size(job_id)  # taken first: growth during the read is seen next round
+        try:
+            entry = jobs.status_entry(job_id, owner, is_admin=is_admin)
+        except PocketgridError as exc:  # e.g. the database went away: say so, let the browser retry
+            yield b"event: error\ndata: " + exc.message.encode()[:500].replace(b"\n", b" ") + b"\n\n"
+            return
+        version = str(entry.body["version"])
+        if version != sent:
+            yield _event(version, entry.json)
+            sent = version
+        if entry.body["state"] in FINAL_STATES:
+            yield b"event: end\ndata: {}\n\n"
+            return
+        while jobs.log_size(job_id) == size:
+            now = time.monotonic()
+            if now >= deadline:
+                yield f"retry: {RETRY_MS}\n\n".encode()
+                return
+            if now >= keepalive_at:
+                yield b": keepalive\n\n"  # also how a closed connection is noticed
+                keepalive_at = now + keepalive_seconds
+            time.sleep(POLL_SECONDS)
+
+
+@bp.get("/api/v1/jobs/<job_id>/events")
+def job_events(job_id: str):
+    svc = current_app.extensions["pocketgrid"]
+    config = svc.config
+    who = identity()
+    owner_peer = peer_of(job_id)
+    limiter = _limiter()
+    if not limiter.acquire(who.dn):
+        raise TooManyRequests(
+            f"you already have {limiter.per_user} live status streams open on this peer (other tabs or devices); "
+            "close one, or poll GET /api/v1/jobs/<id>?wait=25 instead",
+            retry_after=10,
+        )
+    try:
+        if owner_peer != config.name:
+            # The read timeout must outlast the owner's keepalive interval.
+            response = relay(svc.http, svc.membership, owner_peer,
+                             timeout=(config.peer_timeout, config.sse_keepalive_seconds + config.peer_timeout))
+        else:
+            svc.jobs.status_entry(job_id, who.dn, is_admin=who.is_admin)  # 404 now, not inside the stream
+            body = status_events(svc.jobs, job_id, who.dn, is_admin=who.is_admin,
+                                 last_event_id=request.headers.get("Last-Event-ID"),
+                                 stream_seconds=config.sse_stream_seconds,
+                                 keepalive_seconds=config.sse_keepalive_seconds)
+            response = Response(body, mimetype="text/event-stream")
+            response.headers["Cache-Control"] = "no-cache"
+            response.headers["X-Accel-Buffering"] = "no"  # a reverse proxy must not buffer the stream
+    except BaseException:
+        limiter.release(who.dn)
+        raise
+    response.call_on_close(lambda: limiter.release(who.dn))
+    return response
