@@ -284,6 +284,10 @@ def page(context: Any, problems: ProblemCollector) -> Iterator[Any]:
     problems.attach(context)
     pg = context.new_page()
     yield pg
+    try:
+        pg.evaluate("0")  # deliver what is still on its way
+    except Exception:  # noqa: BLE001  (the test closed the page or it crashed: nothing more to deliver)
+        pass
     if problems.problems:
         listing = "\n".join(f"  {p}" for p in problems.problems)
         print(f"browser problems in {pg.url}:\n{listing}")
