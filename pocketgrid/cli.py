@@ -1,4 +1,4 @@
-"""The ``pocketgrid`` command.
+"""pocketgrid: run HTCondor jobs from a phone or any weak device.
 
 Server commands (serve, agent, demo) import server code lazily, so the client
 commands work on a device that has only the base install.
@@ -6,8 +6,10 @@ commands work on a device that has only the base install.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import sys
+from typing import Sequence
 
 from mobile_client import cli as client_cli
 
@@ -88,10 +90,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return serve(config)
 
 
-def _agent_args(sub: argparse._SubParsersAction) -> None:
+def _agent_args(sub: argparse._SubParsersAction, *, with_options: bool = True) -> None:
+    help_text = "run an End-host Monitoring Agent that reports this host's load"
+    if not with_options:  # ema_agent imports psutil (a server package): only when the agent runs
+        sub.add_parser("agent", help=help_text, add_help=False)
+        return
     from ema_agent import cli as agent_cli
 
-    p = sub.add_parser("agent", help="run an End-host Monitoring Agent that reports this host's load")
+    p = sub.add_parser("agent", help=help_text)
     agent_cli.add_arguments(p)
     p.set_defaults(func=agent_cli.run)
 
@@ -109,25 +115,57 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(keep=args.keep, n_inputs=args.inputs)
 
 
-def build_parser() -> argparse.ArgumentParser:
+#: Commands that run server code: they need ``pip install "pocketgrid[server]"``.
+SERVER_COMMANDS = frozenset({"serve", "agent", "demo"})
+#: What ``pocketgrid[server]`` adds, by import name.
+SERVER_PACKAGES = ("flask", "werkzeug", "sqlalchemy", "psutil", "htcondor2", "gunicorn", "psycopg", "yaml", "jwt")
+SERVER_EXTRA = 'pip install "pocketgrid[server]"'
+
+
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The sub-command named on a command line (the top level has no option that takes a value)."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def _needs_server_extra(command: str, missing: str) -> int:
+    print(f"error: 'pocketgrid {command}' runs server code, and this is the client-only base install "
+          f"(no {missing}): {SERVER_EXTRA}", file=sys.stderr)
+    return 2
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The whole command line.  Given the ``argv`` about to be parsed, the agent's options (which
+    import server packages) are built only when it names the agent."""
     parser = argparse.ArgumentParser(prog="pocketgrid", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"pocketgrid {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _demo_args(sub)
     _serve_args(sub)
-    _agent_args(sub)
+    _agent_args(sub, with_options=argv is None or _command_of(argv) == "agent")
     client_cli.add_commands(sub)
     pki_cli.add_commands(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command not in {"serve", "agent", "demo", "pki"}:
-        logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-        return client_cli.run(args)
-    return int(args.func(args) or 0)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = _command_of(argv)
+    if command in SERVER_COMMANDS:  # a base install says which extra to install, not a traceback
+        missing = next((m for m in SERVER_PACKAGES if importlib.util.find_spec(m) is None), None)
+        if missing is not None:
+            return _needs_server_extra(command, missing)
+    try:
+        parser = build_parser(argv)
+        args = parser.parse_args(argv)
+        if args.command not in SERVER_COMMANDS | {"pki"}:
+            logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+            return client_cli.run(args)
+        return int(args.func(args) or 0)
+    except ModuleNotFoundError as exc:
+        root = (exc.name or "").split(".")[0]
+        if command not in SERVER_COMMANDS or root not in SERVER_PACKAGES:
+            raise
+        return _needs_server_extra(command, root)
 
 
 if __name__ == "__main__":
