@@ -37,6 +37,11 @@ ROUTES: dict[str, str] = {
     "files.listing": "files-read",
     "files.download": "files-read",
     "files.upload": "jobs-submit",
+    "uploads.options": PUBLIC,  # tus discovery: versions, extensions, size limit
+    "uploads.create": "jobs-submit",
+    "uploads.info": "jobs-submit",  # owner only: another user's upload is 404 (peer/resumable_uploads.py)
+    "uploads.append": "jobs-submit",
+    "uploads.terminate": "jobs-submit",
     "jobs.submit": "jobs-submit",
     "jobs.list_jobs": "jobs-manage",
     "jobs.status": "jobs-manage",

@@ -31,6 +31,7 @@ from pocketgrid.config import PeerConfig
 from pocketgrid.errors import PocketgridError, Unavailable
 
 from . import api_admin, api_auth, api_files, api_jobs, api_peer, api_system
+from . import api_uploads
 from .access import check_access
 from .db import Database
 from .digests import DigestCache
@@ -318,6 +319,7 @@ def create_app(config: PeerConfig | None = None, *, start_services: bool = True)
     app.extensions["pocketgrid"] = services
     for bp in (api_system.bp, api_auth.bp, api_admin.bp, api_files.bp, api_jobs.bp, api_peer.bp, broker_api.bp):
         app.register_blueprint(bp)
+    api_uploads.init_app(app)  # tus resumable uploads (its store sweeps expired uploads now)
     app.before_request(check_access)
     _register_error_handlers(app)
     if start_services:

@@ -159,3 +159,25 @@ class AuditEvent(Base):
     dn: Mapped[str] = mapped_column(String(500))
     source: Mapped[str] = mapped_column(String(200))
     detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class ResumableUpload(Base):
+    """A tus upload (peer/resumable_uploads.py); its bytes are in ``<state>/uploads-incoming/<id>.part``."""
+
+    __tablename__ = "resumable_uploads"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(500), index=True)
+    #: Path below the owner's ``uploads/u-<hash>/`` directory.
+    filename: Mapped[str] = mapped_column(String(1000))
+    length: Mapped[int] = mapped_column(BigInteger)
+    #: Bytes stored (and synced) so far.
+    offset: Mapped[int] = mapped_column(BigInteger, default=0)
+    sha256: Mapped[str] = mapped_column(String(64))
+    #: The Upload-Metadata header as sent (HEAD echoes it).
+    upload_metadata: Mapped[str] = mapped_column(Text, default="")
+    state: Mapped[str] = mapped_column(String(20), default="incomplete")  # incomplete | complete | failed
+    path: Mapped[str | None] = mapped_column(String(1000), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float, default=time.time)
+    expires_at: Mapped[float] = mapped_column(Float, index=True)

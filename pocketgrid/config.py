@@ -44,6 +44,11 @@ class PeerConfig:
     local_max_restarts: int = 3
     #: Largest request body accepted (executable + submit file + uploads).
     max_body_bytes: int = 64 * 1024 * 1024
+    #: Resumable uploads (tus, /api/v1/uploads): largest file in total (each
+    #: PATCH is still at most ``max_body_bytes``), and how long an incomplete
+    #: upload is kept after its last write.
+    max_upload_bytes: int = 4 * 1024 * 1024 * 1024
+    upload_expiry_seconds: float = 24 * 3600.0
     #: Largest file the in-file search ("grep") will read, and most matches.
     grep_max_file_bytes: int = 16 * 1024 * 1024
     grep_max_matches: int = 1000
