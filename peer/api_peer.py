@@ -11,7 +11,7 @@ import time
 from flask import Blueprint, current_app, jsonify, request
 
 from pocketgrid.client_certificate import tls_client_certificate
-from pocketgrid.errors import BadRequest, PocketgridError
+from pocketgrid.errors import BadRequest, NotFound, PocketgridError
 
 from .auth import identity
 from .downloads import send_ranged
@@ -98,14 +98,15 @@ def pairing_redeem():
     if sec.pairing is None:
         raise BadRequest("this peer runs without TLS (insecure_http): it issues no pairing codes")
     body = request.get_json(silent=True)
-    if not isinstance(body, dict) or not isinstance(body.get("code"), str) or not isinstance(body.get("source", ""), str):
+    if not isinstance(body, dict) or not isinstance(body.get("code"), str) \
+            or not isinstance(body.get("source", ""), str):
         raise BadRequest("expected {code: string, source: string (the phone's address)}")
     source = str(body.get("source") or "")[:200]
     cert = tls_client_certificate()
     relay = cert.cn if cert is not None and cert.cn else identity().dn
     grant = sec.pairing.take(body["code"])
     if grant is None:
-        raise PocketgridError("no such pairing code was issued here", status=404)
+        raise NotFound("no such pairing code was issued here")
     if grant.expires_at < time.time():
         sec.audit.record("pairing-redeem", dn=grant.dn, source=source, outcome="failed",
                          detail=f"expired code presented at peer {relay}")

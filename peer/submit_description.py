@@ -107,6 +107,7 @@ in the child first.
 """
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
@@ -126,6 +127,8 @@ __all__ = [
     "parse",
     "local_proc_specs",
     "condor_submit_dict",
+    "condor_submission",
+    "CondorSubmission",
     "split_arguments",
     "parse_environment",
     "DEFAULT_FORBIDDEN_UNIVERSES",
@@ -681,6 +684,34 @@ def _macro_refs(value: str) -> set[str]:
     return refs
 
 
+#: ``$(name)`` without a default (``$(name:default)`` never expands to nothing); ``$$(...)`` and
+#: function forms (``$Fn(x)``, ``$ENV(x)``, ``$EVAL(...)``) are not plain references.
+_PLAIN_REF_RE = re.compile(r"(?<!\$)\$\(\s*([A-Za-z_][A-Za-z0-9_.]*)\s*\)")
+_PROBE_KEY = "_pocketgrid_probe"
+
+
+def _undefined_refs(sub: Any, table: Sequence[Sequence[str]]) -> list[str]:
+    """Names referenced as ``$(name)`` in the table's values that HTCondor expands to nothing
+    (undefined: neither in the file, nor set per proc, nor from HTCondor's configuration)."""
+    defined = {k.lower() for k, _ in table}
+    names: dict[str, str] = {}
+    for _, value in table:
+        for m in _PLAIN_REF_RE.finditer(value):
+            names.setdefault(m.group(1).lower(), m.group(1))
+    undefined = []
+    for low, name in names.items():
+        if low in defined:
+            continue
+        sub[_PROBE_KEY] = f"$({name})"
+        try:
+            value = sub.expand(_PROBE_KEY)
+        except KeyError:  # HTCondor reports an empty expansion this way
+            value = ""
+        if value == "":
+            undefined.append(name)
+    return undefined
+
+
 def _find_macro_cycle(table: Sequence[Sequence[str]], exclude: Iterable[str]) -> list[str] | None:
     skip = {e.lower() for e in exclude}
     graph: dict[str, set[str]] = {}
@@ -825,7 +856,8 @@ def _child_main(req: dict[str, Any]) -> int:
                 if len(row[k]) > _MAX_VALUE_CHARS:
                     return reply({"ok": False, "kind": "too_big", "key": k})
             rows.append(row)
-        return reply({"ok": True, "table": table, "qargs": qargs, "rows": rows})
+        undefined = _undefined_refs(sub, table) if req.get("find_undefined") else []
+        return reply({"ok": True, "table": table, "qargs": qargs, "rows": rows, "undefined": undefined})
     except MemoryError:
         return reply({"ok": False, "kind": "memory"})
     except Exception as exc:  # noqa: BLE001 - reported to the parent
@@ -833,8 +865,9 @@ def _child_main(req: dict[str, Any]) -> int:
 
 
 def _run_child(policy: Policy, *, text: str | None = None, table: Sequence[Sequence[str]] | None = None,
-               procs: Sequence[Mapping[str, str]] = ()) -> dict[str, Any]:
-    """Parse (``text``) and/or expand every key of the table once per proc, in a child process."""
+               procs: Sequence[Mapping[str, str]] = (), find_undefined: bool = False) -> dict[str, Any]:
+    """Parse (``text``) and/or expand every key of the table once per proc, in a child process
+    (``find_undefined``: also list the ``$(name)`` references HTCondor expands to nothing)."""
     if not sys.executable:
         raise RuntimeError("cannot start the submit-file checker: sys.executable is unknown")
     here = os.path.dirname(os.path.abspath(__file__))
@@ -847,6 +880,7 @@ def _run_child(policy: Policy, *, text: str | None = None, table: Sequence[Seque
         "text": text,
         "table": [list(kv) for kv in table] if table is not None else None,
         "procs": [dict(p) for p in procs],
+        "find_undefined": find_undefined,
     }
     try:
         done = subprocess.run(
@@ -1262,6 +1296,38 @@ def _owned_warning(key: str, owned: str, value: str) -> str | None:
 
 
 # ---------------------------------------------------------------------------
+# Undefined macros: accepted (HTCondor expands them to nothing), with a warning
+# ---------------------------------------------------------------------------
+
+#: Macros condor_submit itself defines when it queues (not known to the bare parser), lower case.
+_SUBMIT_TIME_MACROS = frozenset({"item", "node", "submit_file", "submit_time", "year", "month", "day", "iwd"})
+
+
+def _shorten(line: str, limit: int = 80) -> str:
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _undefined_macro_warnings(undefined: Sequence[str], text: str, table: Sequence[tuple[str, str]]) -> list[str]:
+    """One warning per ``$(name)`` that nothing defines, naming its first line and a likely intended name."""
+    known = sorted({k.lower() for k, _ in table} | _PER_PROC_MACROS | set(_OWNED_ALIASES))
+    lines = _logical_lines(_raw_lines(text))
+    warnings = []
+    for name in undefined:
+        low = name.lower()
+        if low in _SUBMIT_TIME_MACROS or low in _OWNED_ALIASES:  # defined when the job is queued
+            continue
+        pattern = re.compile(r"(?<!\$)\$\(\s*" + re.escape(name) + r"\s*\)", re.IGNORECASE)
+        where = next(((n, ln.strip()) for n, ln in lines if not _COMMENT_RE.match(ln) and pattern.search(ln)), None)
+        guess = difflib.get_close_matches(low, [k for k in known if k != low], n=1, cutoff=0.6)
+        warnings.append(
+            f"$({name}) is not defined, so HTCondor replaces it with nothing"
+            + (f" (line {where[0]}: {_shorten(where[1])!r})" if where else "")
+            + (f"; did you mean $({guess[0]})?" if guess else "")
+        )
+    return warnings
+
+
+# ---------------------------------------------------------------------------
 # Public API
 # ---------------------------------------------------------------------------
 
@@ -1320,7 +1386,7 @@ def parse(text: str, policy: Policy | None = None, *, input_names: Sequence[str]
     dirs = [os.path.join(_PLACEHOLDER_ROOT, str(i)) for i in range(len(names))]
     _check_names(names, dirs, condor=False)
     procs = [_per_proc_macros(i, n, d, 1) for i, (n, d) in enumerate(zip(names, dirs))]
-    reply = _run_child(policy, text=text, procs=procs)
+    reply = _run_child(policy, text=text, procs=procs, find_undefined=True)
     if not reply.get("ok"):
         _raise_child_failure(reply)
     qargs = (reply.get("qargs") or "").strip()
@@ -1332,6 +1398,7 @@ def parse(text: str, policy: Policy | None = None, *, input_names: Sequence[str]
         )
     table = tuple((k, v) for k, v in reply["table"])
     warnings = _check_keys(table, policy, _raw_assignments(text))
+    warnings += _undefined_macro_warnings(reply.get("undefined") or [], text, table)
     for i, values in enumerate(reply["rows"]):
         _interpret(values, proc_dir=dirs[i], input_name=names[i], policy=policy, local=False)
     submit = htcondor2.Submit({k: v for k, v in table})
@@ -1386,6 +1453,16 @@ def local_proc_specs(
     return specs
 
 
+@dataclass
+class CondorSubmission:
+    """What :func:`condor_submission` builds: HTCondor's submit object, the itemdata rows, and where
+    each proc's stderr goes (an absolute path in its directory, None when discarded)."""
+
+    submit: htcondor2.Submit
+    itemdata: list[dict[str, str]]
+    stderr_paths: list[str | None]
+
+
 def condor_submit_dict(
     parsed: ParsedSubmit,
     *,
@@ -1394,6 +1471,20 @@ def condor_submit_dict(
     input_names: list[str],
     log_path: str,
 ) -> tuple[htcondor2.Submit, list[dict[str, str]]]:
+    """``(submit, itemdata)`` of :func:`condor_submission`."""
+    built = condor_submission(parsed, executable_path=executable_path, proc_dirs=proc_dirs,
+                              input_names=input_names, log_path=log_path)
+    return built.submit, built.itemdata
+
+
+def condor_submission(
+    parsed: ParsedSubmit,
+    *,
+    executable_path: str,
+    proc_dirs: list[str],
+    input_names: list[str],
+    log_path: str,
+) -> CondorSubmission:
     """The CondorExecutor's submission: one cluster, one proc per itemdata row.
 
     Returns ``(submit, itemdata)`` for ``Schedd.submit(submit, itemdata=iter(itemdata))``;
@@ -1441,10 +1532,12 @@ def condor_submit_dict(
     reply = _run_child(parsed.policy, table=list(table.items()), procs=procs)
     if not reply.get("ok"):
         _raise_child_failure(reply)
+    stderr_paths = []
     for i, values in enumerate(reply["rows"]):
-        _interpret(values, proc_dir=dirs[i], input_name=input_names[i], policy=parsed.policy, local=False,
-                   exempt=frozenset({executable_path}))
+        it = _interpret(values, proc_dir=dirs[i], input_name=input_names[i], policy=parsed.policy, local=False,
+                        exempt=frozenset({executable_path}))
+        stderr_paths.append(it.stderr)
         got = _Row(values)
         if got.get("initialdir")[1] != dirs[i] or got.get("executable")[1] != executable_path:
             raise RuntimeError(f"proc {i}: forced keys did not expand as expected")  # pragma: no cover
-    return htcondor2.Submit(table), itemdata
+    return CondorSubmission(htcondor2.Submit(table), itemdata, stderr_paths)

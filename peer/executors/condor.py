@@ -81,7 +81,8 @@ from pocketgrid.errors import BadGateway, Unavailable
 from ..db import Database
 from ..models import Job, Proc
 from ..staging import StagedJob
-from ..submit_description import ParsedSubmit, condor_submit_dict
+from ..proc_stderr import record_names
+from ..submit_description import ParsedSubmit, condor_submission
 from . import condor_cli
 from .base import Executor
 
@@ -327,18 +328,22 @@ def condor_table(submit_items: Mapping[str, str] | Sequence[tuple[str, str]], *,
     return table
 
 
-def submission_for(parsed: ParsedSubmit, staged: StagedJob, *, job_id: str,
-                   peer_name: str) -> tuple[dict[str, str], list[dict[str, str]]]:
+def submission_for(parsed: ParsedSubmit, staged: StagedJob, *, job_id: str, peer_name: str,
+                   record_stderr: bool = False) -> tuple[dict[str, str], list[dict[str, str]]]:
     """(table, itemdata) for ``Schedd.submit``: the staged job's executable (in
-    ``.pocketgrid/``), one row per input directory, ``job.log`` as the log."""
-    submit, itemdata = condor_submit_dict(
+    ``.pocketgrid/``), one row per input directory, ``job.log`` as the log.
+    ``record_stderr``: also write each proc's stderr name into the job's meta
+    directory (peer/proc_stderr.py, for the status of a failed input)."""
+    built = condor_submission(
         parsed,
         executable_path=str(staged.executable_path),
         proc_dirs=[str(d) for d in staged.proc_dirs],
         input_names=list(staged.input_names),
         log_path=str(staged.log_path),
     )
-    return condor_table(list(submit.items()), job_id=job_id, peer_name=peer_name), itemdata
+    if record_stderr:
+        record_names(staged.meta_dir, staged.proc_dirs, built.stderr_paths)
+    return condor_table(list(built.submit.items()), job_id=job_id, peer_name=peer_name), built.itemdata
 
 
 def proc_rows(job_id: str, input_names: Sequence[str], *, cluster: int, first_proc: int, num_procs: int,
@@ -529,7 +534,7 @@ class CondorExecutor(Executor):
 
     # ---- submission --------------------------------------------------------
     def prepare(self, session: Session, job: Job, staged: StagedJob, parsed: ParsedSubmit) -> list[Proc]:
-        table, itemdata = submission_for(parsed, staged, job_id=job.id, peer_name=self.peer_name)
+        table, itemdata = submission_for(parsed, staged, job_id=job.id, peer_name=self.peer_name, record_stderr=True)
         try:
             cluster, first, n = self._submit(table, itemdata, staged.meta_dir)
         except CondorUnreachable as exc:

@@ -35,6 +35,7 @@ from ..db import Database
 from ..event_log import EventLogReader, EventLogWriter
 from ..models import Counter, Job, Proc
 from ..staging import StagedJob
+from ..proc_stderr import record_names
 from ..submit_description import ParsedSubmit, local_proc_specs
 from .base import Executor
 from .local_runner import EXIT_DONE, EXIT_EVICTED
@@ -89,6 +90,7 @@ class LocalExecutor(Executor):
         writer = EventLogWriter(str(staged.log_path))
         procs_dir = staged.meta_dir / "procs"
         procs_dir.mkdir(parents=True, exist_ok=True)
+        record_names(staged.meta_dir, [s.iwd for s in specs], [s.stderr for s in specs])
         rows = []
         base_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
         for spec in specs:
