@@ -48,6 +48,11 @@ ROUTES: dict[str, str] = {
     "jobs.kill": "jobs-manage",
     "jobs.outputs": "jobs-manage",
     "jobs.output_file": "jobs-manage",
+    "jobs.spec": "jobs-manage",
+    "jobs.executable": "jobs-manage",
+    "events.job_events": "jobs-manage",
+    "webapp.index": PUBLIC,
+    "webapp.static_file": PUBLIC,
     "admin.acl_list": "admin",
     "admin.acl_add": "admin",
     "admin.acl_remove": "admin",
@@ -83,6 +88,8 @@ def check_access() -> None:
         return
     if who.kind == "host":
         raise Forbidden("a host certificate may call user routes only on behalf of a user (X-Pocketgrid-User)")
+    if needed == "admin" and who.device:
+        raise Forbidden("a paired device never holds admin rights: log in with your certificate for this")
     decision = svc.security.acl.decide(who.dn, who.vo, needed)
     if not decision.allowed:
         svc.security.audit.record("access-denied", dn=who.dn, source=who.source, outcome="denied",

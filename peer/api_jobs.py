@@ -205,3 +205,27 @@ def output_file(job_id: str, index: int, name: str):
     svc = _svc()
     path = svc.jobs.output_file(job_id, who.dn, index, name, is_admin=who.is_admin)
     return send_ranged(path)
+
+
+# ---- run again ------------------------------------------------------------
+@bp.get("/<job_id>/spec")
+def spec(job_id: str):
+    """What the job was submitted with (name, executable and submit file names, submit text, inputs)."""
+    peer = _remote(job_id)
+    if peer:
+        return _relay(peer)
+    who = identity()
+    return jsonify(_svc().jobs.spec(job_id, who.dn, is_admin=who.is_admin))
+
+
+@bp.get("/<job_id>/executable")
+def executable(job_id: str):
+    """The job's executable, byte for byte (to submit it again)."""
+    peer = _remote(job_id)
+    if peer:
+        return _relay(peer)
+    who = identity()
+    path = _svc().jobs.executable_path(job_id, who.dn, is_admin=who.is_admin)
+    response = send_ranged(path)
+    response.headers["Content-Type"] = "application/octet-stream"
+    return response

@@ -30,9 +30,10 @@ from pocketgrid.http import Session
 from pocketgrid.config import PeerConfig
 from pocketgrid.errors import PocketgridError, Unavailable
 
-from . import api_admin, api_auth, api_files, api_jobs, api_peer, api_system
+from . import api_admin, api_auth, api_events, api_files, api_jobs, api_peer, api_system, security_headers, webapp
 from . import api_uploads
 from .access import check_access
+from .csrf import check_csrf
 from .db import Database
 from .digests import DigestCache
 from .election import Elector
@@ -317,10 +318,14 @@ def create_app(config: PeerConfig | None = None, *, start_services: bool = True)
     app.json.sort_keys = False
     services = build_services(config)
     app.extensions["pocketgrid"] = services
-    for bp in (api_system.bp, api_auth.bp, api_admin.bp, api_files.bp, api_jobs.bp, api_peer.bp, broker_api.bp):
+    for bp in (api_system.bp, api_auth.bp, api_admin.bp, api_files.bp, api_jobs.bp, api_events.bp, api_peer.bp,
+               broker_api.bp):
         app.register_blueprint(bp)
     api_uploads.init_app(app)  # tus resumable uploads (its store sweeps expired uploads now)
+    webapp.install(app)  # the phone web app at / (its paths never shadow /api/)
     app.before_request(check_access)
+    app.before_request(check_csrf)  # after check_access: it reads the identity check_access resolved
+    security_headers.install(app)
     _register_error_handlers(app)
     if start_services:
         services.start()

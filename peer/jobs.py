@@ -36,10 +36,14 @@ from .executors.base import Executor
 from .membership import Membership
 from .models import IdempotencyKey, Job, Proc
 from .publishing import PublishingArea, check_name
-from .staging import InputSource, Stager, StagedJob
+from .proc_stderr import recorded_names, stderr_fields
+from .staging import META_DIR, InputSource, Stager, StagedJob
 from .submit_description import ParsedSubmit, Policy, SubmitDescriptionError, parse
 
 log = logging.getLogger(__name__)
+
+#: In a staged job's META_DIR: the inputs' paths on the entry peer (for "run again").
+INPUTS_FILE = "inputs.json"
 
 
 @dataclass
@@ -340,6 +344,9 @@ class JobService:
             log.exception("staging %s failed", job_id)
             raise BadGateway(f"staging failed on {self.name}: {exc}") from None
         try:
+            # Where the inputs came from, for "run again" (spec): paths in the entry peer's publishing area.
+            (staged.meta_dir / INPUTS_FILE).write_text(json.dumps(
+                {"entry_peer": meta["entry_peer"], "inputs": [i.get("path", i["name"]) for i in input_meta]}))
             with self.db.session() as s:
                 job = Job(
                     id=job_id,
@@ -463,12 +470,18 @@ class JobService:
         inputs = []
         counts: dict[str, int] = {}
         ordered = []
+        stderr_names = None
         for p in job.procs:
             st = statuses.get((p.cluster, p.proc)) or ProcStatus(cluster=p.cluster, proc=p.proc)
             ordered.append(st)
             d: dict[str, Any] = {"index": p.index, "input": p.input_name}
             # Only what is known: an unchanged poll from a phone stays small.
             d.update({k: v for k, v in st.to_dict().items() if v is not None and not (k == "evictions" and v == 0)})
+            if st.state in (ProcState.FAILED, ProcState.HELD):  # why: its stderr (final once the event is logged)
+                if stderr_names is None:
+                    stderr_names = recorded_names(self.stager.job_root(job.id) / META_DIR) or []
+                name = stderr_names[p.index] if p.index < len(stderr_names) else None
+                d.update(stderr_fields(self.proc_dir(job.id, p.index), name))
             counts[st.state.value] = counts.get(st.state.value, 0) + 1
             inputs.append(d)
         state = overall_state(ordered)
@@ -554,6 +567,28 @@ class JobService:
                 }
             )
         return {"id": job_id, "peer": self.name, "outputs": result}
+
+    # ======================================================================
+    # Run again
+    # ======================================================================
+    def spec(self, job_id: str, owner: str, *, is_admin: bool = False) -> dict[str, Any]:
+        """What the job was submitted with, to submit it again (with other inputs)."""
+        job = self._job(job_id, owner, is_admin)
+        try:
+            recorded = json.loads((self.stager.job_root(job_id) / META_DIR / INPUTS_FILE).read_text())
+        except (OSError, ValueError):  # staged before inputs were recorded: the names are all we know
+            recorded = {"entry_peer": job.entry_peer, "inputs": list(job.input_names)}
+        return {"id": job.id, "name": job.name, "executable_name": job.executable_name,
+                "submit_name": job.submit_name, "submit_text": job.submit_text,
+                "inputs": recorded["inputs"], "input_names": list(job.input_names),
+                "entry_peer": recorded.get("entry_peer", job.entry_peer)}
+
+    def executable_path(self, job_id: str, owner: str, *, is_admin: bool = False) -> Path:
+        job = self._job(job_id, owner, is_admin)
+        path = self.stager.job_root(job_id) / META_DIR / "files" / job.executable_name
+        if not path.is_file():
+            raise NotFound(f"the executable of job {job_id} is no longer on {self.name}")
+        return path
 
     def output_file(self, job_id: str, owner: str, index: int, name: str, *, is_admin: bool = False) -> Path:
         job = self._job(job_id, owner, is_admin)

@@ -2,9 +2,10 @@
 
 Every peer is an entry point, and a phone may reach only one of them, so
 status, kill and output requests for another peer's job are relayed (not
-redirected).  Bodies stream through in 256 KiB pieces; the validators that
-make polling and resuming cheap (ETag, If-None-Match, Range, If-Range) pass
-through unchanged.
+redirected).  Bodies stream through in 256 KiB pieces, event streams
+(``text/event-stream``, peer/api_events.py) piece by piece as they arrive; the
+validators that make polling and resuming cheap (ETag, If-None-Match, Range,
+If-Range, Last-Event-ID) pass through unchanged.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Iterator
 from urllib.parse import quote
 
 import requests
+import urllib3
 from flask import Response, request
 
 from pocketgrid.errors import BadGateway, NotFound
@@ -22,7 +24,7 @@ from .membership import Membership
 #: The user's bearer token is NOT passed on: the owner peer is told who the
 #: user is in ``X-Pocketgrid-User``, believed because we present a host
 #: certificate (peer/auth.py).  Tokens never travel further than the entry peer.
-_REQUEST_HEADERS = ("Accept", "If-None-Match", "If-Range", "Range", "Idempotency-Key")
+_REQUEST_HEADERS = ("Accept", "If-None-Match", "If-Range", "Range", "Idempotency-Key", "Last-Event-ID")
 _RESPONSE_HEADERS = (
     "Content-Type",
     "Content-Length",
@@ -36,7 +38,8 @@ _RESPONSE_HEADERS = (
 )
 
 
-def relay(http: requests.Session, membership: Membership, peer: str, *, timeout: float) -> Response:
+def relay(http: requests.Session, membership: Membership, peer: str, *,
+          timeout: float | tuple[float, float]) -> Response:
     url = membership.url_of(peer)
     if url is None:
         raise NotFound(f"no such job: peer {peer!r} named in the job ID is not a member of this system")
@@ -73,7 +76,23 @@ def relay(http: requests.Session, membership: Membership, peer: str, *, timeout:
         finally:
             upstream.close()
 
-    out = Response(body(), status=upstream.status_code, direct_passthrough=True)
+    def events() -> Iterator[bytes]:
+        """Whatever has arrived, at once (read1): an event must not wait for 256 KiB to fill."""
+        try:
+            while True:
+                data = upstream.raw.read1(64 * 1024, decode_content=False)
+                if not data:
+                    return
+                yield data
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError):
+            return  # the owner went away: end the stream; the browser reconnects with Last-Event-ID
+        finally:
+            upstream.close()
+
+    streaming = upstream.headers.get("Content-Type", "").startswith("text/event-stream")
+    out = Response(events() if streaming else body(), status=upstream.status_code, direct_passthrough=True)
+    if streaming:
+        out.headers["X-Accel-Buffering"] = "no"
     for h in _RESPONSE_HEADERS:
         if h in upstream.headers:
             out.headers[h] = upstream.headers[h]

@@ -61,6 +61,9 @@ class PeerConfig:
     sse_max_streams_per_user: int = 4
     sse_stream_seconds: float = 60.0
     sse_keepalive_seconds: float = 15.0
+    #: Directory of the web app's files served at / (empty: the installed
+    #: package's ``mobile_client/webapp``).
+    webapp_dir: str = ""
     #: Server threads (one worker process, see docs/architecture.md).
     threads: int = 32
     #: Chunk size used when this peer downloads inputs from another peer.
