@@ -96,8 +96,20 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--executable", required=True, type=Path)
     p.add_argument("--submit-file", required=True, type=Path, help="HTCondor submit file; use $(input) and $(input_index)")
     p.add_argument("--idempotency-key", help="reuse to retry a submit safely (default: a new UUID)")
-    p.add_argument("inputs", nargs="+", help="input files (paths in the publishing area)")
+    p.add_argument("--upload", action="append", type=Path, default=[], metavar="LOCAL_FILE",
+                   help="a local input file: uploaded first (resumable, verified), then used as an input; repeatable")
+    p.add_argument("inputs", nargs="*", help="input files (paths in the publishing area)")
     p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("upload", help="upload local files to use as job inputs (resumable: run again after an interruption)",
+                       description="Upload local files into your private upload area of the peer (tus, resumable, "
+                                   "verified by SHA-256) and print the path to use as a job input.  After Ctrl-C or "
+                                   "a dropped link, run the same command again: it continues where the peer stopped.")
+    add_peer_option(p)
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    p.add_argument("--name", help="name on the peer (one FILE only; default: the file's name)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_upload)
 
     p = sub.add_parser("status", help="status of a job (or of all your jobs)")
     add_peer_option(p)
@@ -270,8 +282,41 @@ def cmd_files(c: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def _upload_all(c: Client, files: list[Path], *, name: str | None, show: bool) -> list[dict[str, Any]]:
+    """Upload each file (a tqdm bar each) and return what the peer reports: path, size, sha256."""
+    results = []
+    for local in files:
+        if not local.is_file():
+            raise FileNotFoundError(f"no such local file: {local}")
+        results.append(c.upload(local, name=name, progress=_bar_factory(show)(local.name, local.stat().st_size)))
+    return results
+
+
+def _upload_line(local: Path, r: dict[str, Any]) -> str:
+    resumed = f" (resumed at byte {r['resumed_from']})" if r.get("resumed_from") else ""
+    return f"{r['path']}  {r['size']} bytes  sha256 {r['sha256']}  verified{resumed}  <- {local}"
+
+
+def cmd_upload(c: Client, args: argparse.Namespace) -> int:
+    if args.name and len(args.files) > 1:
+        print("error: --name renames one file: give a single FILE with it", file=sys.stderr)
+        return 2
+    show = not args.no_progress and sys.stderr.isatty()
+    results = _upload_all(c, args.files, name=args.name, show=show)
+    _print(args, results, lambda rs: "\n".join(_upload_line(f, r) for f, r in zip(args.files, rs))
+           + "\nuse the path(s) above as job inputs")
+    return 0
+
+
 def cmd_submit(c: Client, args: argparse.Namespace) -> int:
-    job = c.submit(args.name, args.executable, args.submit_file, args.inputs, idempotency_key=args.idempotency_key)
+    if not args.inputs and not args.upload:
+        print("error: give at least one input: a path in the publishing area, or --upload LOCAL_FILE", file=sys.stderr)
+        return 2
+    uploaded = _upload_all(c, args.upload, name=None, show=sys.stderr.isatty())
+    for local, r in zip(args.upload, uploaded):
+        print(f"uploaded {_upload_line(local, r)}", file=sys.stderr)
+    inputs = [*args.inputs, *(r["path"] for r in uploaded)]
+    job = c.submit(args.name, args.executable, args.submit_file, inputs, idempotency_key=args.idempotency_key)
     _print(args, job, lambda j: f"{j['id']}  on {j['peer']}, {j.get('inputs', '?')} inputs"
            + "".join(f"\nwarning: {w}" for w in j.get("warnings", [])))
     return 0

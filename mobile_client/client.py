@@ -235,15 +235,21 @@ class Client:
             expected_sha256=info["sha256"], expected_size=info["size"], **kw,
         )
 
-    def upload(self, local: str | os.PathLike[str], name: str | None = None) -> dict[str, Any]:
-        """Put a local file into the entry peer's ``uploads/`` area; use the returned path as an input."""
-        local = Path(local)
-        limit = self.health().get("max_body_bytes")
-        size = local.stat().st_size
-        if isinstance(limit, int) and size > limit:  # say so instead of sending it to have the connection cut
-            raise ApiError(413, f"{local.name} is {size} bytes, over the peer's limit of {limit} bytes")
-        with open(local, "rb") as fh:
-            return self._json("PUT", f"/api/v1/files/uploads/{quote(name or local.name)}", data=fh)
+    def upload(self, local: str | os.PathLike[str], name: str | None = None,
+               progress: Callable[[int, int | None], None] | None = None) -> dict[str, Any]:
+        """Put a local file into the entry peer's private ``uploads/`` area, resumable and verified by
+        SHA-256 (tus, mobile_client/upload.py): after Ctrl-C or a dropped link, the same call resumes.
+        Returns ``{"path", "size", "sha256", ...}``; use ``path`` as a job input."""
+        from .upload import DEFAULT_CHUNK as UPLOAD_CHUNK, UploadRejected, plain_session, upload
+
+        limit = self.health().get("max_body_bytes")  # the first peer that answers is the entry peer
+        chunk = min(UPLOAD_CHUNK, limit) if isinstance(limit, int) and limit > 0 else UPLOAD_CHUNK
+        try:
+            result = upload(plain_session(self.session), self.base_url, local, name=name, progress=progress,
+                            chunk_bytes=chunk, timeout=self.timeout)
+        except UploadRejected as exc:
+            raise ApiError(exc.status, exc.message, exc.body) from None
+        return result.to_dict()
 
     # ---- jobs -------------------------------------------------------------
     def submit(
