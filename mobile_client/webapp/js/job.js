@@ -1,0 +1,133 @@
+// One job: state, per-input states (live), kill, run again; tabs for outputs and the plot.
+import { getJSON, jobPath, request } from "./api.js";
+import * as draft from "./draft.js";
+import { confirmStep, fill, formatTime, h, stateBadge, toast } from "./dom.js";
+import { isFinal, watchJob } from "./live.js";
+import { getFresh, onReconnect, showFresh } from "./offline.js";
+import * as outputs from "./outputs.js";
+import * as histogram from "./histogram.js";
+
+const TABS = [["status", "Status"], ["outputs", "Outputs"], ["plot", "Plot"]];
+const MODES = { live: "Live (pushed by the peer)", polling: "Live (checking with long polls)",
+  offline: "Offline: waiting for the link", done: "Finished: no more changes", error: "Not updating", stale: "Stale" };
+
+/** What a person (and a screen reader) should know about one input. */
+export function inputLabel(i) {
+  let s = `input ${i.index}: ${i.state}`;
+  if (i.exit_code !== undefined && i.exit_code !== null) s += `, exit ${i.exit_code}`;
+  if (i.signal) s += `, signal ${i.signal}`;
+  if (i.state === "held" && i.hold_reason) s += `, held: ${i.hold_reason}`;
+  return s;
+}
+
+function inputRow(i) {
+  return h("li", { class: "input-row", "aria-label": inputLabel(i), "data-index": i.index },
+    h("div", { class: "head" }, h("span", { class: "name" }, `${i.index}. ${i.input}`), stateBadge(i.state)),
+    i.exit_code !== undefined && i.exit_code !== null ? h("div", { class: "muted" }, `exit code ${i.exit_code}`) : null,
+    i.signal ? h("div", { class: "muted" }, `killed by signal ${i.signal}`) : null,
+    i.hold_reason ? h("div", { class: "note" }, `Held: ${i.hold_reason}`) : null,
+    i.note ? h("div", { class: "muted" }, i.note) : null,
+    i.stderr_tail ? h("details", { open: i.state === "failed" },
+      h("summary", {}, `stderr${i.stderr_file ? ` (${i.stderr_file})` : ""}, last lines`),
+      h("pre", { class: "stderr", "aria-label": `stderr of input ${i.index}` }, i.stderr_tail)) : null);
+}
+
+function statusTab(body, ctx) {
+  const summary = h("div", { id: "job-summary" });
+  const list = h("ul", { class: "list", id: "job-inputs", "aria-label": "Inputs" });
+  const actions = h("div", { class: "row", id: "job-actions" });
+  const confirmArea = h("div");
+
+  async function kill() {
+    const yes = await confirmStep(confirmArea, { question: "Kill this job? Running inputs stop; finished outputs stay.",
+      yes: "Kill job", no: "Keep running" });
+    if (!yes) return;
+    try {
+      const r = await (await request(jobPath(ctx.id), { method: "DELETE" })).json();
+      toast(`Kill sent: ${r.removed_procs} input${r.removed_procs === 1 ? "" : "s"} stopped`);
+    } catch (err) {
+      toast(`Kill failed: ${err.message}`);
+    }
+  }
+
+  async function runAgain() {
+    try {
+      const spec = await getJSON(jobPath(ctx.id, "/spec"));
+      draft.fromJob(ctx.id, spec);
+      location.hash = "#submit";
+    } catch (err) {
+      toast(`Could not load the job's spec: ${err.message}`);
+    }
+  }
+
+  function render(st) {
+    fill(summary,
+      h("dl", { class: "facts" },
+        h("dt", {}, "State"), h("dd", {}, stateBadge(st.state)),
+        h("dt", {}, "Inputs"), h("dd", {}, Object.entries(st.counts || {}).map(([k, n]) => `${n} ${k}`).join(", ")),
+        h("dt", {}, "Peer"), h("dd", {}, st.peer),
+        h("dt", {}, "Submitted"), h("dd", {}, st.created_at ? formatTime(st.created_at) : ""),
+        h("dt", {}, "ID"), h("dd", {}, h("code", {}, st.id))),
+      (st.warnings || []).map((w) => h("p", { class: "note" }, w)));
+    fill(list, (st.inputs || []).map(inputRow));
+    fill(actions,
+      isFinal(st) ? null : h("button", { type: "button", class: "danger", onclick: kill }, "Kill job"),
+      h("button", { type: "button", onclick: runAgain }, "Run again with other inputs"));
+  }
+  body.append(summary, actions, confirmArea, h("h2", {}, "Inputs"), list);
+  return ctx.subscribe(render);
+}
+
+export function mount(main, { id, tab }) {
+  tab = TABS.some(([t]) => t === tab) ? tab : "status";
+  const title = h("h1", { id: "job-title" }, "Job");
+  const mode = h("p", { id: "job-live", class: "muted", role: "status", "aria-live": "polite" }, "Loading…");
+  const body = h("div", { id: "job-body" });
+  const nav = h("nav", { class: "subnav", "aria-label": "Job" },
+    TABS.map(([t, label]) => h("a", { href: `#job/${encodeURIComponent(id)}${t === "status" ? "" : `/${t}`}`,
+      "aria-current": t === tab ? "page" : null }, label)));
+  main.append(h("p", {}, h("a", { href: "#jobs" }, "‹ All jobs")), title, mode, nav, body);
+
+  const listeners = new Set();
+  let current = null;
+  let stop = null;
+  let gone = false;
+  const ctx = {
+    id,
+    get status() { return current; },
+    subscribe(fn) { listeners.add(fn); if (current) fn(current); return () => listeners.delete(fn); },
+  };
+  function publish(st) {
+    current = st;
+    title.textContent = st.name || id;
+    document.title = `${st.name || id} — pocketgrid`;
+    for (const fn of listeners) fn(st);
+  }
+
+  async function start() {
+    if (gone) return;
+    stop?.();
+    try {
+      const { data, staleAt } = await getFresh(jobPath(id));
+      publish(data);
+      if (staleAt) { mode.textContent = MODES.stale; return; }
+      if (isFinal(data)) { mode.textContent = MODES.done; return; }
+      stop = watchJob(id, {
+        version: data.version,
+        onStatus: (st) => { showFresh(); publish(st); },
+        onMode: (m) => { mode.textContent = MODES[m] || m; },
+      });
+    } catch (err) {
+      mode.textContent = err.offline ? "Offline, and this phone knows nothing about this job yet." : err.message;
+      mode.className = "error";
+    }
+  }
+
+  const cleanups = [];
+  const tabModule = { status: { mount: statusTab }, outputs, plot: histogram }[tab];
+  const undo = tabModule.mount(body, ctx);
+  if (typeof undo === "function") cleanups.push(undo);
+  start();
+  cleanups.push(onReconnect(start));
+  return () => { gone = true; stop?.(); cleanups.forEach((f) => f()); };
+}

@@ -1,0 +1,48 @@
+// The jobs list: every peer's jobs of this user, with state and counts; stale when offline.
+import { fill, formatTime, h, stateBadge } from "./dom.js";
+import { getFresh, onReconnect, showStale } from "./offline.js";
+
+function countsText(counts) {
+  return Object.entries(counts || {}).map(([state, n]) => `${n} ${state}`).join(", ");
+}
+
+export function mount(main) {
+  const list = h("ul", { class: "list", id: "jobs-list", "aria-label": "Jobs", "aria-live": "polite" },
+    h("li", { class: "empty" }, "Loading…"));
+  const note = h("div", { id: "jobs-note" });
+  let timer = 0;
+  let gone = false;
+
+  async function load() {
+    clearTimeout(timer);
+    try {
+      const { data, staleAt } = await getFresh("/api/v1/jobs");
+      fill(list, data.jobs.length ? data.jobs.map((j) => h("li", {},
+        h("a", { class: "item", href: `#job/${encodeURIComponent(j.id)}`,
+          "aria-label": `job ${j.name}: ${j.state}${staleAt ? " (stale)" : ""}` },
+          h("span", { class: "main" }, h("strong", {}, j.name), h("br"),
+            h("span", { class: "muted" }, `${countsText(j.counts)} · ${j.peer} · ${formatTime(j.created_at)}`)),
+          stateBadge(j.state))))
+        : h("li", { class: "empty" }, "No jobs yet. Start one in New job."));
+      fill(note, data.unreachable_peers?.length
+        ? h("p", { class: "note" }, `Not reachable now (their jobs are missing): ${data.unreachable_peers.join(", ")}`) : null);
+      // A list with running jobs refreshes itself now and then (each job's own page is live).
+      if (!gone && data.jobs.some((j) => !["completed", "failed", "removed"].includes(j.state))) timer = setTimeout(load, 15000);
+    } catch (err) {
+      if (err.offline) {
+        showStale(null);
+        fill(list, h("li", { class: "empty" }, "Offline, and this phone has no saved list yet."));
+      } else {
+        fill(list, h("li", { class: "empty error" }, err.message));
+      }
+    }
+  }
+
+  main.append(
+    h("div", { class: "row" }, h("h1", { class: "grow" }, "Jobs"),
+      h("button", { type: "button", onclick: load }, "Refresh")),
+    note, list);
+  load();
+  const off = onReconnect(load);
+  return () => { gone = true; clearTimeout(timer); off(); };
+}

@@ -1,0 +1,143 @@
+// Outputs per input: read a text output in the page (the tail while it grows), download any
+// output into this phone's storage with resume and SHA-256 verification, then save or share it.
+import { getJSON, jobPath, outputPath, request } from "./api.js";
+import { fill, formatBytes, h, toast } from "./dom.js";
+import { canShare, discard, download } from "./download.js";
+import { isFinal } from "./live.js";
+
+const TAIL_BYTES = 8192;
+const TEXT = /\.(txt|log|out|err|json|csv|tsv|dat|sub|sh|py|md|cfg|ini|xml|ya?ml)$|^[^.]+$/i;
+
+function storeKey(jobId, index, name) {
+  return `${jobId}_${index}_${name}`.replace(/[^A-Za-z0-9._-]/g, "_");
+}
+
+export function mount(body, ctx) {
+  const viewer = h("section", { id: "viewer", class: "card", "aria-labelledby": "viewer-title", hidden: true });
+  const groups = h("div", { id: "output-groups" }, h("p", { class: "loading" }, "Loading…"));
+  body.append(viewer, groups);
+  let reading = null; // {index, name}
+  let seen = null;
+  let timer = 0;
+  let tailTimer = 0;
+  let lastList = [];
+  const downloads = new Map(); // key -> the card of a running/finished download (survives re-renders)
+
+  async function refresh() {
+    try {
+      const r = await getJSON(jobPath(ctx.id, "/outputs"));
+      render(r.outputs);
+    } catch (err) {
+      fill(groups, h("p", { class: "error" }, err.offline ? "Offline: outputs cannot be listed now." : err.message));
+    }
+  }
+
+  function render(list) {
+    lastList = list;
+    fill(groups, list.length ? list.map((o) => h("section", { class: "card", "aria-label": `outputs of input ${o.index}` },
+      h("h3", {}, `Input ${o.index}: ${o.input} `, h("span", { class: `state state-${o.state}` }, o.state)),
+      o.files.length ? h("ul", { class: "list" }, o.files.map((f) => fileRow(o, f)))
+        : h("p", { class: "muted" }, "No outputs yet."))) : h("p", { class: "muted" }, "No outputs."));
+  }
+
+  function fileRow(o, f) {
+    const key = storeKey(ctx.id, o.index, f.name);
+    const li = h("li", { class: "output-row", "aria-label": `output ${f.name} of input ${o.index}` },
+      h("span", { class: "main" }, h("span", { class: "name" }, f.name), h("br"), h("span", { class: "muted" }, formatBytes(f.size))),
+      h("span", { class: "actions" },
+        TEXT.test(f.name) ? h("button", { type: "button", "aria-label": `Read ${f.name} of input ${o.index}`,
+          onclick: () => read(o.index, f.name, f.size) }, "Read") : null,
+        h("button", { type: "button", "aria-label": `Download ${f.name} of input ${o.index}`,
+          onclick: () => startDownload(key, o, f) }, "Download")));
+    if (downloads.has(key)) li.append(downloads.get(key));
+    return li;
+  }
+
+  async function read(index, name, size) {
+    reading = { index, name, size };
+    await showTail();
+    viewer.scrollIntoView({ block: "start" });
+  }
+
+  async function showTail() {
+    clearTimeout(tailTimer);
+    if (!reading) return;
+    const { index, name } = reading;
+    const size = lastList.find((o) => o.index === index)?.files.find((f) => f.name === name)?.size ?? reading.size;
+    const input = ctx.status?.inputs?.find((i) => i.index === index);
+    const growing = input && !["completed", "failed", "removed"].includes(input.state);
+    const text = h("pre", { id: "viewer-text", tabindex: "0", "aria-label": `${name} of input ${index}` });
+    const note = h("p", { class: "muted", role: "status" });
+    fill(viewer, h("div", { class: "row" }, h("h2", { id: "viewer-title", class: "grow" }, `${name} (input ${index})`),
+      h("button", { type: "button", onclick: () => { reading = null; viewer.hidden = true; clearTimeout(tailTimer); } }, "Close")),
+    note, text);
+    viewer.hidden = false;
+    try {
+      // The tail (a suffix range) once the file is longer than that; a small file whole (the
+      // peer answers a suffix range longer than the file with 416, a console error in a browser).
+      const headers = size > TAIL_BYTES ? { Range: `bytes=-${TAIL_BYTES}` } : {};
+      const res = await request(outputPath(ctx.id, index, name), { headers, accept: [416] });
+      if (res.status === 416) {
+        text.textContent = "";
+        note.textContent = "(empty so far)";
+      } else {
+        const range = res.headers.get("Content-Range");
+        const total = range ? Number(range.split("/")[1]) : Number(res.headers.get("Content-Length"));
+        let content = new TextDecoder().decode(await res.arrayBuffer());
+        const cut = res.status === 206 && total > TAIL_BYTES;
+        if (cut) content = content.slice(content.indexOf("\n") + 1); // start at a whole line
+        text.textContent = content;
+        note.textContent = content ? `${cut ? `The end of ${formatBytes(total)} (tail)` : "The whole file"}${growing ? " — updates while the input runs" : ""}.`
+          : `(empty${growing ? " so far" : ""})`;
+        if (growing) text.scrollTop = text.scrollHeight;
+      }
+    } catch (err) {
+      note.textContent = `Could not read ${name}: ${err.message}`;
+      note.className = "error";
+    }
+    if (growing) tailTimer = setTimeout(showTail, 5000);
+  }
+
+  async function startDownload(key, o, f) {
+    if (downloads.get(key)?.dataset.busy) return;
+    const bar = h("progress", { max: String(f.size || 1), value: "0", "aria-label": `download ${f.name}` });
+    const line = h("p", { role: "status", "aria-live": "polite" }, "Starting…");
+    const card = h("div", { class: "stack", "aria-label": `download ${f.name}`, "data-busy": "1" }, bar, line);
+    downloads.set(key, card);
+    render(lastList);
+    try {
+      const result = await download({
+        url: outputPath(ctx.id, o.index, f.name), key, name: f.name.split("/").pop(), sha256: f.sha256, size: f.size,
+        ui: {
+          say: (t) => { line.textContent = t; },
+          progress: (have, total) => { bar.max = total || f.size || 1; bar.value = have; line.textContent = `${formatBytes(have)} of ${formatBytes(total ?? f.size)}`; },
+        },
+      });
+      bar.value = bar.max;
+      const url = URL.createObjectURL(result.file);
+      fill(card,
+        h("p", { class: "ok", role: "status" }, `Verified: SHA-256 matches (${result.sha256.slice(0, 16)}…), kept in ${result.store === "opfs" ? "this phone's file storage" : "IndexedDB"}.`),
+        h("div", { class: "row" },
+          h("a", { class: "button primary", href: url, download: result.file.name, "aria-label": `Save ${f.name}` }, `Save ${result.file.name}`),
+          canShare(result.file) ? h("button", { type: "button", onclick: () => navigator.share({ files: [result.file], title: f.name }).catch(() => {}) }, "Share") : null,
+          h("button", { type: "button", class: "link", onclick: async () => { await discard(key); URL.revokeObjectURL(url); downloads.delete(key); render(lastList); toast(`${f.name} removed from this phone`); } }, "Remove from phone")));
+      card.setAttribute("aria-label", `download ${f.name}: verified`);
+    } catch (err) {
+      line.textContent = `Download failed: ${err.message}`;
+      line.className = "error";
+      card.setAttribute("aria-label", `download ${f.name}: failed`);
+    } finally {
+      delete card.dataset.busy;
+    }
+  }
+
+  refresh();
+  const unsubscribe = ctx.subscribe((st) => {
+    if (seen === st.version) return;
+    seen = st.version;
+    clearTimeout(timer);
+    timer = setTimeout(() => { refresh(); if (reading) showTail(); }, 300);
+    if (isFinal(st)) clearTimeout(tailTimer);
+  });
+  return () => { unsubscribe(); clearTimeout(timer); clearTimeout(tailTimer); };
+}
