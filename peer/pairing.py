@@ -116,7 +116,7 @@ class PairingService:
                 return grant
         expired = grant is not None
         unreachable: list[str] = []
-        if grant is None and elsewhere is not None:
+        if grant is None and elsewhere is not None and len(normalise(code)) == CODE_LENGTH:
             found = elsewhere(code, source)  # outside the lock: a network round trip
             if found.grant is not None:
                 return found.grant
@@ -125,10 +125,10 @@ class PairingService:
         if expired:
             raise Unauthorized("this pairing code has expired: ask for a new one on your logged-in device")
         if unreachable:
+            names = ", ".join(sorted(unreachable))
             raise Unauthorized(
-                "unknown or already used pairing code; peers " + ", ".join(sorted(unreachable))
-                + " did not answer: if the code came from one of them, try again when it is back, "
-                "or ask for a new code"
+                f"unknown or already used pairing code; {'peer' if len(unreachable) == 1 else 'peers'} {names} "
+                "did not answer: if the code came from there, try again when it is back, or ask for a new code"
             )
         raise Unauthorized("unknown or already used pairing code: check it, or ask for a new one")
 
