@@ -2,8 +2,9 @@
 
 The ads below are ``condor_status -l`` / ``condor_q -totals -l`` text cut
 down to the attributes pool.py projects, parsed with classad2 (HTCondor's
-ClassAd library).  No collector runs here: pool_figures() must then say None
-quickly, and the coefficient falls back to host figures.
+ClassAd library).  Where no collector answers (the ``no_schedd`` fixture's
+own HTCondor configuration, whatever the host runs), pool_figures() must say
+None quickly, and the coefficient falls back to host figures.
 """
 from __future__ import annotations
 
@@ -135,7 +136,7 @@ def test_empty_or_odd_ads_do_not_break_the_sums() -> None:
     assert (f["total_slots"], f["idle_slots"], f["total_cores"]) == (1, 1, 0)
 
 
-def test_no_pool_here_means_none_quickly() -> None:
+def test_no_pool_here_means_none_quickly(no_schedd: str) -> None:
     started = time.monotonic()
     assert pool_figures(timeout=20) is None
     assert time.monotonic() - started < 20
