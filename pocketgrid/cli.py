@@ -106,13 +106,18 @@ def _demo_args(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="start 3 peers on loopback, run a sample analysis, fetch and verify outputs")
     p.add_argument("--keep", action="store_true", help="keep the state directory afterwards")
     p.add_argument("--inputs", type=int, default=6, help="number of sample input files")
+    p.add_argument("--serve", action="store_true",
+                   help="afterwards keep the peers up for the web app: print its URL and a pairing code "
+                        "(also as a QR code) until Ctrl-C")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="with --serve: address the peers listen on; 0.0.0.0 lets a phone on your network in")
     p.set_defaults(func=_cmd_demo)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(keep=args.keep, n_inputs=args.inputs)
+    return run_demo(keep=args.keep, n_inputs=args.inputs, serve=args.serve, host=args.host)
 
 
 #: Commands that run server code: they need ``pip install "pocketgrid[server]"``.

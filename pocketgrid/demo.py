@@ -9,6 +9,13 @@ short code, follows the job from the phone with long-polls, fetches every
 output in resumable chunks verified by SHA-256, merges the histograms, then
 revokes the phone's token.  Exit status 0 only if all of that worked; every
 process it started is stopped before it returns.
+
+With ``--serve`` the peers then stay up for the web app: it prints the app's
+URL, how to trust the demo CA, and a fresh pairing code (also as a QR code of
+``https://HOST:PORT/#pair=CODE``, which the app reads) every few minutes,
+until Ctrl-C.  ``--host 0.0.0.0`` lets a phone on the same network in: the
+peers listen on every address and their host certificates also name this
+machine's LAN address.
 """
 from __future__ import annotations
 
@@ -18,12 +25,14 @@ import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 from importlib import resources
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import requests
 
@@ -38,6 +47,8 @@ log = logging.getLogger("pocketgrid.demo")
 
 PEERS = ("site-a", "site-b", "site-c")
 AGENT_INTERVAL = 2.0
+#: --serve: a new pairing code this often (codes live pairing_code_lifetime, 5 minutes).
+CODE_EVERY = 240.0
 
 
 class DemoFailed(Exception):
@@ -55,10 +66,11 @@ def wait_for(what: str, predicate, timeout: float, interval: float = 0.1):
 class Cluster:
     """Peers started as real processes; stopped (and reaped) on exit."""
 
-    def __init__(self, root: Path, pki_dir: Path, admin: str) -> None:
+    def __init__(self, root: Path, pki_dir: Path, admin: str, host: str = "127.0.0.1") -> None:
         self.root = root
         self.pki_dir = pki_dir
         self.admin = admin
+        self.host = host
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.urls: dict[str, str] = {}
 
@@ -72,6 +84,8 @@ class Cluster:
                "--pki", str(self.pki_dir), "--admin", self.admin]
         if join:
             cmd += ["--join", join]
+        if self.host != "127.0.0.1":  # listen there for browsers; peers keep talking over loopback
+            cmd += ["--host", self.host, "--public-url", url]
         cmd += extra or []
         logf = open(state / "peer.log", "ab")
         self.procs[name] = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -144,16 +158,94 @@ def render(h: dict, width: int = 50) -> str:
     return "\n".join(rows)
 
 
-def run_demo(*, keep: bool = False, n_inputs: int = 6) -> int:
+def lan_address() -> str:
+    """This machine's address on its network (the interface of the default route), or 127.0.0.1."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # UDP: nothing is sent, this only picks the outgoing interface
+            return s.getsockname()[0]
+        except OSError:
+            return "127.0.0.1"
+
+
+def app_host_for(host: str) -> str:
+    """The address to put in the app's URL for peers listening on ``host``."""
+    if host in ("0.0.0.0", "::", ""):
+        return lan_address()
+    return "127.0.0.1" if host == "localhost" else host
+
+
+def qr_text(link: str) -> str | None:
+    """The link as a QR code for the terminal (segno, in the server extra), or None without segno."""
+    try:
+        import segno
+    except ImportError:
+        return None
+    import io
+
+    out = io.StringIO()
+    segno.make(link, error="m").terminal(out=out, compact=True)
+    return out.getvalue()
+
+
+def serve_web_app(cluster: Cluster, client: Client, user: pki.Issued, ca_path: Path, app_host: str) -> None:
+    """Keep the peers up for the web app; a fresh pairing code every few minutes, until Ctrl-C."""
+    entry = cluster.urls[PEERS[1]]
+    app_url = f"https://{app_host}:{urlsplit(entry).port}/"
+    others = ", ".join(f"https://{app_host}:{urlsplit(u).port}/" for n, u in cluster.urls.items() if n != PEERS[1])
+    print(f"\nthe web app: {app_url}   (every peer serves it: {others})")
+    print(f"its certificate is from the demo CA, {ca_path}. Trust that CA in the browser first (the service worker")
+    print("  and offline mode need a trusted certificate):")
+    print("  desktop Chrome/Edge: Settings > Privacy and security > Security > Manage certificates > Authorities >")
+    print("    Import; Firefox: Settings > Privacy & Security > Certificates > View Certificates > Authorities > Import")
+    print("  Android: copy ca.pem to the phone, Settings > Security > Encryption & credentials > Install a")
+    print("    certificate > CA certificate; iPhone: open ca.pem, install the profile, then Settings > General >")
+    print("    About > Certificate Trust Settings > enable full trust for \"pocketgrid demo CA\"")
+    if app_host == "127.0.0.1":
+        print("  (only this machine can open it; `pocketgrid demo --serve --host 0.0.0.0` lets a phone on your"
+              " network in)")
+    print("pair the browser with the code below (or scan the QR code: it opens the app with the code filled in);")
+    print("Ctrl-C stops the peers.", flush=True)
+    while True:
+        try:
+            code = client.pairing_code()
+        except ApiError as exc:
+            if exc.status != 401:
+                raise
+            client.login(user.cert_path, user.key_path)  # the login token expired (8 h): log in again
+            continue
+        link = f"{app_url}#pair={code['code']}"
+        qr = qr_text(link)
+        print(f"\npairing code {code['code']} (valid until {time.strftime('%H:%M:%S', time.localtime(code['expires_at']))}):"
+              f" {link}")
+        if qr:
+            print(qr, end="", flush=True)
+        deadline = time.monotonic() + CODE_EVERY
+        while time.monotonic() < deadline:
+            dead = [name for name, proc in cluster.procs.items() if proc.poll() is not None]
+            if dead:
+                raise DemoFailed(f"peer {dead[0]} exited; see {cluster.root / dead[0] / 'peer.log'}")
+            time.sleep(1.0)
+
+
+def _stop_on_signal(signum: int, frame) -> None:
+    raise KeyboardInterrupt  # SIGTERM, SIGHUP (a closed terminal): stop the peers as Ctrl-C does
+
+
+def run_demo(*, keep: bool = False, n_inputs: int = 6, serve: bool = False, host: str = "127.0.0.1") -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # the peers run in their own sessions: never leave them behind
+        signal.signal(sig, _stop_on_signal)
     root = Path(tempfile.mkdtemp(prefix="pocketgrid-demo-"))
     pki_dir = root / "pki"
     ca = pki.init_ca(pki_dir, common_name="pocketgrid demo CA")
-    for name in PEERS:
-        pki.issue_host(pki_dir, name)
+    app_host = app_host_for(host) if serve else "127.0.0.1"
+    for name in PEERS:  # with --serve --host, the certificate must also name the address a phone uses
+        pki.issue_host(pki_dir, name, sans=[name, "localhost", "127.0.0.1", app_host])
     user = pki.issue_user(pki_dir, "Alice Demo", vo="demo")
-    cluster = Cluster(root, pki_dir, admin=user.subject)
+    cluster = Cluster(root, pki_dir, admin=user.subject, host=host if serve else "127.0.0.1")
     t0 = time.monotonic()
+    failed = True  # until the end: a failure keeps the state directory, whose logs the message names
     try:
         print(f"state directory: {root}")
         print(f"site PKI: CA {ca.cert_path.name}, host certificates for {', '.join(PEERS)}, user {user.subject}")
@@ -221,7 +313,23 @@ def run_demo(*, keep: bool = False, n_inputs: int = 6) -> int:
         else:
             raise DemoFailed("the phone's token still works after revocation")
         print(f"\ndemo finished in {time.monotonic() - t0:.1f} s")
+        failed = False
+        if serve:
+            try:
+                serve_web_app(cluster, client, user, ca.cert_path, app_host)
+            except KeyboardInterrupt:
+                print("\nstopping the peers")
+            except DemoFailed:
+                failed = True  # a peer died: keep its log
+                raise
+        else:
+            print("next: `pocketgrid demo --serve` keeps the peers up for the web app, to open in a browser or on"
+                  " your phone;\n      to run your own site, see docs/operations.md (pocketgrid pki, pocketgrid serve)")
         return 0
+    except KeyboardInterrupt:
+        print("\ninterrupted: stopping the peers", file=sys.stderr)
+        failed = False
+        return 130
     except DemoFailed as exc:
         print(f"demo failed: {exc}", file=sys.stderr)
         return 1
@@ -230,7 +338,7 @@ def run_demo(*, keep: bool = False, n_inputs: int = 6) -> int:
         return 1
     finally:
         cluster.stop()
-        if keep:
-            print(f"kept {root}")
+        if keep or failed:
+            print(f"kept {root} (each peer's log: {root}/<peer>/peer.log)", file=sys.stderr if failed else sys.stdout)
         else:
             shutil.rmtree(root, ignore_errors=True)

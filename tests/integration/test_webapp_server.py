@@ -495,3 +495,54 @@ def test_spec_and_executable_of_ones_own_job_only(site, site_pki):
     final = wait_until(lambda: (st := status(alice, a, r.json()["id"]))["state"] in FINAL and st, 60,
                        what="the job run again to finish")
     assert final["state"] == "completed"
+
+
+# ---- pocketgrid demo --serve ----------------------------------------------------------------------
+def test_demo_serve_keeps_the_peers_up_for_the_app_until_ctrl_c(tmp_path):
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    log = tmp_path / "demo.out"
+    with open(log, "wb") as out:
+        demo = subprocess.Popen([sys.executable, "-m", "pocketgrid.cli", "demo", "--serve", "--inputs", "2"],
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT,
+                                start_new_session=True)
+    try:
+        def printed_link() -> str | None:
+            t = log.read_text()
+            return t if "#pair=" in t or demo.poll() is not None else None
+
+        text = wait_until(printed_link, 180, 0.2, what="the demo to print a pairing link")
+        assert demo.poll() is None, text
+        state = text.split("state directory: ", 1)[1].split()[0]
+        url = re.search(r"the web app: (https://127\.0\.0\.1:\d+/)", text).group(1)
+        ca = re.search(r"demo CA, (\S+ca\.pem)", text).group(1)
+        link = re.search(r"(https://\S+/#pair=(\S+))", text)
+        assert link.group(1).startswith(url) and "▀" in text  # the link, and its QR code
+        s = Session(verify=ca)
+        page = s.get(url, timeout=10)
+        assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
+        paired = s.post(f"{url}api/v1/auth/pair", json={"code": link.group(2), "cookie": True}, timeout=10)
+        assert paired.status_code == 201 and "pg_session=" in paired.headers["Set-Cookie"]
+        token = SimpleCookie(paired.headers["Set-Cookie"])["pg_session"].value
+        jobs = browser_at(ca, token).get(f"{url}api/v1/jobs", timeout=30).json()["jobs"]
+        assert [j["state"] for j in jobs] == ["completed"]  # the demo's job, seen from the paired browser
+        demo.send_signal(signal.SIGINT)  # Ctrl-C
+        assert demo.wait(60) == 0
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+    assert "stopping the peers" in log.read_text()
+    leftovers = [p for p in psutil.process_iter(["cmdline"]) if any(state in c for c in (p.info["cmdline"] or []))]
+    assert leftovers == [] and not os.path.exists(state)
+
+
+def browser_at(ca: str, token: str) -> requests.Session:
+    s = Session(verify=ca)
+    s.headers["Cookie"] = f"pg_session={token}"
+    return s
