@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from mobile_client import ApiError, Client
-from mobile_client.upload import UploadInterrupted, upload as tus_upload
+from mobile_client.upload import UploadInterrupted, plain_session, upload as tus_upload
 from pocketgrid.http import Session
 from tests.conftest import ROOT, PeerProcess, free_port, host_session, secure_args, user_session, wait_until
 from tests.cutting_proxy import CuttingProxy
@@ -203,6 +203,19 @@ def test_interrupted_upload_resumes_on_the_next_run(peer, tmp_path):
     assert info["resumed_from"] >= 2 * 1024 * 1024
     assert second_run < size - 2 * 1024 * 1024 + 512 * 1024  # the rest, plus headers and TLS
     assert (my_uploads(peer) / "again.bin").read_bytes() == local.read_bytes()
+
+
+def test_progress_keeps_a_flaky_upload_going(peer, tmp_path):
+    """More cuts than max_failures, but each connection moves the offset: the upload never gives up."""
+    size = 5 * 1024 * 1024
+    local = tmp_path / "flaky.bin"
+    local.write_bytes(os.urandom(size))
+    with CuttingProxy("127.0.0.1", peer.port, cut_every_bytes=1_000_000) as proxy:
+        result = tus_upload(plain_session(client(peer).session), proxy.url_for("https"), local,
+                            max_failures=2, retry_delay=0.01, records=tmp_path / "records")
+    assert proxy.cuts > 2
+    assert result.sha256 == hashlib.sha256(local.read_bytes()).hexdigest()
+    assert (my_uploads(peer) / "flaky.bin").read_bytes() == local.read_bytes()
 
 
 def test_a_link_that_never_comes_back_gives_up_with_what_to_do(peer, tmp_path):
