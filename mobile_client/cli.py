@@ -287,7 +287,7 @@ def _upload_all(c: Client, files: list[Path], *, name: str | None, show: bool) -
     results = []
     for local in files:
         if not local.is_file():
-            raise FileNotFoundError(f"no such local file: {local}")
+            raise FileNotFoundError(f"{local}: no such file here (or not a regular file)")
         results.append(c.upload(local, name=name, progress=_bar_factory(show)(local.name, local.stat().st_size)))
     return results
 

@@ -23,7 +23,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import ClientDisconnected
 from werkzeug.http import http_date
 
-from pocketgrid.errors import BadRequest, PocketgridError
+from pocketgrid.errors import BadRequest, PocketgridError, TooLarge
 
 from .auth import identity
 from .resumable_uploads import TUS_VERSION, ResumableUploads, UploadInfo, parse_length
@@ -107,6 +107,9 @@ def _append(upload_id: str, offset: int) -> UploadInfo:
     svc = current_app.extensions["pocketgrid"]
     who = identity()
     length = _chunk_length()
+    if length > svc.config.max_body_bytes:  # before request.stream, whose own 413 would say less
+        raise TooLarge(f"send at most {svc.config.max_body_bytes} bytes per PATCH (this one has {length}); "
+                       "split the file into smaller chunks", max_body_bytes=svc.config.max_body_bytes)
     sock = request.environ.get("gunicorn.socket")
     previous_timeout = sock.gettimeout() if sock is not None else None
     if sock is not None:

@@ -435,6 +435,9 @@ class ResumableUploads:
         for part in self.incoming.glob("*.part"):
             if part.stem not in known:
                 part.unlink(missing_ok=True)
+        with self._locks_guard:  # forget the locks of uploads that are gone (unless one is held right now)
+            for upload_id in [u for u, lock in self._locks.items() if u not in known and not lock.locked()]:
+                del self._locks[upload_id]
         if expired:
             log.info("removed %d expired uploads", len(expired))
         return len(expired)
