@@ -151,6 +151,20 @@ class BrokerRole:
         heard = max(reg.last_seen or reg.registered_at or 0.0, load.received_at if load is not None else 0.0)
         return now - heard <= self.dead_after
 
+    def member_health(self) -> dict[str, dict[str, Any]]:
+        """Per registered peer: ``alive`` (as placement sees it) and ``last_seen_age``, the
+        seconds since it was last heard from (heartbeat, registration or load report)."""
+        now = self.clock()
+        with self.sessions() as s:
+            loads = {l.peer: l for l in s.scalars(select(LoadReport))}
+            health = {}
+            for reg in s.scalars(select(Registration)):
+                load = loads.get(reg.name)
+                heard = max(reg.last_seen or reg.registered_at or 0.0, load.received_at if load is not None else 0.0)
+                age = 0.0 if reg.name == self.name else round(max(0.0, now - heard), 1)
+                health[reg.name] = {"alive": self._alive(reg, load, now), "last_seen_age": age}
+        return health
+
     def ensure_self_registered(self) -> None:
         with self.sessions.begin() as s:
             reg = s.get(Registration, self.name)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -15,7 +16,9 @@ from typing import Any, Callable
 
 from tqdm import tqdm
 
-from .client import ApiError, Client
+import requests
+
+from .client import ApiError, Client, OutputExists, PeerUnreachable
 from .credentials import Credentials
 from pocketgrid.transfer import DownloadFailed, IntegrityError
 
@@ -25,11 +28,16 @@ ENV_TOKEN = "POCKETGRID_TOKEN"
 DEFAULT_PEER = "https://127.0.0.1:8650"
 
 
-def add_peer_option(p: argparse.ArgumentParser) -> None:
+def add_peer_option(p: argparse.ArgumentParser, *, repeated: bool = False) -> None:
+    """``--peer``, ``--ca``, ``--json``.  ``repeated``: on a sub-command of a command that has
+    them already (``acl list --json``), so they work in both places; not given here, they
+    leave the command's value alone (argparse.SUPPRESS)."""
+    default: dict[str, Any] = {"default": argparse.SUPPRESS} if repeated else {}
     p.add_argument("--peer", help=f"peer URL(s), comma separated; tried in order (env {ENV_PEERS}; "
-                                  f"default: the peers you logged in to, else {DEFAULT_PEER})")
-    p.add_argument("--ca", help=f"site CA bundle to check the peers against (env {ENV_CA}; default: saved at login)")
-    p.add_argument("--json", action="store_true", help="print raw JSON")
+                                  f"default: the peers you logged in to, else {DEFAULT_PEER})", **default)
+    p.add_argument("--ca", help=f"site CA bundle to check the peers against (env {ENV_CA}; default: saved at login)",
+                   **default)
+    p.add_argument("--json", action="store_true", help="print raw JSON", **default)
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -64,14 +72,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("acl", help="administrators: list or change the ACL rules")
     add_peer_option(p)
     acl_sub = p.add_subparsers(dest="acl_command", required=True, metavar="ACTION")
-    acl_sub.add_parser("list", help="the rules in evaluation order")
-    for effect in ("allow", "deny"):
-        q = acl_sub.add_parser(effect, help=f"add a rule that {effect}s a group of operations")
+    add_peer_option(acl_sub.add_parser("list", help="the rules in evaluation order"), repeated=True)
+    for effect, verb in (("allow", "allows"), ("deny", "denies")):
+        q = acl_sub.add_parser(effect, help=f"add a rule that {verb} a group of operations")
+        add_peer_option(q, repeated=True)
         q.add_argument("group", help="files-read | jobs-submit | jobs-manage | admin | *")
         q.add_argument("match", help="dn | dn-substring | vo | any")
         q.add_argument("value", nargs="?", default="", help="the DN, DN part or VO (none for 'any')")
         q.add_argument("--position", type=int, help="where in the order (default: last)")
     q = acl_sub.add_parser("remove", help="remove a rule by its id")
+    add_peer_option(q, repeated=True)
     q.add_argument("rule_id", type=int)
     p.set_defaults(func=cmd_acl)
 
@@ -111,11 +121,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_upload)
 
-    p = sub.add_parser("status", help="status of a job (or of all your jobs)")
+    p = sub.add_parser("status", help="status of a job (or of all your jobs)",
+                       description="Status of a job, of all your jobs, or of the system (--system).  Exit status: "
+                                   "0; 1 for a job that did not complete (--wait) or an error; 3 when some peers "
+                                   "did not answer, so the list (or the system view) is partial: they are named "
+                                   "on stderr.")
     add_peer_option(p)
     p.add_argument("job", nargs="?")
     p.add_argument("--wait", action="store_true", help="follow the job until it finishes (long-polls)")
-    p.add_argument("--system", action="store_true", help="show the broker, epoch and members instead")
+    p.add_argument("--system", action="store_true",
+                   help="show the broker, epoch and members instead: alive or dead, last heartbeat, load, executor")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("kill", help="remove a job's procs")
@@ -128,11 +143,19 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("job")
     p.set_defaults(func=cmd_outputs)
 
-    p = sub.add_parser("fetch", help="download outputs (resumable: run again after an interruption)")
+    p = sub.add_parser("fetch", help="download outputs (resumable: run again after an interruption)",
+                       description="Download a job's outputs into DEST/<job-id>/<index>/<name> (DEST: -o, default "
+                                   "the current folder), so jobs fetched into one folder never mix.  Each file is "
+                                   "verified by SHA-256.  A file already there with the same SHA-256 is kept "
+                                   "(\"already here, verified\"); a different one is never overwritten without "
+                                   "--force (nothing is fetched then).  An interrupted fetch (Ctrl-C, a dropped "
+                                   "link) leaves NAME.part: run the same command again and it resumes.")
     add_peer_option(p)
     p.add_argument("job")
     p.add_argument("file", nargs="?", help="INDEX/NAME of one output; default: all")
-    p.add_argument("-o", "--dest", type=Path, default=Path("."), help="destination directory")
+    p.add_argument("-o", "--dest", type=Path, default=Path("."),
+                   help="folder for the job's folder: outputs go to DEST/<job-id>/<index>/<name> (default: .)")
+    p.add_argument("--force", action="store_true", help="replace local files that differ from the outputs")
     p.add_argument("--chunk", type=int, default=1024 * 1024, help="checkpoint every N bytes (default 1 MiB)")
     p.add_argument("--limit-rate", type=_rate, help="cap the speed, e.g. 500K or 2M (bytes/s)")
     p.add_argument("--no-progress", action="store_true")
@@ -151,23 +174,90 @@ def _rate(text: str) -> int:
     return value
 
 
+class UsageError(Exception):
+    """The command line cannot work as given (exit status 2)."""
+
+
 def make_client(args: argparse.Namespace) -> tuple[Client, Credentials]:
     saved = Credentials.load()
-    peers = getattr(args, "url", None) or args.peer or os.environ.get(ENV_PEERS) or ",".join(saved.peers) or DEFAULT_PEER
-    ca = args.ca or os.environ.get(ENV_CA) or saved.ca
+    peers = (getattr(args, "url", None) or getattr(args, "peer", None) or os.environ.get(ENV_PEERS)
+             or ",".join(saved.peers) or DEFAULT_PEER)
+    ca = getattr(args, "ca", None) or os.environ.get(ENV_CA) or saved.ca
     token = os.environ.get(ENV_TOKEN) or saved.token
     if ca:
         ca = str(Path(ca).resolve())
+        if not os.path.isfile(ca):
+            raise UsageError(f"the CA file {ca} does not exist: pass the site CA (ca.pem) with --ca")
     return Client(peers, ca=ca, token=token), saved
 
 
+#: What a Ctrl-C leaves behind, and what to do next, per command.
+_INTERRUPTED = {
+    "fetch": "fetch interrupted: the partial download is kept (NAME.part); run the same command again to resume",
+    "upload": "upload interrupted: run the same command again to continue where it stopped",
+    "submit": "submit interrupted: run `pocketgrid status` to see whether the job was created before running it again",
+}
+
+
+def _interrupted(args: argparse.Namespace) -> str:
+    if args.command == "status" and getattr(args, "wait", False):
+        return (f"stopped following {args.job}; the job goes on on the grid: run the same command again "
+                "to continue following it")
+    if args.command == "submit" and getattr(args, "upload", None):
+        return "interrupted: run the same command again to continue the uploads and submit"
+    return _INTERRUPTED.get(args.command, f"{args.command} interrupted")
+
+
+def _not_logged_in(exc: ApiError, c: Client, args: argparse.Namespace) -> str:
+    peer = exc.peer or c.base_url
+    ca = f" --ca {c.session.verify}" if isinstance(c.session.verify, str) else " --ca ca.pem"
+    return (f"not logged in to {peer} ({exc.message}): run `pocketgrid login {peer}{ca} --cert YOUR.pem "
+            f"--key YOUR.key`, or on a phone `pocketgrid pair {peer} --code CODE{ca}`")
+
+
+def _broken(exc: requests.RequestException, c: Client) -> str:
+    """A request that may have reached the peer but got no (whole) answer."""
+    url = getattr(exc.request, "url", None) or c.base_url
+    peer = next((p for p in c.peers if url.startswith(p)), url)
+    if isinstance(exc, requests.Timeout):
+        return f"{peer} did not answer within {c.timeout:.0f} s: run the same command again"
+    reason = type(exc.args[0]).__name__ if exc.args and isinstance(exc.args[0], BaseException) else type(exc).__name__
+    return (f"the connection to {peer} broke before its answer ({reason}); the request may have been carried out: "
+            "run the same command again")
+
+
 def run(args: argparse.Namespace) -> int:
-    client, saved = make_client(args)
+    # urllib3 logs each retry as a WARNING; the CLI says what went wrong itself, once.
+    logging.getLogger("urllib3").setLevel(logging.ERROR)
+    try:
+        client, saved = make_client(args)
+    except (UsageError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     args.saved_credentials = saved
     try:
         return args.func(client, args)
+    except KeyboardInterrupt:
+        print(("\n" if sys.stderr.isatty() else "") + _interrupted(args), file=sys.stderr)
+        return 130
     except ApiError as exc:
-        print(f"error: {exc.message} (HTTP {exc.status})", file=sys.stderr)
+        if exc.status == 401 and args.command not in {"login", "pair"}:
+            print(f"error: {_not_logged_in(exc, client, args)}", file=sys.stderr)
+        else:
+            print(f"error: {exc.message} (HTTP {exc.status})", file=sys.stderr)
+        return 1
+    except OutputExists as exc:
+        print(f"error: {exc}: nothing was fetched or overwritten; pass --force to replace them, "
+              "or -o another folder", file=sys.stderr)
+        return 1
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except PeerUnreachable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except requests.RequestException as exc:
+        print(f"error: {_broken(exc, client)}", file=sys.stderr)
         return 1
     except (DownloadFailed, IntegrityError, ConnectionError, TimeoutError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -213,8 +303,18 @@ def cmd_pair(c: Client, args: argparse.Namespace) -> int:
         _save_login(c, args, c.pair(args.code, args.device))
         return 0
     res = c.pairing_code()
-    _print(args, res, lambda r: f"pairing code: {r['code']}  (single use, valid until {_when(r['expires_at'])})\n"
-           f"on the phone: pocketgrid pair {r.get('url', c.base_url)} --code {r['code']}")
+
+    def text(r: dict[str, Any]) -> str:
+        url = r.get("url") or c.base_url
+        ca = c.session.verify if isinstance(c.session.verify, str) else None
+        lines = [f"pairing code: {r['code']}  (single use, valid until {_when(r['expires_at'])})",
+                 f"on the phone:  pocketgrid pair {url} --code {r['code']}" + (f" --ca {ca}" if ca else ""),
+                 f"in a browser:  open {url}/ and type the code"]
+        if ca:
+            lines.append(f"(copy {ca} to the phone first, and install it there for the browser)")
+        return "\n".join(lines)
+
+    _print(args, res, text)
     return 0
 
 
@@ -270,15 +370,45 @@ def cmd_audit(c: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def _answering_peer(c: Client) -> str:
+    """``name (url)`` of the peer that answered the last request (publishing areas are per peer)."""
+    try:
+        name = c.health().get("peer")
+    except (ApiError, OSError):
+        name = None
+    return f"{name} ({c.base_url})" if name else c.base_url
+
+
 def cmd_files(c: Client, args: argparse.Namespace) -> int:
     if args.grep:
         res = c.grep(args.grep, glob=args.glob or "*", regex=args.regex, ignore_case=args.ignore_case)
-        _print(args, res, lambda r: "\n".join(f"{m['path']}:{m['line']}: {m['text']}" for m in r["matches"])
-               + ("\n(more matches not shown)" if r["truncated"] else ""))
+        if args.json:
+            _print(args, res, str)
+            return 0
+        where = _answering_peer(c)
+        if not res["matches"]:
+            print(f"no file matching {args.glob or '*'!r} in the publishing area of {where} contains {args.grep!r} "
+                  "(publishing areas are per peer)")
+            return 0
+        print(f"in the publishing area of {where}:")
+        print("\n".join(f"{m['path']}:{m['line']}: {m['text']}" for m in res["matches"])
+              + ("\n(more matches not shown)" if res["truncated"] else ""))
         return 0
     files = c.glob(args.glob) if args.glob else c.files(args.path)
-    _print(args, files, lambda fs: "\n".join(
-        f"{'d' if f['type'] == 'dir' else '-'} {_size(f['size']):>10}  {f['path']}" for f in fs))
+    if args.json:
+        _print(args, files, str)
+        return 0
+    where = _answering_peer(c)
+    if not files:
+        if args.glob:
+            print(f"nothing matches {args.glob!r} in the publishing area of {where}; publishing areas are per peer")
+        elif args.path:
+            print(f"{args.path} in the publishing area of {where} is empty; publishing areas are per peer")
+        else:
+            print(f"the publishing area of {where} is empty; publishing areas are per peer")
+        return 0
+    print(f"publishing area of {where}" + (f", {args.path}" if args.path else "") + ":")
+    print("\n".join(f"{'d' if f['type'] == 'dir' else '-'} {_size(f['size']):>10}  {f['path']}" for f in files))
     return 0
 
 
@@ -322,6 +452,21 @@ def cmd_submit(c: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+#: States a proc's ``note`` (abort, eviction, shadow exception, executable error...) explains.
+_NOTE_STATES = frozenset({"removed", "failed", "idle"})
+
+
+def _reason(i: dict[str, Any]) -> str | None:
+    """Why the input is in its current state, if the status says so (never a stale reason)."""
+    if i["state"] == "held":
+        return i.get("hold_reason")
+    note = i.get("note")
+    if note and (i["state"] in _NOTE_STATES or (i["state"] == "running" and note.startswith(("disconnected",
+                                                                                                "reconnected")))):
+        return note
+    return None
+
+
 def _status_text(s: dict[str, Any]) -> str:
     lines = [f"{s['id']} ({s['name']}) on {s['peer']}: {s['state']}  " + ", ".join(f"{k} {v}" for k, v in s["counts"].items())]
     for i in s["inputs"]:
@@ -330,23 +475,61 @@ def _status_text(s: dict[str, Any]) -> str:
             extra = f" exit {i['exit_code']}"
         if i.get("signal") is not None:
             extra = f" signal {i['signal']}"
-        if i.get("hold_reason"):
-            extra += f" ({i['hold_reason']})"
-        elif i.get("note"):
-            extra += f" ({i['note']})"
+        reason = _reason(i)
+        if reason:
+            extra += f" ({reason})"
         lines.append(f"  [{i['index']}] {i['input']}: {i['state']}{extra}")
+        tail = i.get("stderr_tail")
+        if tail:
+            tail_lines = tail.splitlines() if isinstance(tail, str) else [str(t) for t in tail]
+            lines.append(f"      last lines of {i.get('stderr_file') or 'its stderr'}:")
+            lines += [f"        {t}" for t in tail_lines]
+    return "\n".join(lines)
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds:.0f} s ago" if seconds < 120 else f"{seconds / 60:.0f} min ago"
+
+
+def _system_text(s: dict[str, Any]) -> str:
+    broker = s.get("broker") or {}
+    lines = [f"broker: {broker.get('name', '?')} (epoch {s.get('epoch')})  {broker.get('url', '')}".rstrip()]
+    members = s.get("members", [])
+    detailed = any("alive" in m for m in members)
+    if detailed:
+        lines.append(f"  {'seq':>3} {'name':<16} {'state':<6} {'heard':<12} {'load':>6} {'report':<12} "
+                     f"{'executor':<9} url")
+    for m in members:
+        if not detailed:
+            lines.append(f"  {m['seq']:>3} {m['name']}  {m['url']}")
+            continue
+        state = {True: "alive", False: "DEAD", None: "?"}[m.get("alive")]
+        load = "-" if m.get("coefficient") is None else f"{m['coefficient']:.2f}"
+        lines.append(f"  {m['seq']:>3} {m['name']:<16} {state:<6} {_age(m.get('last_seen_age')):<12} {load:>6} "
+                     f"{_age(m.get('report_age')):<12} {m.get('executor') or '?':<9} {m['url']}")
     return "\n".join(lines)
 
 
 def cmd_status(c: Client, args: argparse.Namespace) -> int:
     if args.system:
-        _print(args, c.system(), lambda s: "\n".join(
-            [f"broker: {s['broker']['name'] if s.get('broker') else '?'} (epoch {s.get('epoch')})"]
-            + [f"  {m['seq']:>3} {m['name']}  {m['url']}" for m in s.get("members", [])]))
+        view = c.system(detail=True)
+        _print(args, view, _system_text)
+        if view.get("detail_error"):
+            print(f"warning: {view['detail_error']}: liveness and load unknown (the members as "
+                  f"{(view.get('self') or {}).get('name', c.base_url)} knows them)", file=sys.stderr)
+            return 3
         return 0
     if not args.job:
-        jobs = c.jobs()
-        _print(args, jobs, lambda js: "\n".join(f"{j['id']:<40} {j['state']:<10} {j['name']}" for j in js) or "no jobs")
+        listing = c.job_list()
+        _print(args, listing["jobs"], lambda js: "\n".join(
+            f"{j['id']:<40} {j['state']:<10} {j['name']}" for j in js) or "no jobs")
+        missing = listing.get("unreachable_peers") or []
+        if missing:
+            print(f"warning: {', '.join(missing)} did not answer: {'its' if len(missing) == 1 else 'their'} jobs are "
+                  "not listed; run it again later (exit status 3: the list is partial)", file=sys.stderr)
+            return 3
         return 0
     if args.wait:
         final = c.wait(args.job, on_change=lambda s: None if args.json else print(_status_text(s), flush=True))
@@ -394,21 +577,33 @@ def _bar_factory(enabled: bool):
     return factory
 
 
+def job_folder(dest: Path, job_id: str) -> Path:
+    """``DEST/<job-id>``: where ``fetch`` puts a job's outputs."""
+    if not job_id or "/" in job_id or "\\" in job_id or job_id.startswith("."):
+        raise UsageError(f"not a job ID: {job_id!r} (job IDs look like site-a.6740f1a2b3c4d5)")
+    return dest / job_id
+
+
 def cmd_fetch(c: Client, args: argparse.Namespace) -> int:
     show = not args.no_progress and sys.stderr.isatty()
+    folder = job_folder(args.dest, args.job)
     if args.file:
         index, _, name = args.file.partition("/")
         if not index.isdigit() or not name:
             print("error: give the output as INDEX/NAME, e.g. 0/histogram.json", file=sys.stderr)
             return 2
-        dest = args.dest / index / name
-        res = c.fetch(args.job, int(index), name, dest, chunk_bytes=args.chunk, rate_limit=args.limit_rate,
-                      progress=_bar_factory(show)(args.file, 0))
+        res = c.fetch(args.job, int(index), name, folder / index / name, chunk_bytes=args.chunk,
+                      rate_limit=args.limit_rate, progress=_bar_factory(show)(args.file, 0), overwrite=args.force)
         results = [res]
     else:
-        results = c.fetch_all(args.job, args.dest, chunk_bytes=args.chunk, rate_limit=args.limit_rate,
-                              progress_factory=_bar_factory(show))
+        results = c.fetch_all(args.job, folder, chunk_bytes=args.chunk, rate_limit=args.limit_rate,
+                              progress_factory=_bar_factory(show), overwrite=args.force)
     for r in results:
+        if r.already_here:
+            print(f"{r.path}  {r.size} bytes  sha256 {r.sha256}  already here, verified")
+            continue
         resumed = f" (resumed at byte {r.resumed_from})" if r.resumed_from else ""
         print(f"{r.path}  {r.size} bytes  sha256 {r.sha256}  verified{resumed}")
+    if not results:
+        print(f"{args.job} has no outputs yet")
     return 0

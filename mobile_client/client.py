@@ -8,22 +8,28 @@
     for out in c.fetch_all(job["id"], "results/"):
         print(out.path, out.sha256)
 
-Only ``requests`` is needed.  Retries use urllib3's ``Retry`` (connection
-errors and 502/503/504, honouring ``Retry-After``); a submit is safe to retry
+Only ``requests`` is needed.  Retries use urllib3's ``Retry`` (502/503/504,
+honouring ``Retry-After``, and one read error); a submit is safe to retry
 because it always carries an ``Idempotency-Key``.  When a peer cannot be
-reached at all, the next known peer is tried: every peer is an entry point
-and job IDs name their owner.
+reached at all (refused, unresolvable, connect timeout, a certificate that
+does not verify), the next known peer is tried at once, without a backoff:
+every peer is an entry point and job IDs name their owner.  When none
+answers, :class:`PeerUnreachable` says why for each one, in words a person
+can act on.
 """
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
+import ssl
 import time
 import uuid
 from pathlib import Path, PurePosixPath
 from urllib.parse import quote
 from typing import Any, Callable, Iterable
+from dataclasses import dataclass
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -36,18 +42,100 @@ from pocketgrid.transfer import DEFAULT_CHUNK, DownloadResult, download
 class ApiError(Exception):
     """The server refused a request; ``message`` is the server's explanation."""
 
-    def __init__(self, status: int, message: str, body: dict[str, Any] | None = None) -> None:
+    def __init__(self, status: int, message: str, body: dict[str, Any] | None = None, *,
+                 peer: str | None = None) -> None:
         super().__init__(f"{status}: {message}")
         self.status = status
         self.message = message
         self.body = body or {}
+        #: The peer URL that answered (None for a refusal made before sending).
+        self.peer = peer
+
+
+class PeerUnreachable(ConnectionError):
+    """No peer could be reached; ``reasons`` lists ``(url, why)`` for each peer tried."""
+
+    def __init__(self, reasons: list[tuple[str, str]], ca: str | None) -> None:
+        self.reasons = reasons
+        self.ca = ca
+        super().__init__(self._text())
+
+    def _text(self) -> str:
+        tls = [(url, why) for url, why in self.reasons if not why.startswith(_NETWORK_REASONS)]
+        if tls:  # a certificate problem: the same fix on every peer, say it once per peer
+            return "; ".join(f"{url}: {why}" for url, why in tls)
+        peers = ", ".join(f"{url} ({why})" for url, why in self.reasons)
+        return f"no peer answered: {peers} — is it running? give another with --peer"
+
+
+#: Reasons that are about the network, not about certificates.
+_NETWORK_REASONS = ("connection refused", "unknown host", "timed out", "unreachable", "connection failed")
+
+
+def _find(exc: BaseException | None, kind: type[BaseException]) -> BaseException | None:
+    """The first exception of type ``kind`` in ``exc``'s reasons, arguments, causes and contexts."""
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, kind):
+            return e
+        todo += [getattr(e, "reason", None), e.__cause__, e.__context__]
+        todo += [a for a in getattr(e, "args", ()) if isinstance(a, BaseException)]
+    return None
+
+
+def describe_failure(exc: requests.RequestException, url: str, ca: str | None) -> str | None:
+    """What went wrong reaching ``url``, in words a person can act on, if the request was
+    never delivered (refused, unknown host, connect timeout, a certificate that does not
+    verify, not TLS); None when it may have reached the peer."""
+    from urllib.parse import urlsplit
+
+    host = urlsplit(url).hostname or url
+    where = f"the CA in {ca}" if ca else "the system's trust store"
+    verify = _find(exc, ssl.SSLCertVerificationError)
+    if verify is not None:
+        code = getattr(verify, "verify_code", None)
+        text = getattr(verify, "verify_message", "") or str(verify)
+        if code in (62, 64) or "mismatch" in text:
+            return (f"the peer's certificate is not issued for {host!r} (hostname mismatch): use the host name or "
+                    f"address it was issued for (see `pocketgrid pki show` of the peer's host certificate)")
+        if code == 10 or "expired" in text:
+            return "the peer's certificate has expired: its administrator must issue a new one (`pocketgrid pki issue-host`)"
+        if code == 9 or "not yet valid" in text:
+            return "the peer's certificate is not valid yet: check this device's clock"
+        return f"the peer's certificate is not signed by {where}: pass the site CA with --ca ({text})"
+    tls = _find(exc, ssl.SSLError)
+    if tls is not None and "WRONG_VERSION_NUMBER" in str(tls):
+        return "the peer does not speak TLS: is it a development peer (--insecure-http)? then use http://"
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return "timed out connecting"
+    if isinstance(exc, requests.ConnectionError) and never_reached(exc):
+        if _find(exc, ConnectionRefusedError) is not None or "refused" in str(exc).lower():
+            return "connection refused"
+        if "resolve" in str(exc).lower() or "Name or service not known" in str(exc):
+            return f"unknown host {host!r}"
+        if "unreachable" in str(exc).lower():
+            return "network unreachable"
+        return "connection failed"
+    return None
+
+
+#: Connect timeout (s): an unreachable address costs this, then the next peer is tried.
+CONNECT_TIMEOUT = 10.0
 
 
 def _session(retries: int) -> requests.Session:
     s = Session()
     retry = Retry(
         total=retries,
-        connect=retries,
+        # No retry (and no backoff) before the request reached a peer: _request
+        # moves on to the next peer at once, and says why when none answers.
+        connect=0,
+        other=0,  # TLS failures: a wrong CA does not get better by asking again
         read=1,
         status=retries,
         backoff_factor=0.5,
@@ -110,29 +198,32 @@ class Client:
         Idempotency-Keys are kept per entry peer, so re-sending a submit to
         another peer could create a second job; retry it on the same peer.
         """
-        last: Exception | None = None
+        reasons: list[tuple[str, str]] = []
+        read = timeout or self.timeout
+        ca = self.session.verify if isinstance(self.session.verify, str) else None
         for i, base in enumerate(list(self.peers)):
             try:
-                r = self.session.request(method, f"{base}{path}", timeout=timeout or self.timeout, **kw)
+                r = self.session.request(method, f"{base}{path}", timeout=(min(CONNECT_TIMEOUT, read), read), **kw)
             except requests.ConnectionError as exc:
-                if not never_reached(exc):
+                why = describe_failure(exc, base, ca)
+                if why is None:  # it may have arrived: never send it elsewhere
                     raise
-                last = exc
+                reasons.append((base, why))
                 continue
             if i:
                 self.peers.insert(0, self.peers.pop(i))
             return r
-        raise ConnectionError(f"no peer reachable ({', '.join(self.peers)}): {last}")
+        raise PeerUnreachable(reasons, ca)
 
-    @staticmethod
-    def _check(r: requests.Response) -> requests.Response:
+    def _check(self, r: requests.Response) -> requests.Response:
         if r.status_code >= 400:
             try:
                 body = r.json()
                 message = body.get("error", r.text)
             except ValueError:
                 body, message = None, r.text[:300]
-            raise ApiError(r.status_code, message, body)
+            peer = next((p for p in self.peers if r.url.startswith(p)), None)
+            raise ApiError(r.status_code, message, body, peer=peer)
         return r
 
     def _json(self, method: str, path: str, **kw: Any) -> Any:
@@ -146,9 +237,13 @@ class Client:
     def health(self) -> dict[str, Any]:
         return self._json("GET", "/healthz")
 
-    def system(self) -> dict[str, Any]:
-        """The broker, its epoch and the membership as the entry peer sees them."""
-        return self._json("GET", "/api/v1/broker")
+    def system(self, *, detail: bool = False) -> dict[str, Any]:
+        """The broker, its epoch and the membership as the entry peer sees them.
+
+        ``detail``: the broker's view instead (asked through the entry peer), each
+        member with ``alive``, ``last_seen_age``, ``coefficient``, ``report_age`` and
+        ``executor``; ``detail_error`` says why when the broker did not answer."""
+        return self._json("GET", "/api/v1/broker", params={"detail": 1} if detail else {})
 
     # ---- login ------------------------------------------------------------
     def login(self, cert: str | os.PathLike[str], key: str | os.PathLike[str]) -> dict[str, Any]:
@@ -292,7 +387,12 @@ class Client:
         return self._check(r).json()
 
     def jobs(self) -> list[dict[str, Any]]:
-        return self._json("GET", "/api/v1/jobs")["jobs"]
+        """Your jobs on every peer that answered (see :meth:`job_list` for the ones that did not)."""
+        return self.job_list()["jobs"]
+
+    def job_list(self) -> dict[str, Any]:
+        """``{"jobs": [...], "unreachable_peers": [names]}``: the list is partial when a peer did not answer."""
+        return self._json("GET", "/api/v1/jobs")
 
     def status(self, job_id: str, *, wait: float = 0, etag: str | None = None) -> tuple[dict[str, Any] | None, str | None]:
         """One status poll.  With ``etag`` and ``wait``, the server holds the
@@ -351,8 +451,13 @@ class Client:
         chunk_bytes: int = DEFAULT_CHUNK,
         rate_limit: int | None = None,
         progress: Callable[[int, int | None], None] | None = None,
-    ) -> DownloadResult:
-        """Download one output, resuming a partial earlier attempt, verified by SHA-256."""
+        overwrite: bool = False,
+    ) -> "FetchResult":
+        """Download one output, resuming a partial earlier attempt, verified by SHA-256.
+
+        A file already at ``dest`` with the same SHA-256 is kept (``already_here``);
+        a different one raises :class:`OutputExists` unless ``overwrite``.
+        """
         if sha256 is None:
             for out in self.outputs(job_id)["outputs"]:
                 if out["index"] == index:
@@ -361,11 +466,18 @@ class Client:
                             sha256, size = f["sha256"], f["size"]
             if sha256 is None:
                 raise ApiError(404, f"job {job_id} input {index} has no output {name!r}")
+        dest = Path(dest)
+        here = local_copy(dest, sha256, size)
+        if here is True:
+            return FetchResult(dest, dest.stat().st_size, sha256.lower(), 0, 0, already_here=True)
+        if here is False and not overwrite:
+            raise OutputExists([dest])
         url = f"{self.base_url}/api/v1/jobs/{quote(job_id)}/outputs/{index}/{quote(name)}"
-        return download(
+        r = download(
             self.session, url, dest, expected_sha256=sha256, expected_size=size,
             chunk_bytes=chunk_bytes, rate_limit=rate_limit, progress=progress,
         )
+        return FetchResult(r.path, r.size, r.sha256, r.resumed_from, r.transferred)
 
     def fetch_all(
         self,
@@ -375,21 +487,62 @@ class Client:
         chunk_bytes: int = DEFAULT_CHUNK,
         rate_limit: int | None = None,
         progress_factory: Callable[[str, int], Callable[[int, int | None], None]] | None = None,
-    ) -> list[DownloadResult]:
-        """Download every output of a job into ``dest_dir/<index>/<name>``."""
-        results = []
+        overwrite: bool = False,
+    ) -> list["FetchResult"]:
+        """Download every output of a job into ``dest_dir/<index>/<name>``.
+
+        Nothing is fetched if a different file is already at one of those
+        places (:class:`OutputExists` names them all) unless ``overwrite``;
+        files already there with the right SHA-256 are kept.
+        """
+        planned = []
         for out in self.outputs(job_id)["outputs"]:
             for f in out["files"]:
                 rel = PurePosixPath(f["name"])
                 if rel.is_absolute() or ".." in rel.parts:  # never write outside dest_dir
                     raise ApiError(502, f"the peer sent an unsafe output name {f['name']!r}")
-                dest = Path(dest_dir) / str(out["index"]) / rel
-                progress = progress_factory(f"{out['index']}/{f['name']}", f["size"]) if progress_factory else None
-                results.append(
-                    self.fetch(job_id, out["index"], f["name"], dest, sha256=f["sha256"], size=f["size"],
-                               chunk_bytes=chunk_bytes, rate_limit=rate_limit, progress=progress)
-                )
+                planned.append((out["index"], f, Path(dest_dir) / str(out["index"]) / rel))
+        if not overwrite:
+            clashes = [dest for _, f, dest in planned if local_copy(dest, f["sha256"], f["size"]) is False]
+            if clashes:
+                raise OutputExists(clashes)
+        results = []
+        for index, f, dest in planned:
+            progress = progress_factory(f"{index}/{f['name']}", f["size"]) if progress_factory else None
+            results.append(
+                self.fetch(job_id, index, f["name"], dest, sha256=f["sha256"], size=f["size"],
+                           chunk_bytes=chunk_bytes, rate_limit=rate_limit, progress=progress, overwrite=overwrite)
+            )
         return results
+
+
+@dataclass
+class FetchResult(DownloadResult):
+    """A fetched output; ``already_here``: a verified copy was already at the destination (nothing sent)."""
+
+    already_here: bool = False
+
+
+class OutputExists(FileExistsError):
+    """Different files are already where outputs would go; nothing was overwritten."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = paths
+        names = ", ".join(str(p) for p in paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
+        super().__init__(f"{names} already exist{'s' if len(paths) == 1 else ''} with other contents")
+
+
+def local_copy(path: Path, sha256: str | None, size: int | None) -> bool | None:
+    """Is ``path`` already this file?  None: nothing there; True: same size and SHA-256; False: something else."""
+    try:
+        if not path.is_file():
+            return False if path.exists() else None
+        if size is not None and path.stat().st_size != size:
+            return False
+        with open(path, "rb") as fh:
+            return sha256 is not None and hashlib.file_digest(fh, "sha256").hexdigest() == sha256.lower()
+    except OSError:
+        return False
 
 
 FINAL_STATES = frozenset({"completed", "failed", "removed"})

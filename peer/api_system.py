@@ -1,10 +1,15 @@
 """Health, the system view (``/api/v1/broker``) and the OpenAPI document."""
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
+from typing import Any
 
+import requests
 import yaml
-from flask import Blueprint, Response, current_app, jsonify
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from .auth import identity
 
 bp = Blueprint("system", __name__)
 
@@ -39,7 +44,50 @@ def broker():
         view["members"] = [{k: v for k, v in m.items() if k != "cert"} for m in svc.broker_role.membership()["members"]]
         view["load"] = svc.broker_role.load_table()
         view["policy"] = svc.broker_role.policy_name
+    if request.args.get("detail") in {"1", "true"}:
+        view = _detailed(svc, view)
     return jsonify(view)
+
+
+def _detailed(svc: Any, view: dict[str, Any]) -> dict[str, Any]:
+    """``?detail=1``, for a person (``pocketgrid status --system``): each member's liveness and
+    last heartbeat age (the broker's view), load coefficient, report age and executor.  A peer
+    that does not hold the role asks the broker; if the broker does not answer, ``detail_error`` says so."""
+    if svc.broker_role is None:
+        broker = svc.membership.broker
+        if broker is None or identity().kind == "host":  # no broker known, or a relay: never relay twice
+            view["detail_error"] = "this peer knows no broker yet" if broker is None else "not the broker"
+            return view
+        try:
+            r = svc.http.get(f"{broker['url']}/api/v1/broker", params={"detail": 1}, timeout=svc.config.peer_timeout)
+            r.raise_for_status()
+            answer = r.json()
+        except (requests.RequestException, ValueError) as exc:
+            view["detail_error"] = f"the broker {broker['name']} ({broker['url']}) did not answer ({type(exc).__name__})"
+            return view
+        answer["self"] = view["self"]
+        answer["via"] = svc.config.name
+        return answer
+    health = svc.broker_role.member_health()
+    load = {row["peer"]: row for row in view.get("load", [])}
+
+    def executor(member: dict[str, Any]) -> str | None:
+        if member["name"] == svc.config.name:
+            return svc.executor.describe().get("name")
+        try:
+            r = svc.http.get(f"{member['url']}/healthz", timeout=min(3.0, svc.config.peer_timeout))
+            return (r.json().get("executor") or {}).get("name")
+        except (requests.RequestException, ValueError, AttributeError):
+            return None
+
+    members = view.get("members", [])
+    with ThreadPoolExecutor(max_workers=max(1, min(8, len(members)))) as pool:
+        executors = list(pool.map(executor, members))
+    for m, exe in zip(members, executors):
+        row = load.get(m["name"]) or {}
+        m.update(health.get(m["name"], {"alive": None, "last_seen_age": None}))
+        m.update(coefficient=row.get("coefficient"), report_age=row.get("report_age"), executor=exe)
+    return view
 
 
 def openapi_document() -> dict:

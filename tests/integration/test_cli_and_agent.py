@@ -82,7 +82,7 @@ def test_client_commands(peers, tmp_path, site_pki):
     assert "0/lines.txt" in out.stdout and "1/lines.txt" in out.stdout
     out = run("fetch", job_id, "-o", str(tmp_path / "res"), "--no-progress", *peer)
     assert out.returncode == 0 and out.stdout.count("verified") == 6  # lines.txt, _condor_stdout, _condor_stderr x 2
-    assert (tmp_path / "res" / "0" / "lines.txt").read_text().strip() == "2"
+    assert (tmp_path / "res" / job_id / "0" / "lines.txt").read_text().strip() == "2"  # DEST/<job-id>/<index>/
     out = run("status", "--system", *peer)
     assert "broker: solo (epoch 1)" in out.stdout
     out = run("status", "solo.nope", *peer)
@@ -140,7 +140,7 @@ def test_security_commands(peers, tmp_path, site_pki):
     assert "CN=Carol Admin" in out.stdout and "127.0.0.1" in out.stdout
     assert run_cli("logout", home=laptop).returncode == 0
     out = run_cli("files", home=laptop)  # forgotten here, and refused
-    assert out.returncode == 1 and "HTTP 401" in out.stderr
+    assert out.returncode == 1 and f"not logged in to {p.url}" in out.stderr and "pocketgrid login" in out.stderr
 
 
 def test_insecure_http_is_explicit_loud_and_open(peers):

@@ -1,0 +1,104 @@
+"""The CLI's parsing and text, with no server: options in both places, help wording, status and system text."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mobile_client import cli
+from pocketgrid.cli import build_parser
+
+
+@pytest.fixture(scope="module")
+def parser():
+    return build_parser()
+
+
+@pytest.mark.parametrize("argv", [
+    ["acl", "list", "--peer", "https://x:1", "--json", "--ca", "ca.pem"],
+    ["acl", "--peer", "https://x:1", "--json", "--ca", "ca.pem", "list"],
+    ["acl", "--peer", "https://x:1", "list", "--json", "--ca", "ca.pem"],
+])
+def test_acl_takes_peer_options_before_and_after_the_action(parser, argv):
+    args = parser.parse_args(argv)
+    assert (args.acl_command, args.peer, args.json, args.ca) == ("list", "https://x:1", True, "ca.pem")
+
+
+def test_acl_options_default_when_given_nowhere(parser):
+    args = parser.parse_args(["acl", "deny", "files-read", "vo", "atlas"])
+    assert (args.peer, args.json, args.ca, args.value) == (None, False, None, "atlas")
+    args = parser.parse_args(["acl", "remove", "3", "--peer", "https://y:2"])
+    assert (args.rule_id, args.peer) == (3, "https://y:2")
+
+
+def test_help_wording(parser, capsys):
+    assert parser.description == "pocketgrid: run HTCondor jobs from a phone or any weak device."
+    with pytest.raises(SystemExit):
+        parser.parse_args(["acl", "--help"])
+    text = capsys.readouterr().out
+    assert "denies a group" in text and "denys" not in text
+    with pytest.raises(SystemExit):
+        parser.parse_args(["fetch", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "DEST/<job-id>/<index>/<name>" in text and "--force" in text
+
+
+def test_fetch_goes_into_a_folder_named_for_the_job():
+    assert cli.job_folder(Path("res"), "site-a.67ab") == Path("res/site-a.67ab")
+    for bad in ("../x", ".hidden", "a/b", ""):
+        with pytest.raises(cli.UsageError):
+            cli.job_folder(Path("."), bad)
+
+
+def _status(*inputs: dict) -> dict:
+    return {"id": "site-a.1", "name": "hist", "peer": "site-a", "state": "failed", "counts": {"failed": 1},
+            "inputs": [{"index": n, "input": f"r{n}.txt", "exit_code": None, "signal": None, "hold_reason": None,
+                        "note": None, **i} for n, i in enumerate(inputs)]}
+
+
+def test_status_shows_the_reason_of_the_current_state_only():
+    text = cli._status_text(_status(
+        {"state": "removed", "hold_reason": "disk quota", "note": "removed by the owner"},
+        {"state": "held", "hold_reason": "disk quota", "note": "evicted"},
+        {"state": "completed", "exit_code": 0, "note": "evicted"},
+        {"state": "running", "note": "evicted"},
+        {"state": "running", "note": "disconnected: network"},
+    ))
+    lines = text.splitlines()
+    assert lines[1] == "  [0] r0.txt: removed (removed by the owner)"
+    assert lines[2] == "  [1] r1.txt: held (disk quota)"
+    assert lines[3] == "  [2] r2.txt: completed exit 0"
+    assert lines[4] == "  [3] r3.txt: running"
+    assert lines[5] == "  [4] r4.txt: running (disconnected: network)"
+
+
+def test_a_failed_input_shows_its_stderr_file_and_last_lines():
+    text = cli._status_text(_status({"state": "failed", "exit_code": 1, "stderr_file": "_condor_stderr",
+                                     "stderr_tail": "reading r0.txt\nValueError: bad line 3\n"}))
+    assert text.splitlines()[1:] == [
+        "  [0] r0.txt: failed exit 1",
+        "      last lines of _condor_stderr:",
+        "        reading r0.txt",
+        "        ValueError: bad line 3",
+    ]
+
+
+def test_system_text_tells_dead_from_alive():
+    text = cli._system_text({
+        "broker": {"name": "site-a", "url": "https://a"}, "epoch": 2,
+        "members": [
+            {"seq": 1, "name": "site-a", "url": "https://a", "alive": True, "last_seen_age": 0.0,
+             "coefficient": 0.25, "report_age": 3.2, "executor": "condor"},
+            {"seq": 2, "name": "site-b", "url": "https://b", "alive": False, "last_seen_age": 300.0,
+             "coefficient": None, "report_age": None, "executor": None},
+        ]})
+    lines = text.splitlines()
+    assert lines[0] == "broker: site-a (epoch 2)  https://a"
+    assert lines[2].split() == ["1", "site-a", "alive", "0", "s", "ago", "0.25", "3", "s", "ago", "condor", "https://a"]
+    assert lines[3].split() == ["2", "site-b", "DEAD", "5", "min", "ago", "-", "-", "?", "https://b"]
+
+
+def test_interrupted_messages_name_what_to_run_next(parser):
+    assert "run the same command again to resume" in cli._interrupted(parser.parse_args(["fetch", "j.1"]))
+    wait = cli._interrupted(parser.parse_args(["status", "j.1", "--wait"]))
+    assert wait.startswith("stopped following j.1") and "run the same command again" in wait
