@@ -12,7 +12,10 @@ the child when the deadline passes (``peer.executors.condor.BindingsClient``).
 
 This file imports only the standard library and htcondor2 and is started with
 ``runpy.run_path`` (not as ``peer.executors.condor_helper``), so the child
-does not import the server (Flask, SQLAlchemy, ...).
+does not import the server (Flask, SQLAlchemy, ...).  It inherits the peer's
+environment: ``CONDOR_CONFIG`` and ``_CONDOR_*`` (which schedd, which pool)
+are the peer's, read when the child imports htcondor2 (the tests give both
+their own configuration through it: tests/conftest.py).
 
 Requests (``op`` and its arguments) and answers (``{"ok": true, ...}`` or
 ``{"ok": false, "error": str, "kind": str}``):
