@@ -211,6 +211,8 @@ class _Uploader:
         r = self.session.head(url, headers=self.headers, timeout=self.timeout)
         if r.status_code in (404, 410):
             return None
+        if r.status_code >= 400:
+            raise _error(r)  # HEAD has no body: the status says it (401 log in again, 403 not allowed...)
         if r.status_code != 200 or "Upload-Offset" not in r.headers:
             raise UploadRejected(r.status_code, f"the peer answered HEAD {url} with {r.status_code} "
                                                 f"and no Upload-Offset: is it a pocketgrid peer?")

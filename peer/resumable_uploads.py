@@ -202,6 +202,8 @@ class ResumableUploads:
         return self.incoming / f"{upload_id}.part"
 
     def _lock(self, upload_id: str) -> threading.Lock:
+        if not _UPLOAD_ID.fullmatch(upload_id):  # no lock (and no memory) for IDs that cannot exist
+            raise NotFound(f"no such upload: {upload_id[:80]!r}")
         with self._locks_guard:
             return self._locks.setdefault(upload_id, threading.Lock())
 
@@ -242,7 +244,7 @@ class ResumableUploads:
                              + " (base64): the file's name and the lowercase hex SHA-256 of its content")
         filename = check_upload_name(metadata["filename"])
         # The final path must stay inside the area (a symlinked upload directory would not).
-        self.publishing.resolve(f"{upload_dir(owner)}/{filename}", must_exist=False)
+        _check_destination(self.publishing.resolve(f"{upload_dir(owner)}/{filename}", must_exist=False), filename)
         sha256 = metadata["sha256"].strip().lower()
         if not _HEX64.fullmatch(sha256):
             raise BadRequest("Upload-Metadata sha256 must be the file's SHA-256 as 64 hex digits")
@@ -395,8 +397,15 @@ class ResumableUploads:
                 row.state, row.error = "failed", "SHA-256 mismatch"
             log.warning("upload %s of %r: SHA-256 mismatch, discarded", upload_id, filename)
             raise ChecksumMismatch(message, sha256=actual, expected_sha256=expected)
-        relpath = f"{upload_dir(owner)}/{filename}"
-        dest = self.publishing.resolve(relpath, must_exist=False)
+        try:
+            dest = self.publishing.resolve(f"{upload_dir(owner)}/{filename}", must_exist=False)
+            _check_destination(dest, filename)
+        except (BadRequest, Conflict) as exc:  # the area changed since the upload began
+            part.unlink(missing_ok=True)
+            with self.db.session() as s:
+                row = s.get(ResumableUpload, upload_id)
+                row.state, row.error = "failed", exc.message
+            raise
         dest.parent.mkdir(parents=True, exist_ok=True)
         _move_into(part, dest)
         self.digests.sha256(dest)  # cache it: the job service asks for it at submit
@@ -441,6 +450,17 @@ class ResumableUploads:
         if expired:
             log.info("removed %d expired uploads", len(expired))
         return len(expired)
+
+
+def _check_destination(dest: Path, filename: str) -> None:
+    """409 when a folder sits where the file goes, or a file where one of its folders goes."""
+    if dest.is_dir():
+        raise Conflict(f"{filename!r} is a folder in your upload area: choose another file name")
+    for parent in dest.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise Conflict(f"{filename!r}: {parent.name!r} is a file in your upload area, not a folder")
+            break
 
 
 def _move_into(part: Path, dest: Path) -> None:

@@ -207,3 +207,20 @@ def test_bytes_past_the_offset_are_overwritten(store):
     (store.incoming / f"{info.id}.part").write_bytes(b"XXXXXXX")  # unacknowledged garbage
     info = store.append(ALICE, info.id, 0, io.BytesIO(data), len(data), max_body_bytes=100)
     assert info.complete and (store.publishing.root / info.path).read_bytes() == data
+
+
+def test_a_folder_or_file_in_the_way_is_409(store):
+    mine = store.publishing.root / upload_dir(ALICE)
+    (mine / "taken").mkdir(parents=True)
+    (mine / "plain.txt").write_text("x")
+    for name in ("taken", "plain.txt/inner.txt"):
+        with pytest.raises(Conflict):
+            store.create(ALICE, 1, meta(name, b"1"))
+    # The area changes while the upload runs: it fails with the reason, nothing is half-published.
+    info = store.create(ALICE, 1, meta("later", b"1"))
+    (mine / "later").mkdir()
+    with pytest.raises(Conflict):
+        store.append(ALICE, info.id, 0, io.BytesIO(b"1"), 1, max_body_bytes=10)
+    with pytest.raises(Gone) as err:
+        store.get(ALICE, info.id)
+    assert "folder" in err.value.message and (mine / "later").is_dir()
