@@ -157,7 +157,7 @@ def measure_fetch_rss(peer_url: str, job_id: str, index: int, name: str, dest_di
                          "--no-progress"]),
             timeout=timeout,
         )
-        got = dest_dir / str(index) / name
+        got = dest_dir / job_id / str(index) / name  # fetch writes DEST/<job-id>/<index>/<name>
         fetch["downloaded_bytes"] = got.stat().st_size if got.exists() else None
         if expected_size is not None and fetch["downloaded_bytes"] != expected_size:
             fetch["error"] = f"expected {expected_size} bytes, got {fetch['downloaded_bytes']}"

@@ -495,7 +495,7 @@ def _age(seconds: float | None) -> str:
 
 def _system_text(s: dict[str, Any]) -> str:
     broker = s.get("broker") or {}
-    lines = [f"broker: {broker.get('name', '?')} (epoch {s.get('epoch')})  {broker.get('url', '')}".rstrip()]
+    lines = [f"broker: {broker.get('name', '?')} (epoch {s.get('epoch')})"]  # no URL: scripts count members' URLs
     members = s.get("members", [])
     detailed = any("alive" in m for m in members)
     if detailed:

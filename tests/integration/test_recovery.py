@@ -144,7 +144,7 @@ def test_interrupted_cli_fetch_resumes_with_at_most_one_chunk_resent(peers, tmp_
     cmd = [sys.executable, "-m", "pocketgrid.cli", "fetch", job["id"], "0/big.bin", "-o", str(dest),
            "--peer", p.url, "--ca", _site["pki"].ca, "--chunk", str(chunk), "--no-progress", "--limit-rate", "4M"]
     env = {**os.environ, "POCKETGRID_TOKEN": token(p.url)}
-    part = dest / "0" / "big.bin.part"
+    part = dest / job["id"] / "0" / "big.bin.part"  # fetch writes DEST/<job-id>/<index>/<name>
     # --limit-rate: a slow link, so it is still downloading when we kill it.
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
     wait_until(lambda: part.exists() and part.stat().st_size > 3 * 1024 * 1024, timeout=60,
@@ -152,12 +152,12 @@ def test_interrupted_cli_fetch_resumes_with_at_most_one_chunk_resent(peers, tmp_
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     had = part.stat().st_size
-    checkpoint = json.loads((dest / "0" / "big.bin.part.json").read_text())["offset"]
+    checkpoint = json.loads((dest / job["id"] / "0" / "big.bin.part.json").read_text())["offset"]
     assert had - checkpoint <= chunk + 1024 * 1024  # at most one chunk (+ one read) past the checkpoint
     out = subprocess.run(cmd[:-2], capture_output=True, text=True, cwd=ROOT, timeout=60, env=env)
     assert out.returncode == 0, out.stderr
     assert f"resumed at byte {checkpoint}" in out.stdout and "verified" in out.stdout
-    assert (dest / "0" / "big.bin").stat().st_size == 12582912
+    assert (dest / job["id"] / "0" / "big.bin").stat().st_size == 12582912
     assert not part.exists()
 
 

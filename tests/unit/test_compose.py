@@ -500,7 +500,7 @@ def test_wait_loop_counts_the_members_status_prints(compose: dict) -> None:
         def __init__(self, shown: list[dict]) -> None:
             self.shown = shown
 
-        def system(self) -> dict:
+        def system(self, detail: bool = False) -> dict:
             return {"broker": {"name": "site-a", "url": members[0]["url"]}, "epoch": 1, "members": self.shown}
 
     def count(shown: list[dict]) -> int:
