@@ -281,9 +281,15 @@ class Client:
     def whoami(self) -> dict[str, Any]:
         return self._json("GET", "/api/v1/auth/whoami")
 
-    def tokens(self, *, everyone: bool = False) -> list[dict[str, Any]]:
-        """Your tokens issued by the entry peer (devices included)."""
-        return self._json("GET", "/api/v1/auth/tokens", params={"all": 1} if everyone else {})["tokens"]
+    def tokens(self, *, everyone: bool = False, local: bool = False) -> list[dict[str, Any]]:
+        """Your tokens issued by any peer that answered (devices included), newest first, each with its ``peer``."""
+        return self.token_list(everyone=everyone, local=local)["tokens"]
+
+    def token_list(self, *, everyone: bool = False, local: bool = False) -> dict[str, Any]:
+        """``{"tokens": [...], "unreachable_peers": [names]}``; ``everyone``: administrators, every user's;
+        ``local``: only the tokens the entry peer issued."""
+        params = {**({"all": 1} if everyone else {}), **({"local": 1} if local else {})}
+        return self._json("GET", "/api/v1/auth/tokens", params=params)
 
     def revoke_token(self, token_id: str) -> dict[str, Any]:
         """Revoke one token, e.g. a lost phone's, without logging out here."""
@@ -302,11 +308,18 @@ class Client:
     def acl_remove(self, rule_id: int) -> dict[str, Any]:
         return self._json("DELETE", f"/api/v1/admin/acl/{int(rule_id)}")
 
-    def audit(self, *, limit: int = 100, action: str | None = None) -> list[dict[str, Any]]:
+    def audit(self, *, limit: int = 100, action: str | None = None, local: bool = False) -> list[dict[str, Any]]:
+        """The audit events of every peer that answered, newest first, each with its ``peer``."""
+        return self.audit_log(limit=limit, action=action, local=local)["events"]
+
+    def audit_log(self, *, limit: int = 100, action: str | None = None, local: bool = False) -> dict[str, Any]:
+        """``{"events": [...], "unreachable_peers": [names]}``; ``local``: the entry peer's events only."""
         params: dict[str, Any] = {"limit": limit}
         if action:
             params["action"] = action
-        return self._json("GET", "/api/v1/admin/audit", params=params)["events"]
+        if local:
+            params["local"] = 1
+        return self._json("GET", "/api/v1/admin/audit", params=params)
 
     # ---- files ------------------------------------------------------------
     def files(self, path: str = "") -> list[dict[str, Any]]:

@@ -142,22 +142,22 @@ def test_audit_and_tokens_are_the_whole_grids_newest_first(grid, site_pki):
     a, b, c, carol = grid["a"], grid["b"], grid["c"], grid["carol"]
     alice_b = login(b, site_pki, "alice")
     alice_c = login(c, site_pki, "alice")
-    answer = get(carol, "/api/v1/admin/audit", action="login", limit=1000)
+    answer = carol.audit_log(action="login", limit=1000)
     assert answer["unreachable_peers"] == []
     events = answer["events"]
     assert {e["peer"] for e in events} == {"site-a", "site-b", "site-c"}
     assert [e["at"] for e in events] == sorted((e["at"] for e in events), reverse=True)
-    assert {e["peer"] for e in get(carol, "/api/v1/admin/audit", action="login", local=1)["events"]} == {"site-a"}
+    assert {e["peer"] for e in carol.audit(action="login", local=True)} == {"site-a"}
     limited = get(carol, "/api/v1/admin/audit", limit=3)["events"]
     assert len(limited) == 3 and limited == get(carol, "/api/v1/admin/audit", limit=1000)["events"][:3]
 
     alice_a = login(a, site_pki, "alice")
-    mine = get(alice_a, "/api/v1/auth/tokens")
+    mine = alice_a.token_list()
     by_id = {t["id"]: t["peer"] for t in mine["tokens"]}
     assert by_id[alice_b.whoami()["token"]["id"]] == "site-b" and by_id[alice_c.whoami()["token"]["id"]] == "site-c"
     assert {t["dn"] for t in mine["tokens"]} == {site_pki.dn("alice")}
-    assert {t["peer"] for t in get(alice_a, "/api/v1/auth/tokens", local=1)["tokens"]} == {"site-a"}
-    everyone = get(carol, "/api/v1/auth/tokens", all=1)["tokens"]
+    assert {t["peer"] for t in alice_a.tokens(local=True)} == {"site-a"}
+    everyone = carol.tokens(everyone=True)
     assert {site_pki.dn("alice"), site_pki.dn("carol")} <= {t["dn"] for t in everyone}
     assert {t["peer"] for t in everyone} == {"site-a", "site-b", "site-c"}
 
@@ -180,10 +180,10 @@ def test_a_stopped_peer_is_named_and_the_others_still_answer(grid, site_pki):
     alice = login(a, site_pki, "alice")
     code = alice.pairing_code()["code"]
     c.stop()  # the last test: site-c is gone from here on
-    audit = get(carol, "/api/v1/admin/audit", limit=1000)
+    audit = carol.audit_log(limit=1000)
     assert audit["unreachable_peers"] == ["site-c"]
     assert {e["peer"] for e in audit["events"]} == {"site-a", "site-b"}
-    tokens = get(alice, "/api/v1/auth/tokens")
+    tokens = alice.token_list()
     assert tokens["unreachable_peers"] == ["site-c"] and {t["peer"] for t in tokens["tokens"]} <= {"site-a", "site-b"}
     with pytest.raises(ApiError) as err:  # an unknown code says which peer could have issued it
         Client(grid["b"].url, ca=site_pki.ca, retries=0).pair("ZZZZ-ZZZZ")
