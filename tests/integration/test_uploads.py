@@ -257,6 +257,41 @@ def test_peer_restarted_mid_upload_lets_it_resume(peer, tmp_path):
     assert (my_uploads(peer) / "restart.bin").read_bytes() == data
 
 
+def test_a_browser_session_uploads_with_the_csrf_header(peer):
+    """The web app's way (tus-js-client with the cookie and ``headers: {"X-CSRF-Token": ...}``): the
+    writes need the CSRF token, the offset query does not; another site is refused."""
+    from http.cookies import SimpleCookie
+
+    from pocketgrid.http import Session as CaSession
+
+    code = peer.sessions["alice"].post(f"{peer.url}/api/v1/auth/pairing", timeout=10).json()["code"]
+    browser = CaSession(verify=peer.site_pki.ca)
+    r = browser.post(f"{peer.url}/api/v1/auth/pair", json={"code": code, "device": "browser", "cookie": True},
+                     headers={"Origin": peer.url}, timeout=10)
+    assert r.status_code == 201, r.text
+    cookie = SimpleCookie()
+    cookie.load(r.headers["Set-Cookie"])
+    csrf = r.json()["csrf"]
+    browser.cookies.clear()
+    browser.headers["Cookie"] = f"pg_session={cookie['pg_session'].value}"
+
+    data = b"from the phone\n"
+    meta = {"Upload-Length": str(len(data)),
+            "Upload-Metadata": f"filename {b64('phone.txt')},sha256 {b64(hashlib.sha256(data).hexdigest())}"}
+    r = browser.post(f"{peer.url}/api/v1/uploads", headers={**TUS, **meta}, timeout=10)
+    assert r.status_code == 403 and "CSRF" in r.json()["error"]
+    r = browser.post(f"{peer.url}/api/v1/uploads", headers={**TUS, **meta, "X-CSRF-Token": csrf,
+                                                           "Origin": "https://evil.example"}, timeout=10)
+    assert r.status_code == 403
+    r = browser.post(f"{peer.url}/api/v1/uploads", headers={**TUS, **meta, "X-CSRF-Token": csrf}, timeout=10)
+    url = upload_url(peer, r)
+    assert browser.head(url, headers=TUS, timeout=10).headers["Upload-Offset"] == "0"  # reads need no token
+    r = browser.patch(url, data=data, headers={**CHUNK, "Upload-Offset": "0"}, timeout=10)
+    assert r.status_code == 403
+    r = browser.patch(url, data=data, headers={**CHUNK, "Upload-Offset": "0", "X-CSRF-Token": csrf}, timeout=10)
+    assert r.status_code == 204 and (my_uploads(peer) / "phone.txt").read_bytes() == data
+
+
 # ---- refusals -----------------------------------------------------------------------------------
 
 def test_wrong_sha256_is_460_and_no_file_appears(peer):
