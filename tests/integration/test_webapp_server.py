@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import pytest
 import requests
 
-from peer.security_headers import CONTENT_SECURITY_POLICY
+from peer.security_headers import API_CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY
 from peer.webapp import AppPathConverter  # noqa: F401  (the module must import without a peer)
 from pocketgrid.http import Session
 from tests.conftest import PeerProcess, free_port, secure_args, user_session, wait_until
@@ -185,8 +185,11 @@ def test_the_packaged_app_is_served_at_the_root_with_the_security_headers(site, 
     r = plain(site_pki).get(f"{a.url}/", timeout=10)
     assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/html")
     assert r.content == index
-    for response in (r, plain(site_pki).get(f"{a.url}/healthz", timeout=10)):  # the API's answers too
-        assert response.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
+    api = plain(site_pki).get(f"{a.url}/healthz", timeout=10)
+    assert r.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
+    assert api.headers["Content-Security-Policy"] == API_CONTENT_SECURITY_POLICY  # stricter, and shorter per poll
+    assert API_CONTENT_SECURITY_POLICY == "default-src 'none'; frame-ancestors 'none'"
+    for response in (r, api):  # the API's answers too
         assert response.headers["X-Content-Type-Options"] == "nosniff"
         assert response.headers["Referrer-Policy"] == "no-referrer"
         assert response.headers["Cross-Origin-Opener-Policy"] == "same-origin"
@@ -214,6 +217,7 @@ def test_static_files_are_gzipped_revalidated_and_typed(site, site_pki):
     for path, mimetype in expected.items():
         got = s.get(f"{b.url}{path}", timeout=10)
         assert got.status_code == 200 and got.headers["Content-Type"].split(";")[0] == mimetype, (path, got.headers)
+        assert got.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY  # a worker's own policy too
     assert s.get(f"{b.url}/sw.js", timeout=10).headers["Service-Worker-Allowed"] == "/"
 
 
