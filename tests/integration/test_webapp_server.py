@@ -318,6 +318,24 @@ def test_writes_with_the_cookie_need_the_csrf_token_and_the_same_origin(site, si
     assert bearer.get(f"{a.url}/api/v1/auth/whoami", timeout=10).status_code == 200  # not logged out
 
 
+def test_a_browser_with_the_users_certificate_needs_the_csrf_token_too(site, site_pki):
+    a, b, _ = site
+    alice = site_pki.users["alice"]
+    desktop = Session(verify=site_pki.ca, cert=(str(alice.cert_path), str(alice.key_path)))  # TLS client cert
+    who = desktop.get(f"{a.url}/api/v1/auth/whoami", timeout=10).json()
+    assert who["dn"] == site_pki.dn("alice") and who["token"] is None and who["csrf"]
+    assert desktop.get(f"{a.url}/api/v1/auth/whoami", timeout=10).json()["csrf"] == who["csrf"]  # stable
+    r = desktop.post(f"{a.url}/api/v1/auth/pairing", timeout=10)  # the browser mints a code for a phone
+    assert r.status_code == 403 and r.json()["error"] == "missing or wrong CSRF token: reload the page"
+    r = desktop.post(f"{b.url}/api/v1/auth/pairing", headers={"X-CSRF-Token": who["csrf"]}, timeout=10)
+    assert r.status_code == 403  # each peer derives its own: a token from another origin does not pass
+    r = desktop.post(f"{a.url}/api/v1/auth/pairing", headers={"X-CSRF-Token": who["csrf"]}, timeout=10)
+    assert r.status_code == 201 and r.json()["code"]
+    paired = plain(site_pki).post(f"{a.url}/api/v1/auth/pair", json={"code": r.json()["code"], "cookie": True},
+                                  timeout=10)
+    assert paired.status_code == 201 and paired.json()["dn"] == site_pki.dn("alice")
+
+
 def test_logout_with_the_cookie_revokes_it_everywhere_and_clears_it(site, site_pki):
     a, b, _ = site
     token, answer, _ = pair_browser(a, site_pki, "alice")
