@@ -9,6 +9,7 @@ export function h(tag, attrs, ...children) {
   const el = svg ? document.createElementNS(SVG_NS, tag) : document.createElement(tag);
   for (const [key, value] of Object.entries(attrs || {})) {
     if (value === undefined || value === null || value === false) continue;
+    if (key === "style") throw new Error("no inline styles (the CSP refuses them): use a class");
     if (key.startsWith("on") && typeof value === "function") el.addEventListener(key.slice(2), value);
     else if (key === "text") el.textContent = String(value);
     else if (PROPS.has(key)) el[key] = value;

@@ -76,12 +76,13 @@ export function mount(main, params) {
   function fileRow(entry, extra = null) {
     if (pick) return h("li", {}, chooseFor(entry), extra);
     const id = `pick-${++rowIds}`;
-    const box = h("input", { type: "checkbox", id, checked: draft.hasInput(entry.path),
+    const shown = glob || grep ? entry.path : base(entry.path);
+    const box = h("input", { type: "checkbox", id, checked: draft.hasInput(entry.path), "aria-label": shown,
       onchange: (e) => { draft.toggleInput(entry.path, e.target.checked); countPicked(); } });
     return h("li", {},
       h("label", { class: "item", for: id },
         box,
-        h("span", { class: "main" }, glob || grep ? entry.path : base(entry.path), extra),
+        h("span", { class: "main" }, shown, extra),
         h("span", { class: "side" }, formatBytes(entry.size))));
   }
 

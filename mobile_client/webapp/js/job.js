@@ -3,7 +3,7 @@ import { getJSON, jobPath, request } from "./api.js";
 import * as draft from "./draft.js";
 import { confirmStep, fill, formatTime, h, stateBadge, toast } from "./dom.js";
 import { isFinal, watchJob } from "./live.js";
-import { getFresh, onReconnect, showFresh } from "./offline.js";
+import { getFresh, onReconnect, showFresh, staleRetryDelay } from "./offline.js";
 import * as outputs from "./outputs.js";
 import * as histogram from "./histogram.js";
 
@@ -92,6 +92,8 @@ export function mount(main, { id, tab }) {
   let current = null;
   let stop = null;
   let gone = false;
+  let retry = 0;
+  let staleTries = 0;
   const ctx = {
     id,
     get status() { return current; },
@@ -107,10 +109,17 @@ export function mount(main, { id, tab }) {
   async function start() {
     if (gone) return;
     stop?.();
+    clearTimeout(retry);
     try {
       const { data, staleAt } = await getFresh(jobPath(id));
+      mode.className = "muted";
       publish(data);
-      if (staleAt) { mode.textContent = MODES.stale; return; }
+      if (staleAt) {
+        mode.textContent = MODES.stale;
+        retry = setTimeout(start, staleRetryDelay(staleTries++)); // catch up by itself
+        return;
+      }
+      staleTries = 0;
       if (isFinal(data)) { mode.textContent = MODES.done; return; }
       stop = watchJob(id, {
         version: data.version,
@@ -120,6 +129,7 @@ export function mount(main, { id, tab }) {
     } catch (err) {
       mode.textContent = err.offline ? "Offline, and this phone knows nothing about this job yet." : err.message;
       mode.className = "error";
+      if (err.offline) retry = setTimeout(start, staleRetryDelay(staleTries++));
     }
   }
 
@@ -129,5 +139,5 @@ export function mount(main, { id, tab }) {
   if (typeof undo === "function") cleanups.push(undo);
   start();
   cleanups.push(onReconnect(start));
-  return () => { gone = true; stop?.(); cleanups.forEach((f) => f()); };
+  return () => { gone = true; clearTimeout(retry); stop?.(); cleanups.forEach((f) => f()); };
 }

@@ -1,6 +1,6 @@
 // The jobs list: every peer's jobs of this user, with state and counts; stale when offline.
 import { fill, formatTime, h, stateBadge } from "./dom.js";
-import { getFresh, onReconnect, showStale } from "./offline.js";
+import { getFresh, onReconnect, showStale, staleRetryDelay } from "./offline.js";
 
 function countsText(counts) {
   return Object.entries(counts || {}).map(([state, n]) => `${n} ${state}`).join(", ");
@@ -12,6 +12,7 @@ export function mount(main) {
   const note = h("div", { id: "jobs-note" });
   let timer = 0;
   let gone = false;
+  let staleTries = 0;
 
   async function load() {
     clearTimeout(timer);
@@ -26,12 +27,16 @@ export function mount(main) {
         : h("li", { class: "empty" }, "No jobs yet. Start one in New job."));
       fill(note, data.unreachable_peers?.length
         ? h("p", { class: "note" }, `Not reachable now (their jobs are missing): ${data.unreachable_peers.join(", ")}`) : null);
-      // A list with running jobs refreshes itself now and then (each job's own page is live).
+      // Stale (from the offline cache): try again by itself — an `online` event may never come
+      // (a link that drops upstream of the radio).  A list with running jobs refreshes now and then.
+      if (staleAt) { if (!gone) timer = setTimeout(load, staleRetryDelay(staleTries++)); return; }
+      staleTries = 0;
       if (!gone && data.jobs.some((j) => !["completed", "failed", "removed"].includes(j.state))) timer = setTimeout(load, 15000);
     } catch (err) {
       if (err.offline) {
         showStale(null);
         fill(list, h("li", { class: "empty" }, "Offline, and this phone has no saved list yet."));
+        if (!gone) timer = setTimeout(load, staleRetryDelay(staleTries++));
       } else {
         fill(list, h("li", { class: "empty error" }, err.message));
       }
@@ -44,5 +49,8 @@ export function mount(main) {
     note, list);
   load();
   const off = onReconnect(load);
-  return () => { gone = true; clearTimeout(timer); off(); };
+  // Back to the app (from another app, or the phone woke up): show what changed meanwhile.
+  const onVisible = () => { if (document.visibilityState === "visible") load(); };
+  document.addEventListener("visibilitychange", onVisible);
+  return () => { gone = true; clearTimeout(timer); off(); document.removeEventListener("visibilitychange", onVisible); };
 }

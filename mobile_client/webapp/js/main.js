@@ -99,11 +99,16 @@ async function start() {
   window.addEventListener("pg:unauthorized", () => {
     if (currentUser()) loggedOut("Your session ended (logged out or revoked). Pair this phone again.");
   });
-  window.addEventListener("online", async () => {
+  const refreshSession = async () => {
     if (currentUser()?.offline) {
-      try { await whoami(); who.textContent = shortName(currentUser()?.dn); } catch { /* still down */ }
+      try {
+        if (await whoami()) who.textContent = shortName(currentUser().dn);
+        else loggedOut("Your session ended while this phone was offline. Pair it again.");
+      } catch { /* still down */ }
     }
-  });
+  };
+  window.addEventListener("online", refreshSession);
+  window.addEventListener("pg:fresh", refreshSession);
 }
 
 start();

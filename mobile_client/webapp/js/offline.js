@@ -22,6 +22,8 @@ export function showStale(atMs) {
 
 export function showFresh() {
   const el = banner();
+  // Back from stale data: tell the app (it refreshes its session, e.g. the CSRF token).
+  if (!el.hidden) window.dispatchEvent(new CustomEvent("pg:fresh"));
   el.hidden = true;
   el.textContent = "";
   document.body.classList.remove("is-offline");
@@ -35,6 +37,9 @@ export async function getFresh(path, opts = {}) {
   if (staleAt) showStale(staleAt); else showFresh();
   return { data: await res.json(), staleAt };
 }
+
+/** Delay before the next try of a page showing stale data: 3 s, 6 s, ... at most 30 s. */
+export function staleRetryDelay(attempt) { return Math.min(30000, 3000 * 2 ** Math.min(attempt, 4)); }
 
 /** Run fn when the link returns (and when the page becomes visible again after being away). */
 export function onReconnect(fn) {

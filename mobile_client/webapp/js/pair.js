@@ -30,7 +30,7 @@ export function mount(main, { reason, onPaired, tryCertificate }) {
     h("label", { for: "pair-code" }, "Pairing code"),
     code,
     h("p", { class: "muted" }, "Get one with ", h("code", {}, "pocketgrid pair"), " on a computer that is logged in."),
-    h("label", { for: "pair-device" }, "Name of this device"),
+    h("label", { for: "pair-device" }, "Device name"),
     device,
     h("div", { class: "row" }, button),
     message);

@@ -31,14 +31,14 @@ export function mount(main) {
   const status = h("div", { id: "submit-status", role: "status", "aria-live": "polite" });
   const name = h("input", { id: "job-name", name: "name", value: d0.name, maxlength: "100", autocapitalize: "none",
     placeholder: "histogram" });
-  name.addEventListener("change", () => draft.update({ name: name.value.trim() }));
+  name.addEventListener("input", () => draft.update({ name: name.value.trim() }));
 
   const inputs = h("ul", { class: "list", id: "draft-inputs", "aria-label": "Inputs" });
   const exeLine = h("p", { id: "exe-chosen" });
   const subLine = h("p", { id: "sub-chosen" });
   const subText = h("textarea", { id: "submit-text", name: "submit_text", spellcheck: "false", autocapitalize: "none",
     placeholder: "executable = …\narguments = $(input)\nqueue" });
-  subText.addEventListener("change", () => {
+  subText.addEventListener("input", () => {
     const cur = draft.get().submit;
     draft.update({ submit: { source: "text", name: cur?.name || "job.sub", text: subText.value, from: null } });
   });
@@ -79,10 +79,10 @@ export function mount(main) {
     uploadControl((path) => draft.toggleInput(path, true)),
     h("h2", {}, "Executable"), exeLine,
     h("div", { class: "row" }, h("a", { class: "button", href: "#files?pick=executable" }, "Choose from the publishing area")),
-    h("label", { for: "exe-file" }, "Or from this phone"), exeFile,
+    h("label", { for: "exe-file" }, "Executable from this phone"), exeFile,
     h("h2", {}, "Submit file"), subLine,
     h("div", { class: "row" }, h("a", { class: "button", href: "#files?pick=submit" }, "Choose from the publishing area")),
-    h("label", { for: "sub-file" }, "Or from this phone"), subFile,
+    h("label", { for: "sub-file" }, "Submit file from this phone"), subFile,
     h("label", { for: "submit-text" }, "Submit file text"), subText,
     h("p", { class: "muted" }, "Run again with other inputs: open a job and tap “Run again”."),
     h("div", { class: "row" }, submitButton, h("button", { type: "button", onclick: () => { draft.clear(); status.textContent = "Draft cleared."; } }, "Clear draft")),
