@@ -43,7 +43,7 @@ from typing import BinaryIO
 
 from sqlalchemy import delete, select
 
-from pocketgrid.errors import BadRequest, Conflict, NotFound, PocketgridError, TooLarge
+from pocketgrid.errors import BadRequest, Conflict, NotFound, PocketgridError, TooLarge, TooManyRequests
 
 from .db import Database
 from .digests import DigestCache
@@ -60,6 +60,8 @@ READ_CHUNK = 1024 * 1024
 CHECKPOINT_BYTES = 4 * 1024 * 1024
 #: How long a PATCH (or HEAD) waits for another PATCH of the same upload before 423.
 LOCK_WAIT_SECONDS = 5.0
+#: Unfinished uploads one user may have at a time (each may reserve up to max_upload_bytes of disk).
+MAX_INCOMPLETE_PER_USER = 20
 #: Metadata keys the peer needs.
 REQUIRED_METADATA = ("filename", "sha256")
 
@@ -251,10 +253,18 @@ class ResumableUploads:
         if length > self.max_upload_bytes:
             raise TooLarge(f"the file is {length} bytes, over this peer's upload limit of {self.max_upload_bytes} bytes",
                            max_upload_bytes=self.max_upload_bytes)
-        free = shutil.disk_usage(self.incoming).free
-        if length > free:
-            raise InsufficientStorage(f"the peer has {free} bytes of free space, not enough for {length} bytes")
         now = time.time()
+        with self.db.sessions() as s:
+            unfinished = list(s.execute(
+                select(ResumableUpload.owner, ResumableUpload.length - ResumableUpload.offset)
+                .where(ResumableUpload.state == "incomplete", ResumableUpload.expires_at >= now)))
+        if sum(1 for who, _ in unfinished if who == owner) >= MAX_INCOMPLETE_PER_USER:
+            raise TooManyRequests(f"you have {MAX_INCOMPLETE_PER_USER} unfinished uploads on this peer: finish or "
+                                  "delete some first (they expire a day after their last write)", retry_after=60)
+        free = shutil.disk_usage(self.incoming).free - sum(rest for _, rest in unfinished)  # promised to others
+        if length > free:
+            raise InsufficientStorage(f"the peer has {max(free, 0)} bytes of free space left for uploads, "
+                                      f"not enough for {length} bytes")
         upload_id = secrets.token_hex(16)
         with open(self._part(upload_id), "xb"):
             pass

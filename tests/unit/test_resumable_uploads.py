@@ -17,7 +17,7 @@ from peer.publishing import PublishingArea
 from peer.resumable_uploads import (ChecksumMismatch, Gone, Locked, ResumableUploads, check_upload_name,
                                     parse_metadata)
 from peer.uploads import upload_dir
-from pocketgrid.errors import BadRequest, Conflict, NotFound, TooLarge
+from pocketgrid.errors import BadRequest, Conflict, NotFound, TooLarge, TooManyRequests
 
 ALICE, BOB = "CN=Alice", "CN=Bob"
 
@@ -224,3 +224,30 @@ def test_a_folder_or_file_in_the_way_is_409(store):
     with pytest.raises(Gone) as err:
         store.get(ALICE, info.id)
     assert "folder" in err.value.message and (mine / "later").is_dir()
+
+
+def test_unfinished_uploads_per_user_are_bounded(store, monkeypatch):
+    import peer.resumable_uploads as module
+
+    monkeypatch.setattr(module, "MAX_INCOMPLETE_PER_USER", 2)
+    first = store.create(ALICE, 5, meta("1.bin", b"11111"))
+    store.create(ALICE, 5, meta("2.bin", b"22222"))
+    with pytest.raises(TooManyRequests) as err:
+        store.create(ALICE, 5, meta("3.bin", b"33333"))
+    assert "unfinished uploads" in err.value.message
+    store.create(BOB, 5, meta("b.bin", b"bbbbb"))  # others are not affected
+    store.append(ALICE, first.id, 0, io.BytesIO(b"11111"), 5, max_body_bytes=10)  # finishing one frees a place
+    store.create(ALICE, 5, meta("3.bin", b"33333"))
+
+
+def test_disk_promised_to_unfinished_uploads_is_not_promised_twice(store, monkeypatch):
+    import collections
+
+    import peer.resumable_uploads as module
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(module.shutil, "disk_usage", lambda path: usage(10_000, 0, 10_000))
+    store.create(ALICE, 6_000, meta("a.bin", b"a" * 6_000))
+    with pytest.raises(module.InsufficientStorage) as err:
+        store.create(BOB, 6_000, meta("b.bin", b"b" * 6_000))
+    assert err.value.status == 507 and "4000" in err.value.message
