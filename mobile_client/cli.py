@@ -211,7 +211,8 @@ def _interrupted(args: argparse.Namespace) -> str:
 def _not_logged_in(exc: ApiError, c: Client, args: argparse.Namespace) -> str:
     peer = exc.peer or c.base_url
     ca = f" --ca {c.session.verify}" if isinstance(c.session.verify, str) else " --ca ca.pem"
-    return (f"not logged in to {peer} ({exc.message}): run `pocketgrid login {peer}{ca} --cert YOUR.pem "
+    why = f" ({exc.message})" if c.token else ""  # a token was refused: say why (expired, revoked...)
+    return (f"not logged in to {peer}{why}: run `pocketgrid login {peer}{ca} --cert YOUR.pem "
             f"--key YOUR.key`, or on a phone `pocketgrid pair {peer} --code CODE{ca}`")
 
 
@@ -221,9 +222,14 @@ def _broken(exc: requests.RequestException, c: Client) -> str:
     peer = next((p for p in c.peers if url.startswith(p)), url)
     if isinstance(exc, requests.Timeout):
         return f"{peer} did not answer within {c.timeout:.0f} s: run the same command again"
-    reason = type(exc.args[0]).__name__ if exc.args and isinstance(exc.args[0], BaseException) else type(exc).__name__
-    return (f"the connection to {peer} broke before its answer ({reason}); the request may have been carried out: "
-            "run the same command again")
+    reason = exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else exc
+    reason = getattr(reason, "reason", None) or reason  # urllib3's MaxRetryError: what happened
+    if isinstance(exc, requests.exceptions.SSLError):
+        return f"the TLS handshake with {peer} failed ({reason})"
+    if peer.startswith("http://"):
+        return f"{peer} closed the connection without an answer ({type(reason).__name__}): if it serves TLS, use https://"
+    return (f"the connection to {peer} broke before its answer ({type(reason).__name__}); the request "
+            "may have been carried out: run the same command again")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -65,6 +65,8 @@ class PeerUnreachable(ConnectionError):
         if tls:  # a certificate problem: the same fix on every peer, say it once per peer
             return "; ".join(f"{url}: {why}" for url, why in tls)
         peers = ", ".join(f"{url} ({why})" for url, why in self.reasons)
+        if all(why.startswith("unknown host") for _, why in self.reasons):
+            return f"no peer answered: {peers} — check the address, or give another with --peer"
         return f"no peer answered: {peers} — is it running? give another with --peer"
 
 
@@ -127,16 +129,41 @@ def describe_failure(exc: requests.RequestException, url: str, ca: str | None) -
 #: Connect timeout (s): an unreachable address costs this, then the next peer is tried.
 CONNECT_TIMEOUT = 10.0
 
+#: POST routes safe to send twice: a submit carries an Idempotency-Key.
+_RESENDABLE_POSTS = frozenset({"/api/v1/jobs"})
+
+
+class _PeerRetry(Retry):
+    """urllib3's ``Retry``, except that a read error (sent, no whole answer) is retried only where
+    a second delivery is harmless: idempotent methods and submits.  A POST such as adding an
+    ACL rule is not sent again (it could add the rule twice); 502/503/504 answers (the peer did
+    not do it) are retried for every method, honouring ``Retry-After``."""
+
+    def increment(self, method=None, url=None, response=None, error=None, _pool=None, _stacktrace=None):  # type: ignore[override]
+        if error is not None and self._is_read_error(error) and not _resendable(method, url):
+            raise error.with_traceback(_stacktrace)
+        return super().increment(method, url, response, error, _pool, _stacktrace)
+
+
+def _resendable(method: str | None, url: str | None) -> bool:
+    from urllib.parse import urlsplit
+
+    if method is None:
+        return False
+    if method.upper() in Retry.DEFAULT_ALLOWED_METHODS:
+        return True
+    return method.upper() == "POST" and urlsplit(url or "").path in _RESENDABLE_POSTS
+
 
 def _session(retries: int) -> requests.Session:
     s = Session()
-    retry = Retry(
+    retry = _PeerRetry(
         total=retries,
         # No retry (and no backoff) before the request reached a peer: _request
         # moves on to the next peer at once, and says why when none answers.
         connect=0,
         other=0,  # TLS failures: a wrong CA does not get better by asking again
-        read=1,
+        read=1,  # idempotent requests and submits only (_PeerRetry)
         status=retries,
         backoff_factor=0.5,
         backoff_max=10,

@@ -207,7 +207,7 @@ def test_not_logged_in_and_a_revoked_token_say_how_to_log_in(solo, tmp_path):
     out = stranger("whoami", "--peer", p.url, "--ca", p.ca)
     assert out.returncode == 1
     [line] = stderr_lines(out)
-    assert line.startswith(f"error: not logged in to {p.url} (") and f"`pocketgrid login {p.url} --ca" in line
+    assert line.startswith(f"error: not logged in to {p.url}: run `pocketgrid login {p.url} --ca {p.ca} --cert")
     copy = Cli(tmp_path / "copy")
     copy.home.mkdir()
     (copy.home / "credentials.json").write_bytes((cli.home / "credentials.json").read_bytes())

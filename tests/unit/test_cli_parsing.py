@@ -103,3 +103,22 @@ def test_interrupted_messages_name_what_to_run_next(parser):
     assert "run the same command again to resume" in cli._interrupted(parser.parse_args(["fetch", "j.1"]))
     wait = cli._interrupted(parser.parse_args(["status", "j.1", "--wait"]))
     assert wait.startswith("stopped following j.1") and "run the same command again" in wait
+
+
+# ---- the client's retry rule (no server needed: urllib3's Retry decides) -----------------------------
+
+def test_a_read_error_is_retried_only_where_sending_twice_is_harmless():
+    from http.client import RemoteDisconnected
+
+    from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError
+
+    from mobile_client.client import _session
+
+    retry = _session(4).get_adapter("https://x").max_retries
+    dropped = ProtocolError("Connection aborted.", RemoteDisconnected("closed"))
+    assert retry.increment("GET", "/api/v1/jobs/a.1", error=dropped).read == 0
+    assert retry.increment("POST", "/api/v1/jobs", error=dropped).read == 0  # a submit: Idempotency-Key
+    with pytest.raises(ProtocolError):  # adding a rule twice would add two rules
+        retry.increment("POST", "/api/v1/admin/acl", error=dropped)
+    with pytest.raises(MaxRetryError):  # refused: no retry here, the client moves on to the next peer
+        retry.increment("GET", "/healthz", error=NewConnectionError(None, "refused"))
