@@ -1456,11 +1456,23 @@ def local_proc_specs(
 @dataclass
 class CondorSubmission:
     """What :func:`condor_submission` builds: HTCondor's submit object, the itemdata rows, and where
-    each proc's stderr goes (an absolute path in its directory, None when discarded)."""
+    each proc's stderr goes (:meth:`stderr_paths_for`)."""
 
     submit: htcondor2.Submit
     itemdata: list[dict[str, str]]
+    #: As expanded by the check, with ``$(Cluster)`` = :data:`_CHECK_CLUSTER`.
     stderr_paths: list[str | None]
+
+    def stderr_paths_for(self, cluster: int) -> list[str | None]:
+        """Each proc's stderr file (absolute, in its directory; None when discarded) once the
+        schedd named the cluster (a submit file may say ``error = err.$(Cluster).$(Process)``)."""
+        mark = str(_CHECK_CLUSTER)
+        return [None if p is None else p.replace(mark, str(cluster)) for p in self.stderr_paths]
+
+
+#: The cluster number :func:`condor_submission` checks with (the schedd's comes later): distinctive,
+#: so the stderr names can be given the real one.
+_CHECK_CLUSTER = 987654321
 
 
 def condor_submit_dict(
@@ -1528,7 +1540,7 @@ def condor_submission(
     itemdata = [
         {"input": n, "input_index": str(i), "proc_dir": d} for i, (n, d) in enumerate(zip(input_names, dirs))
     ]
-    procs = [_per_proc_macros(i, n, d, 1) for i, (n, d) in enumerate(zip(input_names, dirs))]
+    procs = [_per_proc_macros(i, n, d, _CHECK_CLUSTER) for i, (n, d) in enumerate(zip(input_names, dirs))]
     reply = _run_child(parsed.policy, table=list(table.items()), procs=procs)
     if not reply.get("ok"):
         _raise_child_failure(reply)

@@ -82,7 +82,7 @@ from ..db import Database
 from ..models import Job, Proc
 from ..staging import StagedJob
 from ..proc_stderr import record_names
-from ..submit_description import ParsedSubmit, condor_submission
+from ..submit_description import CondorSubmission, ParsedSubmit, condor_submission
 from . import condor_cli
 from .base import Executor
 
@@ -328,12 +328,16 @@ def condor_table(submit_items: Mapping[str, str] | Sequence[tuple[str, str]], *,
     return table
 
 
-def submission_for(parsed: ParsedSubmit, staged: StagedJob, *, job_id: str, peer_name: str,
-                   record_stderr: bool = False) -> tuple[dict[str, str], list[dict[str, str]]]:
+def submission_for(parsed: ParsedSubmit, staged: StagedJob, *, job_id: str,
+                   peer_name: str) -> tuple[dict[str, str], list[dict[str, str]]]:
     """(table, itemdata) for ``Schedd.submit``: the staged job's executable (in
-    ``.pocketgrid/``), one row per input directory, ``job.log`` as the log.
-    ``record_stderr``: also write each proc's stderr name into the job's meta
-    directory (peer/proc_stderr.py, for the status of a failed input)."""
+    ``.pocketgrid/``), one row per input directory, ``job.log`` as the log."""
+    table, built = _submission(parsed, staged, job_id=job_id, peer_name=peer_name)
+    return table, built.itemdata
+
+
+def _submission(parsed: ParsedSubmit, staged: StagedJob, *, job_id: str,
+                peer_name: str) -> tuple[dict[str, str], CondorSubmission]:
     built = condor_submission(
         parsed,
         executable_path=str(staged.executable_path),
@@ -341,9 +345,7 @@ def submission_for(parsed: ParsedSubmit, staged: StagedJob, *, job_id: str, peer
         input_names=list(staged.input_names),
         log_path=str(staged.log_path),
     )
-    if record_stderr:
-        record_names(staged.meta_dir, staged.proc_dirs, built.stderr_paths)
-    return condor_table(list(built.submit.items()), job_id=job_id, peer_name=peer_name), built.itemdata
+    return condor_table(list(built.submit.items()), job_id=job_id, peer_name=peer_name), built
 
 
 def proc_rows(job_id: str, input_names: Sequence[str], *, cluster: int, first_proc: int, num_procs: int,
@@ -534,9 +536,9 @@ class CondorExecutor(Executor):
 
     # ---- submission --------------------------------------------------------
     def prepare(self, session: Session, job: Job, staged: StagedJob, parsed: ParsedSubmit) -> list[Proc]:
-        table, itemdata = submission_for(parsed, staged, job_id=job.id, peer_name=self.peer_name, record_stderr=True)
+        table, built = _submission(parsed, staged, job_id=job.id, peer_name=self.peer_name)
         try:
-            cluster, first, n = self._submit(table, itemdata, staged.meta_dir)
+            cluster, first, n = self._submit(table, built.itemdata, staged.meta_dir)
         except CondorUnreachable as exc:
             self.last_error = str(exc)
             raise Unavailable(f"{self.peer_name}: the HTCondor schedd did not take the job: {exc}",
@@ -548,6 +550,7 @@ class CondorExecutor(Executor):
             self._remove_cluster(job.id, cluster, "pocketgrid: unexpected submission result")
             raise BadGateway(f"{self.peer_name}: {exc}") from None
         self.pending.track(session, job.id, cluster, self._rolled_back)
+        record_names(staged.meta_dir, staged.proc_dirs, built.stderr_paths_for(cluster))  # for a failed input's status
         for row in rows:
             session.add(row)
         log.info("job %s: cluster %d (%d procs) submitted on hold to the schedd", job.id, cluster, n)

@@ -46,3 +46,18 @@ def test_a_link_out_of_the_proc_dir_is_not_followed(tmp_path: Path):
     d.mkdir()
     os.symlink(secret, d / "err.txt")
     assert stderr_fields(d, "err.txt") == {"stderr_file": "err.txt", "stderr_tail": None}
+
+
+def test_condor_stderr_names_get_the_cluster_the_schedd_gave(tmp_path: Path):
+    from peer.submit_description import condor_submission, parse
+
+    dirs = [str(tmp_path / "0"), str(tmp_path / "1")]
+    for d in dirs:
+        os.mkdir(d)
+    built = condor_submission(parse("executable = prog\nerror = err.$(Cluster).$(Process)\nqueue\n"),
+                              executable_path=str(tmp_path / "prog"), proc_dirs=dirs,
+                              input_names=["a.txt", "b.txt"], log_path=str(tmp_path / "job.log"))
+    assert built.stderr_paths_for(42) == [f"{dirs[0]}/err.42.0", f"{dirs[1]}/err.42.1"]
+    default = condor_submission(parse("executable = prog\nqueue\n"), executable_path=str(tmp_path / "prog"),
+                                proc_dirs=dirs[:1], input_names=["a.txt"], log_path=str(tmp_path / "job.log"))
+    assert default.stderr_paths_for(7) == [f"{dirs[0]}/{CONDOR_DEFAULT}"]
