@@ -136,5 +136,5 @@ for p in "$SITE"/pip "$SITE"/pip-*.dist-info "$SITE"/setuptools "$SITE"/setuptoo
 done
 echo "  site-packages without pip/setuptools: $(( (total - tooling) / 1024 )).$(( (total - tooling) % 1024 * 10 / 1024 )) MB ($((total - tooling)) KiB)"
 echo "  wheels downloaded (pocketgrid and its dependencies):"
-(cd "$WORK/deps" && ls -l -- *.whl *.tar.gz 2>/dev/null | awk '{ printf "    %8.0f KiB  %s\n", $5 / 1024, $9; s += $5 } END { printf "    %8.0f KiB  total\n", s / 1024 }')
+(cd "$WORK/deps" && find . -maxdepth 1 -type f \( -name '*.whl' -o -name '*.tar.gz' \) -printf '%s %f\n' | sort -k2 | awk '{ printf "    %8.0f KiB  %s\n", $1 / 1024, $2; s += $1 } END { printf "    %8.0f KiB  total\n", s / 1024 }')
 step "OK: the base install is a working client"
