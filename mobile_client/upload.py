@@ -124,6 +124,20 @@ def resume_key(local: Path, peer: str, name: str) -> str:
     return hashlib.sha256(ident.encode()).hexdigest()
 
 
+#: Records of uploads never finished are forgotten after this long (the peer expires them after a day).
+RECORD_MAX_AGE = 7 * 86400.0
+
+
+def _prune_records(directory: Path) -> None:
+    cutoff = time.time() - RECORD_MAX_AGE
+    for old in directory.glob("*.json"):
+        try:
+            if old.stat().st_mtime < cutoff:
+                old.unlink()
+        except OSError:
+            pass  # another run removed it, or it is not ours to remove
+
+
 def _load_record(path: Path) -> dict[str, Any] | None:
     try:
         record = json.loads(path.read_text())
@@ -318,6 +332,7 @@ def upload(
     uploader = _Uploader(session, timeout=timeout, chunk_bytes=chunk_bytes, max_failures=max_failures,
                          retry_delay=retry_delay)
     record_path = (records or state_dir()) / f"{resume_key(local, base_url, name)}.json"
+    _prune_records(record_path.parent)
     record = _load_record(record_path)
     offset: int | None = None
     if record is not None:
