@@ -234,6 +234,10 @@ def _stop_on_signal(signum: int, frame) -> None:
 
 def run_demo(*, keep: bool = False, n_inputs: int = 6, serve: bool = False, host: str = "127.0.0.1") -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    if host != "127.0.0.1" and not serve:
+        print("error: --host is for --serve (the peers of a plain demo stop when it ends): add --serve",
+              file=sys.stderr)
+        return 2
     for sig in (signal.SIGTERM, signal.SIGHUP):  # the peers run in their own sessions: never leave them behind
         signal.signal(sig, _stop_on_signal)
     root = Path(tempfile.mkdtemp(prefix="pocketgrid-demo-"))
