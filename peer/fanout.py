@@ -14,6 +14,7 @@ from typing import Any
 
 import requests
 
+from .auth import USER_HEADER
 from .membership import Membership
 
 #: At most this many members asked at the same time.
@@ -99,6 +100,6 @@ def grid_view(svc: Any, who: Any, path: str, *, key: str, records: list[dict[str
     if local_only or who.kind != "user" or who.via is not None:
         return mine, []
     theirs, unreachable = gather_records(svc.http, svc.membership, path, key=key, params={**params, "local": 1},
-                                         headers={"X-Pocketgrid-User": who.assertion()},
+                                         headers={USER_HEADER: who.assertion()},
                                          timeout=svc.config.peer_timeout)
     return mine + theirs, unreachable
