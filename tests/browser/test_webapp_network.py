@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -104,3 +105,192 @@ def test_a_page_with_a_problem_fails_its_test(tmp_path: Path) -> None:
         assert f"ERROR at teardown of {name}" in out, out
         section = out.split(f"ERROR at teardown of {name}", 1)[1].split("ERROR at teardown of", 1)[0]
         assert kind in section and text in section, section
+
+
+# ---- helpers that drive the app like a person --------------------------------------------------
+
+def numbers_file(path: Path, lines: int, seed: int = 7) -> Path:
+    """An input for the sample histogram analysis: ``lines`` numbers, one a line."""
+    import random
+
+    rng = random.Random(seed)
+    path.write_text("".join(f"{rng.gauss(0.0, 1.0):.6f}\n" for _ in range(lines)))
+    return path
+
+
+def choose_sample_analysis(page: Any, base_url: str) -> None:
+    """Executable and submit file of the sample analysis, picked from the publishing area."""
+    page.goto(f"{base_url}/#files?pick=executable")
+    page.get_by_role("button", name="Choose the executable: histogram.py").click()
+    page.wait_for_url("**/#submit")
+    page.goto(f"{base_url}/#files?pick=submit")
+    page.get_by_role("button", name="Choose the submit file: histogram.sub").click()
+    page.wait_for_url("**/#submit")
+    page.locator("#exe-chosen").get_by_text("histogram.py", exact=True).wait_for()
+    page.locator("#sub-chosen").get_by_text("histogram.sub", exact=True).wait_for()
+
+
+def wait_or_explain(locator: Any, timeout_ms: float, explain: Any) -> None:
+    """``locator.wait_for``; at the deadline, fail with what the page shows instead."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        locator.wait_for(timeout=timeout_ms)
+    except PlaywrightTimeout:
+        raise AssertionError(f"timed out after {timeout_ms / 1000:g} s waiting for {locator}: {explain()}") from None
+
+
+def job_id_of(page: Any) -> str:
+    """The job the app shows (it opens ``#job/<id>`` after a submit)."""
+    from urllib.parse import unquote
+
+    page.wait_for_url("**/#job/*")
+    return unquote(page.url.split("#job/", 1)[1].split("/", 1)[0])
+
+
+# ---- (a) an upload over a link that drops -------------------------------------------------------
+
+CUT_UPLOAD = 48 * 1024
+
+
+def test_upload_cut_mid_way_resumes_verifies_and_the_job_runs_on_it(
+        page: Any, grid: Any, alice: Any, pairing_code: Any, cutting_proxy: Any, tmp_path: Path) -> None:
+    proxy = cutting_proxy(grid.a)
+    base = proxy.url_for("https")
+    pair(page, base, pairing_code())
+    choose_sample_analysis(page, base)
+    name = unique("uploaded")
+    page.get_by_label("Job name").fill(name)
+    local = numbers_file(tmp_path / f"{name}.txt", 40_000)  # ~360 KB: many times the cut
+    size = local.stat().st_size
+    assert size > 5 * CUT_UPLOAD
+
+    proxy.set_cut(CUT_UPLOAD)  # from now on every connection drops after 48 KB either way
+    cuts_before = proxy.cuts
+    page.get_by_label("Upload inputs from this phone").set_input_files(str(local))
+    page.get_by_role("listitem", name=f"upload {local.name}: verified").wait_for(timeout=120_000)
+    proxy.set_cut(None)
+    # Each connection carried at most 48 KB: only an upload that resumes from the peer's
+    # offset can have finished, and it took several cuts to do so.
+    assert proxy.cuts - cuts_before >= size // CUT_UPLOAD - 1, (proxy.cuts, cuts_before)
+
+    # The verified file is in alice's upload area, byte for byte, and is the draft's input.
+    inputs = page.locator("#draft-inputs")
+    path = inputs.get_by_text(local.name).inner_text().strip()
+    assert path.startswith("uploads/u-") and path.endswith("/" + local.name), path
+    assert (grid.a.publish / path).read_bytes() == local.read_bytes()
+    assert alice.checksum(path) == hashlib.sha256(local.read_bytes()).hexdigest()
+
+    page.get_by_role("button", name="Submit job").click()
+    job_id = job_id_of(page)
+    page.get_by_role("listitem", name="input 0: completed, exit 0").wait_for(timeout=60_000)
+    final = alice.wait(job_id, timeout=30)
+    assert final["state"] == "completed"
+    assert [i["input"] for i in final["inputs"]] == [local.name]  # staged under its own name
+    spec = alice.session.get(f"{grid.a.url}/api/v1/jobs/{job_id}/spec", timeout=10)
+    assert spec.ok and spec.json()["inputs"] == [path], spec.text
+    out = tmp_path / "out"
+    alice.fetch_all(job_id, out)
+    histogram = json.loads((out / "0" / "histogram.json").read_text())
+    assert histogram["n"] == 40_000  # the job read the whole uploaded file
+
+
+# ---- (c) offline: the cached jobs, marked stale; catching up ------------------------------------
+
+HISTOGRAM = (Path(__file__).resolve().parents[2] / "pocketgrid" / "sample")
+
+
+def submit_sample(client: Any, grid: Any, name: str, inputs: list[str] | None = None) -> dict[str, Any]:
+    return client.submit(name, (HISTOGRAM / "histogram.py").read_bytes(), "histogram.sub", inputs or grid.inputs[:1],
+                         executable_name="histogram.py", submit_text=(HISTOGRAM / "histogram.sub").read_text())
+
+
+def test_offline_reload_shows_cached_jobs_marked_stale_and_catches_up(
+        paired_page: Any, grid: Any, alice: Any, context: Any) -> None:
+    page = paired_page
+    base = grid.a.url
+    first = unique("before-offline")
+    job = submit_sample(alice, grid, first)
+    assert alice.wait(job["id"], timeout=60)["state"] == "completed"
+    page.wait_for_function("navigator.serviceWorker && navigator.serviceWorker.controller !== null", timeout=20_000)
+    page.goto(f"{base}/#jobs")
+    page.reload()  # the list now goes through the service worker, which keeps it
+    page.get_by_role("link", name=f"job {first}: completed").wait_for()
+
+    context.set_offline(True)
+    page.reload()
+    page.get_by_role("link", name=f"job {first}: completed (stale)").wait_for()
+    banner = page.locator("#offline")
+    assert banner.is_visible() and "offline" in banner.inner_text()
+
+    second = unique("while-offline")  # the peer gets a job the phone cannot know about yet
+    job2 = submit_sample(alice, grid, second)
+    assert alice.wait(job2["id"], timeout=60)["state"] == "completed"
+    assert page.get_by_role("link", name=f"job {second}: completed").count() == 0
+
+    # The link returns: the app catches up without a reload.  Not only on the `online` event:
+    # a page loaded while offline may never get one (Chromium here reports navigator.onLine
+    # true after such a reload, and phones on a link that drops upstream of the radio do the
+    # same), so a page showing stale data must also try again by itself now and then.
+    context.set_offline(False)
+    page.get_by_role("link", name=f"job {second}: completed", exact=True).wait_for(timeout=60_000)
+    page.get_by_role("link", name=f"job {first}: completed", exact=True).wait_for()
+    assert not banner.is_visible()
+
+
+# ---- (b) a download over a link that drops ------------------------------------------------------
+
+BIG_SH = b"""#!/bin/sh
+# usage: big.sh INPUT: a 3 MB output of random bytes (incompressible)
+head -c 3000000 /dev/urandom > big.bin
+echo "wrote big.bin for $1"
+"""
+BIG_SUB = "executable = big.sh\narguments = $(input)\noutput = stdout.txt\nerror = stderr.txt\nqueue\n"
+CUT_DOWNLOAD = 256 * 1024
+
+
+def test_download_cut_again_and_again_resumes_from_stored_bytes_and_verifies(
+        page: Any, grid: Any, alice: Any, pairing_code: Any, cutting_proxy: Any) -> None:
+    job = alice.submit(unique("big-output"), BIG_SH, "big.sub", grid.inputs[:1], executable_name="big.sh",
+                       submit_text=BIG_SUB)
+    final = alice.wait(job["id"], timeout=60)
+    assert final["state"] == "completed", final
+    owner = {p.name: p for p in grid.peers}[final["peer"]]
+    on_peer = (owner.state / "stage" / job["id"] / "0" / "big.bin").read_bytes()
+    size = len(on_peer)
+    assert size == 3_000_000
+
+    proxy = cutting_proxy(grid.a)  # the job may run on site-b: site-a relays the output
+    base = proxy.url_for("https")
+    pair(page, base, pairing_code())
+    ranges: list[str | None] = []  # the Range header of every request the page makes for the file
+    page.on("request", lambda r: ranges.append(r.headers.get("range")) if r.url.endswith("/outputs/0/big.bin") else None)
+    page.goto(f"{base}/#job/{job['id']}/outputs")
+    download_button = page.get_by_role("button", name="Download big.bin of input 0")
+    download_button.wait_for()
+
+    proxy.set_cut(CUT_DOWNLOAD)  # every connection drops after 256 KB either way
+    cuts_before, bytes_before = proxy.cuts, proxy.bytes_to_client
+    download_button.click()
+    card = page.get_by_label("download big.bin: verified")
+    wait_or_explain(card, 120_000, lambda: f"the download card says {page.locator('.output-row .stack').all_inner_texts()}; "
+                                           f"{proxy.cuts - cuts_before} cuts; Range headers sent: {ranges}")
+    proxy.set_cut(None)
+    cuts = proxy.cuts - cuts_before
+    wire = proxy.bytes_to_client - bytes_before
+
+    # It went on from the bytes it had each time, never back towards the start.  (Each
+    # connection carried at most 256 KB: a download that starts over cannot have finished.)
+    assert cuts >= size // CUT_DOWNLOAD - 1, (cuts, ranges)
+    assert all(r is None or r.startswith("bytes=") for r in ranges), ranges
+    starts = [0 if r is None else int(r.removeprefix("bytes=").split("-")[0]) for r in ranges]
+    assert starts == sorted(starts) and starts[-1] > 0, starts
+    assert wire < 3 * size, (wire, size)  # what the phone paid for: the file, plus what the cuts cost
+    digest = hashlib.sha256(on_peer).hexdigest()
+    assert digest[:16] in card.inner_text()  # "Verified: SHA-256 matches (<first 16 hex>…)"
+
+    # What it hands over is the file on the peer, byte for byte.
+    with page.expect_download() as saved:
+        page.get_by_role("link", name="Save big.bin").click()
+    assert Path(saved.value.path()).read_bytes() == on_peer
+    assert saved.value.suggested_filename == "big.bin"
