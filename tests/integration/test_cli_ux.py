@@ -289,3 +289,16 @@ def test_peers_of_one_account_do_not_share_a_gunicorn_control_socket(site_pki, t
     finally:
         for peer in started:
             peer.stop()
+
+
+def test_a_failed_input_shows_the_last_lines_of_its_stderr(solo, tmp_path):
+    p, cli = solo
+    script = 'if [ "$1" = b.txt ]; then echo "reading $1" >&2; echo "ValueError: bad line 3" >&2; exit 1; fi\n'
+    job = submit(cli, tmp_path, script, "a.txt", "b.txt", name="half")
+    out = cli("status", job, "--wait", timeout=120)
+    assert out.returncode == 1  # it did not complete
+    last = out.stdout.split(f"{job} (half)")[-1].splitlines()  # the final status
+    assert "  [0] a.txt: completed exit 0" in last
+    at = last.index("  [1] b.txt: failed exit 1")
+    assert last[at + 1:at + 4] == ["      last lines of _condor_stderr:", "        reading b.txt",
+                                   "        ValueError: bad line 3"]
