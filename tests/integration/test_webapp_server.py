@@ -18,7 +18,6 @@ import pytest
 import requests
 
 from peer.security_headers import API_CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY
-from peer.webapp import AppPathConverter  # noqa: F401  (the module must import without a peer)
 from pocketgrid.http import Session
 from tests.conftest import PeerProcess, free_port, secure_args, user_session, wait_until
 
