@@ -268,6 +268,21 @@ def run(args: argparse.Namespace) -> int:
     except (DownloadFailed, IntegrityError, ConnectionError, TimeoutError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        _remember_peer_order(client, saved, args)
+
+
+def _remember_peer_order(c: Client, saved: Credentials, args: argparse.Namespace) -> None:
+    """Save the saved peers in the order that worked (the one that answered first), so a dead
+    first peer does not cost a connection attempt (up to CONNECT_TIMEOUT) on every later command."""
+    if args.command in {"login", "pair", "logout"} or not saved.token or not saved.peers:
+        return
+    if c.peers != saved.peers and sorted(c.peers) == sorted(saved.peers):
+        saved.peers = list(c.peers)
+        try:
+            saved.save()
+        except OSError:
+            pass  # a read-only home: the order is an optimisation
 
 
 def _print(args: argparse.Namespace, data: Any, text: Callable[[Any], str]) -> None:

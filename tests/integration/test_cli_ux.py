@@ -302,3 +302,21 @@ def test_a_failed_input_shows_the_last_lines_of_its_stderr(solo, tmp_path):
     at = last.index("  [1] b.txt: failed exit 1")
     assert last[at + 1:at + 4] == ["      last lines of _condor_stderr:", "        reading b.txt",
                                    "        ValueError: bad line 3"]
+
+
+def test_the_saved_peer_order_follows_the_peer_that_answered(peers, site_pki, tmp_path):
+    a = peers("site-a", extra=["--no-agent"], site_pki=site_pki)
+    b = peers("site-b", join=a.url, extra=["--no-agent"], site_pki=site_pki)
+    cli = Cli(tmp_path / "home")
+    cli.login(f"{a.url},{b.url}", site_pki)
+
+    def b_knows_a() -> bool:  # b checks a's tokens once the membership carries a's certificate
+        out = cli("whoami", "--peer", b.url)
+        return out.returncode == 0
+    wait_until(b_knows_a, 30, what="site-b to accept site-a's tokens")
+    saved = lambda: json.loads((cli.home / "credentials.json").read_text())["peers"]  # noqa: E731
+    assert saved() == [a.url, b.url]
+    a.stop()
+    out = cli("whoami")  # the token (issued by a) is checked by b
+    assert out.returncode == 0 and out.stderr == "", out.stderr
+    assert saved() == [b.url, a.url]  # the next command asks b first
