@@ -247,7 +247,8 @@ def run(args: argparse.Namespace) -> int:
         print(("\n" if sys.stderr.isatty() else "") + _interrupted(args), file=sys.stderr)
         return 130
     except ApiError as exc:
-        if exc.status == 401 and args.command not in {"login", "pair"}:
+        logging_in = args.command == "login" or (args.command == "pair" and getattr(args, "code", None))
+        if exc.status == 401 and not logging_in:  # a refused login says why itself
             print(f"error: {_not_logged_in(exc, client, args)}", file=sys.stderr)
         else:
             print(f"error: {exc.message} (HTTP {exc.status})", file=sys.stderr)

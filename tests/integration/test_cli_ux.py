@@ -208,6 +208,8 @@ def test_not_logged_in_and_a_revoked_token_say_how_to_log_in(solo, tmp_path):
     assert out.returncode == 1
     [line] = stderr_lines(out)
     assert line.startswith(f"error: not logged in to {p.url}: run `pocketgrid login {p.url} --ca {p.ca} --cert")
+    out = stranger("pair", "--peer", p.url, "--ca", p.ca)  # a code needs a login too
+    assert out.returncode == 1 and stderr_lines(out)[0].startswith(f"error: not logged in to {p.url}: run")
     copy = Cli(tmp_path / "copy")
     copy.home.mkdir()
     (copy.home / "credentials.json").write_bytes((cli.home / "credentials.json").read_bytes())
