@@ -27,7 +27,7 @@ import ssl
 import time
 import uuid
 from pathlib import Path, PurePosixPath
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 from typing import Any, Callable, Iterable
 from dataclasses import dataclass
 
@@ -94,8 +94,6 @@ def describe_failure(exc: requests.RequestException, url: str, ca: str | None) -
     """What went wrong reaching ``url``, in words a person can act on, if the request was
     never delivered (refused, unknown host, connect timeout, a certificate that does not
     verify, not TLS); None when it may have reached the peer."""
-    from urllib.parse import urlsplit
-
     host = urlsplit(url).hostname or url
     where = f"the CA in {ca}" if ca else "the system's trust store"
     verify = _find(exc, ssl.SSLCertVerificationError)
@@ -146,8 +144,6 @@ class _PeerRetry(Retry):
 
 
 def _resendable(method: str | None, url: str | None) -> bool:
-    from urllib.parse import urlsplit
-
     if method is None:
         return False
     if method.upper() in Retry.DEFAULT_ALLOWED_METHODS:
