@@ -6,6 +6,10 @@ import { openStore } from "./store.js";
 import { formatBytes } from "./dom.js";
 
 const MAX_ATTEMPTS_WITHOUT_PROGRESS = 12;
+const START_SPAN = 256 * 1024;
+const MIN_SPAN = 32 * 1024;
+const MAX_SPAN = 8 * 1024 * 1024;
+const GROW_AFTER = 8; // whole ranges in a row before a larger one, once the link has dropped
 
 function metaKey(key) { return `pg.dl.${key}`; }
 function loadMeta(key) {
@@ -37,15 +41,21 @@ export async function download({ url, key, name, sha256, size = null, ui, signal
   saveMeta(key, meta);
   let total = meta.total ?? size;
   let attempts = 0;
+  // Bounded ranges, sized like TCP's window: doubled after each whole range until the first
+  // drop (slow start), then halved at each drop and doubled only after GROW_AFTER whole ranges
+  // in a row.  A browser drops what it had queued of a response whose connection breaks, so
+  // on a link that keeps dropping only ranges that complete count; smaller ones complete.
+  let span = START_SPAN;
+  let slowStart = true;
+  let streak = 0;
   if (have) ui.say(`Resuming from ${formatBytes(have)} already on this phone…`);
   for (;;) {
     if (total !== null && total !== undefined && have >= total) break;
     const headers = {};
-    if (have > 0) {
-      headers.Range = `bytes=${have}-`;
-      if (meta.etag) headers["If-Range"] = meta.etag;
-    }
+    if (have > 0 || total) headers.Range = `bytes=${have}-${have + span - 1}`;
+    if (have > 0 && meta.etag) headers["If-Range"] = meta.etag;
     let writer = null;
+    let writing = Promise.resolve();
     try {
       const res = await fetch(url, { headers, credentials: "same-origin", signal, cache: "no-store" });
       if (res.status === 416 && have > 0) { total = have; break; } // we have it all already
@@ -56,28 +66,41 @@ export async function download({ url, key, name, sha256, size = null, ui, signal
       }
       if (res.status === 200) have = 0; // the file changed (If-Range) or a full answer: start over
       total = totalOf(res, have);
-      meta.etag = res.headers.get("ETag");
+      if (res.status === 200 || !meta.etag) meta.etag = res.headers.get("ETag");
       meta.total = total;
       saveMeta(key, meta);
       writer = await store.writer(have);
+      const w = writer;
       const reader = res.body.getReader();
+      // Read as fast as the bytes come and write behind: a stream that errors (the link
+      // dropped) discards what it had queued but the page had not read yet.
       for (;;) {
         const { done, value } = await reader.read();
         if (done) break;
-        await writer.write(value);
         have += value.byteLength;
-        attempts = 0;
+        writing = writing.then(() => w.write(value));
         ui.progress(have, total);
       }
+      await writing;
       await writer.close();
       writer = null;
+      attempts = 0;
+      streak += 1;
+      if (slowStart || streak >= GROW_AFTER) { span = Math.min(MAX_SPAN, span * 2); streak = 0; }
       if (total === null) { total = have; break; }
     } catch (err) {
-      if (writer) await writer.close().catch(() => {}); // keep what arrived
+      if (writer) { // keep what arrived
+        await writing.catch(() => {});
+        await writer.close().catch(() => {});
+        writing = Promise.resolve();
+      }
       if (err.name === "AbortError") throw err;
       const transient = !(err instanceof ApiError) || [429, 502, 503, 504].includes(err.status);
       if (!transient) throw err;
       attempts += 1;
+      span = Math.max(MIN_SPAN, Math.floor(span / 2));
+      slowStart = false;
+      streak = 0;
       if (attempts > MAX_ATTEMPTS_WITHOUT_PROGRESS) {
         throw new Error(`the link keeps dropping (${formatBytes(have)} kept on this phone: tap Download again to resume)`);
       }
