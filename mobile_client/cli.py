@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 import requests
 
+from . import pending_submits
 from .client import ApiError, Client, OutputExists, PeerUnreachable
 from .credentials import Credentials
 from pocketgrid.transfer import DownloadFailed, IntegrityError
@@ -195,7 +196,8 @@ def make_client(args: argparse.Namespace) -> tuple[Client, Credentials]:
 _INTERRUPTED = {
     "fetch": "fetch interrupted: the partial download is kept (NAME.part); run the same command again to resume",
     "upload": "upload interrupted: run the same command again to continue where it stopped",
-    "submit": "submit interrupted: run `pocketgrid status` to see whether the job was created before running it again",
+    "submit": "submit interrupted: run the same command again: it re-sends the same Idempotency-Key, so it "
+              "cannot create a second job",
 }
 
 
@@ -468,7 +470,22 @@ def cmd_submit(c: Client, args: argparse.Namespace) -> int:
     for local, r in zip(args.upload, uploaded):
         print(f"uploaded {_upload_line(local, r)}", file=sys.stderr)
     inputs = [*args.inputs, *(r["path"] for r in uploaded)]
-    job = c.submit(args.name, args.executable, args.submit_file, inputs, idempotency_key=args.idempotency_key)
+    key, retried = args.idempotency_key, False
+    if key is None:  # the same submission run again re-sends its key: never a second job
+        fp = pending_submits.fingerprint(args.name, Path(args.executable).read_bytes(),
+                                         Path(args.submit_file).read_text(), inputs)
+        key, retried = pending_submits.key_for(fp)
+        if retried:
+            print("re-sending an earlier submit of the same job that got no answer (same Idempotency-Key)",
+                  file=sys.stderr)
+    try:
+        job = c.submit(args.name, args.executable, args.submit_file, inputs, idempotency_key=key)
+    except ApiError as exc:
+        if args.idempotency_key is None and exc.status < 500:
+            pending_submits.answered(fp)  # refused: a corrected command is a new submission
+        raise  # 5xx: the peer asks for a retry with the same key, which a rerun sends
+    if args.idempotency_key is None:
+        pending_submits.answered(fp)
     _print(args, job, lambda j: f"{j['id']}  on {j['peer']}, {j.get('inputs', '?')} inputs"
            + "".join(f"\nwarning: {w}" for w in j.get("warnings", [])))
     return 0

@@ -322,3 +322,36 @@ def test_the_saved_peer_order_follows_the_peer_that_answered(peers, site_pki, tm
     out = cli("whoami")  # the token (issued by a) is checked by b
     assert out.returncode == 0 and out.stderr == "", out.stderr
     assert saved() == [b.url, a.url]  # the next command asks b first
+
+
+def test_a_submit_whose_answer_was_lost_is_not_made_twice_by_running_it_again(solo, tmp_path, monkeypatch, capsys):
+    """The job was created but the answer never reached the person (Ctrl-C, a dropped link):
+    running the same command again re-sends the same Idempotency-Key and gets the same job."""
+    from mobile_client.client import Client
+    from pocketgrid import cli as pg_cli
+
+    p, cli = solo
+    monkeypatch.setenv("POCKETGRID_HOME", str(cli.home))
+    exe = tmp_path / "once.sh"
+    exe.write_text("#!/bin/sh\necho once > out.txt\n")
+    sub = tmp_path / "once.sub"
+    sub.write_text(f"executable = {exe.name}\nqueue\n")
+    command = ["submit", "--name", "once", "--executable", str(exe), "--submit-file", str(sub), "a.txt"]
+    real_submit = Client.submit
+    made: list[str] = []
+
+    def answer_lost(self, *args, **kwargs):
+        made.append(real_submit(self, *args, **kwargs)["id"])  # the peer made the job ...
+        raise KeyboardInterrupt  # ... and the person pressed Ctrl-C before the answer was shown
+
+    monkeypatch.setattr(Client, "submit", answer_lost)
+    assert pg_cli.main(command) == 130
+    assert "cannot create a second job" in capsys.readouterr().err
+    monkeypatch.setattr(Client, "submit", real_submit)
+    assert pg_cli.main(command) == 0  # the same command again
+    out = capsys.readouterr()
+    assert "re-sending an earlier submit" in out.err and out.out.split()[0] == made[0]
+    listing = cli("status", "--json")
+    assert [j["id"] for j in json.loads(listing.stdout) if j["name"] == "once"] == made
+    assert pg_cli.main(command) == 0  # answered: the same command now on purpose makes a new job
+    assert capsys.readouterr().out.split()[0] != made[0]
