@@ -3,8 +3,10 @@
 Every record goes to two places: the ``audit_events`` table (queryable by an
 administrator through ``GET /api/v1/admin/audit``) and the
 ``pocketgrid.audit`` logger, so a site can ship it to its own log system.
-Actions: ``login``, ``pair``, ``pairing-code``, ``logout``, ``token-revoke``,
-``acl-allow``, ``acl-deny``, ``acl-remove``, ``submit``, ``kill`` and
+Actions: ``login``, ``pair``, ``pairing-code``, ``pairing-redeem`` (a code
+used up here for a phone that paired at another peer), ``logout``,
+``token-revoke``, ``acl-allow``, ``acl-deny``, ``acl-remove``, ``submit``,
+``upload`` (a resumable upload completed and verified), ``kill`` and
 ``access-denied``; outcome ``ok``, ``failed`` (bad credentials, a bad pairing
 code) or ``denied`` (an ACL rule refused it).  Not recorded: requests
 refused because a route is for hosts only, and other users' jobs answered
