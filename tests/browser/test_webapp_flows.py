@@ -124,6 +124,8 @@ def test_pair_from_the_qr_fragment_stay_logged_in_and_log_out(page: Any, grid: A
 
 def test_a_wrong_code_says_so_and_stays_on_the_pairing_screen(page: Any, grid: Any, pairing_code: Any) -> None:
     page.goto(f"{grid.a.url}/")
+    page.get_by_label(PAIRING_CODE_LABEL).wait_for()
+    snap(page, "pair")
     page.get_by_label(PAIRING_CODE_LABEL).fill("ZZZZ-ZZZZ")
     page.get_by_role("button", name="Pair").click()
     page.locator("#pair-message.error").get_by_text("Pairing failed").wait_for()
@@ -136,7 +138,6 @@ def test_a_wrong_code_says_so_and_stays_on_the_pairing_screen(page: Any, grid: A
 def test_sample_job_from_the_publishing_area_outputs_and_merged_plot(
         paired_page: Any, grid: Any, alice: Any) -> None:
     page, base = paired_page, grid.a.url
-    snap(page, "jobs")
     page.get_by_role("link", name="Files").click()
     page.get_by_role("link", name="folder samples").click()
     for path in grid.inputs:
@@ -167,7 +168,6 @@ def test_sample_job_from_the_publishing_area_outputs_and_merged_plot(
     for i in range(len(grid.inputs)):
         page.get_by_role("listitem", name=f"input {i}: completed, exit 0").wait_for(timeout=90_000)
     page.get_by_role("status").filter(has_text="Finished").wait_for()
-    snap(page, "job")
     # One job, owned by alice, with the inputs picked on the phone.
     spec = alice.session.get(f"{base}/api/v1/jobs/{job_id}/spec", timeout=10).json()
     assert spec["inputs"] == grid.inputs and spec["executable_name"] == "histogram.py"
@@ -232,8 +232,12 @@ def watch_the_gated_job(page: Any, gate: Path) -> None:
     failed.wait_for(timeout=60_000)
     assert page.evaluate("window.__sameDocument === true")  # pushed live, not reloaded
     failed.get_by_label("stderr of input 1").get_by_text("broken input: bad-input.txt").wait_for()
+    snap(page, "job")
     assert page.get_by_role("status").filter(has_text="Finished").count() == 1
     assert page.get_by_role("button", name="Kill job").count() == 0  # nothing left to kill
+    page.get_by_role("link", name="‹ All jobs").click()
+    page.get_by_role("link", name=re.compile(r"^job gated-.*: failed$")).first.wait_for()
+    snap(page, "jobs")
 
 
 def test_kill_asks_first_then_stops_the_job(paired_page: Any, grid: Any, alice: Any, tmp_path: Path) -> None:
@@ -291,6 +295,48 @@ def watch_the_plot_grow(page: Any, base: str, job_id: str, gate: Path) -> None:
     assert caption.startswith("12 values in 4 bins from 0 to 4; underflow 0, overflow 3"), caption
 
 
+def test_a_submit_whose_answer_is_lost_is_retried_with_the_same_key_and_makes_one_job(
+        paired_page: Any, grid: Any, alice: Any) -> None:
+    """The link drops after the peer made the job but before its answer arrived: the app
+    retries with the same Idempotency-Key and the peer answers the job it already made."""
+    from pocketgrid.http import Session
+
+    page, base = paired_page, grid.a.url
+    keys: list[str] = []
+    statuses: list[int] = []
+    forward = Session(verify=grid.ca)
+
+    def lose_the_first_answer(route: Any) -> None:
+        request = route.request
+        if request.method != "POST":
+            route.continue_()
+            return
+        keys.append(request.headers["idempotency-key"])
+        if len(keys) == 1:  # deliver the request to the peer, then drop the link before the answer
+            headers = {k: v for k, v in request.all_headers().items() if not k.startswith(":")}
+            made = forward.post(request.url, headers=headers, data=request.post_data_buffer, timeout=30)
+            assert made.status_code == 201, made.text
+            route.abort("connectionreset")
+        else:
+            route.continue_()
+
+    page.route(f"{base}/api/v1/jobs", lose_the_first_answer)
+    page.on("response", lambda r: statuses.append(r.status) if r.url == f"{base}/api/v1/jobs" and r.request.method == "POST" else None)
+    name = unique("lost-answer")
+    page.goto(f"{base}/#submit")
+    page.get_by_label("Job name").fill(name)
+    choose_from_area(page, base, "executable", "histogram.py")
+    choose_from_area(page, base, "submit", "histogram.sub")
+    page.goto(f"{base}/#files?path=samples")
+    page.get_by_label(grid.inputs[0].rpartition("/")[2], exact=True).check()
+    page.goto(f"{base}/#submit")
+    page.get_by_role("button", name="Submit job").click()
+    job_id = job_id_of(page)
+    assert len(keys) == 2 and keys[0] == keys[1], keys
+    assert statuses == [200], statuses  # the retry's answer: a replay of the job made the first time
+    assert [j["id"] for j in alice.jobs() if j["name"] == name] == [job_id]  # one job, not two
+
+
 def test_run_again_with_other_inputs(paired_page: Any, grid: Any, alice: Any) -> None:
     page, base = paired_page, grid.a.url
     first = alice.submit(unique("first-run"), (SAMPLE / "histogram.py").read_bytes(), "histogram.sub", grid.inputs[:1],
@@ -312,6 +358,50 @@ def test_run_again_with_other_inputs(paired_page: Any, grid: Any, alice: Any) ->
     assert spec["inputs"] == [grid.inputs[2]] and spec["name"] == name
     exe = alice.session.get(f"{base}/api/v1/jobs/{job_id}/executable", timeout=10).content
     assert exe == (SAMPLE / "histogram.py").read_bytes()  # the earlier job's executable, byte for byte
+
+
+def test_without_event_source_states_still_change_live_by_long_poll(
+        context: Any, page: Any, grid: Any, pairing_code: Any, tmp_path: Path) -> None:
+    context.add_init_script("delete window.EventSource")  # a browser (or proxy) with no SSE
+    base = grid.a.url
+    pair(page, base, pairing_code())
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    exe = tmp_path / "gate.sh"
+    exe.write_bytes(GATE_SH)
+    sub = tmp_path / "gate.sub"
+    sub.write_text(sub_text("gate.sh", f"$(input) $(input_index) {gate}"))
+    try:
+        submit_from_phone(page, base, unique("polled"), exe, sub, grid.inputs[:1])
+        page.get_by_role("listitem", name="input 0: running").wait_for(timeout=60_000)
+        page.get_by_role("status").filter(has_text="long polls").wait_for()
+        page.evaluate("window.__sameDocument = true")
+        (gate / "open").touch()
+        page.get_by_role("listitem", name="input 0: completed, exit 0").wait_for(timeout=60_000)
+        assert page.evaluate("window.__sameDocument === true")
+    finally:
+        (gate / "open").touch()
+
+
+def test_download_kept_in_indexeddb_where_opfs_cannot_write(
+        context: Any, page: Any, grid: Any, alice: Any, pairing_code: Any) -> None:
+    # Safari before 17: OPFS without createWritable.  The app must fall back to IndexedDB.
+    context.add_init_script("if (self.FileSystemFileHandle) delete FileSystemFileHandle.prototype.createWritable")
+    job = alice.submit(unique("for-idb"), (SAMPLE / "histogram.py").read_bytes(), "histogram.sub", grid.inputs[:1],
+                       executable_name="histogram.py", submit_text=(SAMPLE / "histogram.sub").read_text())
+    assert alice.wait(job["id"], timeout=60)["state"] == "completed"
+    base = grid.a.url
+    pair(page, base, pairing_code())
+    page.goto(f"{base}/#job/{job['id']}/outputs")
+    page.get_by_role("button", name="Download histogram.json of input 0").click()
+    card = page.get_by_label("download histogram.json: verified")
+    card.get_by_text("kept in IndexedDB").wait_for()
+    with page.expect_download() as saving:
+        card.get_by_role("link", name="Save histogram.json").click()
+    assert saving.value.suggested_filename == "histogram.json"
+    saved = Path(saving.value.path()).read_text()
+    expected = alice.session.get(f"{base}/api/v1/jobs/{job['id']}/outputs/0/histogram.json", timeout=10).text
+    assert saved == expected
 
 
 # ---- privacy ---------------------------------------------------------------------------------------
@@ -378,6 +468,16 @@ def test_first_load_budget_no_horizontal_scroll_and_touch_targets(paired_page: A
 
 # ---- the shipped files --------------------------------------------------------------------------------
 
+def shell_version(shell: set[str]) -> str:
+    """What VERSION in sw.js must be: a digest of every file the service worker keeps."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(shell):
+        digest.update(path.encode() + b"\0" + (WEBAPP / (path.lstrip("/") or "index.html")).read_bytes())
+    return f"shell-{digest.hexdigest()[:16]}"
+
+
 def test_the_service_worker_keeps_every_file_of_the_app_shell() -> None:
     sw = (WEBAPP / "sw.js").read_text()
     shell = set(json.loads("[" + re.search(r"const SHELL = \[(.*?)\];", sw, re.S).group(1).strip().rstrip(",") + "]"))
@@ -386,6 +486,11 @@ def test_the_service_worker_keeps_every_file_of_the_app_shell() -> None:
     assert {"/", "/app.css", "/vendor/tus.js", "/manifest.webmanifest"} <= shell
     for path in shell - {"/"}:
         assert (WEBAPP / path.lstrip("/")).is_file(), path
+    assert "/sw.js" not in shell
+    # Cache-first: a changed file reaches phones only with a new VERSION (a new sw.js).
+    version = re.search(r'const VERSION = "([^"]+)";', sw).group(1)
+    assert version == shell_version(shell), (
+        f"the app shell changed: set VERSION in sw.js to {shell_version(shell)!r} (it is {version!r})")
     manifest = json.loads((WEBAPP / "manifest.webmanifest").read_text())
     assert manifest["start_url"] == "/" and manifest["display"] == "standalone"
     for icon in manifest["icons"]:

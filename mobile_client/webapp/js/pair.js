@@ -1,5 +1,5 @@
 // The pairing screen: a code from `pocketgrid pair` (typed, or from the QR code's #pair=CODE).
-import { h, toast } from "./dom.js";
+import { append, h, toast } from "./dom.js";
 import { pair } from "./session.js";
 
 let pending = null;
@@ -66,14 +66,14 @@ export function mount(main, { reason, onPaired, tryCertificate }) {
       certButton.disabled = false;
     }
   });
-  main.append(
+  append(main, [
     h("h1", { id: "pair-title" }, "Pair this phone"),
     reason ? h("p", { class: "note", role: "status" }, reason) : null,
     form,
     h("section", { class: "card", "aria-labelledby": "cert-title" },
       h("h2", { id: "cert-title" }, "On a computer"),
       h("p", { class: "muted" }, "A browser that has your grid certificate installed can log in with it directly."),
-      h("div", { class: "row" }, certButton), certMessage));
+      h("div", { class: "row" }, certButton), certMessage)]);
   if (pending) form.requestSubmit ? form.requestSubmit() : button.click();
   else code.focus();
 }
