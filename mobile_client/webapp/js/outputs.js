@@ -34,7 +34,7 @@ export function mount(body, ctx) {
 
   function render(list) {
     lastList = list;
-    fill(groups, list.length ? list.map((o) => h("section", { class: "card", "aria-label": `outputs of input ${o.index}` },
+    fill(groups, list.length ? list.map((o) => h("section", { class: "output-group", "aria-label": `outputs of input ${o.index}` },
       h("h3", {}, `Input ${o.index}: ${o.input} `, h("span", { class: `state state-${o.state}` }, o.state)),
       o.files.length ? h("ul", { class: "list" }, o.files.map((f) => fileRow(o, f)))
         : h("p", { class: "muted" }, "No outputs yet."))) : h("p", { class: "muted" }, "No outputs."));
