@@ -465,7 +465,14 @@ class Client:
             remaining = poll if deadline is None else min(poll, deadline - time.monotonic())
             if remaining <= 0:
                 raise TimeoutError(f"job {job_id} is still {status['state']}")
-            new, etag = self.status(job_id, wait=remaining, etag=etag)
+            try:
+                new, etag = self.status(job_id, wait=remaining, etag=etag)
+            except ApiError as exc:
+                if exc.status != 429:
+                    raise
+                # The peer holds as many waiting requests as it can: wait as told, then ask again.
+                time.sleep(min(_retry_after(exc), remaining))
+                continue
             if new is not None:
                 status = new
 
@@ -579,6 +586,14 @@ def local_copy(path: Path, sha256: str | None, size: int | None) -> bool | None:
             return sha256 is not None and hashlib.file_digest(fh, "sha256").hexdigest() == sha256.lower()
     except OSError:
         return False
+
+
+def _retry_after(exc: "ApiError", default: float = 5.0) -> float:
+    """Seconds the server asked us to wait (``retry_after`` in its JSON error, else ``default``)."""
+    try:
+        return max(0.0, float(exc.body.get("retry_after", default)))
+    except (TypeError, ValueError):
+        return default
 
 
 FINAL_STATES = frozenset({"completed", "failed", "removed"})

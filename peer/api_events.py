@@ -22,8 +22,10 @@ to their owner (peer/proxy.py passes the events through as they arrive).
 Cost: each open stream parks one server thread (one worker process with
 ``--threads`` threads, peer/server.py) -- on the entry peer and, when
 relayed, on the owner too.  Hence at most ``sse_max_streams_per_user``
-streams per user on each peer (429 with Retry-After beyond), and a bounded
-duration so a forgotten tab frees its thread (docs/architecture.md).
+streams per user on each peer (429 with Retry-After beyond), a place among
+the peer's parked requests (peer/parking.py: long-polls and streams together
+never take the threads kept for short requests), and a bounded duration so
+a forgotten tab frees its thread (docs/architecture.md).
 """
 from __future__ import annotations
 
@@ -158,6 +160,16 @@ def job_events(job_id: str):
             retry_after=10,
         )
     try:
+        svc.parking.enter("a live status stream")
+    except BaseException:
+        limiter.release(who.dn)
+        raise
+
+    def release() -> None:
+        svc.parking.leave()
+        limiter.release(who.dn)
+
+    try:
         if owner_peer != config.name:
             # The read timeout must outlast the owner's keepalive interval.
             response = relay(svc.http, svc.membership, owner_peer,
@@ -173,7 +185,7 @@ def job_events(job_id: str):
             response.headers["Cache-Control"] = "no-cache"
             response.headers["X-Accel-Buffering"] = "no"  # a reverse proxy must not buffer the stream
     except BaseException:
-        limiter.release(who.dn)
+        release()
         raise
-    response.call_on_close(lambda: limiter.release(who.dn))
+    response.call_on_close(release)
     return response

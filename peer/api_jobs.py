@@ -153,20 +153,37 @@ def status(job_id: str):
     """Per-input status.  ``If-None-Match`` + ``?wait=N`` long-polls until it changes."""
     wait = _wait_arg()
     peer = _remote(job_id)
-    if peer:
-        return _relay(peer, extra_timeout=wait)
     svc = _svc()
-    who = identity()
     inm = request.headers.get("If-None-Match")
+    if peer:
+        if not (wait and inm):
+            return _relay(peer)
+        svc.parking.enter("a relayed status long-poll")  # the relay holds this thread while the owner waits
+        try:
+            response = _relay(peer, extra_timeout=wait)
+        except BaseException:
+            svc.parking.leave()
+            raise
+        response.call_on_close(svc.parking.leave)
+        return response
+    who = identity()
     deadline = time.monotonic() + wait
-    while True:
-        size = svc.jobs.log_size(job_id) if wait and inm else 0  # taken first: growth during the read is seen
-        entry = svc.jobs.status_entry(job_id, who.dn, is_admin=who.is_admin)
-        etag = _etag(entry.body)
-        if etag != inm or time.monotonic() >= deadline:
-            break
-        while svc.jobs.log_size(job_id) == size and time.monotonic() < deadline:
-            time.sleep(WAIT_POLL_SECONDS)
+    parked = False
+    try:
+        while True:
+            size = svc.jobs.log_size(job_id) if wait and inm else 0  # taken first: growth during the read is seen
+            entry = svc.jobs.status_entry(job_id, who.dn, is_admin=who.is_admin)
+            etag = _etag(entry.body)
+            if etag != inm or time.monotonic() >= deadline:
+                break
+            if not parked:  # only a poll that really waits holds a thread
+                svc.parking.enter("a status long-poll")
+                parked = True
+            while svc.jobs.log_size(job_id) == size and time.monotonic() < deadline:
+                time.sleep(WAIT_POLL_SECONDS)
+    finally:
+        if parked:
+            svc.parking.leave()
     if etag == inm:
         return Response(status=304, headers={"ETag": etag, "Cache-Control": "no-cache"})
     return Response(entry.json, mimetype="application/json", headers={"ETag": etag, "Cache-Control": "no-cache"})

@@ -31,6 +31,8 @@ def healthz():
             "is_broker": svc.broker_role is not None,
             "max_body_bytes": svc.config.max_body_bytes,
             "tls": not svc.config.insecure_http,
+            "parked_requests": svc.parking.parked,  # long-polls and event streams holding a thread now
+            "max_parked_requests": svc.parking.limit,
         }
     )
 

@@ -41,6 +41,7 @@ from .executors import Executor, choose_executor
 from .jobs import JobService
 from .membership import Membership
 from .models import Base
+from .parking import Parking, default_limit
 from .publishing import PublishingArea
 from .security import Security, build_security
 from .staging import Stager
@@ -61,6 +62,7 @@ class PeerServices:
     jobs: JobService
     broker_role: BrokerRole | None
     security: Security
+    parking: Parking
     agent: Any = None
     elector: Any = None
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -307,6 +309,7 @@ def build_services(config: PeerConfig) -> PeerServices:
         jobs=jobs,
         broker_role=broker_role,
         security=build_security(config, db, membership, http),
+        parking=Parking(config.max_parked_requests or default_limit(config.threads)),
     )
     return services
 

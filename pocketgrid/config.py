@@ -61,6 +61,10 @@ class PeerConfig:
     sse_max_streams_per_user: int = 4
     sse_stream_seconds: float = 60.0
     sse_keepalive_seconds: float = 15.0
+    #: Requests that may hold a server thread while they wait (long-polls and
+    #: event streams together, peer/parking.py); 0: all threads but a reserve
+    #: of a quarter (at least 2) kept for health checks, logins and peer calls.
+    max_parked_requests: int = 0
     #: Directory of the web app's files served at / (empty: the installed
     #: package's ``mobile_client/webapp``).
     webapp_dir: str = ""

@@ -1,0 +1,68 @@
+"""Waiting requests never take the threads kept for short ones (peer/parking.py).
+
+A peer with 4 threads lets 2 requests park (long-polls and event streams
+together); a third waiting request answers 429 with Retry-After at once,
+while /healthz, plain polls and logins keep being served.
+"""
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+import requests
+
+from tests.conftest import user_session, wait_until
+
+pytestmark = pytest.mark.integration
+
+SLEEPY = b"#!/bin/sh\nsleep 120\n"
+
+
+def parked(peer, session: requests.Session) -> int:
+    return session.get(f"{peer.url}/healthz", timeout=10).json()["parked_requests"]
+
+
+def test_waiting_requests_beyond_the_limit_get_429_and_short_requests_still_pass(peers, site_pki):
+    a = peers("site-a", site_pki=site_pki, extra=["--no-agent", "--threads", "4"])
+    (a.publish / "a.txt").write_text("a\n")
+    s = user_session(a, site_pki, "alice")
+    r = s.post(f"{a.url}/api/v1/jobs", timeout=60, headers={"Idempotency-Key": "park-1"},
+               data={"name": "sleepy", "executable_name": "sleepy.sh", "inputs": json.dumps(["a.txt"])},
+               files={"executable": ("sleepy.sh", SLEEPY), "submit": ("job.sub", b"executable = sleepy.sh\nqueue\n")})
+    assert r.status_code == 201, r.text
+    job = r.json()["id"]
+    wait_until(lambda: s.get(f"{a.url}/api/v1/jobs/{job}", timeout=10).json()["state"] == "running", 60,
+               what="the job to run")
+    etag = s.get(f"{a.url}/api/v1/jobs/{job}", timeout=10).headers["ETag"]
+    health = s.get(f"{a.url}/healthz", timeout=10).json()
+    assert health["max_parked_requests"] == 2 and health["parked_requests"] == 0
+
+    answers: list[int] = []
+
+    def long_poll() -> None:
+        r = user.get(f"{a.url}/api/v1/jobs/{job}?wait=60", headers={"If-None-Match": etag}, timeout=90)
+        answers.append(r.status_code)
+
+    user = user_session(a, site_pki, "alice")
+    pollers = [threading.Thread(target=long_poll) for _ in range(2)]
+    for t in pollers:
+        t.start()
+    wait_until(lambda: parked(a, s) == 2, 30, what="two long-polls to park")
+
+    third = s.get(f"{a.url}/api/v1/jobs/{job}?wait=60", headers={"If-None-Match": etag}, timeout=30)
+    assert third.status_code == 429 and int(third.headers["Retry-After"]) > 0
+    assert "retry in" in third.json()["error"]
+    stream = s.get(f"{a.url}/api/v1/jobs/{job}/events", timeout=30, stream=True)  # a stream parks too
+    assert stream.status_code == 429
+    stream.close()
+    # Short requests are still served: health, a plain poll, a new login.
+    assert s.get(f"{a.url}/healthz", timeout=10).status_code == 200
+    assert s.get(f"{a.url}/api/v1/jobs/{job}", timeout=10).status_code == 200
+    assert user_session(a, site_pki, "bob").get(f"{a.url}/api/v1/jobs", timeout=10).status_code == 200
+
+    assert s.delete(f"{a.url}/api/v1/jobs/{job}", timeout=30).status_code == 200  # the change wakes the polls
+    for t in pollers:
+        t.join(timeout=90)
+    assert answers == [200, 200]
+    wait_until(lambda: parked(a, s) == 0, 30, what="the parked places to be given back")
