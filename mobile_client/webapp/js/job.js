@@ -82,11 +82,14 @@ export function mount(main, { id, tab }) {
   tab = TABS.some(([t]) => t === tab) ? tab : "status";
   const title = h("h1", { id: "job-title" }, "Job");
   const mode = h("p", { id: "job-live", class: "muted", role: "status", "aria-live": "polite" }, "Loading…");
+  // What changed, said once for a screen reader (the list itself is redrawn silently).
+  const changes = h("p", { id: "job-changes", class: "sr-only", role: "status", "aria-live": "polite" });
+  let known = new Map();
   const body = h("div", { id: "job-body" });
   const nav = h("nav", { class: "subnav", "aria-label": "Job" },
     TABS.map(([t, label]) => h("a", { href: `#job/${encodeURIComponent(id)}${t === "status" ? "" : `/${t}`}`,
       "aria-current": t === tab ? "page" : null }, label)));
-  main.append(h("p", {}, h("a", { href: "#jobs" }, "‹ All jobs")), title, mode, nav, body);
+  main.append(h("p", {}, h("a", { href: "#jobs" }, "‹ All jobs")), title, mode, changes, nav, body);
 
   const listeners = new Set();
   let current = null;
@@ -100,6 +103,10 @@ export function mount(main, { id, tab }) {
     subscribe(fn) { listeners.add(fn); if (current) fn(current); return () => listeners.delete(fn); },
   };
   function publish(st) {
+    const labels = new Map((st.inputs || []).map((i) => [i.index, inputLabel(i)]));
+    const changed = known.size ? [...labels].filter(([i, l]) => known.get(i) !== l).map(([, l]) => l) : [];
+    if (changed.length) changes.textContent = changed.slice(0, 5).join("; ") + (changed.length > 5 ? ` and ${changed.length - 5} more` : "");
+    known = labels;
     current = st;
     title.textContent = st.name || id;
     document.title = `${st.name || id} — pocketgrid`;

@@ -7,7 +7,7 @@ function countsText(counts) {
 }
 
 export function mount(main) {
-  const list = h("ul", { class: "list", id: "jobs-list", "aria-label": "Jobs", "aria-live": "polite" },
+  const list = h("ul", { class: "list", id: "jobs-list", "aria-label": "Jobs" },
     h("li", { class: "empty" }, "Loading…"));
   const note = h("div", { id: "jobs-note" });
   let timer = 0;
