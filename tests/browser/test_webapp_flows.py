@@ -122,6 +122,23 @@ def test_pair_from_the_qr_fragment_stay_logged_in_and_log_out(page: Any, grid: A
     page.get_by_label(PAIRING_CODE_LABEL).wait_for()  # logged out for good: the pairing screen again
 
 
+def test_a_revoked_phone_is_shown_the_pairing_screen_and_forgets_the_jobs(
+        paired_page: Any, grid: Any, alice: Any) -> None:
+    page = paired_page
+    wait_until(lambda: page.evaluate("navigator.serviceWorker.controller !== null"), 20,
+               what="the service worker to control the page")
+    page.reload()  # the jobs list now goes through the service worker, which keeps a copy
+    page.get_by_role("heading", name="Jobs").wait_for()
+    data_caches = "caches.keys().then((k) => k.filter((n) => n.startsWith('pg-data')).length)"
+    wait_until(lambda: page.evaluate(data_caches) == 1, 10, what="the jobs list kept for offline use")
+    who = page.evaluate("fetch('/api/v1/auth/whoami').then((r) => r.json())")
+    alice.revoke_token(who["token"]["id"])
+    page.reload()
+    page.get_by_label(PAIRING_CODE_LABEL).wait_for()
+    page.get_by_text("Your session has ended").wait_for()
+    assert page.evaluate(data_caches) == 0
+
+
 def test_a_wrong_code_says_so_and_stays_on_the_pairing_screen(page: Any, grid: Any, pairing_code: Any) -> None:
     page.goto(f"{grid.a.url}/")
     page.get_by_label(PAIRING_CODE_LABEL).wait_for()
@@ -404,6 +421,17 @@ def test_download_kept_in_indexeddb_where_opfs_cannot_write(
     assert saved == expected
 
 
+def test_any_peer_serves_the_app_and_a_code_from_another_peer_pairs_there(
+        page: Any, grid: Any, alice: Any, pairing_code: Any) -> None:
+    mine = alice.submit(unique("seen-from-b"), (SAMPLE / "histogram.py").read_bytes(), "histogram.sub",
+                        grid.inputs[:1], executable_name="histogram.py",
+                        submit_text=(SAMPLE / "histogram.sub").read_text())
+    pair(page, grid.b.url, pairing_code())  # the code was minted at site-a
+    page.get_by_role("link", name=re.compile(rf"^job {mine['name']}: ")).wait_for()
+    page.get_by_role("link", name=re.compile(rf"^job {mine['name']}: ")).click()
+    page.get_by_role("heading", name=mine["name"]).wait_for()
+
+
 # ---- privacy ---------------------------------------------------------------------------------------
 
 def test_another_users_job_is_invisible(paired_page: Any, grid: Any, alice: Any, bob: Any) -> None:
@@ -428,7 +456,8 @@ def test_another_users_job_is_invisible(paired_page: Any, grid: Any, alice: Any,
 
 # ---- budget and layout ----------------------------------------------------------------------------
 
-def test_first_load_budget_no_horizontal_scroll_and_touch_targets(paired_page: Any, grid: Any, context: Any) -> None:
+def test_first_load_budget_no_horizontal_scroll_and_touch_targets(
+        paired_page: Any, grid: Any, alice: Any, context: Any) -> None:
     page, base = paired_page, grid.a.url
     # First load of a fresh phone: what came over the wire (compressed) for HTML, JS and CSS.
     fresh = context.browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
@@ -450,11 +479,16 @@ def test_first_load_budget_no_horizontal_scroll_and_touch_targets(paired_page: A
     print(f"first load: {len(sizes)} files, {body} bytes compressed bodies, "
           f"{sum(t for _, t, _ in sizes)} bytes with headers")
 
-    screens = ["#jobs", "#files", "#files?path=samples", "#submit", "#account"]
+    job = alice.submit(unique("layout"), (SAMPLE / "histogram.py").read_bytes(), "histogram.sub", grid.inputs[:2],
+                       executable_name="histogram.py", submit_text=(SAMPLE / "histogram.sub").read_text())
+    assert alice.wait(job["id"], timeout=60)["state"] == "completed"
+    screens = ["#jobs", "#files", "#files?path=samples", "#files?glob=*.txt", "#submit", "#account",
+               f"#job/{job['id']}", f"#job/{job['id']}/outputs", f"#job/{job['id']}/plot"]
     for screen in screens:
         page.goto(f"{base}/{screen}")
         page.locator("main h1").first.wait_for()
         page.wait_for_load_state("networkidle")
+        page.get_by_text("Loading…").first.wait_for(state="detached")
         width = page.evaluate("document.documentElement.scrollWidth")
         assert width <= 390, f"{screen} scrolls sideways: {width} px"
         small = page.evaluate("""() => [...document.querySelectorAll('button, a, input, select, textarea, summary')]

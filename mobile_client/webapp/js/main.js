@@ -88,7 +88,10 @@ async function start() {
   registerServiceWorker();
   const code = pair.takeCodeFromFragment();
   try {
-    if (!code && wasLoggedIn()) await whoami();
+    if (!code && wasLoggedIn() && !(await whoami())) {
+      pairReason = "Your session has ended (logged out elsewhere, revoked or expired). Pair this phone again.";
+      await forget(); // what this phone knew about the jobs was that session's
+    }
   } catch (err) {
     fill(main, h("h1", {}, "pocketgrid"), h("p", { class: "error", role: "alert" }, `The peer did not answer: ${err.message}`),
       h("button", { type: "button", onclick: () => location.reload() }, "Try again"));
