@@ -51,6 +51,17 @@ printf '{"input":"%s","bins":4,"low":0,"high":4,"counts":[%d,1,0,1],"n":%d,"unde
 """
 
 
+# Writes ~24 KB to stdout, waits at the gate, then writes a last line.
+CHATTY_SH = b"""#!/bin/sh
+# usage: chatty.sh INPUT INDEX GATE_DIR
+i=0
+while [ $i -lt 400 ]; do echo "line $i of a long output, padded to about sixty bytes"; i=$((i+1)); done
+echo "waiting at the gate"
+while [ ! -e "$3/open" ]; do sleep 0.1; done
+echo "the end of $1"
+"""
+
+
 def sub_text(executable: str, arguments: str) -> str:
     return f"executable = {executable}\narguments = {arguments}\noutput = stdout.txt\nerror = stderr.txt\nqueue\n"
 
@@ -285,6 +296,30 @@ def kill_from_the_page(page: Any) -> None:
     page.get_by_role("listitem", name=re.compile(r"^input 1: removed")).wait_for(timeout=60_000)
     page.get_by_role("link", name="‹ All jobs").click()
     page.get_by_role("link", name=re.compile(r"^job to-kill-.*: removed$")).first.wait_for()
+
+
+def test_a_running_output_is_read_as_its_tail_and_follows_the_job(
+        paired_page: Any, grid: Any, tmp_path: Path) -> None:
+    page, base = paired_page, grid.a.url
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    exe = tmp_path / "chatty.sh"
+    exe.write_bytes(CHATTY_SH)
+    sub = tmp_path / "chatty.sub"
+    sub.write_text(sub_text("chatty.sh", f"$(input) $(input_index) {gate}"))
+    try:
+        job_id = submit_from_phone(page, base, unique("chatty"), exe, sub, grid.inputs[:1])
+        page.get_by_role("listitem", name="input 0: running").wait_for(timeout=60_000)
+        page.goto(f"{base}/#job/{job_id}/outputs")
+        page.get_by_role("button", name="Read stdout.txt of input 0").click()
+        viewer = page.locator("#viewer-text")
+        viewer.get_by_text("waiting at the gate").wait_for()
+        page.locator("#viewer").get_by_role("status").get_by_text("(tail)").wait_for()  # the end, not all 24 KB
+        assert "line 0 of" not in viewer.inner_text() and "line 399 of" in viewer.inner_text()
+        (gate / "open").touch()
+        viewer.get_by_text(f"the end of {grid.inputs[0].rpartition('/')[2]}").wait_for(timeout=60_000)
+    finally:
+        (gate / "open").touch()
 
 
 def test_the_plot_grows_as_inputs_complete(paired_page: Any, grid: Any, tmp_path: Path) -> None:

@@ -38,7 +38,9 @@ async function errorOf(res) {
 
 /**
  * fetch(path) with the app's rules.  Options: method, headers, body, signal, retries,
- * onRetry({attempt, delay, reason}), accept (extra OK statuses, e.g. [304, 416]).
+ * onRetry({attempt, delay, reason}), accept (extra OK statuses, e.g. [304, 416]), cache
+ * (fetch's cache mode; "no-store" unless told: the API's answers change under the same URL,
+ * and the browser's cache has patched a growing file's tail from old bytes).
  * Returns the Response; throws ApiError (status 0 when the link is down).
  */
 export async function request(path, opts = {}) {
@@ -50,7 +52,8 @@ export async function request(path, opts = {}) {
   for (let attempt = 0; ; attempt++) {
     let res;
     try {
-      res = await fetch(path, { method, headers, body: opts.body, credentials: "same-origin", signal: opts.signal });
+      res = await fetch(path, { method, headers, body: opts.body, credentials: "same-origin", signal: opts.signal,
+        cache: opts.cache || "no-store" });
     } catch (err) {
       if (err.name === "AbortError") throw err;
       if (attempt >= retries) throw new ApiError(0, "no connection to the peer (the link is down?)");

@@ -53,25 +53,31 @@ export function mount(body, ctx) {
     return li;
   }
 
+  let text = null;
+  let note = null;
+
   async function read(index, name, size) {
     reading = { index, name, size };
-    await showTail();
+    text = h("pre", { id: "viewer-text", tabindex: "0", "aria-label": `${name} of input ${index}` });
+    note = h("p", { class: "muted", role: "status" }, "Reading…");
+    fill(viewer, h("div", { class: "row" }, h("h2", { id: "viewer-title", class: "grow" }, `${name} (input ${index})`),
+      h("button", { type: "button", onclick: () => { reading = null; viewer.hidden = true; clearTimeout(tailTimer); } }, "Close")),
+    note, text);
+    viewer.hidden = false;
     viewer.scrollIntoView({ block: "start" });
+    await showTail();
   }
 
   async function showTail() {
     clearTimeout(tailTimer);
     if (!reading) return;
+    const current = reading;
     const { index, name } = reading;
-    const size = lastList.find((o) => o.index === index)?.files.find((f) => f.name === name)?.size ?? reading.size;
+    const listed = lastList.find((o) => o.index === index)?.files.find((f) => f.name === name)?.size ?? 0;
+    const size = Math.max(listed, reading.size || 0); // a growing file: what the last read saw
     const input = ctx.status?.inputs?.find((i) => i.index === index);
     const growing = input && !["completed", "failed", "removed"].includes(input.state);
-    const text = h("pre", { id: "viewer-text", tabindex: "0", "aria-label": `${name} of input ${index}` });
-    const note = h("p", { class: "muted", role: "status" });
-    fill(viewer, h("div", { class: "row" }, h("h2", { id: "viewer-title", class: "grow" }, `${name} (input ${index})`),
-      h("button", { type: "button", onclick: () => { reading = null; viewer.hidden = true; clearTimeout(tailTimer); } }, "Close")),
-    note, text);
-    viewer.hidden = false;
+    note.className = "muted";
     try {
       // The tail (a suffix range) once the file is longer than that; a small file whole (the
       // peer answers a suffix range longer than the file with 416, a console error in a browser).
@@ -82,14 +88,18 @@ export function mount(body, ctx) {
         note.textContent = "(empty so far)";
       } else {
         const range = res.headers.get("Content-Range");
-        const total = range ? Number(range.split("/")[1]) : Number(res.headers.get("Content-Length"));
-        let content = new TextDecoder().decode(await res.arrayBuffer());
+        const body = await res.arrayBuffer();
+        const total = range ? Number(range.split("/")[1]) : body.byteLength;
+        if (reading !== current) return; // closed, or another file opened meanwhile
+        reading.size = total;
+        let content = new TextDecoder().decode(body);
         const cut = res.status === 206 && total > TAIL_BYTES;
         if (cut) content = content.slice(content.indexOf("\n") + 1); // start at a whole line
-        text.textContent = content;
         note.textContent = content ? `${cut ? `The end of ${formatBytes(total)} (tail)` : "The whole file"}${growing ? " — updates while the input runs" : ""}.`
           : `(empty${growing ? " so far" : ""})`;
-        if (growing) text.scrollTop = text.scrollHeight;
+        const atEnd = text.scrollTop + text.clientHeight >= text.scrollHeight - 4;
+        text.textContent = content;
+        if (growing && atEnd) text.scrollTop = text.scrollHeight; // follow the end unless scrolled up
       }
     } catch (err) {
       note.textContent = `Could not read ${name}: ${err.message}`;
