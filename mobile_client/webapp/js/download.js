@@ -32,6 +32,8 @@ function totalOf(res, have) {
  * ui.progress(have, total), ui.say(text).
  */
 export async function download({ url, key, name, sha256, size = null, ui, signal }) {
+  // Ask the browser not to evict what is stored under pressure (best effort; no prompt in Chromium).
+  navigator.storage?.persist?.().catch(() => {});
   const store = await openStore(key);
   let meta = loadMeta(key);
   let have = await store.size();
