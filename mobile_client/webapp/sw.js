@@ -2,11 +2,11 @@
 // new shell and deletes the old caches).  The jobs list and job statuses (GET /api/v1/jobs and
 // GET /api/v1/jobs/<id>): network-first, falling back to the last copy, marked with
 // X-Pocketgrid-Cached-At (ms) so the page can say how old it is.  Everything else: the network.
-const VERSION = "shell-7ece5b0ff5cfa75e";
+const VERSION = "shell-51d32654371103a6";
 const SHELL_CACHE = `pg-shell-${VERSION}`;
 const DATA_CACHE = "pg-data-v1";
 const SHELL = [
-  "/", "/app.css", "/manifest.webmanifest", "/icons/icon.svg", "/icons/icon-192.png", "/vendor/tus.js",
+  "/", "/app.css", "/manifest.webmanifest", "/icons/icon.svg", "/icons/icon-192.png", "/vendor/tus.js", "/vendor/sha256.js",
   "/js/main.js", "/js/api.js", "/js/dom.js", "/js/session.js", "/js/pair.js", "/js/files.js", "/js/draft.js",
   "/js/submit.js", "/js/upload.js", "/js/jobs.js", "/js/job.js", "/js/live.js", "/js/outputs.js",
   "/js/download.js", "/js/store.js", "/js/histogram.js", "/js/offline.js", "/js/account.js",

@@ -106,8 +106,24 @@ export function uuid() {
   return `${x.slice(0, 8)}-${x.slice(8, 12)}-${x.slice(12, 16)}-${x.slice(16, 20)}-${x.slice(20)}`;
 }
 
-/** Hex SHA-256 of a Blob (crypto.subtle; needs a secure context). */
-export async function sha256Hex(blob) {
-  const digest = await crypto.subtle.digest("SHA-256", await blob.arrayBuffer());
-  return [...new Uint8Array(digest)].map((v) => v.toString(16).padStart(2, "0")).join("");
+const hex = (bytes) => [...bytes].map((v) => v.toString(16).padStart(2, "0")).join("");
+
+/** Files larger than this are hashed in slices: crypto.subtle wants all the bytes in memory at once. */
+export const WHOLE_HASH_MAX = 64 * 1024 * 1024;
+const SLICE = 4 * 1024 * 1024;
+
+/**
+ * Hex SHA-256 of a Blob: crypto.subtle (needs a secure context) for a file that fits in memory,
+ * else incrementally, 4 MiB at a time, with @noble/hashes (vendor/sha256.js, loaded only then).
+ * onProgress(done, total) while hashing in slices.
+ */
+export async function sha256Hex(blob, { wholeMax = WHOLE_HASH_MAX, onProgress } = {}) {
+  if (blob.size <= wholeMax) return hex(new Uint8Array(await crypto.subtle.digest("SHA-256", await blob.arrayBuffer())));
+  const { sha256 } = await import("../vendor/sha256.js");
+  const hasher = sha256.create();
+  for (let at = 0; at < blob.size; at += SLICE) {
+    hasher.update(new Uint8Array(await blob.slice(at, at + SLICE).arrayBuffer()));
+    onProgress?.(Math.min(blob.size, at + SLICE), blob.size);
+  }
+  return hex(hasher.digest());
 }

@@ -114,7 +114,9 @@ export async function download({ url, key, name, sha256, size = null, ui, signal
   }
   ui.say("Verifying SHA-256…");
   const stored = await store.file();
-  const digest = await sha256Hex(stored);
+  const digest = await sha256Hex(stored, {
+    onProgress: (done, all) => ui.say(`Verifying SHA-256… ${Math.floor((100 * done) / all)}%`),
+  });
   if (sha256 && digest !== sha256) {
     await store.remove();
     localStorage.removeItem(metaKey(key));

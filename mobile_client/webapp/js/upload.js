@@ -13,7 +13,9 @@ const RETRY_DELAYS = [0, 500, 1000, 2000, 4000, 8000, 8000, 8000, 8000, 8000, 80
  */
 export async function uploadFile(file, ui) {
   ui.say(`Computing SHA-256 of ${file.name}…`);
-  const sha256 = await sha256Hex(file);
+  const sha256 = await sha256Hex(file, {
+    onProgress: (done, all) => ui.say(`Computing SHA-256 of ${file.name}… ${Math.floor((100 * done) / all)}%`),
+  });
   return new Promise((resolve, reject) => {
     let lastSent = 0;
     const upload = new Upload(file, {
