@@ -260,9 +260,15 @@ def _choice(name: str, value: object, allowed: Iterable[str], *, where: str) -> 
     return str(value)  # a plain str, also when given a StrEnum member
 
 
+#: The database column is a 32-bit INTEGER (PostgreSQL): anything wider cannot be stored or looked up.
+INT_MIN, INT_MAX = -(2**31), 2**31 - 1
+
+
 def _int(name: str, value: object, *, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise BadRequest(f"{where}{name} must be an integer, not {value!r}")
+    if not INT_MIN <= value <= INT_MAX:
+        raise BadRequest(f"{where}{name} must be an integer from {INT_MIN} to {INT_MAX}, not {value}")
     return value
 
 
@@ -458,7 +464,7 @@ class AclStore:
         with self._write_lock:
             try:
                 with self.db.session() as s:
-                    row = s.get(AclRule, rule_id)
+                    row = s.get(AclRule, rule_id) if INT_MIN <= rule_id <= INT_MAX else None  # wider: no such row
                     if row is None:
                         raise NotFound(f"no ACL rule with id {rule_id}; list the rules to see their ids", rule_id=rule_id)
                     rule = Rule.from_row(row)

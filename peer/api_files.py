@@ -7,6 +7,7 @@ from pocketgrid.errors import BadRequest
 
 from .auth import identity
 from .downloads import send_ranged
+from .publishing import check_name, check_relative_path
 from .uploads import check_visible, upload_dir, visibility
 
 bp = Blueprint("files", __name__, url_prefix="/api/v1/files")
@@ -63,5 +64,7 @@ def upload(path: str):
     svc = _svc()
     if request.content_length is None:
         raise BadRequest("send the file as the raw request body with a Content-Length")
-    real = svc.publishing.save_upload(f"{upload_dir(identity().dn)}/{path}", request.stream, svc.config.max_body_bytes)
+    check_name(check_relative_path(path, "upload path").name, "file name")  # "." or "a/.." names no file
+    real = svc.publishing.save_upload(f"{upload_dir(identity().dn)}/{path}", request.stream, svc.config.max_body_bytes,
+                                      shown=path)
     return jsonify({"path": svc.publishing.relative(real), "size": real.stat().st_size, "sha256": svc.digests.sha256(real)}), 201

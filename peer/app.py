@@ -19,7 +19,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import requests
-from flask import Flask, jsonify
+from urllib.parse import urlsplit, urlunsplit
+
+from flask import Flask, Response, jsonify
+from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException, RequestedRangeNotSatisfiable
 
 from broker import api as broker_api
@@ -28,7 +31,7 @@ from broker.placement import JobRequest
 from broker.role import BrokerRole, UnknownPeer
 from pocketgrid.http import Session
 from pocketgrid.config import PeerConfig
-from pocketgrid.errors import PocketgridError, Unavailable
+from pocketgrid.errors import BadRequest, PocketgridError, Unavailable
 
 from . import api_admin, api_auth, api_events, api_files, api_jobs, api_peer, api_system, security_headers, webapp
 from . import api_uploads
@@ -296,6 +299,7 @@ def build_services(config: PeerConfig) -> PeerServices:
         place=lambda key, n, b: services.place(key, n, b),
         report_failure=lambda peer: _report_placement_failure(services, peer),
         peer_timeout=config.peer_timeout,
+        max_inputs=config.max_inputs_per_job,
     )
     services = PeerServices(
         config=config,
@@ -314,9 +318,30 @@ def build_services(config: PeerConfig) -> PeerServices:
     return services
 
 
+class PeerJSONProvider(DefaultJSONProvider):
+    """Flask's JSON, but a body nested too deeply for the parser is the client's error (400), not a 500."""
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        try:
+            return super().loads(s, **kwargs)
+        except RecursionError:
+            raise BadRequest("JSON nested too deeply: send a flatter document") from None
+
+
+def _relative_redirect(response: Response) -> Response:
+    """Werkzeug's slash redirects (308, merge_slashes/strict_slashes) name the host of the request's
+    Host header, which a client chooses: keep only the path and query, so no answer points elsewhere."""
+    if 300 <= response.status_code < 400 and "Location" in response.headers:
+        parts = urlsplit(response.headers["Location"])
+        path = "/" + parts.path.lstrip("/")  # never "//host": a network-path reference
+        response.headers["Location"] = urlunsplit(("", "", path, parts.query, ""))
+    return response
+
+
 def create_app(config: PeerConfig | None = None, *, start_services: bool = True) -> Flask:
     config = config or PeerConfig.load()
     app = Flask("pocketgrid.peer")
+    app.json = PeerJSONProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.json.sort_keys = False
     services = build_services(config)
@@ -329,6 +354,7 @@ def create_app(config: PeerConfig | None = None, *, start_services: bool = True)
     app.before_request(check_access)
     app.before_request(check_csrf)  # after check_access: it reads the identity check_access resolved
     security_headers.install(app)
+    app.after_request(_relative_redirect)
     _register_error_handlers(app)
     if start_services:
         services.start()
@@ -351,6 +377,9 @@ def _register_error_handlers(app: Flask) -> None:
     def _http_error(exc: HTTPException):
         response = jsonify({"error": exc.description, "status": exc.code})
         response.status_code = exc.code or 500
+        for name, value in exc.get_headers():  # e.g. Allow on a 405 (MethodNotAllowed.valid_methods)
+            if name.lower() != "content-type":
+                response.headers[name] = value
         if isinstance(exc, RequestedRangeNotSatisfiable) and exc.length is not None:
             response.headers["Content-Range"] = f"bytes */{exc.length}"
         return response

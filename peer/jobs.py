@@ -129,8 +129,10 @@ class JobService:
         report_failure: Callable[[str], None] = lambda peer: None,
         policy: Policy | None = None,
         peer_timeout: float = 10.0,
+        max_inputs: int = 1000,
     ) -> None:
         self.name = name
+        self.max_inputs = max_inputs
         self.url = url
         self.db = db
         self.publishing = publishing
@@ -154,14 +156,22 @@ class JobService:
     # ======================================================================
     # Entry side
     # ======================================================================
-    def submit(self, req: SubmitRequest, *, owner: str, idempotency_key: str | None) -> tuple[dict[str, Any], bool]:
-        """Place and forward a job.  Returns (job summary, replayed?)."""
+    def submit(self, req: SubmitRequest, *, owner: str, idempotency_key: str | None,
+               proof: Callable[[str], dict[str, str]] | None = None) -> tuple[dict[str, Any], bool]:
+        """Place and forward a job.  Returns (job summary, replayed?).
+
+        ``proof(peer)``: the headers proving to ``peer`` that ``owner`` submits
+        (peer/auth.py ``relay_headers``); a forward without them is refused there.
+        """
         if not req.name or len(req.name) > 200:
             raise BadRequest("a job needs a name of 1 to 200 characters")
         if not req.executable:
             raise BadRequest("the executable is empty")
         if not req.inputs:
             raise BadRequest("a job needs at least one input file from the publishing area")
+        if len(req.inputs) > self.max_inputs:
+            raise BadRequest(f"at most {self.max_inputs} inputs per job on this site (this job has {len(req.inputs)}); "
+                             "split it into several jobs", max_inputs=self.max_inputs)
         input_paths = [self.publishing.file(p) for p in req.inputs]
         validate_names(req.executable_name, req.submit_name, [p.name for p in input_paths])
         try:  # fail fast, before placement
@@ -183,14 +193,16 @@ class JobService:
                                       retry_after=2)
                 self._inflight.add((idempotency_key, owner))
             try:
-                return self._place_and_forward(req, owner, idempotency_key, fingerprint, input_paths, previous_target)
+                return self._place_and_forward(req, owner, idempotency_key, fingerprint, input_paths, previous_target,
+                                               proof)
             finally:
                 with self._inflight_lock:
                     self._inflight.discard((idempotency_key, owner))
-        return self._place_and_forward(req, owner, None, fingerprint, input_paths, None)
+        return self._place_and_forward(req, owner, None, fingerprint, input_paths, None, proof)
 
     def _place_and_forward(self, req: SubmitRequest, owner: str, idempotency_key: str | None, fingerprint: str,
-                      input_paths: list[Path], previous_target: str | None) -> tuple[dict[str, Any], bool]:
+                      input_paths: list[Path], previous_target: str | None,
+                      proof: Callable[[str], dict[str, str]] | None = None) -> tuple[dict[str, Any], bool]:
         if idempotency_key:
             origin_key = hashlib.sha256(f"{owner}\x00{idempotency_key}".encode()).hexdigest()
         else:
@@ -233,7 +245,8 @@ class JobService:
                 if candidate["name"] == self.name:
                     summary = self.accept(meta, req.executable)
                 else:
-                    summary = self._forward(candidate, meta, req.executable)
+                    summary = self._forward(candidate, meta, req.executable,
+                                            proof(candidate["name"]) if proof is not None else {})
             except AmbiguousForward:
                 raise
             except (BadGateway, Unavailable) as exc:
@@ -279,11 +292,13 @@ class JobService:
                 return {"id": row.job_id, "peer": peer_of(row.job_id)}, None
         raise Conflict("concurrent submissions with the same Idempotency-Key; retry")
 
-    def _forward(self, candidate: dict[str, Any], meta: dict[str, Any], executable: bytes) -> dict[str, Any]:
+    def _forward(self, candidate: dict[str, Any], meta: dict[str, Any], executable: bytes,
+                 headers: dict[str, str]) -> dict[str, Any]:
         url = f"{candidate['url']}/api/v1/peer/jobs"
         try:
             r = self.http.post(
                 url,
+                headers=headers,  # the owner's proof: the target checks the owner DN against it
                 data={"meta": json.dumps(meta)},
                 files={"executable": (meta["executable_name"], executable, "application/octet-stream")},
                 timeout=max(self.peer_timeout, 120.0),  # staging may download inputs

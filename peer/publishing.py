@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator
 
-from pocketgrid.errors import BadRequest, NotFound, TooLarge
+from pocketgrid.errors import BadRequest, Conflict, NotFound, TooLarge
 
 #: Names are plain: no separators, no control characters, not "." or "..".
 _BAD_NAME = re.compile(r"[\x00-\x1f\x7f/\\]")
@@ -206,12 +206,21 @@ class PublishingArea:
         with open(path, "rb") as fh:
             return hashlib.file_digest(fh, algorithm).hexdigest()
 
-    def save_upload(self, relpath: str, stream, max_bytes: int) -> Path:
-        """Store an uploaded file atomically (temp name, then rename)."""
+    def save_upload(self, relpath: str, stream, max_bytes: int, *, shown: str | None = None) -> Path:
+        """Store an uploaded file atomically (temp name, then rename).
+
+        ``shown`` is the path as the user gave it (for messages); 409 when a
+        folder is where the file goes or a file where one of its folders goes.
+        """
         pure = check_relative_path(relpath, "upload path")
         check_name(pure.name, "file name")
         dest = self.resolve(str(pure), must_exist=False)
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        shown = relpath if shown is None else shown
+        check_destination(dest, shown)
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):  # a file appeared in the way meanwhile
+            raise Conflict(f"{shown!r}: one of its folders is a file in your upload area") from None
         fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".upload")
         tmp = Path(tmp_name)  # unique per request: concurrent uploads never share a temp file
         written = 0
@@ -222,7 +231,21 @@ class PublishingArea:
                     if written > max_bytes:
                         raise TooLarge(f"upload larger than the limit of {max_bytes} bytes")
                     out.write(chunk)
-            os.replace(tmp, dest)
+            try:
+                os.replace(tmp, dest)
+            except IsADirectoryError:  # a folder appeared there meanwhile
+                raise Conflict(f"{shown!r} is a folder in your upload area: choose another file name") from None
         finally:
             tmp.unlink(missing_ok=True)
         return dest
+
+
+def check_destination(dest: Path, shown: str) -> None:
+    """409 when a folder sits where the file ``dest`` goes, or a file where one of its folders goes."""
+    if dest.is_dir():
+        raise Conflict(f"{shown!r} is a folder in your upload area: choose another file name")
+    for parent in dest.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise Conflict(f"{shown!r}: {parent.name!r} is a file in your upload area, not a folder")
+            break

@@ -48,7 +48,7 @@ from pocketgrid.errors import BadRequest, Conflict, NotFound, PocketgridError, T
 from .db import Database
 from .digests import DigestCache
 from .models import ResumableUpload
-from .publishing import PublishingArea, check_name, check_relative_path
+from .publishing import PublishingArea, check_destination, check_name, check_relative_path
 from .uploads import upload_dir
 
 log = logging.getLogger(__name__)
@@ -246,7 +246,7 @@ class ResumableUploads:
                              + " (base64): the file's name and the lowercase hex SHA-256 of its content")
         filename = check_upload_name(metadata["filename"])
         # The final path must stay inside the area (a symlinked upload directory would not).
-        _check_destination(self.publishing.resolve(f"{upload_dir(owner)}/{filename}", must_exist=False), filename)
+        check_destination(self.publishing.resolve(f"{upload_dir(owner)}/{filename}", must_exist=False), filename)
         sha256 = metadata["sha256"].strip().lower()
         if not _HEX64.fullmatch(sha256):
             raise BadRequest("Upload-Metadata sha256 must be the file's SHA-256 as 64 hex digits")
@@ -409,7 +409,7 @@ class ResumableUploads:
             raise ChecksumMismatch(message, sha256=actual, expected_sha256=expected)
         try:
             dest = self.publishing.resolve(f"{upload_dir(owner)}/{filename}", must_exist=False)
-            _check_destination(dest, filename)
+            check_destination(dest, filename)
         except (BadRequest, Conflict) as exc:  # the area changed since the upload began
             part.unlink(missing_ok=True)
             with self.db.session() as s:
@@ -460,17 +460,6 @@ class ResumableUploads:
         if expired:
             log.info("removed %d expired uploads", len(expired))
         return len(expired)
-
-
-def _check_destination(dest: Path, filename: str) -> None:
-    """409 when a folder sits where the file goes, or a file where one of its folders goes."""
-    if dest.is_dir():
-        raise Conflict(f"{filename!r} is a folder in your upload area: choose another file name")
-    for parent in dest.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise Conflict(f"{filename!r}: {parent.name!r} is a file in your upload area, not a folder")
-            break
 
 
 def _move_into(part: Path, dest: Path) -> None:

@@ -52,6 +52,8 @@ class PeerConfig:
     #: Largest file the in-file search ("grep") will read, and most matches.
     grep_max_file_bytes: int = 16 * 1024 * 1024
     grep_max_matches: int = 1000
+    #: Most input files one job may name (each is a proc; 400 beyond).
+    max_inputs_per_job: int = 1000
     #: Longest ``?wait=`` a status long-poll may hold a server thread.
     max_wait_seconds: float = 60.0
     #: Live job status (Server-Sent Events, peer/api_events.py): each open
