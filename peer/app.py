@@ -249,7 +249,12 @@ def _http_session(config: PeerConfig) -> requests.Session:
 
 def build_services(config: PeerConfig) -> PeerServices:
     config.resolve_tls()
-    config.state_path.mkdir(parents=True, exist_ok=True)
+    config.state_path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    config.state_path.chmod(0o700)  # the peer's alone: jobs and other accounts must not read it
+    from .executors.sandbox import SandboxSettings, exposed_files
+
+    for warning in exposed_files([config.state_path] + ([] if config.insecure_http else [Path(config.tls_key)])):
+        log.warning("SECRET EXPOSED: %s", warning)
     db = Database(config.sqlalchemy_url)
     db.create_all(Base.metadata, BrokerBase.metadata)
     http = _http_session(config)
@@ -264,6 +269,8 @@ def build_services(config: PeerConfig) -> PeerServices:
         peer_name=config.name,
         slots=config.local_slots,
         max_restarts=config.local_max_restarts,
+        sandbox=SandboxSettings(job_user=config.job_user, network=config.job_network,
+                                allow_unisolated=config.allow_unisolated_jobs),
     )
     membership = Membership(db, name=config.name, url=config.url, http=http, timeout=config.peer_timeout)
     broker_role = None

@@ -7,10 +7,12 @@ the URL changes.
 """
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
 
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, make_url
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -18,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 def make_engine(url: str) -> Engine:
     """Create an engine with the pragmas the peer relies on for SQLite."""
     if url.startswith("sqlite"):
+        _private_sqlite_files(url)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
         @event.listens_for(engine, "connect")
@@ -31,6 +34,20 @@ def make_engine(url: str) -> Engine:
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+def _private_sqlite_files(url: str) -> None:
+    """The SQLite file and its WAL/SHM companions: 0600 (they hold every user's jobs and tokens)."""
+    path = make_url(url).database
+    if not path or path == ":memory:":
+        return
+    db = Path(path)
+    if not db.exists():
+        db.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.close(os.open(db, os.O_CREAT | os.O_WRONLY, 0o600))
+    for p in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
+        if p.exists():
+            p.chmod(0o600)
 
 
 class Database:

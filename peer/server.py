@@ -78,6 +78,7 @@ def _worker_exit(server, worker) -> None:  # gunicorn hook, in the worker
 
 
 def serve(config: PeerConfig) -> int:
+    os.umask(0o077)  # files the peer writes (database, outputs, uploads) are its own: 0600 / 0700
     logging.basicConfig(
         level=config.log_level.upper(),
         format=f"%(asctime)s {config.name} %(levelname)s %(name)s: %(message)s",

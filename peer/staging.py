@@ -81,7 +81,8 @@ class Stager:
     ) -> None:
         self.parallel_downloads = max(1, parallel_downloads)
         self.root = stage_root
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.root.chmod(0o700)  # every user's jobs: the peer's alone
         self.http = http
         self.chunk_bytes = chunk_bytes
 

@@ -30,6 +30,9 @@ def _serve_args(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--join", help="peer URL(s) to join, comma separated")
     p.add_argument("--slots", dest="local_slots", type=int, help="local executor: procs at once (default: CPUs)")
     p.add_argument("--no-agent", dest="agent", action="store_false", default=None, help="do not run the EMA agent thread")
+    p.add_argument("--allow-unisolated-jobs", dest="allow_unisolated_jobs", action="store_true", default=None,
+                   help="run local jobs even where they cannot be isolated from the peer (they could read its "
+                        "host key): single-user machines only")
     p.add_argument("--agent-interval", type=float)
     p.add_argument("--threads", type=int)
     p.add_argument("--heartbeat-interval", type=float, help="seconds between heartbeats to the broker (default 5)")
@@ -59,7 +62,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         for k in ("name", "host", "port", "public_url", "state_dir", "publish_dir", "database_url", "executor",
                   "local_slots", "agent", "agent_interval", "threads", "log_level", "heartbeat_interval",
                   "heartbeat_misses", "pki_dir", "tls_cert", "tls_key", "tls_ca", "web_tls_cert", "web_tls_key", "admins",
-                  "insecure_http")
+                  "insecure_http", "allow_unisolated_jobs")
     }
     if args.join:
         overrides["join"] = [u.strip() for u in args.join.split(",") if u.strip()]

@@ -42,6 +42,14 @@ class PeerConfig:
     local_slots: int = 0
     #: LocalExecutor: how often a proc lost to a peer crash is re-run.
     local_max_restarts: int = 3
+    #: LocalExecutor job isolation (peer/executors/sandbox.py): the account
+    #: jobs run as when the peer is root; whether jobs may use the network;
+    #: and whether jobs may run with NO isolation (as the peer's own account,
+    #: able to read its host key) when neither bubblewrap nor an account
+    #: switch is possible.  Only for a single-user machine.
+    job_user: str = "nobody"
+    job_network: bool = False
+    allow_unisolated_jobs: bool = False
     #: Largest request body accepted (executable + submit file + uploads).
     max_body_bytes: int = 64 * 1024 * 1024
     #: Resumable uploads (tus, /api/v1/uploads): largest file in total (each

@@ -15,6 +15,7 @@ from pathlib import Path
 from ..db import Database
 from .base import Executor
 from .local import LocalExecutor
+from .sandbox import SandboxSettings
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +67,14 @@ def choose_executor(
     slots: int,
     max_restarts: int,
     probe_timeout: float = PROBE_TIMEOUT,
+    sandbox: SandboxSettings | None = None,
 ) -> Executor:
     """``local``, ``condor`` or ``auto`` (Condor when a schedd answers, else local)."""
     if kind not in {"auto", "local", "condor"}:
         raise ExecutorUnavailable(f"unknown executor {kind!r}: use auto, local or condor")
     if kind == "local":
-        return LocalExecutor(db, stage_root, peer_name=peer_name, slots=slots, max_restarts=max_restarts)
+        return LocalExecutor(db, stage_root, peer_name=peer_name, slots=slots, max_restarts=max_restarts,
+                             sandbox=sandbox)
 
     from .condor import CondorExecutor, probe_schedd, running_as_root
 
@@ -90,7 +93,7 @@ def choose_executor(
         reason = probe.describe()
     log.info("executor auto: %s; using the local executor", reason)
     return _AutoLocalExecutor(db, stage_root, peer_name=peer_name, slots=slots, max_restarts=max_restarts,
-                              auto_reason=reason)
+                              auto_reason=reason, sandbox=sandbox)
 
 
 __all__ = ["Executor", "ExecutorUnavailable", "LocalExecutor", "choose_executor", "require_condor", "PROBE_TIMEOUT"]

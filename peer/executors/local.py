@@ -14,6 +14,11 @@ the old one stopped:
 
 One scheduler thread per peer process: the server runs a single worker
 process (see docs/architecture.md), so there is exactly one.
+
+Jobs never run as the peer: :mod:`peer.executors.sandbox` decides once (at
+start) what isolation this host allows, and each runner starts its proc in it.
+With none possible, submissions are refused (503, saying why and what to do)
+unless the operator accepted that.
 """
 from __future__ import annotations
 
@@ -31,6 +36,8 @@ import psutil
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from pocketgrid.errors import Unavailable
+
 from ..db import Database
 from ..event_log import EventLogReader, EventLogWriter
 from ..models import Counter, Job, Proc
@@ -39,6 +46,7 @@ from ..proc_stderr import record_names
 from ..submit_description import ParsedSubmit, local_proc_specs
 from .base import Executor
 from .local_runner import EXIT_DONE, EXIT_EVICTED
+from .sandbox import Isolation, SandboxSettings, probe
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +67,7 @@ class LocalExecutor(Executor):
         slots: int = 0,
         max_restarts: int = 3,
         poll_interval: float = 0.1,
+        sandbox: SandboxSettings | None = None,
     ) -> None:
         self.db = db
         self.stage_root = stage_root
@@ -72,9 +81,39 @@ class LocalExecutor(Executor):
         self._children: dict[int, tuple[int, subprocess.Popen[bytes]]] = {}  # proc row id -> (pid, popen)
         self._adopted: dict[int, psutil.Process] = {}  # proc row id -> process
         self._lock = threading.Lock()
+        self.sandbox = sandbox or SandboxSettings()
+        self._isolation: Isolation | None = None
+        self._isolation_lock = threading.Lock()
+
+    @property
+    def isolation(self) -> Isolation:
+        """What isolation jobs get here: probed once, logged loudly."""
+        with self._isolation_lock:
+            if self._isolation is None:
+                iso, error = probe(self.sandbox)
+                self._isolation = iso
+                if iso.refusal:
+                    log.error("%s", "!" * 72)
+                    log.error("LOCAL JOBS REFUSED: %s", iso.refusal)
+                    if error:
+                        log.error("bwrap said: %s", error)
+                    log.error("%s", "!" * 72)
+                elif not iso.isolated:
+                    log.warning("%s", "!" * 72)
+                    log.warning("JOB ISOLATION: %s", iso.describe())
+                    log.warning("%s", "!" * 72)
+                else:
+                    log.info("job isolation: %s", iso.describe())
+                    if iso.bwrap is None:
+                        log.warning("no namespace sandbox for jobs (bwrap %s): they see the host's files as %s",
+                                    error or "not installed", iso.user)
+        return self._isolation
 
     # ---- submission -------------------------------------------------------
     def prepare(self, session: Session, job: Job, staged: StagedJob, parsed: ParsedSubmit) -> list[Proc]:
+        refusal = self.isolation.refusal
+        if refusal:
+            raise Unavailable(f"this peer does not run jobs: {refusal}")
         specs = local_proc_specs(
             parsed,
             executable_name=staged.executable_name,
@@ -154,6 +193,7 @@ class LocalExecutor(Executor):
 
     # ---- life cycle -------------------------------------------------------
     def start(self) -> None:
+        _ = self.isolation  # probe now and say it at start, not at the first job
         self._recover()
         self._thread = threading.Thread(target=self._loop, name="local-executor", daemon=True)
         self._thread.start()
@@ -184,7 +224,8 @@ class LocalExecutor(Executor):
                     log.warning("runner %d did not stop in %.0f s", pid, timeout)
 
     def describe(self) -> dict[str, object]:
-        return {"name": self.name, "slots": self.slots, "running": len(self._children) + len(self._adopted)}
+        return {"name": self.name, "slots": self.slots, "running": len(self._children) + len(self._adopted),
+                "isolation": self.isolation.describe()}
 
     # ---- recovery ---------------------------------------------------------
     def _recover(self) -> None:
@@ -307,6 +348,9 @@ class LocalExecutor(Executor):
         again, but never a runner whose row still says queued (it would run
         twice).
         """
+        isolation = self.isolation
+        if isolation.refusal:
+            return  # queued procs (from before) wait: they would run unisolated
         with self._lock:
             free = self.slots - len(self._children) - len(self._adopted)
             if free <= 0:
@@ -330,7 +374,8 @@ class LocalExecutor(Executor):
                 try:
                     with open(spec.with_suffix(".runner.log"), "ab") as runner_log:
                         popen = subprocess.Popen(
-                            [sys.executable, "-m", "peer.executors.local_runner", str(spec)],
+                            [sys.executable, "-m", "peer.executors.local_runner", str(spec),
+                             "--sandbox", isolation.to_json()],
                             stdin=subprocess.DEVNULL,
                             stdout=runner_log,
                             stderr=runner_log,

@@ -10,6 +10,11 @@ Signals from the peer:
   SIGTERM  the user removed the job   -> kill the proc, write "aborted", exit 0
   SIGUSR1  the peer is shutting down  -> kill the proc, write "evicted", exit 3
 Exit status: 0 when a final event was written, 3 after an eviction.
+
+``--sandbox JSON`` (a :class:`peer.executors.sandbox.Isolation`, given by the
+peer at each start): the job runs in that sandbox and, when the peer is root,
+as the job account (the proc directory is handed to it first); the runner
+itself and the user log stay the peer's.
 """
 from __future__ import annotations
 
@@ -19,9 +24,11 @@ import signal
 import subprocess
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 from peer.event_log import EventLogWriter
+from peer.executors import sandbox
 
 EXIT_DONE = 0
 EXIT_EVICTED = 3
@@ -29,8 +36,9 @@ KILL_GRACE_SECONDS = 5.0
 
 
 class Runner:
-    def __init__(self, spec: dict[str, Any]) -> None:
+    def __init__(self, spec: dict[str, Any], isolation: sandbox.Isolation | None = None) -> None:
         self.spec = spec
+        self.isolation = isolation or sandbox.Isolation()
         self.cluster = int(spec["cluster"])
         self.proc = int(spec["proc"])
         self.log = EventLogWriter(spec["log"])
@@ -66,19 +74,24 @@ class Runner:
         path = self.spec.get(key)
         if not path:
             return subprocess.DEVNULL
-        return open(path, mode)
+        fh = open(path, mode)
+        if "a" in mode and self.isolation.uid is not None:  # the job's own file: it may reopen it by name
+            os.fchown(fh.fileno(), self.isolation.uid, self.isolation.gid)
+        return fh
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGUSR1, self._on_signal)
         spec = self.spec
         self.log.execute(self.cluster, self.proc, self.host)
+        iso = self.isolation
         try:
+            sandbox.hand_over(Path(spec["iwd"]), iso)
             stdin = self._open("stdin", "rb")
             stdout = self._open("stdout", "ab")
             stderr = self._open("stderr", "ab")
             self.child = subprocess.Popen(
-                [spec["executable"], *spec.get("arguments", [])],
+                sandbox.command(iso, [spec["executable"], *spec.get("arguments", [])], spec["iwd"]),
                 cwd=spec["iwd"],
                 env=spec.get("environment", {}),
                 stdin=stdin,
@@ -86,6 +99,8 @@ class Runner:
                 stderr=stderr,
                 start_new_session=True,
                 close_fds=True,
+                preexec_fn=sandbox.set_limits(iso),
+                **sandbox.account_kwargs(iso),
             )
         except OSError as exc:
             # HTCondor puts a job it cannot start on hold (code 6, exec failure).
@@ -115,12 +130,15 @@ class Runner:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print("usage: python -m peer.executors.local_runner SPEC.json", file=sys.stderr)
+    isolation = None
+    if len(argv) == 3 and argv[1] == "--sandbox":
+        isolation = sandbox.Isolation.from_json(argv[2])
+    elif len(argv) != 1:
+        print("usage: python -m peer.executors.local_runner SPEC.json [--sandbox ISOLATION_JSON]", file=sys.stderr)
         return 2
     with open(argv[0]) as fh:
         spec = json.load(fh)
-    return Runner(spec).run()
+    return Runner(spec, isolation).run()
 
 
 if __name__ == "__main__":

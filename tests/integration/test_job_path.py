@@ -13,6 +13,7 @@ import pytest
 
 from mobile_client import ApiError, Client
 from tests.conftest import host_session, report_load, user_session, wait_until
+from tests.job_processes import job_pids
 
 pytestmark = pytest.mark.integration
 
@@ -131,10 +132,10 @@ def test_kill_stops_running_procs(trio):
                         submit_text="executable = sleep.sh\noutput = out.txt\nqueue\n")
     assert job["peer"] == "site-b"
     stage = b.state / "stage" / job["id"]
-    pids = wait_until(lambda: [int((stage / str(i) / "pid.txt").read_text()) for i in range(2)]
-                      if all((stage / str(i) / "pid.txt").exists() for i in range(2)) else None,
-                      what="both procs to start")
-    assert all(psutil.pid_exists(p) for p in pids)
+    wait_until(lambda: all((stage / str(i) / "pid.txt").exists() for i in range(2)), what="both procs to start")
+    pids = [job_pids(stage / str(i)) for i in range(2)]  # host PIDs: the job's $$ is its sandbox's
+    assert all(pids), pids
+    pids = [p for group in pids for p in group]
     res = client.kill(job["id"])  # through the broker peer, relayed to site-b
     assert res["removed_procs"] == 2
     final = client.wait(job["id"], timeout=30)

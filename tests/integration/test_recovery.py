@@ -10,11 +10,11 @@ import signal
 import subprocess
 import sys
 
-import psutil
 import pytest
 
 from mobile_client import Client
 from tests.conftest import ROOT, free_port, host_session, report_load, wait_until
+from tests.job_processes import job_pids
 
 pytestmark = pytest.mark.integration
 
@@ -52,6 +52,7 @@ def load(broker_url: str, peer, value: float) -> None:
 # Runs ~2 s, then writes its exit marker: long enough to kill the peer meanwhile.
 SLOW = b"""#!/bin/sh
 echo $$ > pid.txt
+echo run >> runs.txt
 i=0
 while [ $i -lt 20 ]; do i=$((i+1)); sleep 0.1; done
 echo finished > done.txt
@@ -97,14 +98,14 @@ def test_clean_shutdown_evicts_and_reruns_after_restart(peers):
     job = _submit(p.url, p, "evict")
     pid_file = p.state / "stage" / job["id"] / "0" / "pid.txt"
     wait_until(pid_file.exists, what="the proc to start")
-    first_pid = int(pid_file.read_text())
+    assert job_pids(pid_file.parent)  # host PIDs: the job's $$ is its sandbox's
     p.stop(signal.SIGTERM)
-    assert not psutil.pid_exists(first_pid) or psutil.Process(first_pid).status() == psutil.STATUS_ZOMBIE
+    assert not job_pids(pid_file.parent)
     p.start()
     final = client(p.url).wait(job["id"], timeout=30)
     proc = final["inputs"][0]
     assert proc["exit_code"] == 3 and proc["evictions"] == 1
-    assert int(pid_file.read_text()) != first_pid  # it really ran again
+    assert (pid_file.parent / "runs.txt").read_text() == "run\nrun\n"  # it really ran again
 
 
 def test_dead_candidate_falls_back_to_the_next(peers):
