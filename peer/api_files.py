@@ -17,8 +17,17 @@ def _svc():
     return current_app.extensions["pocketgrid"]
 
 
+_ON, _OFF = {"1", "true", "yes"}, {"0", "false", "no"}
+
+
 def _flag(name: str) -> bool:
-    return request.args.get(name, "").lower() in {"1", "true", "yes"}
+    """A yes/no query parameter: absent is no; a value that is neither is the caller's mistake (400)."""
+    value = request.args.get(name)
+    if value is None or value in _OFF:
+        return False
+    if value in _ON:
+        return True
+    raise BadRequest(f"{name} must be one of {', '.join(sorted(_ON | _OFF))}, not {value!r}")
 
 
 @bp.get("")
@@ -27,12 +36,13 @@ def listing():
     svc = _svc()
     area = svc.publishing
     visible = visibility(identity())
+    regex, ignore_case = _flag("regex"), _flag("icase")  # checked whatever the mode: a bad value is a mistake
     if "grep" in request.args:
         result = area.grep(
             request.args["grep"],
             pattern=request.args.get("glob", "*"),
-            regex=_flag("regex"),
-            ignore_case=_flag("icase"),
+            regex=regex,
+            ignore_case=ignore_case,
             max_file_bytes=svc.config.grep_max_file_bytes,
             max_matches=svc.config.grep_max_matches,
             visible=visible,
