@@ -10,7 +10,7 @@ from flask import Blueprint, current_app, jsonify, request
 from pocketgrid.errors import BadRequest, Forbidden, NotFound, PocketgridError
 
 from . import csrf
-from .auth import USER_HEADER, identity
+from .auth import identity
 from .fanout import ask_others, grid_view
 from .pairing import members_lookup
 from .session_cookie import clear_session_cookie, set_session_cookie
@@ -196,7 +196,7 @@ def _revoke_at_issuer(token_id: str, who) -> dict[str, Any]:
     """Ask the other members to revoke a token this peer did not issue (the issuer records and pushes it)."""
     svc = current_app.extensions["pocketgrid"]
     replies, unreachable = ask_others(svc.http, svc.membership, "DELETE", f"/api/v1/auth/tokens/{quote(token_id)}",
-                                      params={"local": 1}, headers={USER_HEADER: who.assertion()},
+                                      params={"local": 1}, for_user=who,
                                       timeout=svc.config.peer_timeout)
     for reply in replies:
         if reply.status == 200 and isinstance(reply.body, dict):

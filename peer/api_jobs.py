@@ -15,7 +15,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 
 from pocketgrid.errors import BadRequest
 
-from .auth import USER_HEADER, identity
+from .auth import identity, relay_headers
 from .downloads import send_ranged
 from .jobs import SubmitRequest, peer_of
 from .proxy import relay
@@ -99,7 +99,8 @@ def submit():
     req = _read_submit_request()
     for path in req.inputs:  # another user's uploads do not exist for this caller
         check_visible(svc.publishing, who, path)
-    summary, replayed = svc.jobs.submit(req, owner=who.dn, idempotency_key=request.headers.get("Idempotency-Key"))
+    summary, replayed = svc.jobs.submit(req, owner=who.dn, idempotency_key=request.headers.get("Idempotency-Key"),
+                                        proof=lambda peer: relay_headers(who, peer))
     if not replayed:
         svc.security.audit.record("submit", dn=who.dn, source=who.source,
                                   detail=f"job {summary['id']} ({req.name!r}, {len(req.inputs)} inputs)")
@@ -121,11 +122,12 @@ def list_jobs():
     unreachable: list[str] = []
     if request.args.get("local") not in {"1", "true"}:
         others = [m for m in svc.membership.members() if m["name"] != svc.config.name]
-        headers = {USER_HEADER: who.assertion()} if who.kind == "user" else {}
+        headers = {m["name"]: relay_headers(who, m["name"]) for m in others}  # the user's proof, per member
 
         def fetch(member):
             try:
-                r = svc.http.get(f"{member['url']}/api/v1/jobs?local=1", headers=headers, timeout=svc.config.peer_timeout)
+                r = svc.http.get(f"{member['url']}/api/v1/jobs?local=1", headers=headers[member["name"]],
+                                 timeout=svc.config.peer_timeout)
                 r.raise_for_status()
                 return member["name"], r.json()["jobs"]
             except (requests.RequestException, ValueError, KeyError):

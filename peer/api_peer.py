@@ -11,9 +11,9 @@ import time
 from flask import Blueprint, current_app, jsonify, request
 
 from pocketgrid.client_certificate import tls_client_certificate
-from pocketgrid.errors import BadRequest, NotFound, PocketgridError
+from pocketgrid.errors import BadRequest, Forbidden, NotFound, PocketgridError
 
-from .auth import identity
+from .auth import identity, relayed_user
 from .downloads import send_ranged
 
 bp = Blueprint("peer", __name__, url_prefix="/api/v1/peer")
@@ -37,7 +37,7 @@ def _svc():
 
 @bp.post("/jobs")
 def accept():
-    """A job placed on this peer by an entry peer."""
+    """A job placed on this peer by an entry peer, for the user whose proof it carries (peer/auth.py)."""
     try:
         meta = json.loads(request.form.get("meta", ""))
     except ValueError:
@@ -53,6 +53,10 @@ def accept():
     exe = request.files.get("executable")
     if exe is None:
         raise BadRequest("missing the 'executable' file part")
+    user = relayed_user()  # the submitting user's proof, verified here: the host's word is not enough
+    if user.dn != meta["owner"]:
+        raise Forbidden(f"the forwarded job's owner {meta['owner']!r} is not the user the entry peer proves "
+                        f"({user.dn!r}): a peer submits only for the user it relays")
     summary = _svc().jobs.accept(meta, exe.read())
     return jsonify(summary), 201
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import requests
 
-from .auth import USER_HEADER
+from .auth import Identity, relay_headers
 from .membership import Membership
 
 #: At most this many members asked at the same time.
@@ -36,16 +36,24 @@ def other_members(membership: Membership) -> list[dict[str, Any]]:
 
 def ask_others(http: requests.Session, membership: Membership, method: str, path: str, *, timeout: float,
                json: Any = None, params: dict[str, Any] | None = None,
-               headers: dict[str, str] | None = None) -> tuple[list[MemberReply], list[str]]:
-    """``method path`` on every other member; returns (replies, names of the members that did not answer)."""
+               headers: dict[str, str] | None = None,
+               for_user: Identity | None = None) -> tuple[list[MemberReply], list[str]]:
+    """``method path`` on every other member; returns (replies, names of the members that did not answer).
+
+    ``for_user``: the request acts for that user, each member gets the user's
+    proof (peer/auth.py ``relay_headers``; a delegation is for one member).
+    """
     others = other_members(membership)
     if not others:
         return [], []
+    # Built here, in the request's context (the worker threads have none).
+    member_headers = {m["name"]: {**(headers or {}), **(relay_headers(for_user, m["name"]) if for_user else {})}
+                      for m in others}
 
     def ask(member: dict[str, Any]) -> MemberReply | str:
         try:
-            r = http.request(method, member["url"] + path, json=json, params=params, headers=headers,
-                             timeout=timeout)
+            r = http.request(method, member["url"] + path, json=json, params=params,
+                             headers=member_headers[member["name"]], timeout=timeout)
         except requests.RequestException:
             return member["name"]
         try:
@@ -66,8 +74,8 @@ def ask_others(http: requests.Session, membership: Membership, method: str, path
 
 
 def gather_records(http: requests.Session, membership: Membership, path: str, *, key: str, timeout: float,
-                   params: dict[str, Any] | None = None,
-                   headers: dict[str, str] | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+                   params: dict[str, Any] | None = None, headers: dict[str, str] | None = None,
+                   for_user: Identity | None = None) -> tuple[list[dict[str, Any]], list[str]]:
     """``GET path`` on every other member, the list under ``key`` of each answer tagged with its ``peer``.
 
     Returns (records, members that did not answer).  A member that answers
@@ -75,7 +83,7 @@ def gather_records(http: requests.Session, membership: Membership, path: str, *,
     records are missing from the view, and the caller says so).
     """
     replies, unreachable = ask_others(http, membership, "GET", path, timeout=timeout, params=params,
-                                      headers=headers)
+                                      headers=headers, for_user=for_user)
     records: list[dict[str, Any]] = []
     for reply in replies:
         items = reply.body.get(key) if reply.status == 200 and isinstance(reply.body, dict) else None
@@ -90,8 +98,8 @@ def grid_view(svc: Any, who: Any, path: str, *, key: str, records: list[dict[str
               local_only: bool) -> tuple[list[dict[str, Any]], list[str]]:
     """This peer's ``records`` (tagged with its name) plus every other member's, for a user's request.
 
-    The others are asked ``GET path?local=1&params`` for the same user
-    (``X-Pocketgrid-User``, believed from our host certificate).  Nothing is
+    The others are asked ``GET path?local=1&params`` for the same user, with
+    the user's proof (peer/auth.py: each member verifies it itself).  Nothing is
     gathered with ``local_only``, for a relayed request (the relaying peer
     gathers) or for a caller that is not a user.  Returns (records, members
     that did not answer).
@@ -100,6 +108,5 @@ def grid_view(svc: Any, who: Any, path: str, *, key: str, records: list[dict[str
     if local_only or who.kind != "user" or who.via is not None:
         return mine, []
     theirs, unreachable = gather_records(svc.http, svc.membership, path, key=key, params={**params, "local": 1},
-                                         headers={USER_HEADER: who.assertion()},
-                                         timeout=svc.config.peer_timeout)
+                                         for_user=who, timeout=svc.config.peer_timeout)
     return mine + theirs, unreachable

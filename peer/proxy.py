@@ -18,12 +18,13 @@ from flask import Response, request
 
 from pocketgrid.errors import BadGateway, NotFound
 
-from .auth import USER_HEADER, identity
+from .auth import identity, relay_headers
 from .membership import Membership
 
-#: The user's bearer token is NOT passed on: the owner peer is told who the
-#: user is in ``X-Pocketgrid-User``, believed because we present a host
-#: certificate (peer/auth.py).  Tokens never travel further than the entry peer.
+#: Client headers passed on.  The client's ``Authorization`` and cookie are not:
+#: the owner peer gets the user's proof in ``X-Pocketgrid-User-Token`` (the
+#: user's token, or a delegation for it alone), over mutual TLS only, and
+#: verifies it itself (peer/auth.py); our host certificate alone proves no user.
 _REQUEST_HEADERS = ("Accept", "If-None-Match", "If-Range", "Range", "Idempotency-Key", "Last-Event-ID")
 _RESPONSE_HEADERS = (
     "Content-Type",
@@ -49,8 +50,8 @@ def relay(http: requests.Session, membership: Membership, peer: str, *,
     headers = {h: request.headers[h] for h in _REQUEST_HEADERS if h in request.headers}
     headers["X-Pocketgrid-Relayed-By"] = membership.name
     who = identity(required=False)
-    if who is not None and who.kind == "user":
-        headers[USER_HEADER] = who.assertion()
+    if who is not None:
+        headers.update(relay_headers(who, peer))
     target = quote(request.path)  # re-encode: '#', '?', '%' in a file name must survive the hop
     if request.query_string:
         target += "?" + request.query_string.decode("latin-1")

@@ -47,6 +47,8 @@ ALGORITHMS = ["ES256", "RS256"]
 _CACHE_MAX = 4096
 #: Shortest time between two fresh looks at one issuer's certificate.
 REFRESH_SECONDS = 60.0
+#: Lifetime of a delegation (peer/auth.py): an entry peer's word for a certificate user, to one peer.
+DELEGATION_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -54,10 +56,12 @@ class Claims:
     jti: str
     dn: str
     vo: str | None
-    kind: str  # login | device
+    kind: str  # login | device | delegation
     issuer: str
     expires_at: float
     device: str | None = None
+    #: The one peer a delegation is for (``aud``); None for login and device tokens.
+    audience: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """As the API shows a token: its ID is ``id`` (as in the token list), not the JWT's ``jti``."""
@@ -176,6 +180,7 @@ class TokenService:
         self.device_lifetime = device_lifetime
         self._lock = threading.Lock()
         self._verified: dict[str, Claims] = {}
+        self._delegations: dict[tuple[str, str | None, str], tuple[str, float]] = {}
         now = time.time()
         with db.session() as s:
             s.execute(delete(RevokedToken).where(RevokedToken.expires_at < now))
@@ -202,6 +207,31 @@ class TokenService:
             s.add(IssuedToken(jti=claims.jti, dn=dn, vo=vo, kind=kind, device=device, created_at=now,
                               expires_at=claims.expires_at))
         return NewToken(token, claims)
+
+    def delegate(self, dn: str, vo: str | None, audience: str) -> str:
+        """A short-lived ``delegation`` token for ``dn``, valid only at peer ``audience``.
+
+        What an entry peer forwards for a user who authenticated with a TLS client
+        certificate (no token to forward, peer/auth.py).  Not recorded (not a
+        login, not listed); reused for the same user and peer while it has more
+        than half its life left, so a poll does not sign anew.
+        """
+        now = time.time()
+        key = (dn, vo, audience)
+        cached = self._delegations.get(key)
+        if cached is not None and cached[1] - now > DELEGATION_SECONDS / 2:
+            return cached[0]
+        expires_at = int(now + DELEGATION_SECONDS)
+        payload: dict[str, Any] = {"iss": self.issuer, "sub": dn, "jti": secrets.token_urlsafe(12), "exp": expires_at,
+                                   "knd": "delegation", "aud": audience}
+        if vo:
+            payload["vo"] = vo
+        token = jwt.encode(payload, self.private_key, algorithm=self.algorithm, headers={"kid": self.issuer, "typ": None})
+        with self._lock:
+            if len(self._delegations) >= _CACHE_MAX:
+                self._delegations.clear()
+            self._delegations[key] = (token, expires_at)
+        return token
 
     # ---- checking -------------------------------------------------------------
     def verify(self, token: str) -> Claims:
@@ -235,15 +265,17 @@ class TokenService:
         try:
             return Claims(jti=str(payload["jti"]), dn=str(payload["sub"]), vo=payload.get("vo"),
                           kind=str(payload.get("knd", "login")), issuer=issuer, expires_at=float(payload["exp"]),
-                          device=payload.get("dev"))
+                          device=payload.get("dev"),
+                          audience=payload["aud"] if isinstance(payload.get("aud"), str) else None)
         except (KeyError, TypeError, ValueError):
             raise Unauthorized("the token lacks required claims: log in again") from None
 
     def _decode(self, token: str, issuer: str, *, refresh: bool) -> dict[str, Any] | None:
         key = self.keys.get(issuer, refresh=refresh)
         try:
+            # ``aud`` (delegations) is checked by the caller against this peer's name (peer/auth.py).
             return jwt.decode(token, key, algorithms=[algorithm_for(key)], issuer=issuer,
-                              options={"require": ["exp", "jti", "sub", "iss"]})
+                              options={"require": ["exp", "jti", "sub", "iss"], "verify_aud": False})
         except jwt.ExpiredSignatureError:
             raise Unauthorized("the token has expired: log in again (or pair the device again)") from None
         except jwt.InvalidSignatureError:
