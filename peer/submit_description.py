@@ -60,11 +60,36 @@ submit_utils.cpp):
   queue statement: pocketgrid queues one proc per input itself (``queue ...
   from cmd |`` would also run a command).
 - multi-line values (``name @=tag``): cannot be written back for HTCondor.
-- output/error/``transfer_input_files``/``transfer_output_remaps`` paths that
-  leave the input's directory (``..``, absolute paths elsewhere, symbolic
-  links pointing out, ``$$()`` that only the matched machine resolves); URLs
-  in ``transfer_input_files`` other than ``Policy.allowed_url_schemes``; any
-  URL as a remap target.
+- output/error/``transfer_input_files``/``public_input_files``/
+  ``transfer_output_remaps`` paths that leave the input's directory (``..``,
+  absolute paths elsewhere, symbolic links pointing out, ``$$()`` that only
+  the matched machine resolves); URLs in ``transfer_input_files`` other than
+  ``Policy.allowed_url_schemes``; any URL as a remap target.
+- ``transfer_output_files``/``transfer_checkpoint_files`` entries that are
+  absolute or leave the job's directory through ``..`` (outputs belong in the
+  proc's directory; ``out.txt, sub/dir/file`` is fine).
+- URLs whose host is the site's own or private (:class:`_UrlHosts`): under
+  HTCondor the site fetches them from inside its network, so ``localhost``,
+  this host's names and addresses, ``Policy.site_host_names``, and names that
+  ``socket.getaddrinfo`` resolves at submit time to loopback, link-local,
+  private/ULA or other non-public addresses are refused unless
+  ``Policy.allow_private_urls``.  A name that does not resolve is accepted
+  with a warning.  DNS answers that change after the check are not caught.
+- Site configuration macros: ``$(SPOOL)`` and whatever else HTCondor's submit
+  language expands from the site's configuration (found by HTCondor itself in
+  the checker child: every configuration name the file does not define is
+  probed; any other way of reaching one, e.g. ``$($(n)OL)`` or ``$Fp(SPOOL)``,
+  shows as a marker in the expansion).  Refused, naming the key and the macro,
+  rather than blanked, so a job never silently gets different arguments; the
+  platform names (``$(Arch)``, ``$(OpSys)``, ... :data:`SITE_MACROS_ALLOWED`)
+  stay.  Configuration names HTCondor's submit language does not see
+  (``$(LOCAL_DIR)``, ``$(RELEASE_DIR)``, ``$(LOG)``, ``$(EXECUTE)``,
+  ``$(LIBEXEC)``, ``$(BIN)``, ``$(SBIN)``, ...) already expand to nothing, as
+  any undefined macro, with a warning saying so.  A definition in the submit
+  file itself (``SPOOL = ...``) is the user's own value and fine.
+- ``$(executable)``, ``$(log)``, ``$(transfer_input_files)`` (and their
+  aliases) in a value: pocketgrid sets these, and under HTCondor they expand
+  to the site's own paths.
 - macros HTCondor cannot finish expanding (loops, self-references with no
   earlier definition), HTCondor parse errors (its message and the line).
 
@@ -107,13 +132,19 @@ in the child first.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import difflib
+import functools
+import ipaddress
 import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -339,6 +370,14 @@ class Policy:
     forbidden_attributes: frozenset[str] = DEFAULT_FORBIDDEN_ATTRIBUTES
     #: URL schemes allowed in ``transfer_input_files`` (fetched by the execute node).
     allowed_url_schemes: frozenset[str] = frozenset({"http", "https"})
+    #: Whether URLs may point at the site's own or private addresses (loopback, link-local,
+    #: RFC 1918/ULA and other non-global ranges, this host's names and addresses).  Off by
+    #: default: under HTCondor the site itself fetches them, from inside its own network.
+    allow_private_urls: bool = False
+    #: Extra names of this site (e.g. the host of its public URL) treated like ``localhost``.
+    site_host_names: frozenset[str] = frozenset()
+    #: Wall-clock limit for resolving the host names of one submit file's URLs.
+    url_resolve_timeout_seconds: float = 5.0
     #: Largest submit file accepted, in bytes (UTF-8).
     max_submit_bytes: int = 64 * 1024
     #: Wall-clock limit for one run of HTCondor's parser/expander in the child process.
@@ -347,7 +386,8 @@ class Policy:
     expand_memory_bytes: int = 1 << 30
 
     def __post_init__(self) -> None:
-        for name in ("forbidden_universes", "forbidden_keys", "forbidden_attributes", "allowed_url_schemes"):
+        for name in ("forbidden_universes", "forbidden_keys", "forbidden_attributes", "allowed_url_schemes",
+                     "site_host_names"):
             object.__setattr__(self, name, frozenset(str(v).lower() for v in getattr(self, name)))
 
 
@@ -712,6 +752,41 @@ def _undefined_refs(sub: Any, table: Sequence[Sequence[str]]) -> list[str]:
     return undefined
 
 
+#: Macros HTCondor's submit language takes from the site's configuration that say nothing about the
+#: site's layout (the platform, as in ``requirements``), upper case; every other one is refused.
+SITE_MACROS_ALLOWED = frozenset(
+    {"ARCH", "OPSYS", "OPSYSVER", "OPSYSANDVER", "OPSYSMAJORVER", "OPSYSNAME", "OPSYSLONGNAME",
+     "OPSYSSHORTNAME", "OPSYSLEGACY", "ISLINUX", "ISWINDOWS", "DOLLAR"}
+)
+#: Control characters never pass :func:`_scan_text`, so this one in an expansion comes from a marker.
+_SITE_MARK = "\x01"
+
+
+def _site_marker(index: int) -> str:
+    """What a site macro expands to in the checker: made of '/' and the mark only, so that any
+    part of it a function macro ($Fp, $Fn, $SUBSTR, ...) cuts out still shows the mark."""
+    tag = f"{_SITE_MARK}{index}{_SITE_MARK}"
+    return f"/{tag}/{tag}"
+
+
+def _site_config_macros(sub: Any, defined: set[str]) -> list[str]:
+    """Names HTCondor's submit language expands from the site's configuration (e.g. ``SPOOL``), as
+    HTCondor itself answers: every configuration name the file does not define, probed with the
+    parser's own expansion.  The platform names in :data:`SITE_MACROS_ALLOWED` are left out."""
+    found = []
+    for name in htcondor2.param.keys():
+        if name.lower() in defined or name.upper() in SITE_MACROS_ALLOWED:
+            continue
+        sub[_PROBE_KEY] = f"$({name})"
+        try:
+            value = sub.expand(_PROBE_KEY)
+        except KeyError:  # expands to nothing: the job never sees it
+            continue
+        if value:
+            found.append(name)
+    return found
+
+
 def _find_macro_cycle(table: Sequence[Sequence[str]], exclude: Iterable[str]) -> list[str] | None:
     skip = {e.lower() for e in exclude}
     graph: dict[str, set[str]] = {}
@@ -843,8 +918,16 @@ def _child_main(req: dict[str, Any]) -> int:
         if cycle:
             return reply({"ok": False, "kind": "cycle", "cycle": cycle})
         sub = htcondor2.Submit({k: v for k, v in table})
+        procs = req.get("procs", [])
+        site = _site_config_macros(sub, {k.lower() for k, _ in table} | {k.lower() for p in procs for k in p})
+        for k, v in table:
+            named = sorted(n for n in site if n.lower() in _macro_refs(v))
+            if named:
+                return reply({"ok": False, "kind": "site_macro", "key": k, "macro": named[0]})
+        for i, name in enumerate(site):  # any other way of reaching them shows as the marker
+            sub[name] = _site_marker(i)
         rows = []
-        for macros in req.get("procs", []):
+        for macros in procs:
             for k, v in macros.items():
                 sub[k] = v
             row = {}
@@ -855,6 +938,10 @@ def _child_main(req: dict[str, Any]) -> int:
                     row[k] = ""
                 if len(row[k]) > _MAX_VALUE_CHARS:
                     return reply({"ok": False, "kind": "too_big", "key": k})
+                if _SITE_MARK in row[k]:
+                    hit = re.search(_SITE_MARK + r"(\d+)" + _SITE_MARK, row[k])
+                    name = site[int(hit.group(1))] if hit and int(hit.group(1)) < len(site) else None
+                    return reply({"ok": False, "kind": "site_macro", "key": k, "macro": name})
             rows.append(row)
         undefined = _undefined_refs(sub, table) if req.get("find_undefined") else []
         return reply({"ok": True, "table": table, "qargs": qargs, "rows": rows, "undefined": undefined})
@@ -962,6 +1049,15 @@ def _raise_child_failure(reply: dict[str, Any]) -> None:
         key = reply.get("key")
         raise SubmitDescriptionError(
             f"{key} is (or expands to) more than {_MAX_VALUE_CHARS >> 20} MiB; this site refuses values that large",
+            key=key,
+        )
+    if reply.get("kind") == "site_macro":
+        key, macro = reply.get("key"), reply.get("macro")
+        what = f"$({macro})" if macro else "a macro of the site's HTCondor configuration"
+        raise SubmitDescriptionError(
+            f"{key}: {what} comes from this site's HTCondor configuration (a path or name of the site); jobs "
+            "are not told the site's layout: leave it out, or define the value yourself in the submit file"
+            + (f" ({macro} = ...)" if macro else ""),
             key=key,
         )
     if reply.get("kind") == "memory":
@@ -1119,8 +1215,198 @@ def _split_remaps(value: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def _check_transfer_paths(row: _Row, proc_dir: str, policy: Policy, exempt: frozenset[str]) -> None:
-    for names in (("transfer_input_files", "transferinputfiles"), ("common_input_files",)):
+# ---------------------------------------------------------------------------
+# URL hosts: the site fetches transfer_input_files URLs from inside its own network
+# ---------------------------------------------------------------------------
+
+#: Schemes whose authority is the network host the plugin connects to (``cred+https`` is https).
+_HOST_SCHEMES = frozenset({"http", "https", "ftp", "ftps", "dav", "davs", "webdav", "webdavs"})
+#: Most distinct URL hosts resolved for one submit file.
+_MAX_URL_HOSTS = 16
+#: NAT64 (RFC 6052): the IPv4 address is in the last 32 bits.
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_LOCAL_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback")
+
+
+def _why_private(address: str) -> str | None:
+    """Why an address is the site's own or private (None when it is a public unicast address)."""
+    try:
+        ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return "an unreadable"
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = ip.ipv4_mapped or ip.sixtofour or (
+            ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF) if ip in _NAT64 else None)
+        if embedded is not None:
+            ip = embedded
+    for attr, why in (("is_loopback", "a loopback"), ("is_link_local", "a link-local"),
+                      ("is_unspecified", "an unspecified"), ("is_multicast", "a multicast"),
+                      ("is_private", "a private"), ("is_reserved", "a reserved")):
+        if getattr(ip, attr):
+            return why
+    if not ip.is_global:
+        return "a special-purpose (not public)"
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def _own_host_names() -> frozenset[str]:
+    names = {socket.gethostname()}
+    try:
+        names.add(socket.getfqdn())
+    except OSError:
+        pass
+    return frozenset(n.lower().rstrip(".") for n in names if n)
+
+
+def _own_addresses() -> frozenset[str]:
+    """This host's interface addresses (public ones too: a URL to them reaches the site itself)."""
+    import psutil  # a server dependency; only the peer checks submit files
+
+    out = set()
+    for addrs in psutil.net_if_addrs().values():
+        for a in addrs:
+            if a.family in (socket.AF_INET, socket.AF_INET6):
+                out.add(a.address.split("%", 1)[0].lower())
+    return frozenset(out)
+
+
+class _UrlHosts:
+    """Checks the hosts of a submit file's URLs (see :attr:`Policy.allow_private_urls`): names of
+    this site, and every address ``socket.getaddrinfo`` gives for the name at submit time, must be
+    public.  One instance per check, so each host is resolved once; a name that does not resolve
+    (within the policy's time limit) is accepted with a warning, since there is nothing to check."""
+
+    def __init__(self, policy: Policy, *, resolve: bool = True) -> None:
+        self.policy = policy
+        self.resolve = resolve
+        self.warnings: list[str] = []
+        self._seen: dict[str, str | None] = {}
+        self._deadline = time.monotonic() + policy.url_resolve_timeout_seconds
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._own: frozenset[str] | None = None
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def check(self, key: str, url: str) -> None:
+        if self.policy.allow_private_urls:
+            return
+        scheme = url.split("://", 1)[0].lower().rsplit("+", 1)[-1]
+        try:
+            parts = urllib.parse.urlsplit(url)
+            host = parts.hostname
+            parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+        except ValueError as exc:
+            raise SubmitDescriptionError(f"{key}: {url}: not a valid URL ({exc})", key=key) from None
+        netloc = parts.netloc
+        if any(c in netloc for c in "\\%") or any(c.isspace() for c in netloc):
+            raise SubmitDescriptionError(
+                f"{key}: {url}: the host part has characters ('\\', '%', spaces) that URL parsers read "
+                "differently; write the host plainly",
+                key=key,
+            )
+        if not host:
+            if scheme in _HOST_SCHEMES:
+                raise SubmitDescriptionError(f"{key}: {url}: the URL names no host", key=key)
+            return
+        host = host.lower().rstrip(".")
+        if host not in self._seen:
+            if len(self._seen) >= _MAX_URL_HOSTS:
+                raise SubmitDescriptionError(
+                    f"{key}: {url}: this site checks at most {_MAX_URL_HOSTS} different URL hosts per submit file",
+                    key=key,
+                )
+            self._seen[host] = self._refusal(host, scheme)
+        why = self._seen[host]
+        if why:
+            raise SubmitDescriptionError(
+                f"{key}: {url}: {why}; this site fetches URLs from inside its own network, so it does not fetch "
+                "from its own or private addresses: use a public URL, or upload the file and name it as an input",
+                key=key,
+            )
+
+    def _refusal(self, host: str, scheme: str) -> str | None:
+        if host in _LOCAL_NAMES or host.endswith(".localhost") or host in _own_host_names() \
+                or host in self.policy.site_host_names:
+            return f"{host} is this site's own host name"
+        literal = _literal_address(host)
+        if literal is not None:
+            why = _why_private(literal)
+            return f"{host} is {why} address" if why else self._own_address(host, literal)
+        if not self.resolve or scheme not in _HOST_SCHEMES:
+            return None
+        addresses = self._addresses(host)
+        if addresses is None:
+            self.warnings.append(
+                f"the host {host} of a URL could not be resolved here, so pocketgrid could not check that it is "
+                "a public address; the job fails if the site cannot fetch it"
+            )
+            return None
+        for address in addresses:
+            why = _why_private(address)
+            if why:
+                return f"{host} resolves to {address}, {why} address"
+            own = self._own_address(host, address)
+            if own:
+                return own
+        return None
+
+    def _own_address(self, host: str, address: str) -> str | None:
+        if self._own is None:
+            self._own = _own_addresses()
+        if address.split("%", 1)[0].lower() in self._own:
+            return f"{host} is this site's own address ({address})" if host != address else \
+                f"{host} is this site's own address"
+        return None
+
+    def _addresses(self, host: str) -> list[str] | None:
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="url-resolve")
+        future = self._pool.submit(socket.getaddrinfo, host, None, type=socket.SOCK_STREAM)
+        try:
+            infos = future.result(timeout=max(0.0, self._deadline - time.monotonic()))
+        except (concurrent.futures.TimeoutError, OSError, UnicodeError):
+            return None
+        return [info[4][0] for info in infos]
+
+
+def _literal_address(host: str) -> str | None:
+    """The address a host written as a number stands for (also the short and hexadecimal IPv4
+    forms that resolvers accept, such as 127.1 or 0x7f000001); None for a name."""
+    try:
+        return str(ipaddress.ip_address(host.split("%", 1)[0]))
+    except ValueError:
+        pass
+    try:
+        return socket.inet_ntoa(socket.inet_aton(host))
+    except OSError:
+        return None
+
+
+def _sandbox_relative(path: str, key: str, shown: str) -> None:
+    """A path in the job's sandbox on the execute side (``transfer_output_files``): relative, and
+    not leaving the sandbox through '..'."""
+    if "\x00" in path or "$$(" in path:
+        raise SubmitDescriptionError(f"{shown}: NUL bytes and $$() are not allowed in output paths", key=key)
+    if os.path.isabs(path):
+        raise SubmitDescriptionError(
+            f"{shown}: outputs belong in the proc's directory; name them relative to it (e.g. out.txt or "
+            "sub/dir/file), not by an absolute path",
+            key=key,
+        )
+    norm = os.path.normpath(path)
+    if norm == ".." or norm.startswith(".." + os.sep):
+        raise SubmitDescriptionError(
+            f"{shown}: outputs belong in the proc's directory; this path leaves it through '..'", key=key
+        )
+
+
+def _check_transfer_paths(row: _Row, proc_dir: str, policy: Policy, exempt: frozenset[str],
+                          urls: _UrlHosts | None = None) -> None:
+    for names in (("transfer_input_files", "transferinputfiles"), ("common_input_files",),
+                  ("public_input_files", "publicinputfiles")):
         hit = row.get(*names)
         if hit is None:
             continue
@@ -1135,8 +1421,20 @@ def _check_transfer_paths(row: _Row, proc_dir: str, policy: Policy, exempt: froz
                     raise SubmitDescriptionError(
                         f"{key}: {item}: {m.group(1)}:// URLs are not allowed here (allowed: {allowed})", key=key
                     )
+                if urls is not None:
+                    urls.check(key, item)
                 continue
             _inside(proc_dir, item, key, f"{key}: {item}")
+    for names in (("transfer_output_files", "transferoutputfiles"),
+                  ("transfer_checkpoint_files", "transfercheckpointfiles")):
+        hit = row.get(*names)
+        if hit is None:
+            continue
+        key, value = hit
+        if value.strip() in ('""', "''"):  # HTCondor: the empty string, no outputs
+            continue
+        for item in _split_file_list(value):
+            _sandbox_relative(item, key, f"{key}: {item}")
     hit = row.get("transfer_output_remaps", "transferoutputremaps")
     if hit is not None:
         key, value = hit
@@ -1197,7 +1495,7 @@ class _Interpreted:
 
 
 def _interpret(values: Mapping[str, str], *, proc_dir: str, input_name: str, policy: Policy,
-               local: bool, exempt: frozenset[str] = frozenset()) -> _Interpreted:
+               local: bool, exempt: frozenset[str] = frozenset(), urls: _UrlHosts | None = None) -> _Interpreted:
     row = _Row(values)
     universe = _check_universe(row, policy, local=local)
     _check_getenv(row)
@@ -1206,7 +1504,7 @@ def _interpret(values: Mapping[str, str], *, proc_dir: str, input_name: str, pol
     stdin = _inside(proc_dir, input_name, "input", f"input = {input_name}")
     stdout = _std_path(row, ("output", "stdout"), DEFAULT_STDOUT, proc_dir)
     stderr = _std_path(row, ("error", "stderr"), DEFAULT_STDERR, proc_dir)
-    _check_transfer_paths(row, proc_dir, policy, exempt)
+    _check_transfer_paths(row, proc_dir, policy, exempt, urls)
     return _Interpreted(universe, args, env, stdin, stdout, stderr)
 
 
@@ -1237,6 +1535,24 @@ def _raw_assignments(text: str) -> dict[str, str]:
             key = "my." + key[1:] if key.startswith("+") else key
             out[key.lower()] = m.group(2).strip()
     return out
+
+
+#: Owned keys whose forced value under HTCondor is a path of the site (the staged executable, the
+#: job's event log, the transfer list naming it): a value referring to them would expand to it.
+_FORCED_PATH_KEYS = frozenset(
+    {"executable", "cmd", "log", "userlog", "transfer_input_files", "transferinputfiles"}
+)
+
+
+def _check_forced_path_refs(table: Sequence[tuple[str, str]]) -> None:
+    for key, value in table:
+        refs = sorted(_macro_refs(value) & _FORCED_PATH_KEYS)
+        if refs:
+            raise SubmitDescriptionError(
+                f"{key} = {value}: $({refs[0]}) is set by pocketgrid, and under HTCondor it names a file of the "
+                f"site; write the value you mean instead (for the executable: its plain name)",
+                key=key,
+            )
 
 
 def _check_keys(table: Sequence[tuple[str, str]], policy: Policy, raw: Mapping[str, str]) -> list[str]:
@@ -1307,6 +1623,25 @@ def _shorten(line: str, limit: int = 80) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
+#: Configuration names of HTCondor that hold the site's paths and names (upper case), recognised in
+#: warnings even when this host's configuration does not set them.
+_SITE_CONFIG_NAMES = frozenset(
+    {"SPOOL", "LOCAL_DIR", "RELEASE_DIR", "LOG", "EXECUTE", "LIBEXEC", "BIN", "SBIN", "LIB", "ETC", "LOCK",
+     "RUN", "TILDE", "CONDOR_HOST", "COLLECTOR_HOST", "FULL_HOSTNAME", "HOSTNAME", "IP_ADDRESS", "UID_DOMAIN",
+     "FILESYSTEM_DOMAIN", "LOCAL_CONFIG_FILE", "LOCAL_CONFIG_DIR", "SEC_PASSWORD_DIRECTORY",
+     "SEC_TOKEN_SYSTEM_DIRECTORY", "CRED_STORE_DIR"}
+)
+
+
+def _is_config_name(name: str) -> bool:
+    if name.upper() in _SITE_CONFIG_NAMES:
+        return True
+    try:
+        return name in htcondor2.param
+    except Exception:  # noqa: BLE001 - the bindings raise for names they cannot look up
+        return False
+
+
 def _undefined_macro_warnings(undefined: Sequence[str], text: str, table: Sequence[tuple[str, str]]) -> list[str]:
     """One warning per ``$(name)`` that nothing defines, naming its first line and a likely intended name."""
     known = sorted({k.lower() for k, _ in table} | _PER_PROC_MACROS | set(_OWNED_ALIASES))
@@ -1318,6 +1653,13 @@ def _undefined_macro_warnings(undefined: Sequence[str], text: str, table: Sequen
             continue
         pattern = re.compile(r"(?<!\$)\$\(\s*" + re.escape(name) + r"\s*\)", re.IGNORECASE)
         where = next(((n, ln.strip()) for n, ln in lines if not _COMMENT_RE.match(ln) and pattern.search(ln)), None)
+        if _is_config_name(name):  # e.g. $(LOCAL_DIR): HTCondor's submit language does not see it
+            warnings.append(
+                f"$({name}) is a setting of the site's HTCondor configuration, which a submit file does not "
+                "see, so HTCondor replaces it with nothing"
+                + (f" (line {where[0]}: {_shorten(where[1])!r})" if where else "")
+            )
+            continue
         guess = difflib.get_close_matches(low, [k for k in known if k != low], n=1, cutoff=0.6)
         warnings.append(
             f"$({name}) is not defined, so HTCondor replaces it with nothing"
@@ -1397,10 +1739,16 @@ def parse(text: str, policy: Policy | None = None, *, input_names: Sequence[str]
             key="queue",
         )
     table = tuple((k, v) for k, v in reply["table"])
+    _check_forced_path_refs(table)
     warnings = _check_keys(table, policy, _raw_assignments(text))
     warnings += _undefined_macro_warnings(reply.get("undefined") or [], text, table)
-    for i, values in enumerate(reply["rows"]):
-        _interpret(values, proc_dir=dirs[i], input_name=names[i], policy=policy, local=False)
+    urls = _UrlHosts(policy)
+    try:
+        for i, values in enumerate(reply["rows"]):
+            _interpret(values, proc_dir=dirs[i], input_name=names[i], policy=policy, local=False, urls=urls)
+    finally:
+        urls.close()
+    warnings += list(dict.fromkeys(urls.warnings))
     submit = htcondor2.Submit({k: v for k, v in table})
     return ParsedSubmit(submit=submit, warnings=warnings, policy=policy, table=table)
 
@@ -1435,8 +1783,10 @@ def local_proc_specs(
     if not reply.get("ok"):
         _raise_child_failure(reply)
     specs = []
+    urls = _UrlHosts(parsed.policy, resolve=False)  # nothing fetches URLs here: names and numbers only
     for i, values in enumerate(reply["rows"]):
-        it = _interpret(values, proc_dir=dirs[i], input_name=input_names[i], policy=parsed.policy, local=True)
+        it = _interpret(values, proc_dir=dirs[i], input_name=input_names[i], policy=parsed.policy, local=True,
+                        urls=urls)
         specs.append(
             ProcSpec(
                 index=i,
@@ -1469,6 +1819,9 @@ class CondorSubmission:
         mark = str(_CHECK_CLUSTER)
         return [None if p is None else p.replace(mark, str(cluster)) for p in self.stderr_paths]
 
+
+#: The keys :func:`condor_submission` itself sets to the site's paths.
+_SITE_PATH_VALUE_KEYS = frozenset({"executable", "log", "transfer_input_files"})
 
 #: The cluster number :func:`condor_submission` checks with (the schedd's comes later): distinctive,
 #: so the stderr names can be given the real one.
@@ -1545,10 +1898,25 @@ def condor_submission(
     if not reply.get("ok"):
         _raise_child_failure(reply)
     stderr_paths = []
+    urls = _UrlHosts(parsed.policy)  # again here, right before the site fetches them
+    try:
+        rows = [
+            _interpret(values, proc_dir=dirs[i], input_name=input_names[i], policy=parsed.policy, local=False,
+                       exempt=frozenset({executable_path}), urls=urls)
+            for i, values in enumerate(reply["rows"])
+        ]
+    finally:
+        urls.close()
     for i, values in enumerate(reply["rows"]):
-        it = _interpret(values, proc_dir=dirs[i], input_name=input_names[i], policy=parsed.policy, local=False,
-                        exempt=frozenset({executable_path}))
+        it = rows[i]
         stderr_paths.append(it.stderr)
+        for k, v in values.items():
+            if k.lower() not in _SITE_PATH_VALUE_KEYS and (executable_path in v or log_path in v):
+                raise SubmitDescriptionError(
+                    f"{k}: its value refers to the executable's or the event log's path on this site (through "
+                    "a macro); write the value you mean instead",
+                    key=k,
+                )
         got = _Row(values)
         if got.get("initialdir")[1] != dirs[i] or got.get("executable")[1] != executable_path:
             raise RuntimeError(f"proc {i}: forced keys did not expand as expected")  # pragma: no cover
