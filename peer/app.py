@@ -21,7 +21,7 @@ from typing import Any
 import requests
 from urllib.parse import urlsplit, urlunsplit
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, jsonify, request
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException, RequestedRangeNotSatisfiable
 
@@ -389,6 +389,14 @@ def _register_error_handlers(app: Flask) -> None:
                 response.headers[name] = value
         if isinstance(exc, RequestedRangeNotSatisfiable) and exc.length is not None:
             response.headers["Content-Range"] = f"bytes */{exc.length}"
+        return response
+
+    @app.errorhandler(RecursionError)
+    def _too_deep(exc: RecursionError):
+        # JSON bodies are caught by PeerJSONProvider; this catches the rest (a JSON form field, say)
+        log.warning("request refused: input nested too deeply for the parser (%s %s)", request.method, request.path)
+        response = jsonify({"error": "input nested too deeply (JSON?): send a flatter document", "status": 400})
+        response.status_code = 400
         return response
 
     @app.errorhandler(Exception)

@@ -158,3 +158,12 @@ def test_too_many_inputs_is_400_and_creates_no_job(peer):
     assert r.status_code == 400, r.text
     assert "at most 5 inputs per job on this site" in r.json()["error"]
     assert jobs() == before
+
+
+def test_deeply_nested_inputs_field_is_400(peer):
+    files = {"executable": ("ok.sh", io.BytesIO(b"#!/bin/sh\ntrue\n")),
+             "submit": ("job.sub", io.BytesIO(b"executable = ok.sh\nqueue\n"))}
+    r = peer.alice.post(f"{peer.url}/api/v1/jobs", files=files, timeout=30,
+                        data={"name": "deep", "inputs": DEEP.decode()})
+    assert r.status_code == 400, r.text
+    assert "nested too deeply" in r.json()["error"]
