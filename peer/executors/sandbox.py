@@ -203,7 +203,8 @@ def command(iso: Isolation, argv: list[str], proc_dir: str) -> list[str]:
         cmd = [iso.bwrap, "--unshare-all"]
         if iso.network:
             cmd.append("--share-net")
-    cmd += ["--die-with-parent", "--new-session"]
+    # Directories bwrap makes get the peer's umask (077): /etc must be readable for the job account.
+    cmd += ["--die-with-parent", "--new-session", "--perms", "0755", "--dir", "/etc"]
     for path in SYSTEM_PATHS:
         if os.path.islink(path):
             cmd += ["--symlink", os.readlink(path), path]
@@ -214,8 +215,8 @@ def command(iso: Isolation, argv: list[str], proc_dir: str) -> list[str]:
     cmd += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp"]
     if proc_dir != "/":
         parents = [str(p) for p in reversed(Path(proc_dir).parents) if str(p) not in ("/", "/tmp")]
-        for parent in parents:  # made in the sandbox's own root: traversable, nothing else in them
-            cmd += ["--perms", "0755", "--dir", parent]
+        for parent in parents:  # made in the sandbox's own root: traversable, not listable, nothing else in them
+            cmd += ["--perms", "0711", "--dir", parent]
         cmd += ["--bind", proc_dir, proc_dir]
     cmd += ["--chdir", proc_dir, "--", *argv]
     return cmd

@@ -1,0 +1,143 @@
+"""Jobs never run as the peer's account and never see its files (issue 10, section 1).
+
+A real TLS peer (run as root here, so jobs run in bubblewrap as ``nobody``); jobs are submitted by
+logged-in users.  One job tries to take the peer's host key, its database, another user's job
+directory and the peer's own port; it gets none of them, and the peer's files are private."""
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from mobile_client import Client
+from tests.conftest import user_session
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+BOB_SECRET = b"""#!/bin/sh
+echo bob-secret-4711 > secret.txt
+"""
+
+ATTACK = """#!/bin/sh
+try() {{ label=$1; shift; if "$@" > "got-$label.txt" 2>> denied.txt; then echo "$label: READ"; else echo "$label: refused"; fi; }}
+try key cat {key}
+try hostkeys sh -c 'cat {pki}/hosts/*.key'
+try db cat {db}
+try state ls {state}
+try other cat {other}/secret.txt
+try otherdir ls {other}
+try etc-shadow cat /etc/shadow
+if python3 -c "import socket; socket.create_connection(('127.0.0.1', {port}), 2)" 2>> denied.txt; then
+  echo "net: CONNECTED"; else echo "net: blocked"; fi
+echo "uid $(id -u)"
+echo mine > mine.txt
+mkdir -p sub && echo deeper > sub/nested.txt
+exit 0
+"""
+
+
+@pytest.fixture
+def peer(peers, site_pki):
+    return peers("iso", site_pki=site_pki, extra=["--no-agent"])
+
+
+def _client(peer, site_pki, user: str) -> Client:
+    token = user_session(peer, site_pki, user).headers["Authorization"].split()[1]
+    return Client(peer.url, ca=site_pki.ca, token=token)
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_a_job_cannot_read_the_peers_key_database_or_other_users_jobs(peer, site_pki, tmp_path):
+    peer.publish.mkdir(parents=True, exist_ok=True)
+    (peer.publish / "in.txt").write_text("1\n")
+    bob = _client(peer, site_pki, "bob")
+    bob_job = bob.submit("bob", BOB_SECRET, "b.sub", ["in.txt"], executable_name="b.sh",
+                         submit_text="executable = b.sh\nqueue\n")
+    assert bob.wait(bob_job["id"], timeout=60)["state"] == "completed"
+    other = peer.state / "stage" / bob_job["id"] / "0"
+    assert (other / "secret.txt").read_text() == "bob-secret-4711\n"  # it is there, on the host
+
+    key_path = site_pki.host("iso").key_path
+    script = ATTACK.format(key=key_path, pki=site_pki.root, db=peer.state / "pocketgrid.db", state=peer.state,
+                           other=other, port=peer.port)
+    alice = _client(peer, site_pki, "alice")
+    job = alice.submit("attack", script.encode(), "a.sub", ["in.txt"], executable_name="a.sh",
+                       submit_text="executable = a.sh\noutput = out.txt\nerror = err.txt\nqueue\n")
+    final = alice.wait(job["id"], timeout=60)
+    assert final["state"] == "completed", final
+    alice.fetch_all(job["id"], tmp_path / "res")
+    outputs = _files(tmp_path / "res" / "0")
+    report = outputs["out.txt"].decode()
+    for label in ("key", "hostkeys", "db", "state", "other", "otherdir", "etc-shadow"):
+        assert f"{label}: refused" in report, report
+    assert "net: blocked" in report, report
+    assert "uid 0\n" not in report  # never root
+    denied = outputs["denied.txt"].decode()
+    assert "No such file or directory" in denied or "Permission denied" in denied, denied
+    # No byte of the secrets in any output.
+    key_body = [line for line in Path(key_path).read_text().splitlines() if line and not line.startswith("-----")]
+    for name, data in outputs.items():
+        assert b"PRIVATE KEY" not in data, name
+        assert not any(line.encode() in data for line in key_body), name
+        assert b"bob-secret-4711" not in data, name
+        assert b"SQLite format" not in data, name
+    # The job's own outputs are there, nested ones too.
+    assert outputs["mine.txt"] == b"mine\n" and outputs["sub/nested.txt"] == b"deeper\n"
+
+
+def test_the_sample_histogram_job_completes_in_the_sandbox(peer, site_pki, tmp_path):
+    sample = ROOT / "pocketgrid" / "sample"
+    peer.publish.mkdir(parents=True, exist_ok=True)
+    (peer.publish / "numbers.txt").write_text("".join(f"{x / 10}\n" for x in range(-30, 30)))
+    alice = _client(peer, site_pki, "alice")
+    job = alice.submit("hist", sample / "histogram.py", sample / "histogram.sub", ["numbers.txt"])
+    final = alice.wait(job["id"], timeout=60)
+    assert final["state"] == "completed", final
+    alice.fetch_all(job["id"], tmp_path / "res")
+    result = json.loads((tmp_path / "res" / "0" / "histogram.json").read_text())
+    assert result["n"] == 60 and sum(result["counts"]) == 60
+
+
+def test_the_peers_files_are_its_own(peer, site_pki):
+    peer.publish.mkdir(parents=True, exist_ok=True)
+    (peer.publish / "in.txt").write_text("1\n")
+    alice = _client(peer, site_pki, "alice")
+    job = alice.submit("m", b"#!/bin/sh\necho out > result.txt\n", "m.sub", ["in.txt"], executable_name="m.sh",
+                       submit_text="executable = m.sh\nqueue\n")
+    assert alice.wait(job["id"], timeout=60)["state"] == "completed"
+
+    def mode(p: Path) -> int:
+        return stat.S_IMODE(p.stat().st_mode)
+
+    assert mode(peer.state) == 0o700
+    assert mode(peer.state / "stage") == 0o700
+    db = peer.state / "pocketgrid.db"
+    assert mode(db) == 0o600
+    for companion in (Path(f"{db}-wal"), Path(f"{db}-shm")):
+        if companion.exists():
+            assert mode(companion) == 0o600, companion
+    job_root = peer.state / "stage" / job["id"]
+    assert mode(job_root) & 0o077 == 0 and mode(job_root / "job.log") == 0o600
+    result = job_root / "0" / "result.txt"
+    assert mode(result) & 0o077 == 0  # an output: nobody else's to read
+    assert result.stat().st_uid != 0  # written by the job account, not the peer's (root)
+    assert "SECRET EXPOSED" not in peer.log_tail(100_000)
+    assert "job isolation: namespace sandbox (bubblewrap)" in peer.log_tail(100_000)
+
+
+def test_a_peer_says_when_its_state_is_readable_by_others(peers, site_pki, tmp_path):
+    key = site_pki.host("exposed").key_path
+    os.chmod(key, 0o644)
+    try:
+        p = peers("exposed", site_pki=site_pki, extra=["--no-agent"])
+        assert f"SECRET EXPOSED: {key} is mode 0644" in p.log_tail(100_000)
+    finally:
+        os.chmod(key, 0o600)
