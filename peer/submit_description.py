@@ -168,6 +168,7 @@ __all__ = [
     "CONDOR_FORCED_KEYS",
     "DEFAULT_STDOUT",
     "DEFAULT_STDERR",
+    "SITE_MACROS_ALLOWED",
 ]
 
 
