@@ -85,6 +85,10 @@ class Runner:
         spec = self.spec
         self.log.execute(self.cluster, self.proc, self.host)
         iso = self.isolation
+        problem = sandbox.exec_problem(iso, spec["executable"])
+        if problem:
+            self.log.held(self.cluster, self.proc, f"Failed to execute '{spec['executable']}': {problem}", code=6)
+            return EXIT_DONE
         try:
             sandbox.hand_over(Path(spec["iwd"]), iso)
             stdin = self._open("stdin", "rb")

@@ -222,6 +222,34 @@ def command(iso: Isolation, argv: list[str], proc_dir: str) -> list[str]:
     return cmd
 
 
+def exec_problem(iso: Isolation, executable: str) -> str | None:
+    """Why the sandbox cannot start ``executable``, checked before it starts (None: no problem seen).
+
+    Inside bwrap a failed exec is bwrap's own exit status 1, not an exec
+    error the runner can see, so the usual causes are checked here and the
+    proc is held (code 6) as HTCondor does: a missing or non-executable file,
+    or a ``#!`` interpreter the sandbox does not contain.
+    """
+    if not iso.bwrap:
+        return None  # Popen reports the exec error itself
+    try:
+        st = os.stat(executable)
+        with open(executable, "rb") as fh:
+            head = fh.readline(256)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    if not stat.S_ISREG(st.st_mode) or not st.st_mode & 0o111:
+        return "Permission denied"
+    if head.startswith(b"#!"):
+        words = head[2:].split()
+        interpreter = words[0].decode(errors="replace") if words else ""
+        visible = any(interpreter == p or interpreter.startswith(p + "/") for p in SYSTEM_PATHS)
+        if not visible or not os.path.exists(interpreter):
+            return (f"interpreter {interpreter!r} is not available to jobs (they see only the system's "
+                    f"{', '.join(p for p in SYSTEM_PATHS if os.path.exists(p))})")
+    return None
+
+
 def account_kwargs(iso: Isolation) -> dict[str, object]:
     """``subprocess.Popen`` arguments that start the process as the job account.
 

@@ -141,3 +141,17 @@ def test_a_peer_says_when_its_state_is_readable_by_others(peers, site_pki, tmp_p
         assert f"SECRET EXPOSED: {key} is mode 0644" in p.log_tail(100_000)
     finally:
         os.chmod(key, 0o600)
+
+
+def test_an_interpreter_the_sandbox_lacks_holds_the_proc_and_says_why(peer, site_pki):
+    from tests.conftest import wait_until
+
+    peer.publish.mkdir(parents=True, exist_ok=True)
+    (peer.publish / "in.txt").write_text("1\n")
+    alice = _client(peer, site_pki, "alice")
+    job = alice.submit("venv", f"#!{ROOT}/.venv/bin/python\nprint(1)\n".encode(), "v.sub", ["in.txt"],
+                       executable_name="v.py", submit_text="executable = v.py\nqueue\n")
+    status = wait_until(lambda: (s := alice.status(job["id"])[0])["inputs"][0]["state"] == "held" and s,
+                        timeout=30, what="the proc to be held")
+    reason = status["inputs"][0]["hold_reason"]
+    assert f"interpreter '{ROOT}/.venv/bin/python' is not available to jobs" in reason, reason

@@ -119,3 +119,17 @@ def test_the_probe_finds_a_working_sandbox_and_it_hides_the_host(tmp_path):
     assert (proc_dir / "mine.txt").read_text() == "ok\n"
     if os.geteuid() == 0:
         assert (proc_dir / "mine.txt").stat().st_uid == iso.uid
+
+
+def test_exec_problems_are_found_before_the_sandbox_starts(tmp_path):
+    iso = Isolation(bwrap="/usr/bin/bwrap")
+    script = tmp_path / "run.sh"
+    script.write_text("#!/bin/sh\necho hi\n")
+    script.chmod(0o700)
+    assert sandbox.exec_problem(iso, str(script)) is None
+    script.write_text("#!/home/me/venv/bin/python\n")
+    assert "interpreter '/home/me/venv/bin/python' is not available to jobs" in sandbox.exec_problem(iso, str(script))
+    script.chmod(0o600)
+    assert sandbox.exec_problem(iso, str(script)) == "Permission denied"
+    assert sandbox.exec_problem(iso, str(tmp_path / "gone")) == "No such file or directory"
+    assert sandbox.exec_problem(Isolation(), str(tmp_path / "gone")) is None  # no bwrap: Popen says it
