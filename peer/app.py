@@ -293,7 +293,8 @@ def build_services(config: PeerConfig) -> PeerServices:
     from .executors.policy import load_site_policy
 
     jobs = JobService(
-        policy=load_site_policy(config.submit_policy),
+        # the peer's own URL host is the site's too: a job's URLs may not point back at it
+        policy=load_site_policy(config.submit_policy, site_host_names=[urlsplit(config.url).hostname or ""]),
         name=config.name,
         url=config.url,
         db=db,

@@ -111,6 +111,9 @@ def test_plain_browse_still_works(peer):
     ({"sub": "include command : touch /tmp/pwned |\nqueue\n"}, 400, "include"),
     ({"exe_name": "data.txt"}, 400, "same name"),
     ({"name": ""}, 400, "name"),
+    ({"sub": "executable = ok.sh\ntransfer_output_files = /etc/passwd\nqueue\n"}, 400, "transfer_output_files: /etc/passwd"),
+    ({"sub": "executable = ok.sh\ntransfer_input_files = http://127.0.0.1:8443/x\nqueue\n"}, 400, "own or private addresses"),
+    ({"sub": "executable = ok.sh\narguments = $(SPOOL)\nqueue\n"}, 400, "$(SPOOL)"),
 ])
 def test_bad_submissions_are_refused_and_change_nothing(peer, kwargs, status, needle):
     before_jobs, before_stage = job_count(peer), staged(peer)
