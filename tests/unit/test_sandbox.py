@@ -133,3 +133,18 @@ def test_exec_problems_are_found_before_the_sandbox_starts(tmp_path):
     assert sandbox.exec_problem(iso, str(script)) == "Permission denied"
     assert sandbox.exec_problem(iso, str(tmp_path / "gone")) == "No such file or directory"
     assert sandbox.exec_problem(Isolation(), str(tmp_path / "gone")) is None  # no bwrap: Popen says it
+
+
+def test_the_operator_accepts_unisolated_jobs_by_flag_config_or_environment(tmp_path):
+    from pocketgrid.cli import build_parser
+    from pocketgrid.config import PeerConfig
+
+    argv = ["serve", "--allow-unisolated-jobs"]
+    assert build_parser(argv).parse_args(argv).allow_unisolated_jobs is True
+    assert build_parser(["serve"]).parse_args(["serve"]).allow_unisolated_jobs is None  # the config decides
+    defaults = PeerConfig.load(environ={})
+    assert (defaults.allow_unisolated_jobs, defaults.job_user, defaults.job_network) == (False, "nobody", False)
+    toml = tmp_path / "peer.toml"
+    toml.write_text('[peer]\nallow_unisolated_jobs = true\njob_user = "pgjobs"\n')
+    loaded = PeerConfig.load(toml, environ={"POCKETGRID_JOB_NETWORK": "yes"})
+    assert (loaded.allow_unisolated_jobs, loaded.job_user, loaded.job_network) == (True, "pgjobs", True)
