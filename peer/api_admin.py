@@ -34,6 +34,8 @@ def acl_add():
     if not isinstance(body, dict):
         raise BadRequest("expected a JSON object {effect, group, match, value, position?}")
     position = body.get("position")
+    if isinstance(position, float) and position.is_integer():  # 3.0 is an integer in JSON
+        position = int(position)
     if position is not None and (not isinstance(position, int) or isinstance(position, bool)):
         raise BadRequest("'position' must be an integer")
     fields = {k: body.get(k, "") for k in ("effect", "group", "match", "value")}
