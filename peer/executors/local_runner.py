@@ -44,6 +44,8 @@ class Runner:
         self.log = EventLogWriter(spec["log"])
         self.host = f"<127.0.0.1:0?alias={spec.get('host', 'local')}>"
         self.child: subprocess.Popen[bytes] | None = None
+        #: In bwrap: the host PID of the sandbox's first process; its group holds the job.
+        self.sandbox_group: int | None = None
         self.reason: str | None = None  # "removed" | "evicted"
 
     def _on_signal(self, signum: int, _frame: object) -> None:
@@ -55,7 +57,9 @@ class Runner:
         if child is None or child.poll() is not None:
             return
         try:
-            os.killpg(child.pid, signal.SIGTERM)
+            # In bwrap the job is in the sandbox's own group (bwrap itself would just die, taking the
+            # job with it at once): the job gets SIGTERM and the grace period, then everything SIGKILL.
+            os.killpg(self.sandbox_group or child.pid, signal.SIGTERM)
         except ProcessLookupError:
             return
         timer = threading.Timer(KILL_GRACE_SECONDS, self._force_kill)
@@ -65,10 +69,13 @@ class Runner:
     def _force_kill(self) -> None:
         child = self.child
         if child is not None and child.poll() is None:
-            try:
-                os.killpg(child.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            for group in (self.sandbox_group, child.pid):
+                if group is None:
+                    continue
+                try:
+                    os.killpg(group, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
 
     def _open(self, key: str, mode: str):
         path = self.spec.get(key)
@@ -89,13 +96,16 @@ class Runner:
         if problem:
             self.log.held(self.cluster, self.proc, f"Failed to execute '{spec['executable']}': {problem}", code=6)
             return EXIT_DONE
+        info_r = info_w = None
         try:
             sandbox.hand_over(Path(spec["iwd"]), iso)
+            if iso.bwrap:
+                info_r, info_w = os.pipe()
             stdin = self._open("stdin", "rb")
             stdout = self._open("stdout", "ab")
             stderr = self._open("stderr", "ab")
             self.child = subprocess.Popen(
-                sandbox.command(iso, [spec["executable"], *spec.get("arguments", [])], spec["iwd"]),
+                sandbox.command(iso, [spec["executable"], *spec.get("arguments", [])], spec["iwd"], info_fd=info_w),
                 cwd=spec["iwd"],
                 env=spec.get("environment", {}),
                 stdin=stdin,
@@ -103,6 +113,7 @@ class Runner:
                 stderr=stderr,
                 start_new_session=True,
                 close_fds=True,
+                pass_fds=() if info_w is None else (info_w,),
                 preexec_fn=sandbox.set_limits(iso),
                 **sandbox.account_kwargs(iso),
             )
@@ -116,6 +127,11 @@ class Runner:
                 subcode=exc.errno or 0,
             )
             return EXIT_DONE
+        finally:
+            if info_w is not None:
+                os.close(info_w)
+        if info_r is not None:
+            self.sandbox_group = _read_child_pid(info_r)
         if self.reason:  # a signal arrived before the child existed
             self._kill_child()
         returncode = self.child.wait()
@@ -130,6 +146,18 @@ class Runner:
         else:
             self.log.terminated(self.cluster, self.proc, return_value=returncode)
         return EXIT_DONE
+
+
+def _read_child_pid(fd: int) -> int | None:
+    """bwrap's --info-fd JSON (written once the sandbox exists; EOF if it failed first)."""
+    data = b""
+    with os.fdopen(fd, "rb") as fh:
+        data = fh.read()
+    try:
+        pid = json.loads(data)["child-pid"] if data else None
+    except (ValueError, KeyError):
+        return None
+    return int(pid) if isinstance(pid, int) and pid > 1 else None
 
 
 def main(argv: list[str] | None = None) -> int:

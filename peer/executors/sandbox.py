@@ -182,8 +182,13 @@ def probe(settings: SandboxSettings) -> tuple[Isolation, str]:
                   setpriv=setpriv), error
 
 
-def command(iso: Isolation, argv: list[str], proc_dir: str) -> list[str]:
-    """The command line that starts ``argv`` in ``proc_dir`` under ``iso`` (run it with :func:`account_kwargs`)."""
+def command(iso: Isolation, argv: list[str], proc_dir: str, *, info_fd: int | None = None) -> list[str]:
+    """The command line that starts ``argv`` in ``proc_dir`` under ``iso`` (run it with :func:`account_kwargs`).
+
+    ``info_fd``: bwrap writes there, as JSON, the host PID of the sandbox's
+    first process (``child-pid``), whose process group holds the job: the
+    runner sends it SIGTERM first, as HTCondor does, before killing bwrap.
+    """
     if not iso.bwrap:
         exe = argv[0]
         if os.path.dirname(exe) == proc_dir.rstrip("/"):
@@ -204,6 +209,8 @@ def command(iso: Isolation, argv: list[str], proc_dir: str) -> list[str]:
         if iso.network:
             cmd.append("--share-net")
     # Directories bwrap makes get the peer's umask (077): /etc must be readable for the job account.
+    if info_fd is not None:
+        cmd += ["--info-fd", str(info_fd)]
     cmd += ["--die-with-parent", "--new-session", "--perms", "0755", "--dir", "/etc"]
     for path in SYSTEM_PATHS:
         if os.path.islink(path):

@@ -155,3 +155,24 @@ def test_an_interpreter_the_sandbox_lacks_holds_the_proc_and_says_why(peer, site
                         timeout=30, what="the proc to be held")
     reason = status["inputs"][0]["hold_reason"]
     assert f"interpreter '{ROOT}/.venv/bin/python' is not available to jobs" in reason, reason
+
+
+def test_a_removed_job_gets_sigterm_inside_its_sandbox_first(peer, site_pki):
+    from tests.conftest import wait_until
+
+    peer.publish.mkdir(parents=True, exist_ok=True)
+    (peer.publish / "in.txt").write_text("1\n")
+    alice = _client(peer, site_pki, "alice")
+    trap = b"""#!/bin/sh
+trap 'echo cleaned up > term.txt; exit 5' TERM
+touch started.txt
+while :; do sleep 0.1; done
+"""
+    job = alice.submit("trap", trap, "t.sub", ["in.txt"], executable_name="t.sh",
+                       submit_text="executable = t.sh\nqueue\n")
+    proc_dir = peer.state / "stage" / job["id"] / "0"
+    wait_until((proc_dir / "started.txt").exists, what="the proc to start")
+    alice.kill(job["id"])
+    assert alice.wait(job["id"], timeout=30)["state"] == "removed"
+    wait_until((proc_dir / "term.txt").exists, what="the job's TERM handler to run")
+    assert (proc_dir / "term.txt").read_text() == "cleaned up\n"
