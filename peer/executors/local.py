@@ -141,6 +141,8 @@ class LocalExecutor(Executor):
                 "proc": spec.index,
                 "log": str(staged.log_path),
                 "host": self.peer_name,
+                # the executable and submit file each proc dir hard-links to (the job account gets them)
+                "staged_files": [str(staged.executable_path), str(staged.meta_dir / "files" / staged.submit_name)],
             }
             _spec_path(staged.root, spec.index).write_text(json.dumps(payload))
             writer.submit(cluster, spec.index, f"<127.0.0.1:0?alias={self.peer_name}>")

@@ -98,7 +98,7 @@ class Runner:
             return EXIT_DONE
         info_r = info_w = None
         try:
-            sandbox.hand_over(Path(spec["iwd"]), iso)
+            sandbox.hand_over(Path(spec["iwd"]), iso, spec.get("staged_files"))
             if iso.bwrap:
                 info_r, info_w = os.pipe()
             stdin = self._open("stdin", "rb")

@@ -284,14 +284,35 @@ def set_limits(iso: Isolation) -> Callable[[], None]:
     return apply
 
 
-def hand_over(proc_dir: Path, iso: Isolation) -> None:
-    """Give the proc directory (and what was staged in it) to the job account, so it can write its outputs."""
+def hand_over(proc_dir: Path, iso: Isolation, staged: list[str] | None = None) -> None:
+    """Give the proc directory (and what was staged in it) to the job account, so it can write its outputs.
+
+    Safe against what an earlier run of the job (as that account) left there:
+    the walk goes by directory descriptors and never follows a symbolic link
+    (``os.fwalk``), and a file with several hard links is only handed over
+    when it is one of the ``staged`` files (the executable and submit file
+    every proc dir links to), never a link the job made to a file of the peer.
+    """
     if iso.uid is None:
         return
-    for root, dirs, files in os.walk(proc_dir):
-        os.chown(root, iso.uid, iso.gid, follow_symlinks=False)
+    allowed = set()
+    for path in staged or []:
+        try:
+            st = os.stat(path, follow_symlinks=False)
+            allowed.add((st.st_dev, st.st_ino))
+        except OSError:
+            continue
+    os.chown(proc_dir, iso.uid, iso.gid, follow_symlinks=False)
+    for _root, dirs, files, dir_fd in os.fwalk(proc_dir, follow_symlinks=False):
         for name in dirs + files:
-            os.chown(os.path.join(root, name), iso.uid, iso.gid, follow_symlinks=False)
+            try:
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode) and st.st_nlink > 1 and (st.st_dev, st.st_ino) not in allowed:
+                log.warning("not handing %s/%s to %s: it has %d hard links", _root, name, iso.user, st.st_nlink)
+                continue
+            os.chown(name, iso.uid, iso.gid, dir_fd=dir_fd, follow_symlinks=False)
 
 
 def exposed_files(paths: list[Path]) -> list[str]:

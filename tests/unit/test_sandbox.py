@@ -148,3 +148,24 @@ def test_the_operator_accepts_unisolated_jobs_by_flag_config_or_environment(tmp_
     toml.write_text('[peer]\nallow_unisolated_jobs = true\njob_user = "pgjobs"\n')
     loaded = PeerConfig.load(toml, environ={"POCKETGRID_JOB_NETWORK": "yes"})
     assert (loaded.allow_unisolated_jobs, loaded.job_user, loaded.job_network) == (True, "pgjobs", True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="handing a directory to another account needs root")
+def test_hand_over_gives_the_job_its_dir_but_no_link_to_the_peers_files(tmp_path):
+    iso = Isolation(user="nobody", uid=65534, gid=65534)
+    staged = tmp_path / "files" / "run.sh"
+    staged.parent.mkdir()
+    staged.write_text("#!/bin/sh\n")
+    peer_secret = tmp_path / "secret.key"
+    peer_secret.write_text("k")
+    proc = tmp_path / "0"
+    (proc / "sub").mkdir(parents=True)
+    (proc / "in.txt").write_text("x")
+    os.link(staged, proc / "run.sh")
+    os.link(peer_secret, proc / "sub" / "stolen")  # as an earlier run of the job could have left
+    (proc / "escape").symlink_to(tmp_path / "files")
+    sandbox.hand_over(proc, iso, [str(staged)])
+    for path in (proc, proc / "sub", proc / "in.txt", proc / "run.sh"):
+        assert path.stat().st_uid == 65534, path
+    assert peer_secret.stat().st_uid == 0 and (tmp_path / "files").stat().st_uid == 0
+    assert os.lstat(proc / "escape").st_uid == 65534  # the link itself, not what it points to
