@@ -139,7 +139,8 @@ def decide(
     if is_root and account is None:
         # As root, without an account to switch to, a job (even in bwrap) would run as root.
         return Isolation(refusal=f"the peer runs as root and the job account {settings.job_user!r} does not "
-                                 "exist: create it or set job_user to an unprivileged account")
+                                 "exist or is root: create it or set job_user to an unprivileged account "
+                                 "(jobs never run as root)")
     user, uid, gid = account if is_root and account is not None else (None, None, None)
     iso = Isolation(bwrap=bwrap if bwrap_works else None, setpriv=setpriv if bwrap_works else None,
                     user=user, uid=uid, gid=gid, network=settings.network, limits=settings.limits)
