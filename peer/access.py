@@ -36,6 +36,7 @@ ROUTES: dict[str, str] = {
     "auth.revoke_token": AUTHENTICATED,
     "files.listing": "files-read",
     "files.download": "files-read",
+    "files.download_upload": "files-read",  # GET /api/v1/files/uploads/<path>: a download like any other
     "files.upload": "jobs-submit",
     "uploads.options": PUBLIC,  # tus discovery: versions, extensions, size limit
     "uploads.create": "jobs-submit",

@@ -68,6 +68,12 @@ def download(path: str):
     return send_ranged(real, sha256=svc.digests.sha256(real))
 
 
+@bp.get("/uploads/<path:path>")
+def download_upload(path: str):
+    """An upload is downloaded like any published file (its own route: the OpenAPI document names it)."""
+    return download(f"uploads/{path}")
+
+
 @bp.put("/uploads/<path:path>")
 def upload(path: str):
     """Upload an input file into the caller's private ``uploads/u-.../`` directory (raw body)."""
