@@ -4,7 +4,7 @@ and the administrators' routes (ACL, audit log, everyone's tokens) again as an a
 The bar: no server error (5xx) and every answer as the document says
 (status codes, content types, bodies, headers); requests the document calls
 valid are accepted and those it calls invalid refused.  A bounded number of
-cases per operation (``POCKETGRID_FUZZ_EXAMPLES``, default 12); the seed is
+cases per operation (``POCKETGRID_FUZZ_EXAMPLES``, default 20); the seed is
 printed and can be given back with ``POCKETGRID_FUZZ_SEED`` to replay a run;
 ``POCKETGRID_FUZZ_COVERAGE=1`` adds Schemathesis' coverage phase (edge values; minutes).
 
@@ -39,7 +39,7 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED = int(os.environ.get("POCKETGRID_FUZZ_SEED") or random.randrange(2**32))
-EXAMPLES = int(os.environ.get("POCKETGRID_FUZZ_EXAMPLES", "12"))
+EXAMPLES = int(os.environ.get("POCKETGRID_FUZZ_EXAMPLES", "20"))
 print(f"schemathesis seed: {SEED} (replay with POCKETGRID_FUZZ_SEED={SEED})")
 
 # tus PATCH bodies (peer/api_uploads.py) are plain bytes
