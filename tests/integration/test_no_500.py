@@ -167,3 +167,24 @@ def test_deeply_nested_inputs_field_is_400(peer):
                         data={"name": "deep", "inputs": DEEP.decode()})
     assert r.status_code == 400, r.text
     assert "nested too deeply" in r.json()["error"]
+
+
+# ---- 8. what the document says about pairing and ?all ----------------------------------------
+def test_a_user_certificate_on_the_connection_mints_a_pairing_code(peer):
+    from pocketgrid.http import Session
+
+    issued = peer.site_pki.users["alice"]
+    s = Session(verify=peer.site_pki.ca, cert=(str(issued.cert_path), str(issued.key_path)))
+    csrf = s.get(f"{peer.url}/api/v1/auth/whoami", timeout=10).json()["csrf"]
+    r = s.post(f"{peer.url}/api/v1/auth/pairing", headers={"X-CSRF-Token": csrf}, timeout=10)
+    assert r.status_code == 201, r.text
+    assert r.json()["code"]
+
+
+def test_everyones_tokens_are_for_administrators_only(peer):
+    r = peer.alice.get(f"{peer.url}/api/v1/auth/tokens", params={"all": "1"}, timeout=10)
+    assert r.status_code == 403, r.text
+    assert "administrators" in r.json()["error"]
+    r = peer.carol.get(f"{peer.url}/api/v1/auth/tokens", params={"all": "1"}, timeout=10)
+    assert r.status_code == 200, r.text
+    assert {t["dn"] for t in r.json()["tokens"]} >= {peer.site_pki.dn("alice"), peer.site_pki.dn("carol")}
