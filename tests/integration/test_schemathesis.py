@@ -110,3 +110,13 @@ def test_api_agrees_with_its_document(case, peer):
 def test_admin_routes_agree_with_their_document(case, peer):
     """As carol: what a user only ever gets 403 for (ACL rules added and removed, the audit log)."""
     case.call_and_validate(base_url=peer.url, session=peer.admin, verify=peer.ca, timeout=30)
+
+
+@schema.parametrize()
+@settings(max_examples=max(EXAMPLES // 4, 3), deadline=None, suppress_health_check=list(HealthCheck))
+def test_anonymous_callers_get_what_the_document_says(case, peer):
+    """No token, no certificate: the public routes (login, pairing) and a 401 everywhere else."""
+    from pocketgrid.http import Session
+
+    case.call_and_validate(base_url=peer.url, session=Session(verify=peer.ca), verify=peer.ca, timeout=30,
+                           excluded_checks=[] if _valid_beyond_schema(case) else [positive_data_acceptance])
