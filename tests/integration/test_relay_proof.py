@@ -221,6 +221,14 @@ def test_the_real_user_still_works_through_every_relay(site, site_pki, alices_jo
     phone_at_a = Client(a.url, ca=site_pki.ca, token=phone.token, retries=0)
     assert phone_at_a.status(job["id"])[0]["state"] == "running"  # relayed with the device token
     assert phone_at_a.whoami()["admin"] is False
+    # a browser paired with a cookie at site-a: relayed with the cookie's token
+    browser = Session(verify=site_pki.ca)
+    r = browser.post(f"{a.url}/api/v1/auth/pair", timeout=10,
+                     json={"code": alice.pairing_code()["code"], "device": "browser", "cookie": True})
+    assert r.status_code == 201 and "token" not in r.json() and browser.cookies.get("pg_session")
+    r = browser.get(f"{a.url}/api/v1/jobs/{job['id']}", timeout=10)
+    assert r.status_code == 200 and r.json()["state"] == "running"
+    assert job["id"] in {j["id"] for j in browser.get(f"{a.url}/api/v1/jobs", timeout=10).json()["jobs"]}
     alice.kill(job["id"])  # relayed kill, with alice's proof
     final = alice.wait(job["id"], timeout=60)
     assert final["state"] in {"removed", "killed"}, final
