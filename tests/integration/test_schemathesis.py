@@ -81,6 +81,18 @@ def _valid_beyond_schema(case) -> bool:
     return True
 
 
+def _call_and_validate(case, peer, session) -> None:
+    """``case.call_and_validate``, but a 414 from gunicorn (limit_request_line, 4094 bytes: the request
+    never reached the peer's code) for a request line that long is not held against the document."""
+    transport = {"base_url": peer.url, "session": session, "verify": peer.ca, "timeout": 30}
+    response = case.call(**transport)
+    if response.status_code == 414:
+        assert len(response.request.url) > 4000, response.request.url
+        return
+    case.validate_response(response, excluded_checks=[] if _valid_beyond_schema(case) else [positive_data_acceptance],
+                           transport_kwargs=transport)
+
+
 @pytest.fixture(scope="module")
 def peer(tmp_path_factory, site_pki):
     root = tmp_path_factory.mktemp("fuzz")
@@ -101,15 +113,14 @@ def peer(tmp_path_factory, site_pki):
 @schema.parametrize()
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 def test_api_agrees_with_its_document(case, peer):
-    excluded = [] if _valid_beyond_schema(case) else [positive_data_acceptance]
-    case.call_and_validate(base_url=peer.url, session=peer.http, verify=peer.ca, timeout=30, excluded_checks=excluded)
+    _call_and_validate(case, peer, peer.http)
 
 
 @admin_schema.parametrize()
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 def test_admin_routes_agree_with_their_document(case, peer):
     """As carol: what a user only ever gets 403 for (ACL rules added and removed, the audit log)."""
-    case.call_and_validate(base_url=peer.url, session=peer.admin, verify=peer.ca, timeout=30)
+    _call_and_validate(case, peer, peer.admin)
 
 
 @schema.parametrize()
@@ -118,5 +129,4 @@ def test_anonymous_callers_get_what_the_document_says(case, peer):
     """No token, no certificate: the public routes (login, pairing) and a 401 everywhere else."""
     from pocketgrid.http import Session
 
-    case.call_and_validate(base_url=peer.url, session=Session(verify=peer.ca), verify=peer.ca, timeout=30,
-                           excluded_checks=[] if _valid_beyond_schema(case) else [positive_data_acceptance])
+    _call_and_validate(case, peer, Session(verify=peer.ca))
