@@ -68,15 +68,32 @@ def site(tmp_path_factory, site_pki):
     carol = user_session(a, site_pki, "carol")
     wait_until(lambda: len(carol.get(f"{a.url}/api/v1/broker", timeout=5).json()["members"]) == 2,
                what="web-b to join web-a")
-    gates = root / "gates"
-    gates.mkdir()
+    gates = Gates({a.name: a, b.name: b})
     yield a, b, gates
-    for gate in range(100):  # let every gated job finish
-        (gates / str(gate)).mkdir(exist_ok=True)
-        for name in ("a.txt", "b.txt"):
-            (gates / str(gate) / name).touch()
+    gates.open_all()  # let every gated job finish
     for p in (b, a):
         p.stop()
+
+
+class Gates:
+    """Where a gated proc looks for its gate: a file in its own proc directory (a sandboxed job sees
+    nothing else), ``<state>/stage/<job>/<index>/gate-open``."""
+
+    NAME = "gate-open"
+
+    def __init__(self, peers: dict[str, PeerProcess]) -> None:
+        self.peers = peers
+
+    def open(self, job_id: str, peer: str, index: int) -> None:
+        proc_dir = self.peers[peer].state / "stage" / job_id / str(index)
+        wait_until(proc_dir.is_dir, 30, what=f"proc directory {proc_dir}")
+        (proc_dir / self.NAME).touch()
+
+    def open_all(self) -> None:
+        for p in self.peers.values():
+            for proc_dir in (p.state / "stage").glob("*/*"):
+                if proc_dir.is_dir() and proc_dir.name.isdigit():
+                    (proc_dir / self.NAME).touch()
 
 
 def plain(site_pki) -> requests.Session:
@@ -84,20 +101,18 @@ def plain(site_pki) -> requests.Session:
 
 
 # ---- jobs that move when the test says so ----------------------------------------------------------
-_gate_counter = iter(range(100))
-
-
 class GatedJob:
     """A job with inputs a.txt and b.txt whose procs each wait until the test opens their gate."""
 
-    def __init__(self, session: requests.Session, entry: PeerProcess, gates: Path, name: str = "gated") -> None:
-        self.gate = gates / str(next(_gate_counter))
-        self.gate.mkdir()
-        script = f'#!/bin/sh\nwhile [ ! -e "{self.gate}/$1" ]; do sleep 0.05; done\necho "done $1" > out.txt\n'
+    INPUTS = ("a.txt", "b.txt")
+
+    def __init__(self, session: requests.Session, entry: PeerProcess, gates: Gates, name: str = "gated") -> None:
+        self.gates = gates
+        script = f'#!/bin/sh\nwhile [ ! -e {Gates.NAME} ]; do sleep 0.05; done\necho "done $1" > out.txt\n'
         self.executable = script.encode()
         r = session.post(f"{entry.url}/api/v1/jobs", timeout=60,
                          data={"name": name, "executable_name": "gate.sh", "submit_name": "gate.sub",
-                               "inputs": json.dumps(["a.txt", "b.txt"])},
+                               "inputs": json.dumps(list(self.INPUTS))},
                          files={"executable": ("gate.sh", self.executable),
                                 "submit": ("gate.sub", b"executable = gate.sh\narguments = $(input)\nqueue\n")})
         assert r.status_code == 201, r.text
@@ -105,7 +120,7 @@ class GatedJob:
         self.peer: str = r.json()["peer"]
 
     def release(self, name: str) -> None:
-        (self.gate / name).touch()
+        self.gates.open(self.id, self.peer, self.INPUTS.index(name))
 
 
 def status(session: requests.Session, peer: PeerProcess, job_id: str) -> dict[str, Any]:
@@ -513,6 +528,7 @@ def test_spec_and_executable_of_ones_own_job_only(site, site_pki):
                    files={"executable": (spec["executable_name"], job.executable),
                           "submit": (spec["submit_name"], spec["submit_text"].encode())})
     assert r.status_code == 201, r.text
+    gates.open(r.json()["id"], r.json()["peer"], 0)  # the same gated executable: let it through
     final = wait_until(lambda: (st := status(alice, a, r.json()["id"]))["state"] in FINAL and st, 60,
                        what="the job run again to finish")
     assert final["state"] == "completed"
