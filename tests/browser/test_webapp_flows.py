@@ -16,6 +16,7 @@ import json
 import os
 import re
 import subprocess
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,26 @@ echo "waiting at the gate"
 while [ ! -e "$3/open" ]; do sleep 0.1; done
 echo "the end of $1"
 """
+
+
+class ProcGate:
+    """A gate a sandboxed job can see (it sees nothing but its own proc directory): a job given
+    ``str(gate)`` as its GATE_DIR waits for ``<its proc dir>/<token>/open``; :meth:`open` creates that
+    in every proc directory on the grid's peers (only jobs given this token look there)."""
+
+    def __init__(self, grid: Any) -> None:
+        self.grid = grid
+        self.token = f"gate-{uuid.uuid4().hex[:10]}"
+
+    def __str__(self) -> str:
+        return self.token
+
+    def open(self) -> None:
+        for peer in (self.grid.a, self.grid.b):
+            for proc_dir in (peer.state / "stage").glob("*/*"):
+                if proc_dir.is_dir() and proc_dir.name.isdigit():
+                    (proc_dir / self.token).mkdir(exist_ok=True)
+                    (proc_dir / self.token / "open").touch()
 
 
 def sub_text(executable: str, arguments: str) -> str:
@@ -234,8 +255,7 @@ def test_sample_job_from_the_publishing_area_outputs_and_merged_plot(
 def test_states_change_live_without_a_reload_and_a_failed_input_shows_its_stderr(
         paired_page: Any, grid: Any, tmp_path: Path) -> None:
     page, base = paired_page, grid.a.url
-    gate = tmp_path / "gate"
-    gate.mkdir()
+    gate = ProcGate(grid)
     exe = tmp_path / "gate.sh"
     exe.write_bytes(GATE_SH)
     sub = tmp_path / "gate.sub"
@@ -246,14 +266,14 @@ def test_states_change_live_without_a_reload_and_a_failed_input_shows_its_stderr
         submit_from_phone(page, base, unique("gated"), exe, sub, [grid.inputs[0], "samples/bad-input.txt"])
         watch_the_gated_job(page, gate)
     finally:
-        (gate / "open").touch()  # never left waiting for the next test
+        gate.open()  # never left waiting for the next test
 
 
-def watch_the_gated_job(page: Any, gate: Path) -> None:
+def watch_the_gated_job(page: Any, gate: "ProcGate") -> None:
     page.get_by_role("listitem", name="input 0: running").wait_for(timeout=60_000)
     page.evaluate("window.__sameDocument = true")  # gone if the page reloads
 
-    (gate / "open").touch()
+    gate.open()
     page.get_by_role("listitem", name="input 0: completed, exit 0").wait_for(timeout=60_000)
     failed = page.get_by_role("listitem", name="input 1: failed, exit 3")
     failed.wait_for(timeout=60_000)
@@ -272,7 +292,7 @@ def test_kill_asks_first_then_stops_the_job(paired_page: Any, grid: Any, alice: 
     exe = tmp_path / "gate.sh"
     exe.write_bytes(GATE_SH)
     sub = tmp_path / "gate.sub"
-    sub.write_text(sub_text("gate.sh", f"$(input) $(input_index) {tmp_path / 'never-opened'}"))
+    sub.write_text(sub_text("gate.sh", f"$(input) $(input_index) {ProcGate(grid)}"))
     job_id = submit_from_phone(page, base, unique("to-kill"), exe, sub, grid.inputs[:2])
     try:
         kill_from_the_page(page)
@@ -300,8 +320,7 @@ def kill_from_the_page(page: Any) -> None:
 def test_a_running_output_is_read_as_its_tail_and_follows_the_job(
         paired_page: Any, grid: Any, tmp_path: Path) -> None:
     page, base = paired_page, grid.a.url
-    gate = tmp_path / "gate"
-    gate.mkdir()
+    gate = ProcGate(grid)
     exe = tmp_path / "chatty.sh"
     exe.write_bytes(CHATTY_SH)
     sub = tmp_path / "chatty.sub"
@@ -315,16 +334,15 @@ def test_a_running_output_is_read_as_its_tail_and_follows_the_job(
         viewer.get_by_text("waiting at the gate").wait_for()
         page.locator("#viewer").get_by_role("status").get_by_text("(tail)").wait_for()  # the end, not all 24 KB
         assert "line 0 of" not in viewer.inner_text() and "line 399 of" in viewer.inner_text()
-        (gate / "open").touch()
+        gate.open()
         viewer.get_by_text(f"the end of {grid.inputs[0].rpartition('/')[2]}").wait_for(timeout=60_000)
     finally:
-        (gate / "open").touch()
+        gate.open()
 
 
 def test_the_plot_grows_as_inputs_complete(paired_page: Any, grid: Any, tmp_path: Path) -> None:
     page, base = paired_page, grid.a.url
-    gate = tmp_path / "gate"
-    gate.mkdir()
+    gate = ProcGate(grid)
     exe = tmp_path / "fakehist.sh"
     exe.write_bytes(FAKE_HIST_SH)
     sub = tmp_path / "fakehist.sub"
@@ -333,14 +351,14 @@ def test_the_plot_grows_as_inputs_complete(paired_page: Any, grid: Any, tmp_path
         job_id = submit_from_phone(page, base, unique("growing"), exe, sub, grid.inputs[:3])
         watch_the_plot_grow(page, base, job_id, gate)
     finally:
-        (gate / "open").touch()
+        gate.open()
 
 
-def watch_the_plot_grow(page: Any, base: str, job_id: str, gate: Path) -> None:
+def watch_the_plot_grow(page: Any, base: str, job_id: str, gate: "ProcGate") -> None:
     page.goto(f"{base}/#job/{job_id}/plot")
     page.get_by_role("img", name="histogram merged from 1 of 3 inputs").wait_for(timeout=60_000)
     assert page.locator("figure.plot figcaption").inner_text().startswith("3 values in 4 bins")
-    (gate / "open").touch()
+    gate.open()
     page.get_by_role("img", name="histogram merged from 3 of 3 inputs").wait_for(timeout=60_000)
     caption = page.locator("figure.plot figcaption").inner_text()
     assert caption.startswith("12 values in 4 bins from 0 to 4; underflow 0, overflow 3"), caption
@@ -416,8 +434,7 @@ def test_without_event_source_states_still_change_live_by_long_poll(
     context.add_init_script("delete window.EventSource")  # a browser (or proxy) with no SSE
     base = grid.a.url
     pair(page, base, pairing_code())
-    gate = tmp_path / "gate"
-    gate.mkdir()
+    gate = ProcGate(grid)
     exe = tmp_path / "gate.sh"
     exe.write_bytes(GATE_SH)
     sub = tmp_path / "gate.sub"
@@ -427,11 +444,11 @@ def test_without_event_source_states_still_change_live_by_long_poll(
         page.get_by_role("listitem", name="input 0: running").wait_for(timeout=60_000)
         page.get_by_role("status").filter(has_text="long polls").wait_for()
         page.evaluate("window.__sameDocument = true")
-        (gate / "open").touch()
+        gate.open()
         page.get_by_role("listitem", name="input 0: completed, exit 0").wait_for(timeout=60_000)
         assert page.evaluate("window.__sameDocument === true")
     finally:
-        (gate / "open").touch()
+        gate.open()
 
 
 def test_download_kept_in_indexeddb_where_opfs_cannot_write(
