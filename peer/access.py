@@ -88,7 +88,8 @@ def check_access() -> None:
     if needed == AUTHENTICATED:  # users and hosts (peers ask each other who the broker is)
         return
     if who.kind == "host":
-        raise Forbidden("a host certificate may call user routes only on behalf of a user (X-Pocketgrid-User)")
+        raise Forbidden("a host certificate alone has host powers only: user routes need the user's own proof "
+                        "(X-Pocketgrid-User-Token, sent by a peer relaying for that user)")
     if needed == "admin" and who.device:
         raise Forbidden("a paired device never holds admin rights: log in with your certificate for this")
     decision = svc.security.acl.decide(who.dn, who.vo, needed)
