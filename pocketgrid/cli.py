@@ -93,16 +93,21 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return serve(config)
 
 
-def _agent_args(sub: argparse._SubParsersAction, *, with_options: bool = True) -> None:
-    help_text = "run an End-host Monitoring Agent that reports this host's load"
-    if not with_options:  # ema_agent imports psutil (a server package): only when the agent runs
-        sub.add_parser("agent", help=help_text, add_help=False)
-        return
+AGENT_HELP = "run an End-host Monitoring Agent that reports this host's load"
+
+
+def _agent_args(sub: argparse._SubParsersAction) -> None:
+    """Only the name: the agent's options come from ``ema_agent`` (which imports psutil), loaded
+    by :func:`_run_agent` when the agent runs, so building the parser loads no server package."""
+    sub.add_parser("agent", help=AGENT_HELP, add_help=False)
+
+
+def _run_agent(rest: list[str]) -> int:
     from ema_agent import cli as agent_cli
 
-    p = sub.add_parser("agent", help=help_text)
-    agent_cli.add_arguments(p)
-    p.set_defaults(func=agent_cli.run)
+    parser = argparse.ArgumentParser(prog="pocketgrid agent", description=AGENT_HELP)
+    agent_cli.add_arguments(parser)
+    return int(agent_cli.run(parser.parse_args(rest)) or 0)
 
 
 def _demo_args(sub: argparse._SubParsersAction) -> None:
@@ -141,15 +146,14 @@ def _needs_server_extra(command: str, missing: str) -> int:
     return 2
 
 
-def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
-    """The whole command line.  Given the ``argv`` about to be parsed, the agent's options (which
-    import server packages) are built only when it names the agent."""
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line; building it imports no server package (the thin client builds it too)."""
     parser = argparse.ArgumentParser(prog="pocketgrid", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"pocketgrid {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _demo_args(sub)
     _serve_args(sub)
-    _agent_args(sub, with_options=argv is None or _command_of(argv) == "agent")
+    _agent_args(sub)
     client_cli.add_commands(sub)
     pki_cli.add_commands(sub)
     return parser
@@ -163,7 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         if missing is not None:
             return _needs_server_extra(command, missing)
     try:
-        parser = build_parser(argv)
+        if command == "agent":
+            return _run_agent(argv[argv.index("agent") + 1:])
+        parser = build_parser()
         args = parser.parse_args(argv)
         if args.command not in SERVER_COMMANDS | {"pki"}:
             logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")

@@ -59,7 +59,7 @@ names += ["pocketgrid", "pocketgrid.cli", "pocketgrid.http", "pocketgrid.transfe
 for name in names:
     importlib.import_module(name)
 from pocketgrid.cli import build_parser
-build_parser(["status"]).parse_args(["status"])
+build_parser().parse_args(["status"])
 server = set(sys.argv[1:]) | {"peer", "broker", "ema_agent"}
 bad = sorted(m for m in sys.modules if m.split(".")[0] in server)
 if bad:
@@ -80,7 +80,7 @@ def walk(parser, path):
                 yield path + [name]
                 yield from walk(child, path + [name])
 
-for cmd in walk(build_parser(["--help"]), []):
+for cmd in walk(build_parser(), []):
     print(" ".join(cmd))
 EOF
 )

@@ -140,8 +140,8 @@ def test_the_operator_accepts_unisolated_jobs_by_flag_config_or_environment(tmp_
     from pocketgrid.config import PeerConfig
 
     argv = ["serve", "--allow-unisolated-jobs"]
-    assert build_parser(argv).parse_args(argv).allow_unisolated_jobs is True
-    assert build_parser(["serve"]).parse_args(["serve"]).allow_unisolated_jobs is None  # the config decides
+    assert build_parser().parse_args(argv).allow_unisolated_jobs is True
+    assert build_parser().parse_args(["serve"]).allow_unisolated_jobs is None  # the config decides
     defaults = PeerConfig.load(environ={})
     assert (defaults.allow_unisolated_jobs, defaults.job_user, defaults.job_network) == (False, "nobody", False)
     toml = tmp_path / "peer.toml"
