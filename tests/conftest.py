@@ -247,3 +247,22 @@ def host_condor():
     """The host's own HTCondor configuration, for the ``condor``-marked tests (a real pool) only."""
     with condor_environment(HOST_CONDOR_ENV):
         yield
+
+
+def start_secure(root: Path, site_pki: SitePki, name: str, *extra: str, join: PeerProcess | None = None,
+                 env: dict[str, str] | None = None) -> PeerProcess:
+    """A started TLS peer of the test site (no agent, 8 threads) in ``root/name``, joining ``join`` if given."""
+    args = secure_args(site_pki, name, "--no-agent", "--threads", "8", *extra)
+    if join:
+        args += ["--join", join.url]
+    return PeerProcess(name, root / name, free_port(), args, {**os.environ, **(env or {})}).start()
+
+
+def login_client(peer: PeerProcess, site_pki: SitePki, user: str) -> Any:
+    """A client (no retries) logged in to ``peer`` as ``user`` with the user's certificate."""
+    from mobile_client import Client
+
+    issued = site_pki.users[user]
+    c = Client(peer.url, ca=site_pki.ca, retries=0)
+    c.login(issued.cert_path, issued.key_path)
+    return c

@@ -8,13 +8,13 @@ The tests share three peers and run in file order: the last one stops site-c.
 """
 from __future__ import annotations
 
-import os
 
 import pytest
 import requests
 
 from mobile_client import ApiError, Client
-from tests.conftest import PeerProcess, free_port, secure_args, wait_until
+from tests.conftest import wait_until
+from tests.conftest import login_client as login, start_secure as start
 
 pytestmark = pytest.mark.integration
 
@@ -28,20 +28,6 @@ if [ "$1" = bad.txt ]; then
 fi
 echo ok > out.txt
 """
-
-
-def start(root, site_pki, name, *, join=None) -> PeerProcess:
-    args = secure_args(site_pki, name, "--no-agent", "--threads", "8")
-    if join:
-        args += ["--join", join.url]
-    return PeerProcess(name, root / name, free_port(), args, dict(os.environ)).start()
-
-
-def login(peer: PeerProcess, site_pki, user: str) -> Client:
-    issued = site_pki.users[user]
-    c = Client(peer.url, ca=site_pki.ca, retries=0)
-    c.login(issued.cert_path, issued.key_path)
-    return c
 
 
 def get(client: Client, path: str, **params) -> dict:

@@ -12,7 +12,6 @@ forwarded to another peer, pairing at another peer.
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import jwt
@@ -23,7 +22,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from mobile_client import ApiError, Client
 from pocketgrid import pki
 from pocketgrid.http import Session
-from tests.conftest import PeerProcess, free_port, host_session, report_load, secure_args, user_session, wait_until
+from tests.conftest import host_session, report_load, user_session, wait_until
+from tests.conftest import login_client as login, start_secure as start
 
 pytestmark = pytest.mark.integration
 
@@ -31,13 +31,6 @@ SLOW_SH = b"#!/bin/sh\necho started > out.txt\nsleep 120\n"
 OK_SH = b"#!/bin/sh\necho ok > out.txt\n"
 SUB = "executable = job.sh\nqueue\n"
 TOKEN_HEADER = "X-Pocketgrid-User-Token"
-
-
-def start(root, site_pki, name, join=None) -> PeerProcess:
-    args = secure_args(site_pki, name, "--no-agent", "--threads", "8")
-    if join:
-        args += ["--join", join.url]
-    return PeerProcess(name, root / name, free_port(), args, dict(os.environ)).start()
 
 
 @pytest.fixture(scope="module")
@@ -52,13 +45,6 @@ def site(tmp_path_factory, site_pki):
     yield a, b
     for p in (b, a):
         p.stop()
-
-
-def login(peer, site_pki, user: str) -> Client:
-    issued = site_pki.users[user]
-    c = Client(peer.url, ca=site_pki.ca, retries=0)
-    c.login(issued.cert_path, issued.key_path)
-    return c
 
 
 def certificate_client(peer, site_pki, user: str) -> Client:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import socket
 import ssl
 import time
@@ -22,19 +21,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from mobile_client import ApiError, Client
 from pocketgrid.http import Session
 from pocketgrid import pki
-from tests.conftest import PeerProcess, free_port, host_session, secure_args, user_session, wait_until
+from tests.conftest import host_session, user_session, wait_until
+from tests.conftest import login_client as login, start_secure as start
 
 pytestmark = pytest.mark.integration
 
 OK_SH = b"#!/bin/sh\necho ok > out.txt\n"
 OK_SUB = "executable = ok.sh\nqueue\n"
-
-
-def start(tmp_path, site_pki, name, *extra, join=None, env=None):
-    args = secure_args(site_pki, name, "--no-agent", "--threads", "8", *extra)
-    if join:
-        args += ["--join", join.url]
-    return PeerProcess(name, tmp_path / name, free_port(), args, {**os.environ, **(env or {})}).start()
 
 
 @pytest.fixture(scope="module")
@@ -50,13 +43,6 @@ def site(tmp_path_factory, site_pki):
     yield a, b
     for p in (b, a):
         p.stop()
-
-
-def login(peer, site_pki, user: str) -> Client:
-    issued = site_pki.users[user]
-    c = Client(peer.url, ca=site_pki.ca, retries=0)
-    c.login(issued.cert_path, issued.key_path)
-    return c
 
 
 def login_body(peer, site_pki, cert_path, key_path, *, challenge=None) -> dict:
