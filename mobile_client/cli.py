@@ -470,16 +470,17 @@ def cmd_submit(c: Client, args: argparse.Namespace) -> int:
     for local, r in zip(args.upload, uploaded):
         print(f"uploaded {_upload_line(local, r)}", file=sys.stderr)
     inputs = [*args.inputs, *(r["path"] for r in uploaded)]
+    executable, submit_text = Path(args.executable).read_bytes(), Path(args.submit_file).read_text()
     key, retried = args.idempotency_key, False
     if key is None:  # the same submission run again re-sends its key: never a second job
-        fp = pending_submits.fingerprint(args.name, Path(args.executable).read_bytes(),
-                                         Path(args.submit_file).read_text(), inputs)
+        fp = pending_submits.fingerprint(args.name, executable, submit_text, inputs)
         key, retried = pending_submits.key_for(fp)
         if retried:
             print("re-sending an earlier submit of the same job that got no answer (same Idempotency-Key)",
                   file=sys.stderr)
     try:
-        job = c.submit(args.name, args.executable, args.submit_file, inputs, idempotency_key=key)
+        job = c.submit(args.name, executable, args.submit_file, inputs, executable_name=Path(args.executable).name,
+                       submit_text=submit_text, idempotency_key=key)
     except ApiError as exc:
         if args.idempotency_key is None and exc.status < 500:
             pending_submits.answered(fp)  # refused: a corrected command is a new submission
