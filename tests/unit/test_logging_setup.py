@@ -1,0 +1,29 @@
+import json
+import logging
+
+from pocketgrid.logging_setup import configure_logging
+
+
+def test_json_lines_to_a_file_that_rotates_at_the_configured_size(tmp_path):
+    f = tmp_path / "peer.log"
+    handler = configure_logging("INFO", "json", str(f), max_bytes=2000, backups=2, name="site-a")
+    try:
+        log = logging.getLogger("pocketgrid.test")
+        for i in range(100):
+            log.info("line %d", i, extra={"request_id": "abc123"})
+        try:
+            raise RuntimeError("boom")
+        except RuntimeError:
+            log.exception("failed")
+        logging.getLogger("gunicorn.error").warning("from gunicorn")
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+    assert (tmp_path / "peer.log.1").exists() and (tmp_path / "peer.log.2").exists()
+    assert not (tmp_path / "peer.log.3").exists()
+    assert f.stat().st_size <= 2000
+    records = [json.loads(line) for p in tmp_path.glob("peer.log*") for line in p.read_text().splitlines()]
+    assert all(r["peer"] == "site-a" for r in records)
+    assert any(r.get("request_id") == "abc123" for r in records)
+    assert any("RuntimeError: boom" in r.get("exception", "") for r in records)
+    assert any(r["logger"] == "gunicorn.error" for r in records)
