@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
-import sys
 import threading
 from types import FrameType
 
@@ -72,6 +71,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ca", help="site CA bundle (default DIR/ca.pem)")
     parser.add_argument("--log-level", default="INFO",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="(default: %(default)s)")
+    parser.add_argument("--log-format", default="text", choices=["text", "json"],
+                        help="text lines or JSON lines (default: %(default)s)")
+    parser.add_argument("--log-file", default="", metavar="FILE", help="log to FILE, rotated by size (default: stderr)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -80,11 +82,10 @@ def run(args: argparse.Namespace) -> int:
     Exit codes: 0 stopped normally (SIGTERM/SIGINT) or ``--once`` accepted,
     1 ``--once`` not accepted, 2 bad configuration.
     """
-    logging.basicConfig(
-        level=getattr(logging, args.log_level, logging.INFO),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from pocketgrid.logging_setup import configure_logging
+
+    configure_logging(args.log_level, getattr(args, "log_format", "text"), getattr(args, "log_file", "") or None,
+                      name=args.name)
     try:
         weights = parse_weights(args.weights)
         session = _tls_session(args)

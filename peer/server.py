@@ -17,6 +17,7 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 
 from pocketgrid.config import PeerConfig
+from pocketgrid.logging_setup import configure_logging
 
 from .tls_context import make_hook
 
@@ -79,10 +80,8 @@ def _worker_exit(server, worker) -> None:  # gunicorn hook, in the worker
 
 def serve(config: PeerConfig) -> int:
     os.umask(0o077)  # files the peer writes (database, outputs, uploads) are its own: 0600 / 0700
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format=f"%(asctime)s {config.name} %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(config.log_level, config.log_format, config.log_file or None,
+                      config.log_max_bytes, config.log_backups, name=config.name)
     if config.insecure_http:
         banner = "!" * 72
         log.warning("%s", banner)

@@ -49,6 +49,8 @@ def _serve_args(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--insecure-http", dest="insecure_http", action="store_true", default=None,
                    help="NO TLS and NO authentication: local development only")
     p.add_argument("--log-level")
+    p.add_argument("--log-format", choices=["text", "json"], help="text lines (default) or JSON lines")
+    p.add_argument("--log-file", help="log to this file, rotated by size (default: stderr)")
     p.set_defaults(func=_cmd_serve)
 
 
@@ -62,7 +64,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         for k in ("name", "host", "port", "public_url", "state_dir", "publish_dir", "database_url", "executor",
                   "local_slots", "agent", "agent_interval", "threads", "log_level", "heartbeat_interval",
                   "heartbeat_misses", "pki_dir", "tls_cert", "tls_key", "tls_ca", "web_tls_cert", "web_tls_key", "admins",
-                  "insecure_http", "allow_unisolated_jobs")
+                  "insecure_http", "allow_unisolated_jobs", "log_format", "log_file")
     }
     if args.join:
         overrides["join"] = [u.strip() for u in args.join.split(",") if u.strip()]
@@ -128,8 +130,41 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(keep=args.keep, n_inputs=args.inputs, serve=args.serve, host=args.host)
 
 
+def _doctor_args(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("doctor", help="check this site's deployment (certificates, state directory, port, jobs) "
+                                      "and say what to fix; exit 0 OK, 1 warnings, 2 failures")
+    p.add_argument("--config", help="TOML file (table [peer]), as for serve")
+    p.add_argument("--name")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--state", dest="state_dir")
+    p.add_argument("--executor", choices=["auto", "local", "condor"])
+    p.add_argument("--pki", dest="pki_dir")
+    p.add_argument("--tls-cert")
+    p.add_argument("--tls-key")
+    p.add_argument("--tls-ca")
+    p.add_argument("--json", action="store_true", help="print the checks as JSON")
+    p.set_defaults(func=_cmd_doctor)
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from . import doctor
+    from .config import PeerConfig
+
+    overrides = {k: getattr(args, k) for k in ("name", "host", "port", "state_dir", "executor", "pki_dir",
+                                                 "tls_cert", "tls_key", "tls_ca")}
+    try:
+        config = PeerConfig.load(args.config, overrides=overrides)
+    except (OSError, ValueError) as exc:
+        print(f"error: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    checks = doctor.run_checks(config)
+    print(doctor.report(checks, args.json))
+    return doctor.exit_status(checks)
+
+
 #: Commands that run server code: they need ``pip install "pocketgrid[server]"``.
-SERVER_COMMANDS = frozenset({"serve", "agent", "demo"})
+SERVER_COMMANDS = frozenset({"serve", "agent", "demo", "doctor"})
 #: What ``pocketgrid[server]`` adds, by import name.
 SERVER_PACKAGES = ("flask", "werkzeug", "sqlalchemy", "psutil", "htcondor2", "gunicorn", "psycopg", "yaml", "jwt")
 SERVER_EXTRA = 'pip install "pocketgrid[server]"'
@@ -154,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     _demo_args(sub)
     _serve_args(sub)
     _agent_args(sub)
+    _doctor_args(sub)
     client_cli.add_commands(sub)
     pki_cli.add_commands(sub)
     return parser

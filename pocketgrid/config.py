@@ -133,6 +133,15 @@ class PeerConfig:
     pairing_max_failures: int = 5
     pairing_failure_window: float = 300.0
     log_level: str = "INFO"
+    #: Logs (pocketgrid/logging_setup.py): ``text`` or ``json`` (JSON lines);
+    #: a file (empty: stderr) rotated at ``log_max_bytes`` keeping
+    #: ``log_backups`` old files (0 bytes: no rotation, reopened after logrotate).
+    log_format: str = "text"
+    log_file: str = ""
+    log_max_bytes: int = 10 * 1024 * 1024
+    log_backups: int = 5
+    #: One access-log line per request (logger ``pocketgrid.access``).
+    access_log: bool = True
 
     # ---- derived ----------------------------------------------------------
     @property

@@ -82,6 +82,8 @@ def configure_logging(level: str | int = "INFO", fmt: str = "text", file: str | 
         root.removeHandler(old)
         old.close()
     root.addHandler(handler)
+    global _current_handler
+    _current_handler = handler
     root.setLevel(level.upper() if isinstance(level, str) else level)
     for logger_name in ("gunicorn.error", "gunicorn.access"):
         lg = logging.getLogger(logger_name)
@@ -90,14 +92,30 @@ def configure_logging(level: str | int = "INFO", fmt: str = "text", file: str | 
     return handler
 
 
+_current_handler: logging.Handler | None = None
+
+
+def _configured_handler() -> logging.Handler:
+    """dictConfig factory: the handler :func:`configure_logging` made (stderr if it was never called)."""
+    return _current_handler or logging.StreamHandler(sys.stderr)
+
+
 def gunicorn_logconfig_dict(level: str = "INFO") -> dict[str, Any]:
-    """A gunicorn ``logconfig_dict`` that sends gunicorn's loggers to the root (configured above)."""
+    """A gunicorn ``logconfig_dict``: root, gunicorn.error and gunicorn.access all use configure_logging's handler.
+
+    gunicorn merges this over its own defaults and calls ``logging.config.dictConfig``;
+    the handler entry is a factory returning the handler already configured, so
+    nothing is reopened and the format and file stay the same.
+    """
+    lvl = level.upper()
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "root": {"level": level.upper()},
+        "handlers": {"pocketgrid": {"()": _configured_handler}},
+        "formatters": {},
+        "root": {"level": lvl, "handlers": ["pocketgrid"]},
         "loggers": {
-            "gunicorn.error": {"level": level.upper(), "handlers": [], "propagate": True},
-            "gunicorn.access": {"level": level.upper(), "handlers": [], "propagate": True},
+            "gunicorn.error": {"level": lvl, "handlers": [], "propagate": True, "qualname": "gunicorn.error"},
+            "gunicorn.access": {"level": lvl, "handlers": [], "propagate": True, "qualname": "gunicorn.access"},
         },
     }

@@ -27,3 +27,26 @@ def test_json_lines_to_a_file_that_rotates_at_the_configured_size(tmp_path):
     assert any(r.get("request_id") == "abc123" for r in records)
     assert any("RuntimeError: boom" in r.get("exception", "") for r in records)
     assert any(r["logger"] == "gunicorn.error" for r in records)
+
+
+def test_gunicorn_logconfig_dict_keeps_gunicorns_messages_in_the_same_file(tmp_path):
+    import logging.config
+
+    from gunicorn.glogging import CONFIG_DEFAULTS
+
+    from pocketgrid.logging_setup import gunicorn_logconfig_dict
+
+    f = tmp_path / "peer.log"
+    handler = configure_logging("INFO", "json", str(f), name="site-a")
+    try:
+        config = dict(CONFIG_DEFAULTS)
+        config.update(gunicorn_logconfig_dict("INFO"))  # what gunicorn's glogging does with logconfig_dict
+        logging.config.dictConfig(config)
+        logging.getLogger("gunicorn.error").info("Booting worker")
+        logging.getLogger("peer.app").info("app line")
+    finally:
+        for h in list(logging.getLogger().handlers):
+            logging.getLogger().removeHandler(h)
+        handler.close()
+    records = [json.loads(line) for line in f.read_text().splitlines()]
+    assert [r["logger"] for r in records] == ["gunicorn.error", "peer.app"]
