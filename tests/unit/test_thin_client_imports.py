@@ -43,7 +43,7 @@ def imported_by(*args: str) -> tuple[subprocess.CompletedProcess[str], set[str]]
 
 
 def test_server_packages_are_what_the_server_extra_installs() -> None:
-    assert set(SERVER_PACKAGES) <= SERVER_CODE and SERVER_COMMANDS == {"serve", "agent", "demo"}
+    assert set(SERVER_PACKAGES) <= SERVER_CODE and SERVER_COMMANDS == {"serve", "agent", "demo", "doctor"}
     assert "status" in client_commands() and "pki" in client_commands()
 
 
