@@ -49,6 +49,8 @@ def _serve_args(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--insecure-http", dest="insecure_http", action="store_true", default=None,
                    help="NO TLS and NO authentication: local development only")
     p.add_argument("--log-level")
+    p.add_argument("--log-format", choices=["text", "json"], help="text lines (default) or JSON lines")
+    p.add_argument("--log-file", help="log to this file, rotated by size (default: stderr)")
     p.set_defaults(func=_cmd_serve)
 
 
@@ -62,7 +64,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         for k in ("name", "host", "port", "public_url", "state_dir", "publish_dir", "database_url", "executor",
                   "local_slots", "agent", "agent_interval", "threads", "log_level", "heartbeat_interval",
                   "heartbeat_misses", "pki_dir", "tls_cert", "tls_key", "tls_ca", "web_tls_cert", "web_tls_key", "admins",
-                  "insecure_http", "allow_unisolated_jobs")
+                  "insecure_http", "allow_unisolated_jobs", "log_format", "log_file")
     }
     if args.join:
         overrides["join"] = [u.strip() for u in args.join.split(",") if u.strip()]
