@@ -23,10 +23,12 @@ _BAD_NAME = re.compile(r"[\x00-\x1f\x7f/\\]")
 
 def check_name(name: str, what: str = "name") -> str:
     """Validate a single path component (a file or input name)."""
-    if not name or name in {".", ".."} or _BAD_NAME.search(name) or len(name) > 255:
+    if not name or name in {".", ".."} or _BAD_NAME.search(name):
         raise BadRequest(
             f"invalid {what} {name!r}: use a plain file name without '/', '\\', control characters, '.' or '..'"
         )
+    if len(name.encode("utf-8", "surrogatepass")) > 255:
+        raise BadRequest(f"invalid {what}: a file name may be at most 255 bytes (UTF-8) long")
     return name
 
 
@@ -41,6 +43,12 @@ def check_relative_path(path: str, what: str = "path") -> PurePosixPath:
         raise BadRequest(f"invalid {what} {path!r}: absolute paths are not allowed; give a path relative to the area")
     if any(part == ".." for part in pure.parts):
         raise BadRequest(f"invalid {what} {path!r}: '..' is not allowed")
+    # The file system's own limits (NAME_MAX, PATH_MAX, in bytes): past them every lookup fails with
+    # ENAMETOOLONG, so say so here instead of letting the lookup raise.
+    if len(path.encode("utf-8", "surrogatepass")) > 4096 or any(len(p.encode("utf-8", "surrogatepass")) > 255
+                                                                  for p in pure.parts):
+        raise BadRequest(f"invalid {what}: a name longer than 255 bytes or a path longer than 4096 bytes "
+                         "cannot exist in the area")
     return pure
 
 

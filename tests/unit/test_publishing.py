@@ -45,6 +45,15 @@ def test_missing_file_is_404(area):
         area.file("nope.txt")
 
 
+@pytest.mark.parametrize("path", ["\u0301" * 200, "runs/" + "e" * 256, "a/" * 2100])
+def test_names_past_the_file_systems_limits_are_a_400_not_an_error(area, path):
+    # Schemathesis found it: a 400-byte name made every lookup raise ENAMETOOLONG (a 500).
+    with pytest.raises(BadRequest, match="255 bytes"):
+        area.resolve(path)
+    with pytest.raises(BadRequest):
+        area.list(path)
+
+
 def test_glob_matches_names_at_any_depth_without_slash(area):
     assert sorted(e.path for e in area.glob("*.dat")) == ["runs/2004/a.dat", "runs/b.dat"]
     assert [e.path for e in area.glob("runs/*.dat")] == ["runs/b.dat"]
@@ -65,7 +74,7 @@ def test_grep_bad_regex_is_a_clear_400(area):
         area.grep("(", regex=True, max_file_bytes=100, max_matches=1)
 
 
-@pytest.mark.parametrize("name", ["", ".", "..", "a/b", "a\\b", "x\ny"])
+@pytest.mark.parametrize("name", ["", ".", "..", "a/b", "a\\b", "x\ny", "x" * 256, "\u00e9" * 128])
 def test_check_name_refuses(name):
     with pytest.raises(BadRequest):
         check_name(name)
