@@ -47,7 +47,7 @@ def check_certificate(config: PeerConfig, now: dt.datetime | None = None) -> lis
     cert_path, ca_path = Path(config.tls_cert), Path(config.tls_ca)
     if not cert_path.is_file():
         return [Check("certificate", FAIL, f"no host certificate {cert_path}",
-                      f"issue one: pocketgrid pki host {config.name}")]
+                      f"issue one: pocketgrid pki issue-host {config.name}")]
     cert = pki.load_certificate(cert_path)
     try:
         ca = pki.load_certificate(ca_path)
@@ -55,14 +55,14 @@ def check_certificate(config: PeerConfig, now: dt.datetime | None = None) -> lis
         out.append(Check("certificate chain", OK, f"{cert_path} is signed by {ca_path}"))
     except (OSError, ValueError, TypeError) as exc:
         out.append(Check("certificate chain", FAIL, f"{cert_path} does not verify against {ca_path}: {exc}",
-                         "issue the host certificate with this site's CA (pocketgrid pki host NAME)"))
+                         "issue the host certificate with this site's CA (pocketgrid pki issue-host NAME)"))
     end = cert.not_valid_after_utc
     if end <= now:
         out.append(Check("certificate expiry", FAIL, f"{cert_path} expired on {end:%Y-%m-%d %H:%M} UTC",
-                         f"issue a new one (pocketgrid pki host {config.name}) and reload the peer"))
+                         f"issue a new one (pocketgrid pki issue-host {config.name}) and restart the peer"))
     elif end - now < EXPIRY_WARNING:
         out.append(Check("certificate expiry", WARN, f"{cert_path} expires on {end:%Y-%m-%d}",
-                         f"renew it soon (pocketgrid pki host {config.name}) and reload the peer"))
+                         f"renew it soon (pocketgrid pki issue-host {config.name}) and restart the peer"))
     else:
         out.append(Check("certificate expiry", OK, f"{cert_path} valid until {end:%Y-%m-%d}"))
     key_path = Path(config.tls_key)

@@ -34,7 +34,7 @@ def test_expired_certificate_is_a_failure_naming_the_file_and_the_fix(site: Path
     assert result.returncode == 2, result.stdout
     line = next(x for x in result.stdout.splitlines() if "certificate expiry" in x)
     assert line.startswith("FAIL") and str(site / "pki" / "hosts" / "old.pem") in line and "expired" in line
-    assert "pocketgrid pki host old" in result.stdout
+    assert "pocketgrid pki issue-host old" in result.stdout
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown to another account needs root (CI runs as root)")
