@@ -62,6 +62,8 @@ class RestoreResult:
     manifest: dict[str, Any]
     files: int
     jobs: int | None  # jobs in the restored SQLite database (None: PostgreSQL)
+    #: Local proc specs whose absolute paths were moved from the old state directory to the new one.
+    repointed: int = 0
 
 
 def _tar_mode(output: Path, write: bool) -> str:
@@ -312,12 +314,52 @@ def restore(archive: Path, state: Path) -> RestoreResult:
             finally:
                 conn.close()
             db.chmod(0o600)
+        source = manifest.get("source_state_dir")
+        repointed = _repoint_proc_specs(target, source, state.resolve()) if isinstance(source, str) else 0
         target.chmod(0o700)
         if state.exists():
             state.rmdir()  # empty (checked above)
         os.replace(target, state)
         _fsync_dir(state.parent)
-    return RestoreResult(state, manifest, files, jobs)
+    return RestoreResult(state, manifest, files, jobs, repointed)
+
+
+#: The local executor's per-proc run specifications: the only state files that name absolute paths.
+PROC_SPECS = "stage/*/.pocketgrid/procs/*.json"
+
+
+def _repoint_proc_specs(root: Path, old: str, new: Path) -> int:
+    """Paths under the old state directory in the local procs' specs now point into ``new``.
+
+    A proc that runs again after the restore (it was queued, or running when the backup was taken)
+    must write into the restored directory, not the old one.  Returns the number of files changed.
+    """
+    old = old.rstrip("/")
+    if not old or old == str(new):
+        return 0
+
+    def repoint(value: Any) -> Any:
+        if isinstance(value, str) and (value == old or value.startswith(old + "/")):
+            return str(new) + value[len(old):]
+        if isinstance(value, list):
+            return [repoint(v) for v in value]
+        if isinstance(value, dict):
+            return {k: repoint(v) for k, v in value.items()}
+        return value
+
+    changed = 0
+    for spec in sorted(root.glob(PROC_SPECS)):
+        try:
+            data = json.loads(spec.read_text())
+        except (OSError, ValueError):
+            continue  # not a spec this code wrote: leave it as it is
+        moved = repoint(data)
+        if moved != data:
+            tmp = spec.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(moved))
+            os.replace(tmp, spec)
+            changed += 1
+    return changed
 
 
 _HAS_FILTER = hasattr(tarfile, "data_filter")

@@ -189,6 +189,9 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     m = result.manifest
     print(f"restored {result.files} files into {result.state} (backup of {m.get('source_state_dir')}, "
           f"pocketgrid {m.get('pocketgrid')}, schema {m.get('schema_revision') or 'before migrations'})")
+    if result.repointed:
+        print(f"re-pointed {result.repointed} local proc specifications from {m.get('source_state_dir')} "
+              f"to {result.state.resolve()}")
     if result.jobs is not None:
         print(f"the SQLite database holds {result.jobs} jobs")
         _check_revision(m.get("schema_revision"))
