@@ -93,6 +93,7 @@ def alembic_config(connection: Connection | None = None) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(SCRIPT_LOCATION))
     cfg.set_main_option("path_separator", "os")
+    cfg.set_main_option("file_template", "%%(rev)s")  # versions/0002_what.py: the file is named by its id
     cfg.attributes["connection"] = connection
     return cfg
 
@@ -148,7 +149,8 @@ def _known_revisions(script: ScriptDirectory) -> set[str]:
 
 
 def _pocketgrid_tables(conn: Connection) -> set[str]:
-    ours = {t for m in target_metadata() for t in m.tables} | set(_baseline_schema())
+    """The models' tables present in the database (a database that has none of them is empty)."""
+    ours = {t for m in target_metadata() for t in m.tables}
     return set(inspect(conn).get_table_names()) & ours
 
 
