@@ -198,9 +198,10 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         print(f"start the peer with the SAME --name and --state {result.state} (no --database-url): "
               "it upgrades the schema if this pocketgrid is newer")
     else:
-        print(backup.pg_dump_hint(str(m.get("database_url", "postgresql://..."))))
-        print(f"then start the peer with the SAME --name, --state {result.state} and --database-url of the "
-              "restored database")
+        print(f"the database ({m.get('database_url')}) is PostgreSQL and not in this archive: restore the pg_dump "
+              "taken before this backup into an EMPTY database, e.g.\n"
+              "  createdb NEWDB && pg_restore --no-owner --dbname 'postgresql://.../NEWDB' FILE.pgdump\n"
+              f"then start the peer with the SAME --name, --state {result.state} and --database-url of that database")
     return 0
 
 

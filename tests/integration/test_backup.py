@@ -31,6 +31,23 @@ def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "pocketgrid.cli", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout, stdin=subprocess.DEVNULL)
 
+class Ran:
+    """What a ``pocketgrid`` command run in this process returned and printed."""
+
+    def __init__(self, returncode: int, stdout: str, stderr: str) -> None:
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def run(capsys, *args: str) -> Ran:
+    """``pocketgrid ARGS`` in this process (the commands that need no server process: fast)."""
+    from pocketgrid.cli import main
+
+    capsys.readouterr()
+    rc = main(list(args))
+    out, err = capsys.readouterr()
+    return Ran(rc, out, err)
+
+
 
 def restart_elsewhere(peer: PeerProcess, state: Path, site_pki, *extra: str) -> PeerProcess:
     """The same peer (name, address, certificates) started on another state directory."""
@@ -38,7 +55,7 @@ def restart_elsewhere(peer: PeerProcess, state: Path, site_pki, *extra: str) -> 
     return PeerProcess(peer.name, state, peer.port, args, {**os.environ}).start()
 
 
-def test_backup_of_a_running_peer_restores_into_a_new_state_directory(site_pki, tmp_path):
+def test_backup_of_a_running_peer_restores_into_a_new_state_directory(site_pki, tmp_path, capsys):
     peer = start_secure(tmp_path / "old", site_pki, "bk-site")
     try:
         facts = populate(peer, site_pki, tmp_path / "client")
@@ -67,7 +84,7 @@ def test_backup_of_a_running_peer_restores_into_a_new_state_directory(site_pki, 
         peer.stop()
 
     new_state = tmp_path / "new" / "bk-site"
-    r = cli("restore", "--backup", str(archive), "--state", str(new_state))
+    r = run(capsys, "restore", "--backup", str(archive), "--state", str(new_state))
     assert r.returncode == 0, r.stderr
     assert oct(new_state.stat().st_mode & 0o777) == "0o700"
     old_logs = {p: p.read_bytes() for p in peer.state.glob("stage/*/job.log")}
@@ -111,7 +128,7 @@ def pg_database():
 
 
 @pytest.mark.postgres
-def test_postgresql_backup_is_pg_dump_plus_the_files(site_pki, tmp_path, pg_database):
+def test_postgresql_backup_is_pg_dump_plus_the_files(site_pki, tmp_path, pg_database, capsys):
     """The documented way: pg_dump first, then `pocketgrid backup` for the files; pg_restore into a new
     database and `pocketgrid restore` into a new state directory give the same site."""
     pg_dump, pg_restore = shutil.which("pg_dump"), shutil.which("pg_restore")
@@ -139,7 +156,7 @@ def test_postgresql_backup_is_pg_dump_plus_the_files(site_pki, tmp_path, pg_data
     subprocess.run([pg_restore, "--no-owner", "--dbname", new_url.replace("postgresql+psycopg://", "postgresql://"),
                     str(dump)], check=True, timeout=120)
     new_state = tmp_path / "new" / "pgbk-site"
-    r = cli("restore", "--backup", str(archive), "--state", str(new_state))
+    r = run(capsys, "restore", "--backup", str(archive), "--state", str(new_state))
     assert r.returncode == 0 and "pg_restore" in r.stdout, r.stderr
     restored = restart_elsewhere(peer, new_state, site_pki, "--database-url", new_url)
     try:
@@ -160,22 +177,22 @@ def small_state(root: Path) -> Path:
     return state
 
 
-def test_backup_refuses_to_overwrite_or_to_contain_itself(tmp_path):
+def test_backup_refuses_to_overwrite_or_to_contain_itself(tmp_path, capsys):
     state = small_state(tmp_path)
-    r = cli("backup", "--state", str(state), "--output", str(state / "inside.tar"))
+    r = run(capsys, "backup", "--state", str(state), "--output", str(state / "inside.tar"))
     assert r.returncode == 2 and "outside the state directory" in r.stderr
     existing = tmp_path / "existing.tar"
     existing.write_bytes(b"keep me")
-    r = cli("backup", "--state", str(state), "--output", str(existing))
+    r = run(capsys, "backup", "--state", str(state), "--output", str(existing))
     assert r.returncode == 2 and "exists" in r.stderr and existing.read_bytes() == b"keep me"
-    r = cli("backup", "--state", str(state), "--output", str(tmp_path / "b.zip"))
+    r = run(capsys, "backup", "--state", str(state), "--output", str(tmp_path / "b.zip"))
     assert r.returncode == 2 and ".tar" in r.stderr
-    r = cli("backup", "--state", str(tmp_path / "nowhere"), "--output", str(tmp_path / "b.tar"))
+    r = run(capsys, "backup", "--state", str(tmp_path / "nowhere"), "--output", str(tmp_path / "b.tar"))
     assert r.returncode == 2 and "does not exist" in r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["existing.tar", "state"]  # no partial file left
 
 
-def test_restore_refuses_a_used_directory_and_a_foreign_file(tmp_path):
+def test_restore_refuses_a_used_directory_and_a_foreign_file(tmp_path, capsys):
     state = small_state(tmp_path)
     archive = tmp_path / "b.tar"
     result = backup.backup(state, archive, sqlite_database=state / "pocketgrid.db", database_label="sqlite:///x")
@@ -183,15 +200,15 @@ def test_restore_refuses_a_used_directory_and_a_foreign_file(tmp_path):
     used = tmp_path / "used"
     used.mkdir()
     (used / "keep.txt").write_text("mine")
-    r = cli("restore", "--backup", str(archive), "--state", str(used))
+    r = run(capsys, "restore", "--backup", str(archive), "--state", str(used))
     assert r.returncode == 2 and "not an empty directory" in r.stderr
     assert [p.name for p in used.iterdir()] == ["keep.txt"]
     foreign = tmp_path / "foreign.tar"
     with tarfile.open(foreign, "w") as tar:
         tar.add(state / "stage", arcname="stage")
-    r = cli("restore", "--backup", str(foreign), "--state", str(tmp_path / "new"))
+    r = run(capsys, "restore", "--backup", str(foreign), "--state", str(tmp_path / "new"))
     assert r.returncode == 2 and "not a pocketgrid backup" in r.stderr and not (tmp_path / "new").exists()
-    r = cli("restore", "--backup", str(archive), "--state", str(tmp_path / "new"))
+    r = run(capsys, "restore", "--backup", str(archive), "--state", str(tmp_path / "new"))
     assert r.returncode == 0 and "holds 1 jobs" in r.stdout, r.stderr
     assert (tmp_path / "new" / "stage" / "p.1" / "job.log").read_text() == "events\n"
 

@@ -57,6 +57,23 @@ def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "pocketgrid.cli", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout, stdin=subprocess.DEVNULL)
 
+class Ran:
+    """What a ``pocketgrid`` command run in this process returned and printed."""
+
+    def __init__(self, returncode: int, stdout: str, stderr: str) -> None:
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def run(capsys, *args: str) -> Ran:
+    """``pocketgrid ARGS`` in this process (the commands that need no server process: fast)."""
+    from pocketgrid.cli import main
+
+    capsys.readouterr()
+    rc = main(list(args))
+    out, err = capsys.readouterr()
+    return Ran(rc, out, err)
+
+
 
 def recorded_revisions(url: str) -> list[str] | None:
     """alembic_version's rows, or None when the table does not exist."""
@@ -220,7 +237,7 @@ def test_a_model_change_without_a_migration_is_found(tmp_path):
     assert [(d[0], d[2], d[3].name) for d in diffs] == [("add_column", "jobs", "removed_at")]
 
 
-def test_a_database_from_a_newer_pocketgrid_refuses_to_start(tmp_path):
+def test_a_database_from_a_newer_pocketgrid_refuses_to_start(tmp_path, capsys):
     from peer.migrations import upgrade
 
     state = tmp_path / "state"
@@ -235,39 +252,39 @@ def test_a_database_from_a_newer_pocketgrid_refuses_to_start(tmp_path):
     assert serve.returncode == 2, serve.stderr
     assert FUTURE in serve.stderr and "newer pocketgrid" in serve.stderr and "Traceback" not in serve.stderr
     for sub in ("current", "upgrade"):
-        r = cli("db", sub, "--state", str(state))
+        r = run(capsys, "db", sub, "--state", str(state))
         assert r.returncode == 2 and FUTURE in r.stdout + r.stderr, (sub, r.stdout, r.stderr)
     assert recorded_revisions(url) == [FUTURE]
     assert dump(state / "pocketgrid.db") == before
 
 
-def test_an_unversioned_database_lacking_a_column_is_refused_and_left_alone(tmp_path):
+def test_an_unversioned_database_lacking_a_column_is_refused_and_left_alone(tmp_path, capsys):
     state = tmp_path / "state"
     state.mkdir()
     url = f"sqlite:///{state / 'pocketgrid.db'}"
     release_database(url)
     with sqlite3.connect(state / "pocketgrid.db") as conn:  # as a development version before members.cert
         conn.execute("ALTER TABLE members DROP COLUMN cert")
-    r = cli("db", "upgrade", "--state", str(state))
+    r = run(capsys, "db", "upgrade", "--state", str(state))
     assert r.returncode == 2 and "members.cert" in r.stderr and "fresh state directory" in r.stderr, r.stderr
     serve = cli("serve", "--name", "old", "--state", str(state), "--port", str(free_port()), "--insecure-http")
     assert serve.returncode == 2 and "members.cert" in serve.stderr
     assert recorded_revisions(url) is None
 
 
-def test_db_commands_report_and_upgrade(tmp_path):
+def test_db_commands_report_and_upgrade(tmp_path, capsys):
     state = tmp_path / "state"
-    r = cli("db", "current", "--state", str(state))
+    r = run(capsys, "db", "current", "--state", str(state))
     assert r.returncode == 1 and "empty" in r.stdout and not (state / "pocketgrid.db").exists()
     state.mkdir()
     release_database(f"sqlite:///{state / 'pocketgrid.db'}")
-    r = cli("db", "current", "--state", str(state))
+    r = run(capsys, "db", "current", "--state", str(state))
     assert r.returncode == 1 and "no revision recorded" in r.stdout, r.stdout
-    r = cli("db", "upgrade", "--state", str(state))
+    r = run(capsys, "db", "upgrade", "--state", str(state))
     assert r.returncode == 0 and "stamped 0001_baseline" in r.stdout, r.stdout + r.stderr
-    r = cli("db", "current", "--state", str(state))
+    r = run(capsys, "db", "current", "--state", str(state))
     assert r.returncode == 0 and "0001_baseline (head)" in r.stdout
-    r = cli("db", "history", "--state", str(state))
+    r = run(capsys, "db", "history", "--state", str(state))
     assert r.returncode == 0 and "<base> -> 0001_baseline (head, current)" in r.stdout, r.stdout
 
 
