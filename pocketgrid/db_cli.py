@@ -45,9 +45,18 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _config(args: argparse.Namespace):
+    from sqlalchemy import make_url
+    from sqlalchemy.exc import ArgumentError
+
     from .config import PeerConfig
 
-    return PeerConfig.load(args.config, overrides={"state_dir": args.state_dir, "database_url": args.database_url})
+    config = PeerConfig.load(args.config, overrides={"state_dir": args.state_dir, "database_url": args.database_url})
+    try:
+        make_url(config.sqlalchemy_url)
+    except ArgumentError:
+        raise ValueError(f"database_url {config.database_url!r} is not a database URL "
+                         "(e.g. postgresql+psycopg://user@host/name)") from None
+    return config
 
 
 def _label(url: str) -> str:
@@ -62,6 +71,8 @@ def _error(message: str) -> int:
 
 
 def _cmd_db(args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
     from peer import migrations
 
     try:
@@ -78,6 +89,8 @@ def _cmd_db(args: argparse.Namespace) -> int:
         result = migrations.upgrade(url)
     except migrations.SchemaError as exc:
         return _error(str(exc))
+    except SQLAlchemyError as exc:
+        return _error(f"cannot use the database {_label(url)}: {exc.orig if hasattr(exc, 'orig') else exc}")
     if result.stamped:
         print(f"stamped {migrations.BASELINE}: tables of the release before migrations, no version recorded")
     if result.applied:
