@@ -256,7 +256,7 @@ def build_services(config: PeerConfig) -> PeerServices:
     for warning in exposed_files([config.state_path] + ([] if config.insecure_http else [Path(config.tls_key)])):
         log.warning("SECRET EXPOSED: %s", warning)
     db = Database(config.sqlalchemy_url)
-    db.create_all(Base.metadata, BrokerBase.metadata)
+    db.upgrade_schema()  # Alembic, to head, before anything uses the database (peer/migrations/)
     http = _http_session(config)
     publishing = PublishingArea(config.publish_path)
     digests = DigestCache(db)

@@ -4,6 +4,9 @@ SQLite in WAL mode is the embedded default: readers never block the writer,
 and ``busy_timeout`` turns lock contention between the server's threads into a
 short wait instead of an error.  PostgreSQL works through the same code; only
 the URL changes.
+
+The schema is Alembic's (peer/migrations/): :meth:`Database.upgrade_schema` brings the database to
+the code's head revision before anything uses it; ``create_all`` is for tests that want bare tables.
 """
 from __future__ import annotations
 
@@ -58,7 +61,18 @@ class Database:
         self.engine = make_engine(url)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
 
+    def upgrade_schema(self):
+        """Apply the pending migrations, all or nothing (peer/migrations/runner.py).
+
+        Raises :class:`peer.migrations.SchemaError` (a database from a newer pocketgrid, or an
+        unversioned one lacking part of the baseline) with a message for the operator.
+        """
+        from .migrations import upgrade
+
+        return upgrade(self.url)
+
     def create_all(self, *metadatas) -> None:
+        """Bare ``create_all`` without migrations: for tests only (a peer uses :meth:`upgrade_schema`)."""
         for metadata in metadatas:
             metadata.create_all(self.engine)
 

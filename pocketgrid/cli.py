@@ -1,6 +1,6 @@
 """pocketgrid: run HTCondor jobs from a phone or any weak device.
 
-Server commands (serve, agent, demo) import server code lazily, so the client
+Server commands (serve, agent, demo, doctor, db, backup, restore) import server code lazily, so the client
 commands work on a device that has only the base install.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Sequence
 
 from mobile_client import cli as client_cli
 
-from . import __version__, pki_cli
+from . import __version__, db_cli, pki_cli
 
 
 def _serve_args(sub: argparse._SubParsersAction) -> None:
@@ -90,6 +90,18 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         except ExecutorUnavailable as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from peer.migrations import SchemaError, check
+
+    try:  # fail fast: a database the peer would refuse to migrate (e.g. from a newer pocketgrid)
+        check(config.sqlalchemy_url)
+    except SchemaError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except SQLAlchemyError as exc:
+        print(f"error: cannot open the database {config.sqlalchemy_url.split('@')[-1]}: {exc}", file=sys.stderr)
+        return 2
     from peer.server import serve
 
     return serve(config)
@@ -164,9 +176,9 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
 
 #: Commands that run server code: they need ``pip install "pocketgrid[server]"``.
-SERVER_COMMANDS = frozenset({"serve", "agent", "demo", "doctor"})
+SERVER_COMMANDS = frozenset({"serve", "agent", "demo", "doctor", *db_cli.COMMANDS})
 #: What ``pocketgrid[server]`` adds, by import name.
-SERVER_PACKAGES = ("flask", "werkzeug", "sqlalchemy", "psutil", "htcondor2", "gunicorn", "psycopg", "yaml", "jwt")
+SERVER_PACKAGES = ("flask", "werkzeug", "sqlalchemy", "alembic", "psutil", "htcondor2", "gunicorn", "psycopg", "yaml", "jwt")
 SERVER_EXTRA = 'pip install "pocketgrid[server]"'
 
 
@@ -190,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     _serve_args(sub)
     _agent_args(sub)
     _doctor_args(sub)
+    db_cli.add_commands(sub)
     client_cli.add_commands(sub)
     pki_cli.add_commands(sub)
     return parser

@@ -6,14 +6,14 @@
 #   * importing mobile_client and the CLI's client path loads no server package;
 #   * a few client commands really run (pki, and network commands against a peer that is down) without a
 #     traceback;
-#   * the server commands (serve, agent, demo, doctor) say which extra to install instead of a traceback.
+#   * the server commands (serve, agent, demo, doctor, db, backup, restore) say which extra to install instead of a traceback.
 # Prints the size of the base install.  Run from anywhere; uses $PYTHON (default python3, >= 3.11).
 # CI runs it (.ci/run) before the test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
 PYTHON=${PYTHON:-python3}
-SERVER_PACKAGES="flask werkzeug sqlalchemy psutil htcondor htcondor2 classad2 gunicorn psycopg yaml jwt"
+SERVER_PACKAGES="flask werkzeug sqlalchemy alembic psutil htcondor htcondor2 classad2 gunicorn psycopg yaml jwt"
 EXTRA_HINT='pip install "pocketgrid[server]"'
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/pocketgrid-thin.XXXXXX")
@@ -91,7 +91,7 @@ while read -r -a cmd; do
   rc=0
   "$PG" "${cmd[@]}" --help >"$WORK/out" 2>&1 || rc=$?
   case "${cmd[0]}" in
-    serve|agent|demo|doctor)  # server commands: one line naming the extra
+    serve|agent|demo|doctor|db|backup|restore)  # server commands: one line naming the extra
       [ "$rc" = 2 ] && grep -qF "$EXTRA_HINT" "$WORK/out" && ! grep -q Traceback "$WORK/out" \
         || fail "pocketgrid ${cmd[*]} --help (rc $rc) should name the server extra: $(cat "$WORK/out")";;
     *)
@@ -117,7 +117,7 @@ for cmd in "status" "files" "status --system" "whoami"; do
 done
 
 step "server commands name the extra"
-for cmd in "serve --name thin --state $WORK/state --insecure-http" "demo" "doctor --state $WORK/state" "agent --peer https://127.0.0.1:$DOWN --name x --once"; do
+for cmd in "serve --name thin --state $WORK/state --insecure-http" "demo" "doctor --state $WORK/state" "db current --state $WORK/state" "backup --state $WORK/state --output $WORK/b.tar" "agent --peer https://127.0.0.1:$DOWN --name x --once"; do
   rc=0
   # shellcheck disable=SC2086
   timeout 60 "$PG" $cmd >"$WORK/out" 2>&1 || rc=$?

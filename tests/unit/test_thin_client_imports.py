@@ -23,7 +23,7 @@ from pocketgrid.cli import SERVER_COMMANDS, SERVER_PACKAGES, build_parser
 from tests.conftest import ROOT, free_port
 
 #: Top-level names no client path may import (server packages and server code).
-SERVER_CODE = {"flask", "werkzeug", "sqlalchemy", "psutil", "htcondor", "htcondor2", "classad2", "gunicorn",
+SERVER_CODE = {"flask", "werkzeug", "sqlalchemy", "alembic", "psutil", "htcondor", "htcondor2", "classad2", "gunicorn",
                "psycopg", "yaml", "jwt", "peer", "broker", "ema_agent"}
 
 
@@ -43,7 +43,8 @@ def imported_by(*args: str) -> tuple[subprocess.CompletedProcess[str], set[str]]
 
 
 def test_server_packages_are_what_the_server_extra_installs() -> None:
-    assert set(SERVER_PACKAGES) <= SERVER_CODE and SERVER_COMMANDS == {"serve", "agent", "demo", "doctor"}
+    assert set(SERVER_PACKAGES) <= SERVER_CODE and SERVER_COMMANDS == {"serve", "agent", "demo", "doctor", "db", "backup",
+                                                                     "restore"}
     assert "status" in client_commands() and "pki" in client_commands()
 
 
