@@ -1,6 +1,8 @@
 """``/api/v1/files``: the publishing area (browse, wildcard, search inside, download)."""
 from __future__ import annotations
 
+import re
+
 from flask import Blueprint, current_app, jsonify, request
 
 from pocketgrid.errors import BadRequest
@@ -12,6 +14,9 @@ from .publishing import check_name, check_relative_path
 from .uploads import check_visible, upload_dir, visibility
 
 bp = Blueprint("files", __name__, url_prefix="/api/v1/files")
+
+#: An upload area's directory name at the start of a path below uploads/.
+_AREA = re.compile(r"u-[0-9a-f]{16}/")
 
 
 def _svc():
@@ -82,7 +87,9 @@ def delete_upload(path: str):
     """Remove one of your uploads now (409 while a job that has not finished uses it, or it is being read)."""
     svc = _svc()
     who = identity()
-    result = svc.retention.delete_upload(who, f"uploads/{path}")
+    # "u-<hash>/NAME" (as GET names it) or "NAME" inside the caller's own area (as PUT names it)
+    full = f"uploads/{path}" if _AREA.match(path) else f"{upload_dir(who.dn)}/{path}"
+    result = svc.retention.delete_upload(who, full)
     svc.security.audit.record("purge", dn=who.dn, source=who.source, detail=f"upload {result['path']}: "
                                                                             f"{result['bytes']} bytes")
     return jsonify(result)
