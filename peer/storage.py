@@ -93,16 +93,21 @@ class Usage:
                 "largest": self.largest()}
 
 
+#: What a refusal tells the user to do.
+PURGE_HINT = ("free space with `pocketgrid purge JOB` (a finished job and its outputs) or "
+              "`pocketgrid purge --upload PATH` (an upload)")
+
+
 class QuotaExceeded(TooLarge):
-    """Over a user's quota on one or more sites: ``quota`` lists each site's numbers."""
+    """Over a user's quota on one or more sites: ``quota`` lists each site's numbers and ``summary``."""
 
     @classmethod
     def every_site(cls, refusals: list["QuotaExceeded"]) -> "QuotaExceeded":
-        sites = [q for r in refusals for q in r.details.get("quota", [])]  # type: ignore[union-attr]
         if len(refusals) == 1:
             return refusals[0]
+        sites = [q for r in refusals for q in r.details.get("quota", [])]  # type: ignore[union-attr]
         return cls("no site can take this job within your storage quota: "
-                   + "; ".join(r.message for r in refusals), quota=sites)
+                   + "; ".join(str(q.get("summary", "")) for q in sites) + f". {PURGE_HINT}", quota=sites)
 
 
 class Quotas:
@@ -146,13 +151,14 @@ class Quotas:
         if usage.total + needed <= self.limit_bytes:
             return
         largest = usage.largest()
-        advice = ("remove what you no longer need: `pocketgrid purge JOB` (a finished job), "
-                  "`pocketgrid purge --upload PATH` (an upload)")
-        if largest:
-            advice += "; your largest here: " + ", ".join(f"{i['name']} ({human(int(i['bytes']))})" for i in largest)
-        raise QuotaExceeded(
-            f"{self.peer_name}: {what} needs {human(needed)}, and you already use {human(usage.total)} "
-            f"of your {human(self.limit_bytes)} quota on this site; {advice}",
-            quota=[{"peer": self.peer_name, "used_bytes": usage.total, "limit_bytes": self.limit_bytes,
-                    "needed_bytes": needed, "largest": largest}],
-        )
+        if needed > self.limit_bytes:
+            summary = (f"{self.peer_name}: {what} needs {human(needed)}, more than your whole quota of "
+                       f"{human(self.limit_bytes)} on this site")
+        else:
+            summary = (f"{self.peer_name}: {what} needs {human(needed)}, and you already use {human(usage.total)} "
+                       f"of your {human(self.limit_bytes)} quota on this site")
+            if largest:
+                summary += " (largest: " + ", ".join(f"{i['name']} {human(int(i['bytes']))}" for i in largest) + ")"
+        raise QuotaExceeded(f"{summary}. {PURGE_HINT}", quota=[{
+            "peer": self.peer_name, "used_bytes": usage.total, "limit_bytes": self.limit_bytes,
+            "needed_bytes": needed, "largest": largest, "summary": summary}])

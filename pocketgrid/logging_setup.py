@@ -120,13 +120,15 @@ def _configured_handler() -> logging.Handler:
 
 
 def gunicorn_logconfig_dict(level: str = "INFO") -> dict[str, Any]:
-    """A gunicorn ``logconfig_dict``: root, gunicorn.error and gunicorn.access all use configure_logging's handler.
+    """A gunicorn ``logconfig_dict``: root and gunicorn.error use configure_logging's handler; gunicorn.access is off.
 
     gunicorn merges this over its own defaults and calls ``logging.config.dictConfig``;
     the handler entry is a factory returning the handler already configured, so
     nothing is reopened and the format and file stay the same.
     """
     lvl = level.upper()
+    # gunicorn's own access log is off: it would write each request line with its query string (a pairing
+    # code, a token) and no request ID; the peer writes its own (peer/access_log.py).
     return {
         "version": 1,
         "disable_existing_loggers": False,
@@ -135,6 +137,6 @@ def gunicorn_logconfig_dict(level: str = "INFO") -> dict[str, Any]:
         "root": {"level": lvl, "handlers": ["pocketgrid"]},
         "loggers": {
             "gunicorn.error": {"level": lvl, "handlers": [], "propagate": True, "qualname": "gunicorn.error"},
-            "gunicorn.access": {"level": lvl, "handlers": [], "propagate": True, "qualname": "gunicorn.access"},
+            "gunicorn.access": {"level": "CRITICAL", "handlers": [], "propagate": False, "qualname": "gunicorn.access"},
         },
     }
