@@ -9,6 +9,8 @@ mid-body; a running job really runs (it waits for a file to appear).
 from __future__ import annotations
 
 import hashlib
+import os
+import secrets
 import threading
 import time
 from pathlib import Path
@@ -45,12 +47,35 @@ def _sub(size: int | None = None) -> str:
     return f"executable = {{exe}}\narguments = {args}\noutput = stdout.txt\nerror = stderr.txt\nqueue\n"
 
 
+PG_URL = os.environ.get("POCKETGRID_TEST_PG_URL")
+
+
 @pytest.fixture()
-def peer(tmp_path):
+def database(request):
+    """'' (SQLite in the state directory), or with ``postgresql`` a fresh database on the test server."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        yield ""
+        return
+    if not PG_URL:
+        pytest.skip("POCKETGRID_TEST_PG_URL is not set: no PostgreSQL server (bash .ci/run starts one)")
+    import sqlalchemy as sa
+
+    name = f"pocketgrid_{secrets.token_hex(4)}"
+    admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    yield PG_URL.rsplit("/", 1)[0] + f"/{name}"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture()
+def peer(tmp_path, database):
     """An in-process peer (plain HTTP: everyone is 'anonymous') with the default retention times."""
     port = free_port()
     config = PeerConfig(name="keep", port=port, state_dir=str(tmp_path / "state"), insecure_http=True, agent=False,
-                        executor="local", local_slots=4, heartbeat_interval=60)
+                        executor="local", local_slots=4, heartbeat_interval=60, database_url=database)
     app = create_app(config)
     server = make_server("127.0.0.1", port, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -81,6 +106,8 @@ def _finished(c: Client, job_id: str) -> dict:
     return wait_until(done, 60, what=f"job {job_id} to complete")
 
 
+@pytest.mark.parametrize("database", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)],
+                         indirect=True)
 def test_sweep_removes_exactly_what_expired_and_nothing_in_use(peer):
     c = _client(peer)
     stage = peer.stager.root
