@@ -231,10 +231,11 @@ class Retention:
                                       st.st_mtime + self.upload_seconds, "keep" if reason else "remove", reason))
         return items
 
-    def remove_upload(self, rel: str) -> int:
-        """Remove one file of an upload area (and folders it leaves empty); 409 while it is read."""
+    def remove_upload(self, rel: str, live: set[str] | None = None) -> int:
+        """Remove one file of an upload area (and folders it leaves empty); 409 while it is read or a live
+        job uses it (``live``: those inputs, if the caller has them already)."""
         key = file_key(rel)
-        if rel in self._live_inputs():
+        if rel in (self._live_inputs() if live is None else live):
             raise Conflict(f"{rel} is an input of a job that has not finished here: remove it when the job is done")
         if not self.in_use.claim(key):
             raise Conflict(f"{rel} is being downloaded or staged from right now: retry in a moment")
@@ -297,9 +298,10 @@ class Retention:
         with self._sweep_lock:
             items = self.plan(now)
             if not dry_run:
+                live = self._live_inputs() if any(i.kind == "upload" and i.action == "remove" for i in items) else set()
                 for item in items:
                     if item.action == "remove":
-                        self._remove(item, now)
+                        self._remove(item, now, live)
                 for extra in self.also:
                     try:
                         extra()
@@ -315,14 +317,14 @@ class Retention:
         return {"at": now, "dry_run": dry_run, "remove": [i.to_dict() for i in removed],
                 "keep": [i.to_dict() for i in kept], "bytes": sum(i.bytes for i in removed)}
 
-    def _remove(self, item: Item, now: float) -> None:
+    def _remove(self, item: Item, now: float, live: set[str]) -> None:
         try:
             if item.kind == "job":
                 self.remove_job(item.name)
                 log.info("retention: removed job %s of %s (finished %s, %d bytes)", item.name, item.owner,
                          time.strftime("%Y-%m-%d %H:%M", time.localtime(item.since)), item.bytes)
             elif item.kind == "upload":
-                self.remove_upload(item.name)
+                self.remove_upload(item.name, live)
                 log.info("retention: removed upload %s (%d bytes)", item.name, item.bytes)
             elif item.kind == "idempotency-keys":
                 with self.db.session() as s:
