@@ -327,7 +327,7 @@ def build_services(config: PeerConfig) -> PeerServices:
     retention = Retention(name=config.name, db=db, jobs=jobs, stager=stager, publishing=publishing, in_use=in_use,
                           job_seconds=config.job_retention_seconds, upload_seconds=config.upload_retention_seconds,
                           idempotency_seconds=config.idempotency_key_seconds,
-                          interval=config.retention_sweep_interval)
+                          interval=config.retention_sweep_interval, quotas=quotas)
     security = build_security(config, db, membership, http)
     retention.also.append(security.audit.flush)  # summaries of rate-limited refusals, also when the flood stopped
     services = PeerServices(

@@ -81,7 +81,8 @@ class Item:
 class Retention:
     def __init__(self, *, name: str, db: Database, jobs: Any, stager: Stager, publishing: PublishingArea,
                  in_use: InUse, job_seconds: float, upload_seconds: float, idempotency_seconds: float,
-                 interval: float = 300.0, clock: Callable[[], float] = time.time) -> None:
+                 interval: float = 300.0, clock: Callable[[], float] = time.time,
+                 quotas: Any = None) -> None:
         self.name = name
         self.db = db
         self.jobs = jobs
@@ -93,6 +94,7 @@ class Retention:
         self.idempotency_seconds = idempotency_seconds
         self.interval = interval
         self.clock = clock
+        self.quotas = quotas  # told about removed jobs (it keeps finished jobs' sizes)
         #: More housekeeping run with every sweep (expired tus uploads, audit summaries).
         self.also: list[Callable[[], Any]] = []
         self._stop = threading.Event()
@@ -183,6 +185,8 @@ class Retention:
                 s.delete(job)  # its procs go with it (cascade)
                 s.execute(delete(FileDigest).where(FileDigest.path.startswith(f"{root}/", autoescape=True)))
             self.jobs.forget(job_id)
+            if self.quotas is not None:
+                self.quotas.forget(job_id)
             _remove_tree(root)
             return size
         finally:
