@@ -625,7 +625,7 @@ def _expiry(r: dict[str, Any]) -> str:
         return "pinned: kept until you unpin it"
     if r.get("expires_at"):
         return f"removed after {_when(r['expires_at'])} unless pinned"
-    return "runs still: removed some time after it finishes, unless pinned" if not r.get("finished_at") \
+    return "not finished: kept while it runs" if not r.get("finished_at") \
         else "kept for ever (this site keeps finished jobs)"
 
 
