@@ -1,4 +1,5 @@
-"""Client commands of the ``pocketgrid`` CLI: login, pair, files, submit, status, kill, outputs, fetch, acl, audit.
+"""Client commands of the ``pocketgrid`` CLI: login, pair, files, submit, status, kill, pin, unpin, purge, outputs,
+fetch, acl, audit, gc.
 
 Peers, CA bundle and token come from ``--peer``/``--ca`` or the environment
 (``POCKETGRID_PEERS``, ``POCKETGRID_CA``, ``POCKETGRID_TOKEN``), else from
@@ -11,6 +12,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -138,6 +140,35 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     add_peer_option(p)
     p.add_argument("job")
     p.set_defaults(func=cmd_kill)
+
+    p = sub.add_parser("pin", help="keep a job and its outputs until you unpin it (finished jobs are otherwise "
+                                   "removed after the site's retention time)")
+    add_peer_option(p)
+    p.add_argument("jobs", nargs="+", metavar="JOB")
+    p.set_defaults(func=cmd_pin)
+
+    p = sub.add_parser("unpin", help="let a pinned job expire again (the site's retention time after it finished)")
+    add_peer_option(p)
+    p.add_argument("jobs", nargs="+", metavar="JOB")
+    p.set_defaults(func=cmd_unpin)
+
+    p = sub.add_parser("purge", help="remove finished jobs (files and record) or uploads now, e.g. to free your quota",
+                       description="Remove finished jobs, with their outputs, or your uploads, now.  A job that "
+                                   "still runs is refused (kill it first); pinned jobs are removed too (you asked).")
+    add_peer_option(p)
+    p.add_argument("jobs", nargs="*", metavar="JOB")
+    p.add_argument("--upload", action="append", default=[], metavar="PATH",
+                   help="one of your uploads: uploads/u-.../NAME as `upload` printed it, or NAME; repeatable")
+    p.set_defaults(func=cmd_purge)
+
+    p = sub.add_parser("gc", help="administrators: run the retention sweep on every peer now, or (--dry-run) "
+                                  "show what it would remove and what it keeps past its time, and why")
+    add_peer_option(p)
+    p.add_argument("--dry-run", action="store_true", help="remove nothing; show what would go")
+    p.add_argument("--in-days", type=float, metavar="N",
+                   help="with --dry-run: what would go N days from now (default: now)")
+    p.add_argument("--local", action="store_true", help="the entry peer only")
+    p.set_defaults(func=cmd_gc)
 
     p = sub.add_parser("outputs", help="list a job's output files with size and SHA-256")
     add_peer_option(p)
@@ -509,6 +540,8 @@ def _reason(i: dict[str, Any]) -> str | None:
 
 def _status_text(s: dict[str, Any]) -> str:
     lines = [f"{s['id']} ({s['name']}) on {s['peer']}: {s['state']}  " + ", ".join(f"{k} {v}" for k, v in s["counts"].items())]
+    if "pinned" in s:
+        lines.append(f"  {_expiry(s)}")
     for i in s["inputs"]:
         extra = ""
         if i.get("exit_code") is not None:
@@ -584,6 +617,62 @@ def cmd_status(c: Client, args: argparse.Namespace) -> int:
 def cmd_kill(c: Client, args: argparse.Namespace) -> int:
     res = c.kill(args.job)
     _print(args, res, lambda r: f"{r['id']}: removed {r['removed_procs']} procs")
+    return 0
+
+
+def _expiry(r: dict[str, Any]) -> str:
+    if r.get("pinned"):
+        return "pinned: kept until you unpin it"
+    if r.get("expires_at"):
+        return f"removed after {_when(r['expires_at'])} unless pinned"
+    return "not finished: kept while it runs" if not r.get("finished_at") \
+        else "kept for ever (this site keeps finished jobs)"
+
+
+def cmd_pin(c: Client, args: argparse.Namespace) -> int:
+    results = [c.pin(j) for j in args.jobs]
+    _print(args, results, lambda rs: "\n".join(f"{r['id']}: {_expiry(r)}" for r in rs))
+    return 0
+
+
+def cmd_unpin(c: Client, args: argparse.Namespace) -> int:
+    results = [c.unpin(j) for j in args.jobs]
+    _print(args, results, lambda rs: "\n".join(f"{r['id']}: {_expiry(r)}" for r in rs))
+    return 0
+
+
+def cmd_purge(c: Client, args: argparse.Namespace) -> int:
+    if not args.jobs and not args.upload:
+        print("error: name the finished jobs to remove, or --upload PATH", file=sys.stderr)
+        return 2
+    results = [c.purge(j) for j in args.jobs] + [c.delete_upload(u) for u in args.upload]
+    _print(args, results, lambda rs: "\n".join(f"removed {r.get('id') or r.get('path')} ({_size(r['bytes'])})"
+                                              for r in rs))
+    return 0
+
+
+def _gc_text(r: dict[str, Any], dry_run: bool) -> str:
+    lines = []
+    for p in r["peers"]:
+        verb = "would remove" if dry_run else "removed"
+        lines.append(f"{p['peer']}: {verb} {len(p['remove'])} ({_size(p['bytes'])}), "
+                     f"kept {len(p['keep'])} past their time")
+        lines += [f"  - {i['kind']:<16} {i['name']}  {_size(i['bytes'])}" for i in p["remove"]]
+        lines += [f"  = {i['kind']:<16} {i['name']}  {_size(i['bytes'])}  kept: {i['reason']}" for i in p["keep"]]
+    return "\n".join(lines)
+
+
+def cmd_gc(c: Client, args: argparse.Namespace) -> int:
+    if args.in_days is not None and not args.dry_run:
+        print("error: --in-days looks ahead, and only a dry run can: add --dry-run", file=sys.stderr)
+        return 2
+    at = time.time() + args.in_days * 86400 if args.in_days is not None else None
+    res = c.gc(dry_run=args.dry_run, at=at, local=args.local)
+    _print(args, res, lambda r: _gc_text(r, args.dry_run))
+    missing = res.get("unreachable_peers") or []
+    if missing:
+        print(f"warning: {', '.join(missing)} did not answer (exit status 3)", file=sys.stderr)
+        return 3
     return 0
 
 

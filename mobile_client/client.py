@@ -479,6 +479,31 @@ class Client:
     def kill(self, job_id: str) -> dict[str, Any]:
         return self._json("DELETE", f"/api/v1/jobs/{job_id}")
 
+    def pin(self, job_id: str) -> dict[str, Any]:
+        """Keep a job and its outputs until :meth:`unpin` (finished jobs are otherwise removed after the
+        site's retention time).  Returns ``{id, pinned, finished_at, expires_at}``."""
+        return self._json("POST", f"/api/v1/jobs/{quote(job_id)}/pin")
+
+    def unpin(self, job_id: str) -> dict[str, Any]:
+        """Let a job expire again; ``expires_at`` says when (None while it runs)."""
+        return self._json("DELETE", f"/api/v1/jobs/{quote(job_id)}/pin")
+
+    def purge(self, job_id: str) -> dict[str, Any]:
+        """Remove a finished job, its files and its record now (frees your quota); 409 while it runs."""
+        return self._json("POST", f"/api/v1/jobs/{quote(job_id)}/purge")
+
+    def delete_upload(self, path: str) -> dict[str, Any]:
+        """Remove one of your uploads now: ``uploads/u-.../NAME`` as :meth:`upload` returned it, or just the
+        name inside your own upload area."""
+        rel = path[len("uploads/"):] if path.startswith("uploads/") else path  # else: a name in your own area
+        return self._json("DELETE", f"/api/v1/files/uploads/{quote(rel)}")
+
+    def gc(self, *, dry_run: bool = True, at: float | None = None, local: bool = False) -> dict[str, Any]:
+        """Administrators: what the retention sweeper removes on each peer (``dry_run``: would remove, now or at
+        ``at``), ``{"peers": [{peer, remove, keep, bytes, ...}], "unreachable_peers": [...]}``."""
+        params: dict[str, Any] = {**({"at": at} if at is not None else {}), **({"local": 1} if local else {})}
+        return self._json("GET" if dry_run else "POST", "/api/v1/admin/gc", params=params, timeout=self.timeout + 60)
+
     def outputs(self, job_id: str) -> dict[str, Any]:
         return self._json("GET", f"/api/v1/jobs/{job_id}/outputs")
 

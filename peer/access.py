@@ -51,6 +51,10 @@ ROUTES: dict[str, str] = {
     "jobs.output_file": "jobs-manage",
     "jobs.spec": "jobs-manage",
     "jobs.executable": "jobs-manage",
+    "jobs.pin": "jobs-manage",
+    "jobs.unpin": "jobs-manage",
+    "jobs.purge": "jobs-manage",
+    "files.delete_upload": "jobs-submit",  # your own uploads only (another user's is 404)
     "events.job_events": "jobs-manage",
     "webapp.index": PUBLIC,
     "webapp.static_file": PUBLIC,
@@ -58,6 +62,8 @@ ROUTES: dict[str, str] = {
     "admin.acl_add": "admin",
     "admin.acl_remove": "admin",
     "admin.audit": "admin",
+    "admin.gc_plan": "admin",
+    "admin.gc_run": "admin",
 }
 #: Blueprints whose every route is for hosts only.
 HOST_BLUEPRINTS = frozenset({"peer", "broker"})

@@ -1,16 +1,19 @@
-"""``/api/v1/admin``: ACL rules and the audit log (the ``admin`` group only, see peer/access.py).
+"""``/api/v1/admin``: ACL rules, the audit log and retention (the ``admin`` group only, see peer/access.py).
 
 The audit log is kept where each event happened; ``GET /audit`` gathers every
-member's (peer/fanout.py) unless asked for one peer's (``?local=1``).
+member's (peer/fanout.py) unless asked for one peer's (``?local=1``).  The same
+for ``/gc``: each peer removes its own expired jobs and uploads (peer/retention.py).
 """
 from __future__ import annotations
+
+import math
 
 from flask import Blueprint, current_app, jsonify, request
 
 from pocketgrid.errors import BadRequest
 
 from .auth import identity
-from .fanout import grid_view
+from .fanout import ask_others, grid_view
 
 bp = Blueprint("admin", __name__, url_prefix="/api/v1/admin")
 
@@ -80,3 +83,46 @@ def audit():
                                     local_only=request.args.get("local") in {"1", "true"})
     events.sort(key=lambda e: e.get("at") or 0, reverse=True)
     return jsonify({"events": events[:limit], "unreachable_peers": unreachable})
+
+
+@bp.get("/gc")
+def gc_plan():
+    """What the retention sweeper would remove now (or at ``?at=`` epoch seconds) on every peer, and what it
+    keeps past its time and why; nothing is removed.  ``?local=1``: this peer only."""
+    raw = request.args.get("at")
+    at = None
+    if raw is not None:
+        try:
+            at = float(raw)
+        except ValueError:
+            raise BadRequest(f"at must be a time in seconds since the epoch, got {raw[:40]!r}") from None
+        if not math.isfinite(at) or at < 0:
+            raise BadRequest("at must be a finite, non-negative time in seconds since the epoch")
+    return _gc(dry_run=True, at=at)
+
+
+@bp.post("/gc")
+def gc_run():
+    """Run the retention sweep now on every peer (``?local=1``: this peer only); answers what went."""
+    return _gc(dry_run=False, at=None)
+
+
+def _gc(*, dry_run: bool, at: float | None):
+    svc = current_app.extensions["pocketgrid"]
+    who = identity()
+    mine = {"peer": svc.config.name, **svc.retention.sweep(at, dry_run=dry_run)}
+    if not dry_run:
+        svc.security.audit.record("gc", dn=who.dn, source=who.source,
+                                  detail=f"removed {len(mine['remove'])} items, {mine['bytes']} bytes")
+    peers, unreachable = [mine], []
+    if request.args.get("local") not in {"1", "true"} and who.kind == "user" and who.via is None:
+        params = {"local": 1, **({"at": at} if at is not None else {})}
+        replies, unreachable = ask_others(svc.http, svc.membership, request.method, "/api/v1/admin/gc",
+                                          timeout=max(svc.config.peer_timeout, 60.0), params=params, for_user=who)
+        for reply in replies:
+            theirs = reply.body.get("peers") if reply.status == 200 and isinstance(reply.body, dict) else None
+            if isinstance(theirs, list):
+                peers += [p for p in theirs if isinstance(p, dict)]
+            else:
+                unreachable.append(reply.peer)
+    return jsonify({"peers": peers, "unreachable_peers": sorted(unreachable)})

@@ -41,6 +41,7 @@ from pocketgrid.errors import PocketgridError, TooManyRequests
 from .auth import identity
 from .jobs import JobService, peer_of
 from .proxy import relay
+from .on_close import call_on_close
 
 bp = Blueprint("events", __name__)
 
@@ -187,5 +188,5 @@ def job_events(job_id: str):
     except BaseException:
         release()
         raise
-    response.call_on_close(release)
+    call_on_close(response, release)  # also for a relayed stream (Response.call_on_close would never run)
     return response

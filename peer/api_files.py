@@ -1,16 +1,22 @@
 """``/api/v1/files``: the publishing area (browse, wildcard, search inside, download)."""
 from __future__ import annotations
 
+import re
+
 from flask import Blueprint, current_app, jsonify, request
 
 from pocketgrid.errors import BadRequest
 
 from .auth import identity
 from .downloads import send_ranged
+from .in_use import file_key
 from .publishing import check_name, check_relative_path
 from .uploads import check_visible, upload_dir, visibility
 
 bp = Blueprint("files", __name__, url_prefix="/api/v1/files")
+
+#: An upload area's directory name at the start of a path below uploads/.
+_AREA = re.compile(r"u-[0-9a-f]{16}/")
 
 
 def _svc():
@@ -65,13 +71,28 @@ def download(path: str):
         algorithm = request.args["checksum"] or "sha256"
         digest = svc.digests.sha256(real) if algorithm == "sha256" else svc.publishing.digest(real, algorithm)
         return jsonify({"path": path, "size": real.stat().st_size, algorithm: digest})
-    return send_ranged(real, sha256=svc.digests.sha256(real))
+    # held until the last byte is sent: the retention sweeper keeps an upload meanwhile
+    return svc.in_use.serve(file_key(svc.publishing.relative(real)),
+                            lambda: send_ranged(real, sha256=svc.digests.sha256(real)))
 
 
 @bp.get("/uploads/<path:path>")
 def download_upload(path: str):
     """An upload is downloaded like any published file (its own route: the OpenAPI document names it)."""
     return download(f"uploads/{path}")
+
+
+@bp.delete("/uploads/<path:path>")
+def delete_upload(path: str):
+    """Remove one of your uploads now (409 while a job that has not finished uses it, or it is being read)."""
+    svc = _svc()
+    who = identity()
+    # "u-<hash>/NAME" (as GET names it) or "NAME" inside the caller's own area (as PUT names it)
+    full = f"uploads/{path}" if _AREA.match(path) else f"{upload_dir(who.dn)}/{path}"
+    result = svc.retention.delete_upload(who, full)
+    svc.security.audit.record("purge", dn=who.dn, source=who.source, detail=f"upload {result['path']}: "
+                                                                            f"{result['bytes']} bytes")
+    return jsonify(result)
 
 
 @bp.put("/uploads/<path:path>")
@@ -81,6 +102,7 @@ def upload(path: str):
     if request.content_length is None:
         raise BadRequest("send the file as the raw request body with a Content-Length")
     check_name(check_relative_path(path, "upload path").name, "file name")  # "." or "a/.." names no file
+    svc.quotas.check(identity().dn, request.content_length, f"the upload {path!r}")  # 413 with the numbers
     real = svc.publishing.save_upload(f"{upload_dir(identity().dn)}/{path}", request.stream, svc.config.max_body_bytes,
                                       shown=path)
     return jsonify({"path": svc.publishing.relative(real), "size": real.stat().st_size, "sha256": svc.digests.sha256(real)}), 201

@@ -5,6 +5,7 @@ Any peer answers for any job: a job ID names its owning peer
 """
 from __future__ import annotations
 
+import contextvars
 import json
 import math
 import time
@@ -13,11 +14,13 @@ from concurrent.futures import ThreadPoolExecutor
 import requests
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from pocketgrid.errors import BadRequest
+from pocketgrid.errors import BadRequest, PocketgridError
 
 from .auth import identity, relay_headers
 from .downloads import send_ranged
+from .in_use import file_key, job_key
 from .jobs import SubmitRequest, peer_of
+from .on_close import call_on_close
 from .proxy import relay
 from .uploads import check_visible
 
@@ -92,6 +95,18 @@ def _read_submit_request() -> SubmitRequest:
     )
 
 
+def _input_keys(paths: list[str]) -> set[str]:
+    """The in-use keys of a submission's inputs (paths that do not resolve get the job service's own error)."""
+    area = _svc().publishing
+    keys = set()
+    for p in paths:
+        try:
+            keys.add(file_key(area.relative(area.file(p))))
+        except PocketgridError:
+            continue
+    return keys
+
+
 @bp.post("")
 def submit():
     svc = _svc()
@@ -99,8 +114,12 @@ def submit():
     req = _read_submit_request()
     for path in req.inputs:  # another user's uploads do not exist for this caller
         check_visible(svc.publishing, who, path)
-    summary, replayed = svc.jobs.submit(req, owner=who.dn, idempotency_key=request.headers.get("Idempotency-Key"),
-                                        proof=lambda peer: relay_headers(who, peer))
+    # the inputs are read (copied here, or downloaded by the target) until the submission is answered:
+    # the retention sweeper must not remove an upload meanwhile (peer/retention.py)
+    with svc.in_use.holding(*_input_keys(req.inputs)):
+        summary, replayed = svc.jobs.submit(req, owner=who.dn,
+                                            idempotency_key=request.headers.get("Idempotency-Key"),
+                                            proof=lambda peer: relay_headers(who, peer))
     if not replayed:
         svc.security.audit.record("submit", dn=who.dn, source=who.source,
                                   detail=f"job {summary['id']} ({req.name!r}, {len(req.inputs)} inputs)")
@@ -135,7 +154,9 @@ def list_jobs():
 
         if others:
             with ThreadPoolExecutor(max_workers=min(8, len(others))) as pool:
-                for name, result in pool.map(fetch, others):
+                # each call in a copy of this request's context: it sends the request's X-Request-ID
+                futures = [pool.submit(contextvars.copy_context().run, fetch, m) for m in others]
+                for name, result in (f.result() for f in futures):
                     if result is None:
                         unreachable.append(name)
                     else:
@@ -166,7 +187,7 @@ def status(job_id: str):
         except BaseException:
             svc.parking.leave()
             raise
-        response.call_on_close(svc.parking.leave)
+        call_on_close(response, svc.parking.leave)  # a relayed body: Response.call_on_close would never run
         return response
     who = identity()
     deadline = time.monotonic() + wait
@@ -222,8 +243,9 @@ def output_file(job_id: str, index: int, name: str):
         return _relay(peer)  # the read timeout applies per chunk, not to the whole file
     who = identity()
     svc = _svc()
-    path = svc.jobs.output_file(job_id, who.dn, index, name, is_admin=who.is_admin)
-    return send_ranged(path)
+    # held until the last byte is sent: the retention sweeper keeps the job meanwhile
+    return svc.in_use.serve(job_key(job_id), lambda: send_ranged(
+        svc.jobs.output_file(job_id, who.dn, index, name, is_admin=who.is_admin)))
 
 
 # ---- run again ------------------------------------------------------------
@@ -244,7 +266,45 @@ def executable(job_id: str):
     if peer:
         return _relay(peer)
     who = identity()
-    path = _svc().jobs.executable_path(job_id, who.dn, is_admin=who.is_admin)
-    response = send_ranged(path)
-    response.headers["Content-Type"] = "application/octet-stream"
-    return response
+    svc = _svc()
+
+    def respond():
+        response = send_ranged(svc.jobs.executable_path(job_id, who.dn, is_admin=who.is_admin))
+        response.headers["Content-Type"] = "application/octet-stream"
+        return response
+
+    return svc.in_use.serve(job_key(job_id), respond)
+
+
+# ---- retention: pin, unpin, purge -------------------------------------------
+@bp.post("/<job_id>/pin")
+def pin(job_id: str):
+    """Keep a job (and its outputs) until it is unpinned: the retention sweeper passes it by."""
+    peer = _remote(job_id)
+    if peer:
+        return _relay(peer)
+    who = identity()
+    return jsonify(_svc().retention.pin(job_id, who.dn, is_admin=who.is_admin, pinned=True))
+
+
+@bp.delete("/<job_id>/pin")
+def unpin(job_id: str):
+    """Let a job expire again (job_retention_seconds after it finished)."""
+    peer = _remote(job_id)
+    if peer:
+        return _relay(peer)
+    who = identity()
+    return jsonify(_svc().retention.pin(job_id, who.dn, is_admin=who.is_admin, pinned=False))
+
+
+@bp.post("/<job_id>/purge")
+def purge(job_id: str):
+    """Remove a finished job, its files and its record now (to free space: see the quota)."""
+    peer = _remote(job_id)
+    if peer:
+        return _relay(peer)
+    who = identity()
+    svc = _svc()
+    result = svc.retention.purge(job_id, who.dn, is_admin=who.is_admin)
+    svc.security.audit.record("purge", dn=who.dn, source=who.source, detail=f"job {job_id}: {result['bytes']} bytes")
+    return jsonify(result)

@@ -15,6 +15,7 @@ from pocketgrid.errors import BadRequest, Forbidden, NotFound, PocketgridError
 
 from .auth import identity, relayed_user
 from .downloads import send_ranged
+from .in_use import file_key
 
 bp = Blueprint("peer", __name__, url_prefix="/api/v1/peer")
 
@@ -65,7 +66,8 @@ def accept():
 def read_file(path: str):
     """The paper's ``file.read``: another peer fetching an input it stages."""
     svc = _svc()
-    return send_ranged(svc.publishing.file(path))
+    real = svc.publishing.file(path)
+    return svc.in_use.serve(file_key(svc.publishing.relative(real)), lambda: send_ranged(real))
 
 
 @bp.get("/security")

@@ -1,6 +1,7 @@
 """Health, the system view (``/api/v1/broker``) and the OpenAPI document."""
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from typing import Any
@@ -33,6 +34,7 @@ def healthz():
             "tls": not svc.config.insecure_http,
             "parked_requests": svc.parking.parked,  # long-polls and event streams holding a thread now
             "max_parked_requests": svc.parking.limit,
+            "time": time.time(),  # this peer's clock: `pocketgrid doctor` compares it with its own (tokens expire)
         }
     )
 

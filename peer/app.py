@@ -34,20 +34,23 @@ from pocketgrid.config import PeerConfig
 from pocketgrid.errors import BadRequest, PocketgridError, Unavailable
 
 from . import api_admin, api_auth, api_events, api_files, api_jobs, api_peer, api_system, security_headers, webapp
-from . import api_uploads
+from . import access_log, api_uploads, request_ids
 from .access import check_access
 from .csrf import check_csrf
 from .db import Database
 from .digests import DigestCache
 from .election import Elector
 from .executors import Executor, choose_executor
-from .jobs import JobService
+from .in_use import InUse
+from .jobs import JobService, NotYours
 from .membership import Membership
 from .models import Base
 from .parking import Parking, default_limit
 from .publishing import PublishingArea
+from .retention import Retention
 from .security import Security, build_security
 from .staging import Stager
+from .storage import Quotas
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +69,10 @@ class PeerServices:
     broker_role: BrokerRole | None
     security: Security
     parking: Parking
+    #: Downloads and submissions reading a job or a file now (peer/in_use.py).
+    in_use: InUse
+    quotas: Quotas
+    retention: Retention
     agent: Any = None
     elector: Any = None
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -80,6 +87,7 @@ class PeerServices:
             return
         self._started = True
         self.executor.start()
+        self.retention.start()
         if self.broker_role is None:
             self._join_async(self._join_urls())
         self.membership.on_step_down = self.step_down
@@ -152,6 +160,7 @@ class PeerServices:
             self.elector.stop()
         if self.agent is not None:
             self.agent.stop(timeout=5)
+        self.retention.stop()
         self.executor.stop()
         self.db.dispose()
 
@@ -240,7 +249,8 @@ def _http_session(config: PeerConfig) -> requests.Session:
     pool = config.threads
     session = Session() if config.insecure_http else Session(verify=config.tls_ca,
                                                              cert=(config.tls_cert, config.tls_key))
-    adapter = requests.adapters.HTTPAdapter(pool_connections=pool, pool_maxsize=pool)
+    # every call made while serving a request carries its X-Request-ID (peer/request_ids.py)
+    adapter = request_ids.RequestIdAdapter(pool_connections=pool, pool_maxsize=pool)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     session.headers["User-Agent"] = "pocketgrid-peer/0.1"
@@ -289,6 +299,8 @@ def build_services(config: PeerConfig) -> PeerServices:
             broker_role.ensure_self_registered()
             membership.become_broker(max(membership.epoch, 1))
             membership.apply(broker_role.membership())
+    quotas = Quotas(peer_name=config.name, db=db, stage_root=config.stage_path, publishing=publishing,
+                    limit_bytes=config.user_quota_bytes)
     services: PeerServices  # the job service calls back into services.place
     from .executors.policy import load_site_policy
 
@@ -308,7 +320,16 @@ def build_services(config: PeerConfig) -> PeerServices:
         report_failure=lambda peer: _report_placement_failure(services, peer),
         peer_timeout=config.peer_timeout,
         max_inputs=config.max_inputs_per_job,
+        quotas=quotas,
+        retention_seconds=config.job_retention_seconds,
     )
+    in_use = InUse()
+    retention = Retention(name=config.name, db=db, jobs=jobs, stager=stager, publishing=publishing, in_use=in_use,
+                          job_seconds=config.job_retention_seconds, upload_seconds=config.upload_retention_seconds,
+                          idempotency_seconds=config.idempotency_key_seconds,
+                          interval=config.retention_sweep_interval, quotas=quotas)
+    security = build_security(config, db, membership, http)
+    retention.also.append(security.audit.flush)  # summaries of rate-limited refusals, also when the flood stopped
     services = PeerServices(
         config=config,
         db=db,
@@ -320,8 +341,11 @@ def build_services(config: PeerConfig) -> PeerServices:
         membership=membership,
         jobs=jobs,
         broker_role=broker_role,
-        security=build_security(config, db, membership, http),
+        security=security,
         parking=Parking(config.max_parked_requests or default_limit(config.threads)),
+        in_use=in_use,
+        quotas=quotas,
+        retention=retention,
     )
     return services
 
@@ -354,10 +378,14 @@ def create_app(config: PeerConfig | None = None, *, start_services: bool = True)
     app.json.sort_keys = False
     services = build_services(config)
     app.extensions["pocketgrid"] = services
+    request_ids.install(app)  # first: every later hook's log lines carry the request's ID
+    if config.access_log:
+        access_log.install(app)
     for bp in (api_system.bp, api_auth.bp, api_admin.bp, api_files.bp, api_jobs.bp, api_events.bp, api_peer.bp,
                broker_api.bp):
         app.register_blueprint(bp)
-    api_uploads.init_app(app)  # tus resumable uploads (its store sweeps expired uploads now)
+    uploads = api_uploads.init_app(app)  # tus resumable uploads (its store sweeps expired uploads now)
+    services.retention.also.append(uploads.sweep)  # and with every retention sweep from then on
     webapp.install(app)  # the phone web app at / (its paths never shadow /api/)
     app.before_request(check_access)
     app.before_request(check_csrf)  # after check_access: it reads the identity check_access resolved
@@ -370,6 +398,20 @@ def create_app(config: PeerConfig | None = None, *, start_services: bool = True)
 
 
 def _register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(NotYours)
+    def _probe(exc: NotYours):
+        """Another user's job: the same 404 as an unknown job, and a (rate-limited) audit record."""
+        from .auth import identity
+
+        who = identity(required=False)
+        svc = app.extensions["pocketgrid"]
+        if who is not None:
+            svc.security.audit.refused("job-probe", dn=who.dn, source=who.source, outcome="denied",
+                                       what="requests for other users' jobs",
+                                       detail=f"{request.method} {request.path[:200]}: job {exc.job_id} belongs to "
+                                              f"{exc.owner}")
+        return _pocketgrid_error(exc)
+
     @app.errorhandler(PocketgridError)
     def _pocketgrid_error(exc: PocketgridError):
         response = jsonify(exc.to_dict())

@@ -39,6 +39,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import jwt
 from flask import current_app, g, request
 
 from pocketgrid.client_certificate import CertIdentity, require_host_name, tls_client_certificate
@@ -107,13 +108,43 @@ ANONYMOUS = Identity(dn="anonymous", kind="anonymous")
 def identity(required: bool = True) -> Identity:
     """The caller's identity for this request (cached on ``flask.g``); 401 if required and unknown."""
     if "pocketgrid_identity" not in g:
-        g.pocketgrid_identity = _resolve(current_app.extensions["pocketgrid"])
+        svc = current_app.extensions["pocketgrid"]
+        try:
+            g.pocketgrid_identity = _resolve(svc)
+        except Unauthorized as exc:
+            _audit_refusal(svc, exc)
+            raise
     ident = g.pocketgrid_identity
     if ident is None and required:
         raise Unauthorized(
             "log in first: `pocketgrid login URL --cert ... --key ...`, or pair this device with a code"
         )
     return ident
+
+
+def _audit_refusal(svc: Any, exc: Unauthorized) -> None:
+    """A refused token, cookie or relayed proof goes to the audit log (rate-limited per address), once a request."""
+    if g.get("pocketgrid_refusal_audited"):
+        return
+    g.pocketgrid_refusal_audited = True
+    header = request.headers.get("Authorization", "")
+    presented = (request.headers.get(TOKEN_HEADER) or (header.partition(" ")[2] if header else "")
+                 or request.cookies.get(COOKIE_NAME) or "")
+    claimed = _claimed_subject(presented.strip())
+    svc.security.audit.refused(
+        "token-refused", dn=claimed or "-", source=request.remote_addr or "", what="refused credentials",
+        detail=f"{request.method} {request.path[:200]}: {exc.message}" + (" (the DN is the token's claim)" if claimed else ""))
+
+
+def _claimed_subject(token: str) -> str | None:
+    """The ``sub`` a token claims, unverified (for the audit log only: a forged token claims what it likes)."""
+    if not token:
+        return None
+    try:
+        sub = jwt.decode(token, options={"verify_signature": False}).get("sub")
+    except (jwt.InvalidTokenError, ValueError, TypeError, AttributeError):
+        return None
+    return sub[:500] if isinstance(sub, str) else None
 
 
 def _resolve(svc: Any) -> Identity | None:

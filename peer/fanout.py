@@ -8,6 +8,7 @@ who did not answer at all.
 """
 from __future__ import annotations
 
+import contextvars
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -65,7 +66,8 @@ def ask_others(http: requests.Session, membership: Membership, method: str, path
     replies: list[MemberReply] = []
     unreachable: list[str] = []
     with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(others))) as pool:
-        for result in pool.map(ask, others):
+        # each call in a copy of this request's context: it sends the request's X-Request-ID
+        for result in [f.result() for f in [pool.submit(contextvars.copy_context().run, ask, m) for m in others]]:
             if isinstance(result, str):
                 unreachable.append(result)
             else:

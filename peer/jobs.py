@@ -38,6 +38,7 @@ from .models import IdempotencyKey, Job, Proc
 from .publishing import PublishingArea, check_name
 from .proc_stderr import recorded_names, stderr_fields
 from .staging import META_DIR, InputSource, Stager, StagedJob
+from .storage import QuotaExceeded, Quotas
 from .submit_description import ParsedSubmit, Policy, SubmitDescriptionError, parse
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,23 @@ class AmbiguousForward(Unavailable):
         )
 
 
+class NotYours(NotFound):
+    """The job exists but belongs to someone else: answered exactly as an unknown job (404), and audited
+    as a probe (peer/app.py records it, rate-limited, peer/audit.py)."""
+
+    def __init__(self, job_id: str, owner: str) -> None:
+        super().__init__(f"no such job {job_id!r}")
+        self.job_id = job_id
+        self.owner = owner
+
+
+def finished_time(statuses: list[ProcStatus]) -> float | None:
+    """When the last proc reached its final state, if every proc has; None while any may still change."""
+    if not statuses or not all(st.state.is_terminal for st in statuses):
+        return None
+    return max((st.finished_at for st in statuses if st.finished_at is not None), default=None)
+
+
 def validate_names(executable_name: str, submit_name: str, input_names: list[str]) -> None:
     check_name(executable_name, "executable name")
     check_name(submit_name, "submit file name")
@@ -130,8 +148,13 @@ class JobService:
         policy: Policy | None = None,
         peer_timeout: float = 10.0,
         max_inputs: int = 1000,
+        quotas: Quotas | None = None,
+        retention_seconds: float = 0.0,
     ) -> None:
         self.name = name
+        self.quotas = quotas
+        #: Finished jobs are removed this long after they finished, unless pinned (0: never; peer/retention.py).
+        self.retention_seconds = retention_seconds
         self.max_inputs = max_inputs
         self.url = url
         self.db = db
@@ -238,6 +261,7 @@ class JobService:
             "inputs": inputs,
         }
         errors = []
+        refusals: list[QuotaExceeded] = []  # sites where the owner's quota is full: the next may have room
         for candidate in ranking:
             if idempotency_key:
                 self._record_target(idempotency_key, owner, candidate["name"])
@@ -249,6 +273,10 @@ class JobService:
                                             proof(candidate["name"]) if proof is not None else {})
             except AmbiguousForward:
                 raise
+            except QuotaExceeded as exc:
+                log.info("peer %s refused the job: %s", candidate["name"], exc.message)
+                refusals.append(exc)
+                continue
             except (BadGateway, Unavailable) as exc:
                 log.warning("peer %s could not take the job: %s", candidate["name"], exc.message)
                 self.report_failure(candidate["name"])
@@ -260,6 +288,9 @@ class JobService:
                     if row is not None:
                         row.job_id = summary["id"]
             return summary, False
+        if refusals and not errors:
+            raise QuotaExceeded.every_site(refusals)
+        errors += [r.message for r in refusals]
         raise Unavailable("every candidate peer failed: " + "; ".join(errors), retry_after=5)
 
     def _record_target(self, key: str, owner: str, target: str) -> None:
@@ -313,6 +344,8 @@ class JobService:
             raise BadGateway(f"{candidate['name']} answered {r.status_code}: {r.text[:200]}")
         body = r.json()
         if not r.ok:
+            if r.status_code == 413 and isinstance(body.get("quota"), list):
+                raise QuotaExceeded(body.get("error", r.text), quota=body["quota"])
             raise PocketgridError(body.get("error", r.text), status=r.status_code)
         return body
 
@@ -330,6 +363,9 @@ class JobService:
             parsed = parse(meta["submit_text"], self.policy)
         except SubmitDescriptionError as exc:
             raise BadRequest(f"submit file {meta['submit_name']!r}: {exc}") from None
+        if self.quotas is not None:  # before staging: the inputs would be copied here
+            self.quotas.check(meta["owner"], len(executable) + len(meta["submit_text"].encode())
+                              + sum(int(i["size"]) for i in input_meta), f"job {meta['name']!r}")
         if meta["entry_peer"] == self.name:
             sources = [InputSource(name=i["name"], local_path=self.publishing.file(i["path"])) for i in input_meta]
         else:
@@ -420,8 +456,10 @@ class JobService:
     def _job(self, job_id: str, owner: str, is_admin: bool = False) -> Job:
         with self.db.sessions() as s:
             job = s.get(Job, job_id)
-            if job is None or not (is_admin or job.owner == owner):
+            if job is None:
                 raise NotFound(f"no such job {job_id!r}")
+            if not (is_admin or job.owner == owner):
+                raise NotYours(job_id, job.owner)
             job.procs  # load while the session is open
             return job
 
@@ -457,7 +495,7 @@ class JobService:
         cached = self._status_bodies.get(job_id)
         if cached is not None:
             if not (is_admin or cached.owner == owner):
-                raise NotFound(f"no such job {job_id!r}")
+                raise NotYours(job_id, cached.owner)
             if cached.log_size == self.log_size(job_id):
                 return cached
         with self._reader_lock(job_id):
@@ -500,6 +538,10 @@ class JobService:
             counts[st.state.value] = counts.get(st.state.value, 0) + 1
             inputs.append(d)
         state = overall_state(ordered)
+        finished = finished_time(ordered)
+        if finished is None and state in ("completed", "failed", "removed"):
+            finished = job.finished_at  # final events without a time: when the sweeper first saw it final
+        expires = None if finished is None or job.pinned or not self.retention_seconds else finished + self.retention_seconds
         return {
             "id": job.id,
             "name": job.name,
@@ -513,7 +555,31 @@ class JobService:
             "counts": counts,
             "inputs": inputs,
             "warnings": job.warnings,
+            #: Retention (peer/retention.py): a pinned job is kept; else it goes at expires_at.
+            "pinned": bool(job.pinned),
+            "finished_at": finished,
+            "expires_at": expires,
         }
+
+    def update_job(self, job_id: str, **values: Any) -> None:
+        """Change a job's row (``pinned``) and its status version, so that pollers see the change (ETag)."""
+        with self._reader_lock(job_id):  # no status body is being built from the old row meanwhile
+            with self.db.session() as s:
+                row = s.get(Job, job_id)
+                if row is None:
+                    raise NotFound(f"no such job {job_id!r}")
+                for key, value in values.items():
+                    setattr(row, key, value)
+                row.status_version = (row.status_version or 0) + 1
+            with self._readers_lock:
+                self._status_bodies.pop(job_id, None)
+
+    def forget(self, job_id: str) -> None:
+        """Drop what is cached about a job that was removed."""
+        with self._readers_lock:
+            self._readers.pop(job_id, None)
+            self._status_bodies.pop(job_id, None)
+            self._reader_locks.pop(job_id, None)
 
     def log_size(self, job_id: str) -> int:
         try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -37,6 +37,11 @@ class Job(Base):
     #: Bumped whenever the job's visible status changes; the status ETag.
     status_version: Mapped[int] = mapped_column(Integer, default=0)
     removed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    #: When every proc had reached a final state (the latest final event's time), as the retention
+    #: sweeper last saw it (peer/retention.py); None while any proc may still change.
+    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True, index=True)
+    #: A pinned job is never removed by the retention sweeper (``pocketgrid pin``).
+    pinned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     procs: Mapped[list["Proc"]] = relationship(
         back_populates="job", order_by="Proc.index", cascade="all, delete-orphan"

@@ -49,6 +49,7 @@ from .db import Database
 from .digests import DigestCache
 from .models import ResumableUpload
 from .publishing import PublishingArea, check_destination, check_name, check_relative_path
+from .storage import Quotas
 from .uploads import upload_dir
 
 log = logging.getLogger(__name__)
@@ -187,8 +188,10 @@ class ResumableUploads:
         *,
         max_upload_bytes: int,
         expiry_seconds: float,
+        quotas: Quotas | None = None,
     ) -> None:
         self.db = db
+        self.quotas = quotas
         self.publishing = publishing
         self.digests = digests
         self.incoming = incoming
@@ -253,6 +256,8 @@ class ResumableUploads:
         if length > self.max_upload_bytes:
             raise TooLarge(f"the file is {length} bytes, over this peer's upload limit of {self.max_upload_bytes} bytes",
                            max_upload_bytes=self.max_upload_bytes)
+        if self.quotas is not None:  # the owner's jobs and uploads here, this one included: 413 with the numbers
+            self.quotas.check(owner, length, f"the upload {filename!r}")
         now = time.time()
         with self.db.sessions() as s:
             unfinished = list(s.execute(

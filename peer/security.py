@@ -37,7 +37,7 @@ class Security:
 
 def build_security(config: PeerConfig, db: Database, membership: Membership, http: requests.Session) -> Security:
     acl = AclStore(db, admins=config.admins, default_allow=config.acl_default_allow)
-    audit = AuditLog(db)
+    audit = AuditLog(db, refusals_per_minute=config.audit_refusals_per_minute)
     tokens = login = pairing = None
     if not config.insecure_http:
         with open(config.tls_cert, "rb") as fh:

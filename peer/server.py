@@ -17,7 +17,7 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 
 from pocketgrid.config import PeerConfig
-from pocketgrid.logging_setup import configure_logging
+from pocketgrid.logging_setup import configure_logging, gunicorn_logconfig_dict
 
 from .tls_context import make_hook
 
@@ -41,8 +41,10 @@ class PeerServer(BaseApplication):
             "graceful_timeout": 20,
             "keepalive": 30,
             "loglevel": c.log_level.lower(),
-            "accesslog": None,
+            "accesslog": None,  # the peer writes its own access log (peer/access_log.py): request IDs, no secrets
             "errorlog": "-",
+            # gunicorn's own lines (start-up, worker restarts) through the peer's handler: same format and file
+            "logconfig_dict": gunicorn_logconfig_dict(c.log_level),
             "proc_name": f"pocketgrid-{c.name}",
             "worker_exit": _worker_exit,
             "limit_request_field_size": 16384,

@@ -18,6 +18,7 @@ submitted; leftovers are swept at start-up.
 """
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import shutil
@@ -180,7 +181,8 @@ class Stager:
                      chunk_bytes=self.chunk_bytes, fsync=False)
 
         with ThreadPoolExecutor(max_workers=min(self.parallel_downloads, len(urls))) as pool:
-            for future in [pool.submit(fetch, url) for url in urls]:
+            # in copies of the caller's context: the downloads carry the request's X-Request-ID
+            for future in [pool.submit(contextvars.copy_context().run, fetch, url) for url in urls]:
                 future.result()  # re-raises the first failure
         return targets
 

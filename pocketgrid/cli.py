@@ -143,7 +143,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _doctor_args(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("doctor", help="check this site's deployment (certificates, state directory, port, jobs) "
+    p = sub.add_parser("doctor", help="check this site's deployment (certificates, state directory, port, clock "
+                                      "skew, schedd, job account and isolation) "
                                       "and say what to fix; exit 0 OK, 1 warnings, 2 failures")
     p.add_argument("--config", help="TOML file (table [peer]), as for serve")
     p.add_argument("--name")
@@ -151,6 +152,8 @@ def _doctor_args(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int)
     p.add_argument("--state", dest="state_dir")
     p.add_argument("--executor", choices=["auto", "local", "condor"])
+    p.add_argument("--public-url", help="the peer's URL (default https://HOST:PORT): asked for the members")
+    p.add_argument("--join", help="peer URL(s) to compare clocks with when the peer is not running, comma separated")
     p.add_argument("--pki", dest="pki_dir")
     p.add_argument("--tls-cert")
     p.add_argument("--tls-key")
@@ -164,7 +167,9 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     from .config import PeerConfig
 
     overrides = {k: getattr(args, k) for k in ("name", "host", "port", "state_dir", "executor", "pki_dir",
-                                                 "tls_cert", "tls_key", "tls_ca")}
+                                                 "tls_cert", "tls_key", "tls_ca", "public_url")}
+    if args.join:
+        overrides["join"] = [u.strip() for u in args.join.split(",") if u.strip()]
     try:
         config = PeerConfig.load(args.config, overrides=overrides)
     except (OSError, ValueError) as exc:

@@ -57,6 +57,22 @@ class PeerConfig:
     #: upload is kept after its last write.
     max_upload_bytes: int = 4 * 1024 * 1024 * 1024
     upload_expiry_seconds: float = 24 * 3600.0
+    #: Retention (peer/retention.py), seconds; 0 = keep for ever.  A finished job
+    #: (every proc final) and its staging directory and outputs go this long after
+    #: it finished, unless pinned; a finished upload (``uploads/u-*/``) this long after
+    #: its last write, unless a job still running here uses it; an Idempotency-Key
+    #: this long after the submit (keep it shorter than the job retention).
+    job_retention_seconds: float = 30 * 86400.0
+    upload_retention_seconds: float = 30 * 86400.0
+    idempotency_key_seconds: float = 7 * 86400.0
+    #: How often the retention sweeper runs.
+    retention_sweep_interval: float = 300.0
+    #: Bytes one user's jobs and uploads may occupy on this peer (0 = no limit): a
+    #: submission or upload that would go over is refused (413) with the numbers.
+    user_quota_bytes: int = 50 * 1024 ** 3
+    #: Audit records of refused tokens and of probes of other users' jobs per source
+    #: address and minute; the rest are counted in one summary record.
+    audit_refusals_per_minute: int = 10
     #: Largest file the in-file search ("grep") will read, and most matches.
     grep_max_file_bytes: int = 16 * 1024 * 1024
     grep_max_matches: int = 1000

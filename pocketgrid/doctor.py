@@ -2,8 +2,11 @@
 
 Each check gives OK, WARN or FAIL with a one-line fix; the exit status is 0 (all OK),
 1 (warnings) or 2 (failures).  Reads the same configuration as ``pocketgrid serve``.
-Checks so far: host certificate (present, chain to the CA, expiry), key file mode and owner,
-state directory (exists, owner, mode, free space), the port, and job isolation (bubblewrap).
+Checks: host certificate (present, chain to the CA, expiry), key file mode and owner,
+state directory (exists, owner, mode, free space), the port, clock skew against the broker and the
+other members (tokens, login challenges and delegations live 60 s to hours, checked against each
+peer's own clock), the HTCondor schedd and the account jobs would run as (Condor: the peer's own
+account, never root; local: ``job_user`` in bubblewrap), and job isolation.
 """
 from __future__ import annotations
 
@@ -14,8 +17,13 @@ import pwd
 import shutil
 import socket
 import stat
+import time
 from dataclasses import asdict, dataclass
+from email.utils import parsedate_to_datetime
 from pathlib import Path
+from typing import Any, Callable
+
+import requests
 
 from . import pki
 from .config import PeerConfig
@@ -23,6 +31,13 @@ from .config import PeerConfig
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 EXPIRY_WARNING = dt.timedelta(days=30)
 MIN_FREE_BYTES = 1024 ** 3
+#: Clock skew against another peer: a warning beyond this many seconds, a failure beyond the next
+#: (login challenges and delegations live 60 s: half of that is lost to a clock that far off).
+SKEW_WARNING = 5.0
+SKEW_FAILURE = 30.0
+#: How long doctor waits for a peer's /healthz, and for the schedd.
+HTTP_TIMEOUT = 5.0
+SCHEDD_TIMEOUT = 5.0
 
 
 @dataclass
@@ -116,19 +131,128 @@ def check_port(config: PeerConfig) -> Check:
     return Check("port", OK, f"{config.host}:{config.port} is free")
 
 
-def check_isolation(config: PeerConfig) -> Check:
-    if config.executor != "local" and shutil.which("condor_q"):
-        return Check("jobs", OK, "HTCondor tools found: under Condor, jobs run as its owner or slot users")
-    if shutil.which("bwrap"):
-        return Check("jobs", OK, "bubblewrap found: local jobs run sandboxed")
-    if os.geteuid() == 0:
-        return Check("jobs", WARN, f"no bubblewrap: local jobs run as {config.job_user} without a sandbox",
-                     "apt-get install bubblewrap")
-    return Check("jobs", WARN if config.allow_unisolated_jobs else FAIL, "no bubblewrap and not root: "
-                 "local jobs cannot be isolated", "apt-get install bubblewrap")
+def _http(config: PeerConfig) -> requests.Session:
+    from .http import Session
+
+    if config.insecure_http:
+        return Session()
+    return Session(verify=config.tls_ca, cert=(config.tls_cert, config.tls_key))  # the peer's own mutual TLS
 
 
-def run_checks(config: PeerConfig) -> list[Check]:
+def _clock_targets(config: PeerConfig, http: requests.Session) -> tuple[list[dict[str, str]], str]:
+    """The other members (the broker first) as this peer knows them, else the join URLs; and where from."""
+    try:
+        view = http.get(f"{config.url}/api/v1/broker", timeout=HTTP_TIMEOUT).json()
+        broker = (view.get("broker") or {}).get("name")
+        members = [m for m in view.get("members", []) if m.get("name") != config.name and m.get("url")]
+        members.sort(key=lambda m: m["name"] != broker)
+        if members or broker == config.name:
+            return members, f"the members {config.name} knows"
+    except (requests.RequestException, ValueError, AttributeError):
+        pass  # the peer is not running (doctor before the first start): its configuration says whom it joins
+    return [{"name": url, "url": url} for url in config.join], "join"
+
+
+def measure_skew(http: requests.Session, url: str, clock: Callable[[], float] = time.time) -> tuple[float, float]:
+    """(their clock - ours, uncertainty) in seconds, from one ``/healthz``: its ``time`` field, else its Date header."""
+    before = clock()
+    r = http.get(f"{url.rstrip('/')}/healthz", timeout=HTTP_TIMEOUT)
+    after = clock()
+    half_trip = (after - before) / 2
+    theirs: Any = None
+    try:
+        theirs = r.json().get("time")
+    except (ValueError, AttributeError):
+        pass
+    if isinstance(theirs, (int, float)):
+        return theirs - (before + half_trip), half_trip
+    date = r.headers.get("Date")
+    if not date:
+        raise ValueError("its answer has neither a time field nor a Date header")
+    return parsedate_to_datetime(date).timestamp() + 0.5 - (before + half_trip), half_trip + 0.5  # Date: whole seconds
+
+
+def check_clock(config: PeerConfig, clock: Callable[[], float] = time.time) -> list[Check]:
+    """Clock skew against the broker and the other members (or the peers to join, before the first start)."""
+    http = _http(config)
+    targets, source = _clock_targets(config, http)
+    if not targets:
+        return [Check("clock", OK, f"not compared: {config.name} is the only peer it knows (no members, no join)")]
+    out = []
+    for target in targets:
+        try:
+            skew, error = measure_skew(http, target["url"], clock)
+        except (requests.RequestException, ValueError, TypeError) as exc:
+            out.append(Check("clock", WARN, f"could not ask {target['name']} for its time ({type(exc).__name__}: "
+                             f"{str(exc)[:120]})", f"check that {target['url']} is up and reachable from here"))
+            continue
+        off = abs(skew) - error  # at least this far off
+        way = "ahead of" if skew > 0 else "behind"
+        detail = f"{target['name']}'s clock is {abs(skew):.1f} s {way} this host's (±{error:.2f} s; {source})"
+        fix = ("synchronise both clocks (chrony or systemd-timesyncd: `timedatectl set-ntp true`): tokens, login "
+               "challenges and 60-second delegations are checked against each peer's own clock")
+        if off > SKEW_FAILURE:
+            out.append(Check("clock", FAIL, detail, fix))
+        elif off > SKEW_WARNING:
+            out.append(Check("clock", WARN, detail, fix))
+        else:
+            out.append(Check("clock", OK, detail))
+    return out
+
+
+def check_jobs(config: PeerConfig) -> list[Check]:
+    """The HTCondor schedd (condor/auto), the account jobs run as, and the local sandbox when jobs run here."""
+    from peer.executors.condor import probe_schedd, running_as_root
+    from peer.executors.sandbox import SandboxSettings, probe
+
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    out: list[Check] = []
+    local = config.executor == "local"
+    if config.executor in ("condor", "auto"):
+        if running_as_root():
+            if config.executor == "condor":
+                out.append(Check("job account", FAIL, "the peer would run as root, and the HTCondor schedd never "
+                                 "lets root own jobs (executor = condor refuses to start)",
+                                 "run the peer as its service account (systemd: User=pocketgrid; or "
+                                 "sudo -u pocketgrid pocketgrid serve ...)"))
+                return out
+            out.append(Check("schedd", OK, "not tried: as root, executor auto uses the local executor"))
+            local = True
+        else:
+            schedd = probe_schedd(SCHEDD_TIMEOUT)
+            if schedd.ok:
+                out.append(Check("schedd", OK, schedd.describe()))
+                out.append(Check("job account", OK, f"jobs are submitted to HTCondor as {me}, who owns them (on the "
+                                 "execute nodes they run as that owner or as slot users, as the pool says)"))
+            elif config.executor == "condor":
+                out.append(Check("schedd", FAIL, schedd.describe(),
+                                 "start the schedd (systemctl start condor), or point CONDOR_CONFIG / "
+                                 "_CONDOR_SCHEDD_HOST at it, and check that this account may submit; or executor = "
+                                 "local"))
+            else:
+                out.append(Check("schedd", OK, f"{schedd.describe()}: executor auto uses the local executor"))
+                local = True
+    if local:
+        iso, error = probe(SandboxSettings(job_user=config.job_user, network=config.job_network,
+                                           allow_unisolated=config.allow_unisolated_jobs))
+        if iso.refusal:
+            fix = ("apt-get install bubblewrap" if shutil.which("bwrap") is None else
+                   f"let bubblewrap create namespaces here ({error[:160] or 'it failed'}); "
+                   "e.g. sysctl kernel.unprivileged_userns_clone=1, or run the peer where it can")
+            if os.geteuid() == 0 and iso.uid is None and "job account" in iso.refusal:
+                fix = (f"create the account: useradd --system --no-create-home --shell /usr/sbin/nologin "
+                       f"{config.job_user}; or set job_user to an unprivileged account")
+            out.append(Check("job isolation", FAIL, iso.refusal, fix))
+        elif iso.isolated:
+            who = f"as {iso.user}" if iso.user else f"as {me} (the peer's account)"
+            out.append(Check("job isolation", OK, f"local jobs run {who}: {iso.describe()}"))
+        else:
+            out.append(Check("job isolation", WARN, iso.describe(),
+                             "apt-get install bubblewrap, then drop allow_unisolated_jobs"))
+    return out
+
+
+def run_checks(config: PeerConfig, clock: Callable[[], float] = time.time) -> list[Check]:
     checks: list[Check] = []
     if not config.insecure_http:
         try:
@@ -138,7 +262,9 @@ def run_checks(config: PeerConfig) -> list[Check]:
             checks.append(Check("certificate", FAIL, str(exc), "give --pki DIR or tls_cert/tls_key/tls_ca"))
     checks += check_state_dir(config)
     checks.append(check_port(config))
-    checks.append(check_isolation(config))
+    if not any(c.name == "certificate" and c.status == FAIL for c in checks):  # no TLS: no peer can be asked
+        checks += check_clock(config, clock)
+    checks += check_jobs(config)
     return checks
 
 

@@ -4,8 +4,11 @@ Text by default, JSON lines with ``fmt="json"``; stderr, or a file rotated by
 size (``RotatingFileHandler``: rotation needs no outside tool; an operator
 who prefers logrotate sets ``max_bytes=0``, which turns rotation off, and
 then a ``WatchedFileHandler`` reopens the file after logrotate moves it).
-A ``request_id`` attribute on a record (set by the peer's request-ID filter)
-is printed when present.  Needs no server package, so the agent can use it.
+A ``request_id`` attribute on a record is printed when present: the
+handler's :class:`RequestIdFilter` takes it from :data:`request_id_var`, which
+the peer sets for the request a thread is serving (peer/request_ids.py), so
+every line logged while serving a request carries that request's ID.  Needs no
+server package, so the agent can use it.
 """
 from __future__ import annotations
 
@@ -13,10 +16,25 @@ import json
 import logging
 import logging.handlers
 import sys
+from contextvars import ContextVar
 from datetime import datetime, timezone
 from typing import Any
 
 FORMATS = ("text", "json")
+
+#: The ID of the request the current thread is serving (None outside requests).
+request_id_var: ContextVar[str | None] = ContextVar("pocketgrid_request_id", default=None)
+
+
+class RequestIdFilter(logging.Filter):
+    """Gives each record the current request's ID (``request_id``), unless it already has one."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "request_id", None) is None:
+            request_id = request_id_var.get()
+            if request_id:
+                record.request_id = request_id
+        return True
 
 
 class JsonLinesFormatter(logging.Formatter):
@@ -77,6 +95,7 @@ def configure_logging(level: str | int = "INFO", fmt: str = "text", file: str | 
     """Replace the root logger's handlers with one handler; gunicorn's loggers go through it too."""
     handler = make_handler(file, max_bytes, backups)
     handler.setFormatter(make_formatter(fmt, name))
+    handler.addFilter(RequestIdFilter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
@@ -101,13 +120,15 @@ def _configured_handler() -> logging.Handler:
 
 
 def gunicorn_logconfig_dict(level: str = "INFO") -> dict[str, Any]:
-    """A gunicorn ``logconfig_dict``: root, gunicorn.error and gunicorn.access all use configure_logging's handler.
+    """A gunicorn ``logconfig_dict``: root and gunicorn.error use configure_logging's handler; gunicorn.access is off.
 
     gunicorn merges this over its own defaults and calls ``logging.config.dictConfig``;
     the handler entry is a factory returning the handler already configured, so
     nothing is reopened and the format and file stay the same.
     """
     lvl = level.upper()
+    # gunicorn's own access log is off: it would write each request line with its query string (a pairing
+    # code, a token) and no request ID; the peer writes its own (peer/access_log.py).
     return {
         "version": 1,
         "disable_existing_loggers": False,
@@ -116,6 +137,6 @@ def gunicorn_logconfig_dict(level: str = "INFO") -> dict[str, Any]:
         "root": {"level": lvl, "handlers": ["pocketgrid"]},
         "loggers": {
             "gunicorn.error": {"level": lvl, "handlers": [], "propagate": True, "qualname": "gunicorn.error"},
-            "gunicorn.access": {"level": lvl, "handlers": [], "propagate": True, "qualname": "gunicorn.access"},
+            "gunicorn.access": {"level": "CRITICAL", "handlers": [], "propagate": False, "qualname": "gunicorn.access"},
         },
     }

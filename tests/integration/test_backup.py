@@ -18,6 +18,7 @@ import pytest
 import sqlalchemy as sa
 
 from mobile_client import Client
+from peer.migrations.runner import head
 from pocketgrid import backup
 from tests.conftest import ROOT, PeerProcess, secure_args, start_secure, wait_until
 from tests.integration.populated_site import assert_same_site, populate, submit
@@ -77,7 +78,7 @@ def test_backup_of_a_running_peer_restores_into_a_new_state_directory(site_pki, 
         stop.set()
         thread.join(60)
         assert r.returncode == 0, r.stderr
-        assert "SQLite snapshot (0001_baseline)" in r.stdout
+        assert f"SQLite snapshot ({head()})" in r.stdout
         print(r.stdout, r.stderr, f"{len(submitted)} jobs submitted around the backup", sep="\n")
         later = submit(writer, "after-the-backup", ["b.txt"])
     finally:
@@ -150,7 +151,7 @@ def test_postgresql_backup_is_pg_dump_plus_the_files(site_pki, tmp_path, pg_data
     with tarfile.open(archive) as tar:
         names = tar.getnames()
     assert backup.DB_NAME not in names and any(n.startswith("stage/") for n in names)
-    assert backup.read_manifest(archive)["schema_revision"] == "0001_baseline"
+    assert backup.read_manifest(archive)["schema_revision"] == head()
 
     new_url = pg_database()
     subprocess.run([pg_restore, "--no-owner", "--dbname", new_url.replace("postgresql+psycopg://", "postgresql://"),
