@@ -53,8 +53,11 @@ Running it (see compose/README.md)
 * Jobs run as that account and read/write their ``initialdir`` (the input's
   staging directory) through the shadow: the state directory must belong to
   (or be writable by) it, or the jobs go on hold with "Permission denied".
-* Keep the state directory off ``/tmp``: HTCondor services often run with a
-  private ``/tmp``.
+* Keep the state directory out of ``/tmp`` and ``/var/tmp``: HTCondor gives
+  every job a private, empty ``/tmp`` and ``/var/tmp`` (``MOUNT_UNDER_SCRATCH``),
+  even on this host, so a job that names its input directory by absolute path
+  (``$(proc_dir)``) would find nothing there; the peer warns at start
+  (:func:`scratch_mount_warning`).
 * Which schedd: HTCondor's own configuration (``CONDOR_CONFIG``, or
   ``_CONDOR_SCHEDD_HOST``/``_CONDOR_SCHEDD_NAME`` in the environment), exactly
   as for ``condor_q``.
@@ -269,6 +272,47 @@ def probe_schedd(timeout: float = 5.0, *, address: str | None = None, keep_clien
     elif address is None:
         reasons.append("condor_q is not on PATH")
     return ScheddProbe(False, reason="; ".join(reasons), seconds=time.monotonic() - started)
+
+
+def _mount_under_scratch() -> str | None:
+    """HTCondor's ``MOUNT_UNDER_SCRATCH`` as this host's configuration sets it (a local read, no daemon)."""
+    try:
+        import htcondor2
+
+        return htcondor2.param.get("MOUNT_UNDER_SCRATCH")
+    except Exception:  # noqa: BLE001 - no bindings or no configuration: assume HTCondor's default
+        return None
+
+
+#: HTCondor's default ``MOUNT_UNDER_SCRATCH``.
+DEFAULT_MOUNT_UNDER_SCRATCH = "/tmp,/var/tmp"
+
+
+def scratch_mount_warning(stage_root: str, mount_under_scratch: str | None) -> str | None:
+    """What is wrong with staging under a directory HTCondor mounts privately for every job, or None.
+
+    The execute side gives each job its own, empty ``/tmp`` and ``/var/tmp``
+    (``MOUNT_UNDER_SCRATCH``, default ``/tmp,/var/tmp``), even on the submit
+    host itself.  With file transfer (pocketgrid forces it) the job's input
+    and executable still reach it, but a job that names its input directory
+    by absolute path (``$(proc_dir)``, or a path it was told) finds an empty
+    private directory there instead of its files.
+    """
+    value = (mount_under_scratch if mount_under_scratch is not None else DEFAULT_MOUNT_UNDER_SCRATCH).strip()
+    if len(value) >= 2 and value[0] == value[-1] == '"':  # the configuration gives it as a ClassAd string
+        value = value[1:-1]
+    root = os.path.normpath(stage_root)
+    for mount in (m.strip() for m in value.split(",")):
+        mount = os.path.normpath(mount) if mount else ""
+        if mount and (root == mount or root.startswith(mount.rstrip("/") + "/")):
+            return (
+                f"the staging directory {root} is under {mount}, which HTCondor mounts privately for every job "
+                f"(MOUNT_UNDER_SCRATCH = {value}): a job that refers to its input directory by absolute path "
+                "(e.g. $(proc_dir)) sees an empty private directory there, even on this host, instead of its "
+                "files (file transfer still brings it the input and the executable); put the state directory "
+                "elsewhere, e.g. /var/lib/pocketgrid"
+            )
+    return None
 
 
 ROOT_REFUSAL = (
@@ -673,9 +717,9 @@ class CondorExecutor(Executor):
 
     def _check_stage_root(self) -> None:
         root = str(self.stage_root.resolve())
-        if root == "/tmp" or root.startswith("/tmp/") or root.startswith("/var/tmp/"):
-            log.warning("the staging directory %s is under /tmp: HTCondor daemons often run with a private /tmp "
-                        "and would not see it; use a state directory elsewhere in production", root)
+        warning = scratch_mount_warning(root, _mount_under_scratch())
+        if warning:
+            log.warning("%s", warning)
         try:
             st = self.stage_root.stat()
             if hasattr(os, "geteuid") and st.st_uid != os.geteuid():

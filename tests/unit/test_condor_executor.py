@@ -354,3 +354,41 @@ def test_a_peer_whose_schedd_is_gone_answers_503_and_records_nothing(db: Databas
         assert ex.describe()["last_error"]
     finally:
         ex.stop()
+
+
+# ---- where the staging directory is (issue 13, item 12) -------------------------------
+
+
+def test_staging_under_a_job_private_scratch_mount_names_the_real_risk() -> None:
+    from peer.executors.condor import scratch_mount_warning
+
+    said = scratch_mount_warning("/var/tmp/pocketgrid/stage", '"/tmp,/var/tmp"')  # as htcondor2.param gives it
+    assert said is not None
+    assert "under /var/tmp" in said and "is under /tmp" not in said
+    assert "MOUNT_UNDER_SCRATCH" in said and "private" in said and "$(proc_dir)" in said
+    assert scratch_mount_warning("/tmp/x/stage", None) is not None  # HTCondor's default when unset
+    assert scratch_mount_warning("/var/lib/pocketgrid/stage", '"/tmp,/var/tmp"') is None
+    assert scratch_mount_warning("/var/tmpfoo/stage", "/tmp,/var/tmp") is None  # a prefix is not a parent
+    # a site that mounts something else privately: that is what counts, not /tmp as such
+    assert scratch_mount_warning("/tmp/pg/stage", "/scratch") is None
+    assert "under /scratch" in scratch_mount_warning("/scratch/pg/stage", "/scratch")
+
+
+def test_the_warning_follows_the_sites_htcondor_configuration(db: Database, tmp_path: Path, caplog) -> None:
+    from tests.conftest import condor_environment, refused_address, write_condor_config
+
+    private = tmp_path / "private-scratch"
+    stage = private / "stage"
+    stage.mkdir(parents=True)
+    with refused_address() as address:
+        config = write_condor_config(tmp_path / "cfg", address)
+        config.write_text(config.read_text() + f"MOUNT_UNDER_SCRATCH = {private}\n")
+        with condor_environment({"CONDOR_CONFIG": str(config)}):
+            ex = CondorExecutor(db, stage, peer_name="site-a", probe=ScheddProbe(True, "bindings"))
+            try:
+                with caplog.at_level("WARNING", logger="peer.executors.condor"):
+                    ex._check_stage_root()
+            finally:
+                ex.stop()
+    assert any(f"under {private}" in r.getMessage() and "MOUNT_UNDER_SCRATCH" in r.getMessage()
+               for r in caplog.records)
