@@ -235,6 +235,19 @@ def _report_placement_failure(services: "PeerServices", peer: str) -> None:
         log.info("could not report the failed forward to %s to the broker: %s", peer, exc)
 
 
+def _job_rows(db: Database):
+    """``ids -> the ones that have a job row`` (for the start-up sweep of orphaned staging directories)."""
+    from sqlalchemy import select
+
+    from .models import Job
+
+    def known(ids: list[str]) -> set[str]:
+        with db.sessions() as s:
+            return set(s.scalars(select(Job.id).where(Job.id.in_(ids))))
+
+    return known
+
+
 def _http_session(config: PeerConfig) -> requests.Session:
     """Peer-to-peer HTTP: verifies peers against the site CA and presents our host certificate."""
     pool = config.threads
@@ -262,6 +275,7 @@ def build_services(config: PeerConfig) -> PeerServices:
     digests = DigestCache(db)
     stager = Stager(config.stage_path, http=http, chunk_bytes=config.transfer_chunk_bytes)
     stager.sweep_incomplete()
+    stager.sweep_orphans(_job_rows(db), peer_name=config.name)  # before any request: nothing is committing
     executor = choose_executor(
         config.executor,
         db,

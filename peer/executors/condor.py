@@ -26,8 +26,8 @@ database transaction, then commits, then calls :meth:`committed`.
    and every ``reconcile_interval`` seconds the executor asks the schedd for
    such clusters of this peer (``PocketgridPeer``) and releases those whose
    rows exist (``PocketgridJob`` + cluster) or removes those whose do not
-   (rolled back, or a submission whose answer was lost).  Clusters still in
-   flight in this process are skipped.
+   (rolled back, or a submission whose answer was lost), with whatever was
+   staged for them.  Clusters still in flight in this process are skipped.
 
 Each proc carries ``PocketgridJob``, ``PocketgridPeer`` and
 ``PocketgridIndex`` in its job ad (the user's own ``+Pocketgrid*`` and
@@ -83,7 +83,7 @@ from pocketgrid.errors import BadGateway, Unavailable
 
 from ..db import Database
 from ..models import Job, Proc
-from ..staging import StagedJob
+from ..staging import StagedJob, remove_orphan
 from ..proc_stderr import record_names
 from ..submit_description import CondorSubmission, ParsedSubmit, condor_submission
 from . import condor_cli
@@ -701,8 +701,13 @@ class CondorExecutor(Executor):
             else:
                 log.info("reconcile: cluster %d (job %s) has no job row here; removing it", cluster, job_id)
                 self._remove_cluster(job_id, cluster, "pocketgrid: submission was not recorded")
+                remove_orphan(self.stage_root, job_id, self._has_row)  # and what was staged for it
                 done["removed"] += 1
         return done
+
+    def _has_row(self, job_id: str) -> bool:
+        with self.db.sessions() as s:
+            return s.get(Job, job_id) is not None
 
     # ---- life cycle ----------------------------------------------------------
     def start(self) -> None:

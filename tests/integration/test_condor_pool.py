@@ -178,6 +178,28 @@ def test_hold_reason_is_surfaced_and_kill_removes_the_cluster(condor_peer):
     assert client.kill(held["id"])["removed_procs"] == 0  # nothing left to remove
 
 
+@pytest.mark.condor
+def test_restart_removes_an_unrecorded_cluster_and_its_staging(condor_peer):
+    """A crash after the cluster was submitted on hold and before the job's row was committed: at start-up
+    the peer removes the cluster (no row) and the staging directory made for it."""
+    import htcondor2
+
+    job_id = f"{condor_peer.name}.{uuid.uuid4().hex[:16]}"
+    proc_dir = condor_peer.state / "stage" / job_id / "0"
+    proc_dir.mkdir(parents=True)
+    (proc_dir / "in.txt").write_text("1\n")
+    with host_condor():
+        sub = htcondor2.Submit({"executable": "/bin/true", "hold": "true", "initialdir": str(proc_dir),
+                                "log": str(proc_dir.parent / "job.log"), "MY.PocketgridJob": f'"{job_id}"',
+                                "MY.PocketgridPeer": f'"{condor_peer.name}"'})
+        cluster = htcondor2.Schedd().submit(sub).cluster()
+    condor_peer.stop()
+    condor_peer.start()
+    wait_until(lambda: all(j["JobStatus"] == 3 for j in _schedd_jobs(cluster)), timeout=TIMEOUT, interval=1,
+               what=f"the unrecorded cluster {cluster} to be removed")
+    assert not (condor_peer.state / "stage" / job_id).exists()
+
+
 # ---------------------------------------------------------------------------
 # No schedd needed
 # ---------------------------------------------------------------------------

@@ -392,3 +392,29 @@ def test_the_warning_follows_the_sites_htcondor_configuration(db: Database, tmp_
                 ex.stop()
     assert any(f"under {private}" in r.getMessage() and "MOUNT_UNDER_SCRATCH" in r.getMessage()
                for r in caplog.records)
+
+
+# ---- staging left without a job row (issue 13, item 10) --------------------------------
+
+
+def test_orphaned_staging_is_swept_only_when_it_has_no_row(db: Database, tmp_path: Path) -> None:
+    from peer.staging import remove_orphan
+    from peer.app import _job_rows
+
+    stager = Stager(tmp_path / "stage", http=requests.Session())
+    with db.session() as s:
+        s.add(_job("site-a.00aa"))
+    ids = ["site-a.00aa"] + [f"site-a.{i:04x}" for i in range(1, 1200)]  # more than one batch of lookups
+    for job_id in ids + ["site-b.00bb", "site-a.not-hex"]:
+        (stager.root / job_id).mkdir()
+    (stager.root / "site-a.00cc").write_text("a file, not a job")
+    removed = stager.sweep_orphans(_job_rows(db), peer_name="site-a")
+    assert removed == len(ids) - 1
+    left = sorted(p.name for p in stager.root.iterdir())
+    assert left == ["site-a.00aa", "site-a.00cc", "site-a.not-hex", "site-b.00bb"]
+    # the reconciliation's one-job form: a row keeps it, no row removes it, odd names are refused
+    assert remove_orphan(stager.root, "site-a.00aa", lambda j: True) is False
+    assert remove_orphan(stager.root, "../stage", lambda j: False) is False
+    (stager.root / "site-a.0dd0").mkdir()
+    assert remove_orphan(stager.root, "site-a.0dd0", lambda j: False) is True
+    assert not (stager.root / "site-a.0dd0").exists() and (stager.root / "site-a.00aa").exists()
