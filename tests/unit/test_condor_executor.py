@@ -404,7 +404,7 @@ def test_orphaned_staging_is_swept_only_when_it_has_no_row(db: Database, tmp_pat
     stager = Stager(tmp_path / "stage", http=requests.Session())
     with db.session() as s:
         s.add(_job("site-a.00aa"))
-    ids = ["site-a.00aa"] + [f"site-a.{i:04x}" for i in range(1, 1200)]  # more than one batch of lookups
+    ids = ["site-a.00aa"] + [f"site-a.{i:05x}" for i in range(0x10000, 0x10000 + 1200)]  # more than one batch of lookups
     for job_id in ids + ["site-b.00bb", "site-a.not-hex"]:
         (stager.root / job_id).mkdir()
     (stager.root / "site-a.00cc").write_text("a file, not a job")
