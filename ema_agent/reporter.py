@@ -174,6 +174,7 @@ class Reporter:
         self.last_report: dict[str, Any] | None = None
         """The latest report built (only the latest: nothing is queued)."""
         self._outage_since: float | None = None
+        self._figures_kind: str | None = None  # "pool" or "host": what the last report carried (logged on change)
 
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -263,13 +264,33 @@ class Reporter:
         report its pool figures, not the report itself.
         """
         if self.pool_source is None:
+            self._say_figures(None, "no pool figures asked for (no Condor executor here, or --no-pool)")
             return None
         try:
             pool = self.pool_source()
         except Exception as exc:  # a plug-in: whatever it raises, the host report still goes out
-            log.debug("pool figures unavailable: %s", exc)
+            self._say_figures(None, f"the pool source failed: {type(exc).__name__}: {exc}")
             return None
-        return pool if isinstance(pool, Mapping) else None
+        if not isinstance(pool, Mapping):
+            self._say_figures(None, getattr(self.pool_source, "last_reason", None) or "no pool answered")
+            return None
+        self._say_figures(pool, None)
+        return pool
+
+    def _say_figures(self, pool: Mapping[str, Any] | None, reason: str | None) -> None:
+        """Log which figures the reports carry, at start and whenever that changes (not every report)."""
+        kind = "pool" if pool is not None else "host"
+        if kind == self._figures_kind:
+            return
+        self._figures_kind = kind
+        if pool is not None:
+            log.info(
+                "%s: reporting pool figures from collector %s: %s slots (%s claimed, %s idle), %s idle jobs",
+                self.peer_name, pool.get("collector", "?"), pool.get("total_slots", "?"), pool.get("claimed_slots", "?"),
+                pool.get("idle_slots", "?"), pool.get("idle_jobs", "?"),
+            )
+        else:
+            log.info("%s: reporting host figures only (this host's CPU, memory and load): %s", self.peer_name, reason)
 
     def report_once(self) -> bool:
         """Sample, compute and deliver one report. True if the broker accepted it.

@@ -200,6 +200,24 @@ def test_restart_removes_an_unrecorded_cluster_and_its_staging(condor_peer):
     assert not (condor_peer.state / "stage" / job_id).exists()
 
 
+@pytest.mark.condor
+def test_standalone_agent_reports_the_pools_figures(condor_peer, tmp_path):
+    """A Condor site run as docs/operations.md suggests (peer with --no-agent, `pocketgrid agent` on the head
+    node): the agent finds the collector in HTCondor's configuration and the broker places on the pool."""
+    with host_condor():
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    log = tmp_path / "agent.log"
+    out = subprocess.run([sys.executable, "-m", "pocketgrid.cli", "agent", "--peer", condor_peer.url, "--name",
+                          condor_peer.name, "--once", "--log-file", str(log)], env=env, cwd=ROOT, timeout=120,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr + (log.read_text() if log.exists() else "")
+    load = requests.get(f"{condor_peer.url}/api/v1/broker", timeout=10).json()["load"]
+    row = next(r for r in load if r["peer"] == condor_peer.name)
+    assert row["pool"] and row["pool"]["total_slots"] >= 1, row
+    assert row["slots"] == row["pool"]["total_slots"]  # placement counts the pool's slots, not the head node's cores
+    assert "reporting pool figures from collector" in log.read_text()
+
+
 # ---------------------------------------------------------------------------
 # No schedd needed
 # ---------------------------------------------------------------------------

@@ -517,3 +517,41 @@ def test_cli_once_fails_cleanly_and_rejects_bad_config() -> None:
     assert cli.run(_args("--peer", "not a url", "--name", "x")) == 2
     with pytest.raises(SystemExit):
         _args("--name", "x")  # --peer is required
+
+
+def test_the_log_says_which_figures_the_reports_carry(brokers, caplog: pytest.LogCaptureFixture) -> None:
+    """Once when the agent starts sending them and once at each change, not at every report."""
+    broker = brokers("head")
+    figures = {"total_slots": 4, "claimed_slots": 0, "idle_slots": 4, "idle_jobs": 0, "collector": "cm.example.org"}
+
+    class Source:
+        last_reason: str | None = None
+        answer: dict | None = figures
+
+        def __call__(self):
+            self.last_reason = None if self.answer else "the collector cm.example.org did not answer: refused"
+            return self.answer
+
+    source = Source()
+    reporter = reporter_for(broker.url, pool_source=source)
+    with caplog.at_level(logging.INFO, logger="ema_agent.reporter"):
+        for answer in (figures, figures, None, None, figures):
+            source.answer = answer
+            assert reporter.report_once()
+    said = [r.getMessage() for r in caplog.records if "figures" in r.getMessage()]
+    assert len(said) == 3, said
+    assert "pool figures from collector cm.example.org: 4 slots (0 claimed, 4 idle)" in said[0]
+    assert "host figures only" in said[1] and "cm.example.org did not answer" in said[1]
+    assert "pool figures" in said[2]
+    assert [r["pool"] is not None for r in broker.reports] == [True, True, False, False, True]
+
+
+def test_cli_builds_a_pool_source_unless_told_not_to() -> None:
+    from ema_agent.pool import PoolSource
+
+    base = ("--peer", "http://127.0.0.1:1", "--name", "x")
+    source = cli._pool_source(_args(*base))
+    assert isinstance(source, PoolSource) and source.collector is None  # HTCondor's configuration decides
+    assert cli._pool_source(_args(*base, "--collector", "cm.example.org:9618")).collector == "cm.example.org:9618"
+    assert cli._pool_source(_args(*base, "--no-pool")) is None
+    assert cli.run(_args(*base, "--no-pool", "--collector", "cm")) == 2  # contradictory: a configuration error
