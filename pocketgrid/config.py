@@ -89,8 +89,9 @@ class PeerConfig:
     #: Placement policy name: least-expected-load, min-coefficient, round-robin
     #: or random (see broker/placement.py).
     placement_policy: str = "least-expected-load"
-    #: Peers heartbeat the broker this often; after ``heartbeat_misses``
-    #: failures in a row (retried every interval/misses) they elect a new one.
+    #: Peers heartbeat the broker this often; when none has been answered for
+    #: ``heartbeat_misses`` intervals (and that many failed in a row, retried
+    #: every interval/misses) they elect a new one.
     heartbeat_interval: float = 5.0
     heartbeat_misses: int = 3
     #: TOML file with this site's submit-file policy (table [policy]: allow_/forbid_
