@@ -111,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
             session=session,
             pool_source=_pool_source(args),
         )
+        reporter.site_source = _site_source(reporter)
     except ValueError as exc:
         log.error("invalid agent configuration: %s", exc)
         return 2
@@ -143,6 +144,19 @@ def _pool_source(args: argparse.Namespace):
     from .pool import make_pool_source
 
     return make_pool_source(args.timeout, collector=getattr(args, "collector", "") or None)
+
+
+def _site_source(reporter: Reporter):
+    """This site's held and unmatchable procs, as the peer's ``/healthz`` shows them (``executor.procs``):
+    the standalone agent reports them with its figures, as the agent inside the peer does."""
+
+    def source():
+        response = reporter.session.get(reporter.peer_url + "/healthz", timeout=reporter.timeout)
+        response.raise_for_status()
+        executor = (response.json() or {}).get("executor") or {}
+        return executor.get("procs")
+
+    return source
 
 
 def _tls_session(args: argparse.Namespace):

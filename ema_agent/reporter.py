@@ -23,7 +23,14 @@ Report schema (the broker side is written against it)::
     POST {broker_url}/api/v1/broker/reports
     {"peer": str, "url": str, "coefficient": float, "paper_coefficient": float,
      "metrics": HostMetrics.to_dict(), "pool": null | {...},
+     "site": null | {"held": int, "unmatchable": int, "idle": int},
      "sampled_at": float, "interval": float}
+
+``site``: this site's own procs that are not about to use a slot (held, or
+matched by no slot), from the peer's executor (``site_source``: the peer
+itself for the in-process agent, its ``/healthz`` for a standalone one); the
+broker's placement does not count them as load.  :meth:`Reporter.report_soon`
+sends the next report at once (the peer calls it when those counts change).
     -> 200 {"accepted": true, ...}
     -> 409 {"error": str, "broker": {"name": str, "url": str}}
 """
@@ -128,6 +135,7 @@ class Reporter:
         session: requests.Session | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         pool_source: PoolSource | None = None,
+        site_source: PoolSource | None = None,
         backoff_base: float = DEFAULT_BACKOFF_BASE,
         max_known_peers: int = DEFAULT_MAX_KNOWN_PEERS,
         rng: random.Random | None = None,
@@ -150,6 +158,7 @@ class Reporter:
         self.weights = weights or Weights()
         self.sampler = sampler or HostSampler()
         self.pool_source = pool_source
+        self.site_source = site_source
         self.backoff_base = float(backoff_base)
         self.max_known_peers = max(1, int(max_known_peers))
         self._rng = rng or random.Random()
@@ -177,6 +186,7 @@ class Reporter:
         self._figures_kind: str | None = None  # "pool" or "host": what the last report carried (logged on change)
 
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
     # -- peers and broker -----------------------------------------------------
@@ -253,6 +263,7 @@ class Reporter:
             "paper_coefficient": paper_coefficient(metrics, self.weights),
             "metrics": metrics.to_dict(),
             "pool": dict(pool) if pool is not None else None,
+            "site": self._site(),
             "sampled_at": metrics.sampled_at,
             "interval": self.interval,
         }
@@ -276,6 +287,23 @@ class Reporter:
             return None
         self._say_figures(pool, None)
         return pool
+
+    def _site(self) -> dict[str, int] | None:
+        """This site's held and unmatchable procs (None: unknown); a failing source costs only this field."""
+        if self.site_source is None:
+            return None
+        try:
+            site = self.site_source()
+        except Exception as exc:  # a plug-in: whatever it raises, the report still goes out
+            log.debug("site counts unavailable: %s", exc)
+            return None
+        if not isinstance(site, Mapping):
+            return None
+        return {k: int(v) for k, v in site.items() if k in ("held", "unmatchable", "idle") and isinstance(v, int)}
+
+    def report_soon(self) -> None:
+        """Send the next report now rather than at the end of the interval (thread-safe)."""
+        self._wake.set()
 
     def _say_figures(self, pool: Mapping[str, Any] | None, reason: str | None) -> None:
         """Log which figures the reports carry, at start and whenever that changes (not every report)."""
@@ -391,7 +419,9 @@ class Reporter:
                 delay = self.interval - (time.monotonic() - started)
             else:
                 delay = self.retry_delay()
-            if self._stop.wait(max(0.0, delay)):
+            self._wake.wait(max(0.0, delay))  # report_soon() and stop() cut the wait short
+            self._wake.clear()
+            if self._stop.is_set():
                 break
         log.info("EMA for %s stopped", self.peer_name)
 
@@ -400,6 +430,7 @@ class Reporter:
         if self._thread is not None and self._thread.is_alive():
             return self._thread
         self._stop.clear()
+        self._wake.clear()
         self._thread = threading.Thread(target=self.run_forever, name=f"ema-{self.peer_name}", daemon=True)
         self._thread.start()
         return self._thread
@@ -411,6 +442,7 @@ class Reporter:
         finishes first, bounded by the request timeout.
         """
         self._stop.set()
+        self._wake.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)

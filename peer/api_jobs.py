@@ -200,9 +200,14 @@ def kill(job_id: str):
     who = identity()
     svc = _svc()
     result = svc.jobs.kill(job_id, who.dn, is_admin=who.is_admin)
+    pending = result.get("removal")
     svc.security.audit.record("kill", dn=who.dn, source=who.source,
-                              detail=f"job {job_id}: {result.get('removed_procs', 0)} procs removed")
-    return jsonify(result)
+                              detail=f"job {job_id}: " + (f"removal {pending}" if pending else
+                                                          f"{result.get('removed_procs', 0)} procs removed"))
+    response = jsonify(result)
+    if pending:
+        response.status_code = 202  # accepted, carried out when the schedd answers (the job's status says so)
+    return response
 
 
 # ---- outputs --------------------------------------------------------------

@@ -108,8 +108,10 @@ class PeerServices:
                 interval=self.config.agent_interval,
                 weights=Weights.from_dict(self.config.agent_weights),
                 pool_source=pool_source,
+                site_source=self.executor.site_counts,  # held and unmatchable procs: not load
                 session=self.http,  # the peer's host certificate and CA: reports are mutual TLS
             )
+            self.executor.on_site_change = self.agent.report_soon  # those counts changed: report now
             self.agent.start_thread()
 
     def _join_urls(self) -> list[str]:

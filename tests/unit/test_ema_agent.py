@@ -335,13 +335,13 @@ def test_report_schema_over_real_http(brokers) -> None:
     assert reporter.report_once() is True
     assert broker.got_report.wait(WAIT)
     (report,) = broker.reports
-    assert set(report) == {"peer", "url", "coefficient", "paper_coefficient", "metrics", "pool",
+    assert set(report) == {"peer", "url", "coefficient", "paper_coefficient", "metrics", "pool", "site",
                            "sampled_at", "interval"}
     assert report["peer"] == "site-a" and report["url"] == broker.url
     assert report["coefficient"] == pytest.approx(load_coefficient(sample))
     assert report["paper_coefficient"] == pytest.approx(paper_coefficient(sample))
     assert report["metrics"] == sample.to_dict()
-    assert report["pool"] is None
+    assert report["pool"] is None and report["site"] is None
     assert report["sampled_at"] == sample.sampled_at
     assert report["interval"] == 7.5
     assert reporter.broker_url == broker.url and reporter.failures == 0
@@ -555,3 +555,26 @@ def test_cli_builds_a_pool_source_unless_told_not_to() -> None:
     assert cli._pool_source(_args(*base, "--collector", "cm.example.org:9618")).collector == "cm.example.org:9618"
     assert cli._pool_source(_args(*base, "--no-pool")) is None
     assert cli.run(_args(*base, "--no-pool", "--collector", "cm")) == 2  # contradictory: a configuration error
+
+
+def test_report_carries_the_sites_held_and_unmatchable_procs_and_goes_out_at_once_when_they_change(brokers) -> None:
+    broker = brokers("site-a")
+    site = {"held": 4, "unmatchable": 1, "idle": 1}
+    reporter = reporter_for(broker.url, interval=300.0, site_source=lambda: site)
+    reporter.start_thread()
+    try:
+        assert broker.got_report.wait(WAIT)
+        assert broker.reports[-1]["site"] == site
+        broker.got_report.clear()
+        site = {"held": 0, "unmatchable": 0, "idle": 0}
+        reporter.report_soon()  # the executor saw the counts change: no waiting 300 s
+        assert broker.got_report.wait(WAIT)
+        assert broker.reports[-1]["site"] == {"held": 0, "unmatchable": 0, "idle": 0}
+    finally:
+        reporter.stop(timeout=WAIT)
+
+    def broken():
+        raise ConnectionError("peer down")
+
+    reporter.site_source = broken
+    assert reporter.report_once() and broker.reports[-1]["site"] is None  # the report still goes out
