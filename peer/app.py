@@ -287,6 +287,8 @@ def build_services(config: PeerConfig) -> PeerServices:
         max_restarts=config.local_max_restarts,
         sandbox=SandboxSettings(job_user=config.job_user, network=config.job_network,
                                 allow_unisolated=config.allow_unisolated_jobs),
+        condor_options={"probe_interval": config.condor_probe_interval, "probe_timeout": config.condor_probe_timeout,
+                        "removal_timeout": config.condor_removal_timeout},
     )
     membership = Membership(db, name=config.name, url=config.url, http=http, timeout=config.peer_timeout)
     broker_role = None

@@ -899,7 +899,7 @@ class CondorExecutor(Executor):
                     self._refresh_matches()
             except Exception:  # keep the loop alive whatever one round hit
                 log.exception("schedd probe round failed")
-            if time.monotonic() - self._last_reconcile >= self.reconcile_interval:
+            if time.monotonic() - self._last_reconcile >= self.reconcile_interval and self.health.state != "unreachable":
                 self._last_reconcile = time.monotonic()
                 try:
                     self.reconcile()
