@@ -323,7 +323,15 @@ class LocalExecutor(Executor):
 
     def describe(self) -> dict[str, object]:
         return {"name": self.name, "slots": self.slots, "running": len(self._children) + len(self._adopted),
-                "isolation": self.isolation.describe(), "procs": self.site_counts()}
+                "isolation": self.isolation.describe(), "procs": self._site_counts_or_none()}
+
+    def _site_counts_or_none(self) -> dict[str, int] | None:
+        """For /healthz, which must answer whatever the database does."""
+        try:
+            return self.site_counts()
+        except Exception as exc:  # noqa: BLE001 - health says "unknown" rather than fail
+            log.debug("site counts unavailable: %s", exc)
+            return None
 
     # ---- recovery ---------------------------------------------------------
     def _recover(self) -> None:
