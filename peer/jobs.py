@@ -554,6 +554,12 @@ class JobService:
             row.status_version = (row.status_version or 0) + 1
             return row.status_version
 
+    def change_marker(self, job_id: str) -> tuple[int, int]:
+        """Changes whenever the job's status may have: its event log grew, or what the executor adds
+        to statuses (a pending removal, why idle procs wait) changed.  Long-polls and event streams
+        wait on this."""
+        return self.log_size(job_id), self.executor.annotation_stamp()
+
     def log_size(self, job_id: str) -> int:
         try:
             return os.stat(self.stager.job_root(job_id) / "job.log").st_size
