@@ -34,6 +34,21 @@ Each proc carries ``PocketgridJob``, ``PocketgridPeer`` and
 ``hold`` are dropped); kill and reconciliation match on them as well as on
 the cluster ID, so a reused cluster number can never hit another job.
 
+The schedd's health, this site's procs, why idle procs wait
+-------------------------------------------------------------
+A loop probes the schedd every ``probe_interval`` through a helper of its
+own (:meth:`CondorExecutor.probe_once`: this peer's idle and held procs, one
+projected query with a deadline): ``/healthz`` shows its verdict and never
+waits for it.  After a good probe it carries out kills remembered during an
+outage (:meth:`CondorExecutor.remove` answers at once with
+:class:`RemovalPending` when the schedd does not answer; they are kept in
+the settings table) and refreshes the match analysis of clusters with idle
+procs (the helper's ``analyze``: the first proc's job ad against the
+collector's slot ads, pocketgrid/matching.py), which the job's status shows
+(``match``) and the load report counts (``site_counts``: held and
+unmatchable procs are not load).  A new cluster is analysed at submit, while
+still held, to warn or refuse (submit policy ``unmatchable``).
+
 How the bindings are called
 ---------------------------
 ``htcondor2`` keeps the GIL while it waits for a daemon (measured: a schedd
@@ -647,7 +662,7 @@ class CondorExecutor(Executor):
             cluster, first, n = self._submit(table, built.itemdata, staged.meta_dir)
         except CondorUnreachable as exc:
             self.last_error = str(exc)
-            raise Unavailable(f"{self.peer_name}: the HTCondor schedd did not take the job: {exc}",
+            raise Unavailable(f"{self.peer_name}: the HTCondor schedd did not take the job: {_one_line(str(exc), 300)}",
                               retry_after=10) from None
         self.stats["submitted"] += 1
         try:
