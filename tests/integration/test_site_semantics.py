@@ -136,3 +136,19 @@ def test_commands_this_site_cannot_honour_are_refused_naming_the_key_and_who_wou
         said = refused.value.message
         assert key in said and "executor is condor" in said and "solo" in said, said
     assert Client(p.url).job_list()["jobs"] == []  # nothing was made
+
+
+def test_the_agent_tells_the_broker_at_once_when_procs_go_unmatchable_or_held(peers):
+    """The in-process agent reports every 300 s here: the broker learns of the site's unmatchable and held
+    procs from the report the peer sends as soon as they appear, and does not count them as load."""
+    p = peers("solo", extra=["--agent-interval", "300"])
+
+    def site() -> dict | None:
+        load = requests.get(f"{p.url}/api/v1/broker", timeout=5).json().get("load") or []
+        return next((r.get("site") for r in load if r["peer"] == "solo"), None)
+
+    wait_until(lambda: site() is not None, what="the agent's first report")
+    submit(p, "big", OK, "executable = job.sh\nrequest_memory = 99999999\nqueue\n")
+    wait_until(lambda: (site() or {}).get("unmatchable") == 1, what="a report with the unmatchable proc")
+    submit(p, "held", SLEEP, "executable = job.sh\nperiodic_hold = true\nqueue\n")
+    wait_until(lambda: (site() or {}).get("held") == 1, what="a report with the held proc")
