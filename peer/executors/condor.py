@@ -945,8 +945,10 @@ class CondorExecutor(Executor):
             was = self.health.state
             self.health = ScheddHealth("ok", time.time(), self.health.last_error, self.health.last_error_at)
             self._idle, self._held = idle, held
-            for cluster in [c for c in self._matches if c not in idle]:
-                del self._matches[cluster]  # no idle proc left there: nothing to explain
+            now = time.time()
+            for cluster in [c for c, (at, _) in self._matches.items()
+                            if c not in idle and now - at >= self.match_max_age]:
+                del self._matches[cluster]  # no idle proc left there (a new one, still held, is kept a while)
         if was == "unreachable":
             log.info("the schedd answers again")
         self._update_site()
