@@ -70,6 +70,10 @@ class PeerState:
     #: Procs probably queued on a host that reports no pool figures, which its
     #: report cannot show (see :func:`hidden_backlog`).
     backlog: float = 0.0
+    #: The peer's own procs that are not about to use a slot, as its report says: held, and idle
+    #: but matched by no slot (they stay idle).  Neither is load (see :func:`reported_busy`).
+    held: int = 0
+    unmatchable: int = 0
 
     def banned(self, now: float) -> bool:
         return self.banned_until is not None and now < self.banned_until
@@ -138,9 +142,10 @@ def peer_state_from_report(
     so the simulator's policies see exactly what the broker's would.
     """
     report = report or {}
-    metrics, pool = report.get("metrics"), report.get("pool")
+    metrics, pool, site = report.get("metrics"), report.get("pool"), report.get("site")
     metrics = metrics if isinstance(metrics, Mapping) else None  # junk from an agent is "not reported"
     pool = pool if isinstance(pool, Mapping) else None
+    site = site if isinstance(site, Mapping) else {}
     sampled_at = report.get("sampled_at")
     return PeerState(
         name=name,
@@ -156,6 +161,8 @@ def peer_state_from_report(
         banned_until=banned_until,
         bandwidth_in=dict(bandwidth_in or {}),
         backlog=backlog,
+        held=int(_positive(site.get("held"))),
+        unmatchable=int(_positive(site.get("unmatchable"))),
     )
 
 
@@ -166,7 +173,9 @@ def _reports_pool(peer: PeerState) -> bool:
 def reported_busy(peer: PeerState) -> float | None:
     """Procs running or queued on the peer as its report shows them.
 
-    Exact from pool figures (claimed slots + idle jobs).  For a host, the
+    Exact from pool figures (claimed slots + idle jobs, less this peer's own
+    idle procs that no slot matches: they wait forever, they will never take
+    a slot; held jobs are not idle jobs).  For a host, the
     busy share of its slots from its metrics: the larger of CPU use and
     load1 per core.  Without those metrics, inverted from the coefficient
     with ema_agent's default weights (a fully busy host scores about
@@ -177,7 +186,8 @@ def reported_busy(peer: PeerState) -> float | None:
     """
     if _reports_pool(peer):
         pool = peer.pool or {}
-        return _positive(pool.get("claimed_slots")) + _positive(pool.get("idle_jobs"))
+        waiting = max(0.0, _positive(pool.get("idle_jobs")) - peer.unmatchable)
+        return _positive(pool.get("claimed_slots")) + waiting
     if peer.coefficient is None:
         return None
     slots = peer.slots or 1
@@ -224,7 +234,9 @@ def hidden_backlog(previous: PeerState | None, new: PeerState, placed: int) -> f
     if previous is None or previous.coefficient is None:
         return 0.0
     free_before = max(0.0, slots - (reported_busy(previous) or 0.0) - previous.backlog)
-    return max(0.0, previous.backlog + placed - free_before)
+    # Procs that went on hold or match nothing here since the last report wait for no slot: not backlog.
+    stuck = max(0, (new.held + new.unmatchable) - (previous.held + previous.unmatchable))
+    return max(0.0, previous.backlog + max(0, placed - stuck) - free_before)
 
 
 def expected_occupancy(peer: PeerState) -> float | None:

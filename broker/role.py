@@ -82,6 +82,8 @@ class BrokerRole:
         #: Estimated procs queued on host-only peers (placement.hidden_backlog).
         #: Soft state in memory: a new broker starts from zero, as it does for in_flight.
         self._backlog: dict[str, float] = {}
+        #: Each peer's own procs that are not about to use a slot (the report's ``site``: held, unmatchable).
+        self._site: dict[str, dict[str, int]] = {}
 
     # ---- membership -------------------------------------------------------
     def register(self, name: str, url: str, cert: str | None = None) -> dict[str, Any]:
@@ -219,7 +221,7 @@ class BrokerRole:
                 s.add(row)
             else:
                 previous = peer_state_from_report(
-                    name, row.url, _report_of(row), now, backlog=self._backlog.get(name, 0.0)
+                    name, row.url, _report_of(row, self._site.get(name)), now, backlog=self._backlog.get(name, 0.0)
                 )
                 placed = row.in_flight or 0
             row.url = report["url"]
@@ -231,7 +233,9 @@ class BrokerRole:
             row.received_at = now
             row.interval = float(report.get("interval") or 15.0)
             row.in_flight = 0
-            current = peer_state_from_report(name, row.url, _report_of(row), now)
+            site = report.get("site")
+            self._site[name] = dict(site) if isinstance(site, dict) else {}
+            current = peer_state_from_report(name, row.url, _report_of(row, self._site[name]), now)
             self._backlog[name] = hidden_backlog(previous, current, placed)
             joined = s.get(Registration, name) is None
             if joined:
@@ -259,7 +263,7 @@ class BrokerRole:
                 peer_state_from_report(
                     name,
                     load.url if load else reg.url,
-                    _report_of(load) if load else None,
+                    _report_of(load, self._site.get(name)) if load else None,
                     now,
                     in_flight=load.in_flight if load else 0,
                     banned_until=bans.get(name),
@@ -293,6 +297,7 @@ class BrokerRole:
                         "report_age": round(now - r.sampled_at, 3),
                         "in_flight": r.in_flight,
                         "backlog": round(self._backlog.get(r.peer, 0.0), 3),
+                        "site": self._site.get(r.peer) or None,
                         "slots": state.slots if state else None,
                         "expected_occupancy": None if occupancy is None else round(occupancy, 3),
                         "ban": self._ban_view(health.get(r.peer), now),
@@ -404,12 +409,14 @@ class BrokerRole:
         return ranking
 
 
-def _report_of(row: LoadReport) -> dict[str, Any]:
-    """A stored report in the agent's report shape (for ``peer_state_from_report``)."""
+def _report_of(row: LoadReport, site: dict[str, int] | None = None) -> dict[str, Any]:
+    """A stored report in the agent's report shape (for ``peer_state_from_report``); ``site`` is kept in
+    memory (soft state, like the backlog)."""
     return {
         "coefficient": row.coefficient,
         "metrics": row.metrics,
         "pool": row.pool,
+        "site": site or {},
         "sampled_at": row.sampled_at,
         "interval": row.interval,
     }

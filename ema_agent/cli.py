@@ -6,6 +6,13 @@ the CLI, so the agent stays runnable without any server package installed.
 
     pocketgrid agent --peer URL --name NAME --pki DIR [--interval 15] [--weights k=v,...]
                      [--known URL,...] [--timeout 5] [--once] [--log-level INFO]
+                     [--collector HOST[:PORT] | --no-pool]
+
+On a Condor head node the agent reports the pool's figures (slots, idle and
+running jobs, from the collector: ``--collector``, else ``COLLECTOR_HOST`` of
+HTCondor's configuration), as the agent inside a Condor peer does; where no
+pool answers it reports this host's figures, and its log says which it sends
+and why.  ``--no-pool`` reports host figures only.
 
 Reports go over mutual TLS: the agent checks the peers against the site CA
 and presents the host certificate of the peer it reports for
@@ -69,6 +76,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cert", help="host certificate (default DIR/hosts/NAME.pem)")
     parser.add_argument("--key", help="its private key (default DIR/hosts/NAME.key)")
     parser.add_argument("--ca", help="site CA bundle (default DIR/ca.pem)")
+    parser.add_argument("--collector", default="", metavar="HOST[:PORT]",
+                        help="the HTCondor collector to take pool figures from (default: COLLECTOR_HOST of "
+                             "HTCondor's configuration; with neither, host figures only)")
+    parser.add_argument("--no-pool", action="store_true",
+                        help="report this host's figures only, never the pool's")
     parser.add_argument("--log-level", default="INFO",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="(default: %(default)s)")
     parser.add_argument("--log-format", default="text", choices=["text", "json"],
@@ -97,7 +109,9 @@ def run(args: argparse.Namespace) -> int:
             weights=weights,
             timeout=args.timeout,
             session=session,
+            pool_source=_pool_source(args),
         )
+        reporter.site_source = _site_source(reporter)
     except ValueError as exc:
         log.error("invalid agent configuration: %s", exc)
         return 2
@@ -119,6 +133,30 @@ def run(args: argparse.Namespace) -> int:
         reporter.close()
         if session is not None:
             session.close()
+
+
+def _pool_source(args: argparse.Namespace):
+    """The pool figures' source: the collector's (as for an agent inside a Condor peer), unless --no-pool."""
+    if getattr(args, "no_pool", False):
+        if getattr(args, "collector", ""):
+            raise ValueError("--collector and --no-pool contradict each other: give one")
+        return None
+    from .pool import make_pool_source
+
+    return make_pool_source(args.timeout, collector=getattr(args, "collector", "") or None)
+
+
+def _site_source(reporter: Reporter):
+    """This site's held and unmatchable procs, as the peer's ``/healthz`` shows them (``executor.procs``):
+    the standalone agent reports them with its figures, as the agent inside the peer does."""
+
+    def source():
+        response = reporter.session.get(reporter.peer_url + "/healthz", timeout=reporter.timeout)
+        response.raise_for_status()
+        executor = (response.json() or {}).get("executor") or {}
+        return executor.get("procs")
+
+    return source
 
 
 def _tls_session(args: argparse.Namespace):

@@ -33,8 +33,12 @@ a deadline and reads its JSON; :func:`query_pool` is the in-process query it
 runs.  ``htcondor2`` is imported only inside functions: the base install has
 no HTCondor and ``ema_agent`` imports no server code.
 
-Command line: ``python -m ema_agent.pool`` prints the figures as JSON (exit 0),
-or ``null`` with the reason on stderr (exit 1).
+Which collector: ``--collector HOST[:PORT]`` (``pocketgrid agent --collector``),
+else ``COLLECTOR_HOST`` of HTCondor's configuration (``CONDOR_CONFIG``), as for
+``condor_status``; with neither, there is no pool and the agent says so.
+
+Command line: ``python -m ema_agent.pool [--collector HOST[:PORT]]`` prints the
+figures as JSON (exit 0), or ``null`` with ``no pool: <reason>`` on stderr (exit 1).
 """
 from __future__ import annotations
 
@@ -44,7 +48,7 @@ import logging
 import os
 import subprocess
 import sys
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 log = logging.getLogger(__name__)
 
@@ -146,23 +150,41 @@ def summarise_schedds(schedd_ads: Iterable[Mapping[str, Any]], local: Mapping[st
     return out
 
 
-def query_pool() -> dict[str, Any] | None:
+class NoPool(RuntimeError):
+    """No pool figures; the message says why (for the agent's log)."""
+
+
+def query_pool(collector_host: str | None = None) -> dict[str, Any] | None:
     """Ask the collector and the local schedd, in this process; None when there is no pool.
 
-    Blocks (holding the GIL) while a daemon is slow: call it in a process of
-    its own, as :func:`pool_figures` does.
+    ``collector_host`` (``host[:port]``) names the collector; without it, the
+    one HTCondor's configuration names (``COLLECTOR_HOST``), as for
+    ``condor_status``.  Blocks (holding the GIL) while a daemon is slow: call
+    it in a process of its own, as :func:`pool_figures` does.
     """
+    try:
+        return _query_pool(collector_host)
+    except NoPool as exc:
+        log.debug("no pool figures: %s", exc)
+        return None
+
+
+def _query_pool(collector_host: str | None) -> dict[str, Any]:
+    """:func:`query_pool`, raising NoPool with the reason."""
     try:
         import htcondor2
     except ImportError:
-        log.debug("no pool figures: htcondor2 is not installed")
-        return None
-    collector = htcondor2.Collector()
+        raise NoPool("htcondor2 is not installed (pip install \"pocketgrid[server]\")") from None
+    configured = htcondor2.param.get("COLLECTOR_HOST")
+    where = collector_host or configured
+    if not where:
+        raise NoPool("HTCondor's configuration names no collector (COLLECTOR_HOST) and none was given "
+                     "(--collector HOST[:PORT])")
+    collector = htcondor2.Collector(collector_host) if collector_host else htcondor2.Collector()
     try:
         startds = collector.query(htcondor2.AdType.Startd, projection=STARTD_PROJECTION)
     except htcondor2.HTCondorException as exc:
-        log.debug("no pool figures: the collector did not answer: %s", exc)
-        return None
+        raise NoPool(f"the collector {where} did not answer: {_short(str(exc))}") from None
     figures: dict[str, Any] = summarise_startds(startds)
     try:
         schedd_ads = collector.query(htcondor2.AdType.Schedd, projection=SCHEDD_PROJECTION)
@@ -178,51 +200,87 @@ def query_pool() -> dict[str, Any] | None:
     except htcondor2.HTCondorException as exc:
         log.debug("local schedd summary unavailable: %s", exc)
     figures.update(summarise_schedds(schedd_ads, local, local_name))
-    figures["collector"] = str(htcondor2.param.get("COLLECTOR_HOST") or "local")
+    figures["collector"] = str(where)
     return figures
 
 
-def pool_figures(timeout: float = 5.0, *, python: str | None = None) -> dict[str, Any] | None:
-    """:func:`query_pool` in a child process with a deadline; None on any failure or timeout."""
+def _short(text: str, limit: int = 200) -> str:
+    """One line, at most ``limit`` characters: HTCondor's errors can be long."""
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def pool_query(timeout: float = 5.0, *, collector: str | None = None,
+               python: str | None = None) -> tuple[dict[str, Any] | None, str | None]:
+    """:func:`query_pool` in a child process with a deadline: ``(figures, None)`` or ``(None, why not)``."""
     if importlib.util.find_spec("htcondor2") is None:
-        return None
+        return None, "htcondor2 is not installed (pip install \"pocketgrid[server]\")"
     env = dict(os.environ)
     env.pop("PYTHONSTARTUP", None)
+    command = [python or sys.executable, "-m", "ema_agent.pool"] + (["--collector", collector] if collector else [])
     try:
-        done = subprocess.run(
-            [python or sys.executable, "-m", "ema_agent.pool"], capture_output=True, text=True,
-            timeout=timeout, stdin=subprocess.DEVNULL, env=env,
-        )
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+                              env=env)
     except subprocess.TimeoutExpired:
-        log.debug("no pool figures: the query did not finish within %g s", timeout)
-        return None
+        return None, f"the pool query did not finish within {timeout:g} s"
     except OSError as exc:
-        log.debug("no pool figures: %s", exc)
-        return None
+        return None, f"cannot run the pool query: {exc}"
     try:
         figures = json.loads(done.stdout or "null")
     except ValueError:
-        log.debug("no pool figures: unreadable answer %r", done.stdout[:200])
-        return None
-    return figures if isinstance(figures, dict) else None
+        return None, f"unreadable answer from the pool query: {done.stdout[:200]!r}"
+    if isinstance(figures, dict):
+        return figures, None
+    reason = next((ln for ln in reversed(done.stderr.splitlines()) if ln.startswith("no pool: ")), "")
+    return None, _short(reason[len("no pool: "):] or done.stderr.strip() or "no pool figures")
 
 
-def make_pool_source(timeout: float = 5.0) -> Callable[[], dict[str, Any] | None]:
-    """A ``pool_source`` for :class:`ema_agent.reporter.Reporter`."""
+def pool_figures(timeout: float = 5.0, *, collector: str | None = None,
+                 python: str | None = None) -> dict[str, Any] | None:
+    """:func:`pool_query` without the reason; None on any failure or timeout."""
+    figures, reason = pool_query(timeout, collector=collector, python=python)
+    if figures is None:
+        log.debug("no pool figures: %s", reason)
+    return figures
 
-    def source() -> dict[str, Any] | None:
-        return pool_figures(timeout)
 
-    return source
+class PoolSource:
+    """A ``pool_source`` for :class:`ema_agent.reporter.Reporter`: the figures, and why there are none.
+
+    ``last_reason`` says why the last call returned None (the reporter logs
+    it when the kind of figures it sends changes).
+    """
+
+    def __init__(self, timeout: float = 5.0, *, collector: str | None = None) -> None:
+        self.timeout = timeout
+        self.collector = collector or None
+        self.last_reason: str | None = None
+
+    def __call__(self) -> dict[str, Any] | None:
+        figures, self.last_reason = pool_query(self.timeout, collector=self.collector)
+        return figures
 
 
-def main() -> int:
+def make_pool_source(timeout: float = 5.0, *, collector: str | None = None) -> PoolSource:
+    """A ``pool_source`` for :class:`ema_agent.reporter.Reporter` (see :class:`PoolSource`)."""
+    return PoolSource(timeout, collector=collector)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m ema_agent.pool", description="print the pool figures as JSON")
+    parser.add_argument("--collector", metavar="HOST[:PORT]", help="default: COLLECTOR_HOST of HTCondor's configuration")
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if os.environ.get("POCKETGRID_POOL_DEBUG") else logging.WARNING,
                         stream=sys.stderr, format="%(levelname)s: %(message)s")
     try:
-        figures = query_pool()
+        figures = _query_pool(args.collector)
+    except NoPool as exc:
+        print(f"no pool: {exc}", file=sys.stderr)
+        figures = None
     except Exception as exc:  # noqa: BLE001 - report, never a traceback on the agent's stderr
-        print(f"pool query failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"no pool: the pool query failed: {type(exc).__name__}: {_short(str(exc))}", file=sys.stderr)
         figures = None
     print(json.dumps(figures))
     return 0 if figures is not None else 1

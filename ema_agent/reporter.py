@@ -23,7 +23,14 @@ Report schema (the broker side is written against it)::
     POST {broker_url}/api/v1/broker/reports
     {"peer": str, "url": str, "coefficient": float, "paper_coefficient": float,
      "metrics": HostMetrics.to_dict(), "pool": null | {...},
+     "site": null | {"held": int, "unmatchable": int, "idle": int},
      "sampled_at": float, "interval": float}
+
+``site``: this site's own procs that are not about to use a slot (held, or
+matched by no slot), from the peer's executor (``site_source``: the peer
+itself for the in-process agent, its ``/healthz`` for a standalone one); the
+broker's placement does not count them as load.  :meth:`Reporter.report_soon`
+sends the next report at once (the peer calls it when those counts change).
     -> 200 {"accepted": true, ...}
     -> 409 {"error": str, "broker": {"name": str, "url": str}}
 """
@@ -128,6 +135,7 @@ class Reporter:
         session: requests.Session | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         pool_source: PoolSource | None = None,
+        site_source: PoolSource | None = None,
         backoff_base: float = DEFAULT_BACKOFF_BASE,
         max_known_peers: int = DEFAULT_MAX_KNOWN_PEERS,
         rng: random.Random | None = None,
@@ -150,6 +158,7 @@ class Reporter:
         self.weights = weights or Weights()
         self.sampler = sampler or HostSampler()
         self.pool_source = pool_source
+        self.site_source = site_source
         self.backoff_base = float(backoff_base)
         self.max_known_peers = max(1, int(max_known_peers))
         self._rng = rng or random.Random()
@@ -174,8 +183,10 @@ class Reporter:
         self.last_report: dict[str, Any] | None = None
         """The latest report built (only the latest: nothing is queued)."""
         self._outage_since: float | None = None
+        self._figures_kind: str | None = None  # "pool" or "host": what the last report carried (logged on change)
 
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
     # -- peers and broker -----------------------------------------------------
@@ -252,6 +263,7 @@ class Reporter:
             "paper_coefficient": paper_coefficient(metrics, self.weights),
             "metrics": metrics.to_dict(),
             "pool": dict(pool) if pool is not None else None,
+            "site": self._site(),
             "sampled_at": metrics.sampled_at,
             "interval": self.interval,
         }
@@ -263,13 +275,50 @@ class Reporter:
         report its pool figures, not the report itself.
         """
         if self.pool_source is None:
+            self._say_figures(None, "no pool figures asked for (no Condor executor here, or --no-pool)")
             return None
         try:
             pool = self.pool_source()
         except Exception as exc:  # a plug-in: whatever it raises, the host report still goes out
-            log.debug("pool figures unavailable: %s", exc)
+            self._say_figures(None, f"the pool source failed: {type(exc).__name__}: {exc}")
             return None
-        return pool if isinstance(pool, Mapping) else None
+        if not isinstance(pool, Mapping):
+            self._say_figures(None, getattr(self.pool_source, "last_reason", None) or "no pool answered")
+            return None
+        self._say_figures(pool, None)
+        return pool
+
+    def _site(self) -> dict[str, int] | None:
+        """This site's held and unmatchable procs (None: unknown); a failing source costs only this field."""
+        if self.site_source is None:
+            return None
+        try:
+            site = self.site_source()
+        except Exception as exc:  # a plug-in: whatever it raises, the report still goes out
+            log.debug("site counts unavailable: %s", exc)
+            return None
+        if not isinstance(site, Mapping):
+            return None
+        return {k: int(v) for k, v in site.items() if k in ("held", "unmatchable", "idle") and isinstance(v, int)}
+
+    def report_soon(self) -> None:
+        """Send the next report now rather than at the end of the interval (thread-safe)."""
+        self._wake.set()
+
+    def _say_figures(self, pool: Mapping[str, Any] | None, reason: str | None) -> None:
+        """Log which figures the reports carry, at start and whenever that changes (not every report)."""
+        kind = "pool" if pool is not None else "host"
+        if kind == self._figures_kind:
+            return
+        self._figures_kind = kind
+        if pool is not None:
+            log.info(
+                "%s: reporting pool figures from collector %s: %s slots (%s claimed, %s idle), %s idle jobs",
+                self.peer_name, pool.get("collector", "?"), pool.get("total_slots", "?"), pool.get("claimed_slots", "?"),
+                pool.get("idle_slots", "?"), pool.get("idle_jobs", "?"),
+            )
+        else:
+            log.info("%s: reporting host figures only (this host's CPU, memory and load): %s", self.peer_name, reason)
 
     def report_once(self) -> bool:
         """Sample, compute and deliver one report. True if the broker accepted it.
@@ -370,7 +419,9 @@ class Reporter:
                 delay = self.interval - (time.monotonic() - started)
             else:
                 delay = self.retry_delay()
-            if self._stop.wait(max(0.0, delay)):
+            self._wake.wait(max(0.0, delay))  # report_soon() and stop() cut the wait short
+            self._wake.clear()
+            if self._stop.is_set():
                 break
         log.info("EMA for %s stopped", self.peer_name)
 
@@ -379,6 +430,7 @@ class Reporter:
         if self._thread is not None and self._thread.is_alive():
             return self._thread
         self._stop.clear()
+        self._wake.clear()
         self._thread = threading.Thread(target=self.run_forever, name=f"ema-{self.peer_name}", daemon=True)
         self._thread.start()
         return self._thread
@@ -390,6 +442,7 @@ class Reporter:
         finishes first, bounded by the request timeout.
         """
         self._stop.set()
+        self._wake.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)

@@ -538,10 +538,19 @@ def _reason(i: dict[str, Any]) -> str | None:
     return None
 
 
+def _match_text(m: dict[str, Any]) -> str:
+    """Why an idle input waits (the status's ``match``): how many slots match, or which requirement fails."""
+    if m.get("slots"):
+        return f"{m['slots']} of {m.get('of', '?')} slots match: waiting for one to be free"
+    return f"no slot matches (of {m.get('of', '?')}): {m.get('failing') or 'no reason given'}"
+
+
 def _status_text(s: dict[str, Any]) -> str:
     lines = [f"{s['id']} ({s['name']}) on {s['peer']}: {s['state']}  " + ", ".join(f"{k} {v}" for k, v in s["counts"].items())]
     if "pinned" in s:
         lines.append(f"  {_expiry(s)}")
+    if s.get("removal"):
+        lines.append(f"  removal {s['removal']}")
     for i in s["inputs"]:
         extra = ""
         if i.get("exit_code") is not None:
@@ -552,6 +561,8 @@ def _status_text(s: dict[str, Any]) -> str:
         if reason:
             extra += f" ({reason})"
         lines.append(f"  [{i['index']}] {i['input']}: {i['state']}{extra}")
+        if i["state"] == "idle" and isinstance(i.get("match"), dict):
+            lines.append(f"      {_match_text(i['match'])}")
         tail = i.get("stderr_tail")
         if tail:
             tail_lines = tail.splitlines() if isinstance(tail, str) else [str(t) for t in tail]
@@ -616,7 +627,8 @@ def cmd_status(c: Client, args: argparse.Namespace) -> int:
 
 def cmd_kill(c: Client, args: argparse.Namespace) -> int:
     res = c.kill(args.job)
-    _print(args, res, lambda r: f"{r['id']}: removed {r['removed_procs']} procs")
+    _print(args, res, lambda r: f"{r['id']}: removal {r['removal']}" if r.get("removal")
+           else f"{r['id']}: removed {r['removed_procs']} procs")
     return 0
 
 

@@ -121,7 +121,7 @@ def status_events(jobs: JobService, job_id: str, owner: str, *, is_admin: bool, 
     sent = last_event_id
     yield f"retry: {RETRY_MS}\n\n".encode()
     while True:
-        size = jobs.log_size(job_id)  # taken first: growth during the read is seen next round
+        size = jobs.change_marker(job_id)  # taken first: a change during the read is seen next round
         try:
             entry = jobs.status_entry(job_id, owner, is_admin=is_admin)
         except PocketgridError as exc:  # e.g. the database went away: say so, let the browser retry
@@ -134,7 +134,7 @@ def status_events(jobs: JobService, job_id: str, owner: str, *, is_admin: bool, 
         if entry.body["state"] in FINAL_STATES:
             yield b"event: end\ndata: {}\n\n"
             return
-        while jobs.log_size(job_id) == size:
+        while jobs.change_marker(job_id) == size:
             if client_gone():
                 return
             now = time.monotonic()

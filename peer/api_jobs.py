@@ -194,7 +194,7 @@ def status(job_id: str):
     parked = False
     try:
         while True:
-            size = svc.jobs.log_size(job_id) if wait and inm else 0  # taken first: growth during the read is seen
+            size = svc.jobs.change_marker(job_id) if wait and inm else None  # taken first: a change during the read is seen
             entry = svc.jobs.status_entry(job_id, who.dn, is_admin=who.is_admin)
             etag = _etag(entry.body)
             if etag != inm or time.monotonic() >= deadline:
@@ -202,7 +202,7 @@ def status(job_id: str):
             if not parked:  # only a poll that really waits holds a thread
                 svc.parking.enter("a status long-poll")
                 parked = True
-            while svc.jobs.log_size(job_id) == size and time.monotonic() < deadline:
+            while svc.jobs.change_marker(job_id) == size and time.monotonic() < deadline:
                 time.sleep(WAIT_POLL_SECONDS)
     finally:
         if parked:
@@ -221,9 +221,14 @@ def kill(job_id: str):
     who = identity()
     svc = _svc()
     result = svc.jobs.kill(job_id, who.dn, is_admin=who.is_admin)
+    pending = result.get("removal")
     svc.security.audit.record("kill", dn=who.dn, source=who.source,
-                              detail=f"job {job_id}: {result.get('removed_procs', 0)} procs removed")
-    return jsonify(result)
+                              detail=f"job {job_id}: " + (f"removal {pending}" if pending else
+                                                          f"{result.get('removed_procs', 0)} procs removed"))
+    response = jsonify(result)
+    if pending:
+        response.status_code = 202  # accepted, carried out when the schedd answers (the job's status says so)
+    return response
 
 
 # ---- outputs --------------------------------------------------------------

@@ -116,8 +116,10 @@ class PeerServices:
                 interval=self.config.agent_interval,
                 weights=Weights.from_dict(self.config.agent_weights),
                 pool_source=pool_source,
+                site_source=self.executor.site_counts,  # held and unmatchable procs: not load
                 session=self.http,  # the peer's host certificate and CA: reports are mutual TLS
             )
+            self.executor.on_site_change = self.agent.report_soon  # those counts changed: report now
             self.agent.start_thread()
 
     def _join_urls(self) -> list[str]:
@@ -244,6 +246,19 @@ def _report_placement_failure(services: "PeerServices", peer: str) -> None:
         log.info("could not report the failed forward to %s to the broker: %s", peer, exc)
 
 
+def _job_rows(db: Database):
+    """``ids -> the ones that have a job row`` (for the start-up sweep of orphaned staging directories)."""
+    from sqlalchemy import select
+
+    from .models import Job
+
+    def known(ids: list[str]) -> set[str]:
+        with db.sessions() as s:
+            return set(s.scalars(select(Job.id).where(Job.id.in_(ids))))
+
+    return known
+
+
 def _http_session(config: PeerConfig) -> requests.Session:
     """Peer-to-peer HTTP: verifies peers against the site CA and presents our host certificate."""
     pool = config.threads
@@ -272,6 +287,7 @@ def build_services(config: PeerConfig) -> PeerServices:
     digests = DigestCache(db)
     stager = Stager(config.stage_path, http=http, chunk_bytes=config.transfer_chunk_bytes)
     stager.sweep_incomplete()
+    stager.sweep_orphans(_job_rows(db), peer_name=config.name)  # before any request: nothing is committing
     executor = choose_executor(
         config.executor,
         db,
@@ -281,6 +297,8 @@ def build_services(config: PeerConfig) -> PeerServices:
         max_restarts=config.local_max_restarts,
         sandbox=SandboxSettings(job_user=config.job_user, network=config.job_network,
                                 allow_unisolated=config.allow_unisolated_jobs),
+        condor_options={"probe_interval": config.condor_probe_interval, "probe_timeout": config.condor_probe_timeout,
+                        "removal_timeout": config.condor_removal_timeout},
     )
     membership = Membership(db, name=config.name, url=config.url, http=http, timeout=config.peer_timeout)
     broker_role = None

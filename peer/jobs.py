@@ -27,12 +27,13 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from pocketgrid.http import never_reached
-from pocketgrid.errors import BadGateway, BadRequest, Conflict, NotFound, PocketgridError, Unavailable
+from pocketgrid.errors import (BadGateway, BadRequest, Conflict, NotFound, NotRunnableHere, PocketgridError,
+                               Unavailable)
 
 from .db import Database
 from .digests import DigestCache
 from .event_log import EventLogReader, ProcState, ProcStatus, overall_state
-from .executors.base import Executor
+from .executors.base import Executor, RemovalPending
 from .membership import Membership
 from .models import IdempotencyKey, Job, Proc
 from .publishing import PublishingArea, check_name
@@ -70,12 +71,14 @@ class SubmitRequest:
 
 @dataclass(frozen=True)
 class _StatusBody:
-    """The last status body of a job, valid while its event log keeps this size."""
+    """The last status body of a job, valid while its event log keeps this size (and the executor's
+    annotations their stamp)."""
 
     owner: str
     log_size: int
     body: dict[str, Any]
     json: bytes
+    stamp: int = 0
 
 
 class AmbiguousForward(Unavailable):
@@ -260,8 +263,9 @@ class JobService:
             "origin_key": origin_key,
             "inputs": inputs,
         }
-        errors = []
+        errors: list[str] = []
         refusals: list[QuotaExceeded] = []  # sites where the owner's quota is full: the next may have room
+        not_here: list[str] = []  # sites that will not run the submit file as written: another may
         for candidate in ranking:
             if idempotency_key:
                 self._record_target(idempotency_key, owner, candidate["name"])
@@ -277,6 +281,11 @@ class JobService:
                 log.info("peer %s refused the job: %s", candidate["name"], exc.message)
                 refusals.append(exc)
                 continue
+            except NotRunnableHere as exc:  # this site will not run it as written; another may
+                log.info("peer %s will not run the job as written: %s", candidate["name"], exc.message)
+                not_here.append(exc.message if exc.message.startswith(candidate["name"]) else
+                                f"{candidate['name']}: {exc.message}")
+                continue
             except (BadGateway, Unavailable) as exc:
                 log.warning("peer %s could not take the job: %s", candidate["name"], exc.message)
                 self.report_failure(candidate["name"])
@@ -288,9 +297,12 @@ class JobService:
                     if row is not None:
                         row.job_id = summary["id"]
             return summary, False
-        if refusals and not errors:
+        if refusals and not errors and not not_here:
             raise QuotaExceeded.every_site(refusals)
         errors += [r.message for r in refusals]
+        if not_here:
+            raise BadRequest("no site runs this submit file as written: " + "; ".join(not_here)
+                             + ("; and " + "; ".join(errors) if errors else ""))
         raise Unavailable("every candidate peer failed: " + "; ".join(errors), retry_after=5)
 
     def _record_target(self, key: str, owner: str, target: str) -> None:
@@ -346,6 +358,8 @@ class JobService:
         if not r.ok:
             if r.status_code == 413 and isinstance(body.get("quota"), list):
                 raise QuotaExceeded(body.get("error", r.text), quota=body["quota"])
+            if r.status_code == 400 and body.get("elsewhere") is True:
+                raise NotRunnableHere(str(body.get("error", r.text)))
             raise PocketgridError(body.get("error", r.text), status=r.status_code)
         return body
 
@@ -493,17 +507,19 @@ class JobService:
     def status_entry(self, job_id: str, owner: str, *, is_admin: bool = False) -> "_StatusBody":
         """:meth:`status` with the body already serialised (the poll path sends these bytes as is)."""
         cached = self._status_bodies.get(job_id)
+        stamp = self.executor.annotation_stamp()
         if cached is not None:
             if not (is_admin or cached.owner == owner):
                 raise NotYours(job_id, cached.owner)
-            if cached.log_size == self.log_size(job_id):
+            if cached.log_size == self.log_size(job_id) and cached.stamp == stamp:
                 return cached
         with self._reader_lock(job_id):
             size = self.log_size(job_id)  # before reading: growth after this makes the next poll re-read
             job = self._job(job_id, owner, is_admin)  # under the lock: its version matches the reader
             reader = self._reader(job)
             version = job.status_version or 0
-            if reader.update():
+            grew = reader.update()
+            if grew:
                 with self.db.session() as s:
                     row = s.get(Job, job_id)
                     if row is not None:
@@ -512,7 +528,11 @@ class JobService:
                         version = row.status_version
             statuses = dict(reader.procs)
             body = self._render_status(job, statuses, version)
-            entry = _StatusBody(job.owner, size, body, json.dumps(body, separators=(",", ":")).encode() + b"\n")
+            annotated = self._annotate(job, body)
+            if not grew and (cached.body != body if cached is not None else annotated):
+                body["version"] = self._bump_version(job_id)  # what the executor says changed: a new ETag
+            entry = _StatusBody(job.owner, size, body, json.dumps(body, separators=(",", ":")).encode() + b"\n",
+                                stamp)
             with self._readers_lock:
                 self._status_bodies[job_id] = entry
                 while len(self._status_bodies) > self.max_cached_readers:
@@ -581,6 +601,31 @@ class JobService:
             self._status_bodies.pop(job_id, None)
             self._reader_locks.pop(job_id, None)
 
+    def _annotate(self, job: Job, body: dict[str, Any]) -> bool:
+        """Add what the executor knows beyond the event log: a kill not carried out yet (``removal``),
+        why an idle proc waits (``match``).  True when it added anything."""
+        extra = self.executor.annotate(job, {i["index"]: i["state"] for i in body["inputs"]})
+        if extra.get("removal"):
+            body["removal"] = extra["removal"]
+        procs = extra.get("procs") or {}
+        for item in body["inputs"]:
+            item.update(procs.get(item["index"], {}))
+        return bool(extra.get("removal") or procs)
+
+    def _bump_version(self, job_id: str) -> int:
+        with self.db.session() as s:
+            row = s.get(Job, job_id)
+            if row is None:
+                return 0
+            row.status_version = (row.status_version or 0) + 1
+            return row.status_version
+
+    def change_marker(self, job_id: str) -> tuple[int, int]:
+        """Changes whenever the job's status may have: its event log grew, or what the executor adds
+        to statuses (a pending removal, why idle procs wait) changed.  Long-polls and event streams
+        wait on this."""
+        return self.log_size(job_id), self.executor.annotation_stamp()
+
     def log_size(self, job_id: str) -> int:
         try:
             return os.stat(self.stager.job_root(job_id) / "job.log").st_size
@@ -608,7 +653,10 @@ class JobService:
             row = s.get(Job, job_id)
             if row is not None and row.removed_at is None:
                 row.removed_at = time.time()
-        removed = self.executor.remove(job_id)
+        try:
+            removed = self.executor.remove(job_id)
+        except RemovalPending as exc:  # remembered by the executor; carried out when it can
+            return {"id": job_id, "removed_procs": 0, "removal": exc.message}
         log.info("job %s: remove requested, %d procs affected", job_id, removed)
         return {"id": job_id, "removed_procs": removed}
 

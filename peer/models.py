@@ -61,7 +61,8 @@ class Proc(Base):
     executor: Mapped[str] = mapped_column(String(20))
     cluster: Mapped[int] = mapped_column(Integer)
     proc: Mapped[int] = mapped_column(Integer)
-    #: LocalExecutor bookkeeping: queued | running | done.
+    #: LocalExecutor bookkeeping: queued | running | done | held (its policy or a missing file held it) |
+    #: unmatchable (this host does not match its requirements: never started, as HTCondor keeps it idle).
     local_state: Mapped[str] = mapped_column(String(20), default="queued", index=True)
     pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
     pid_started: Mapped[float | None] = mapped_column(Float, nullable=True)

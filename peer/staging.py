@@ -14,18 +14,21 @@ area when this peer is the entry peer, otherwise downloaded from the entry
 peer's file service with :func:`pocketgrid.transfer.download` (resumable,
 SHA-256 verified).  Everything is built in ``.tmp-<job_id>`` and renamed into
 place only when complete, so a crash never leaves a half-staged job that looks
-submitted; leftovers are swept at start-up.
+submitted; leftovers are swept at start-up, and so are complete staging
+directories whose job row was never committed (:meth:`Stager.sweep_orphans`).
 """
 from __future__ import annotations
 
 import contextvars
 import logging
 import os
+import re
 import shutil
 import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import requests
 
@@ -99,6 +102,34 @@ class Stager:
         if n:
             log.info("removed %d incomplete staging directories", n)
         return n
+
+    def sweep_orphans(self, known: Callable[[list[str]], set[str]], *, peer_name: str) -> int:
+        """Remove staged job directories of this peer that have no job row.
+
+        A crash between staging and the commit of the job's row (or a
+        cluster the CondorExecutor's reconciliation removes because its row
+        never came) leaves ``<stage>/<job_id>/`` behind with nothing that
+        would ever serve or remove it.  ``known(ids)`` answers which of the
+        given job IDs have a row.  Only directories named like this peer's
+        job IDs (``<peer_name>.<hex>``) are considered.
+
+        Call it only before requests are served (at start-up): a job whose
+        row is being committed right now has its directory but not yet its
+        row, and must not lose it.
+        """
+        pattern = re.compile(re.escape(peer_name) + r"\.[0-9a-f]+")
+        candidates = sorted(p.name for p in self.root.iterdir() if p.is_dir() and pattern.fullmatch(p.name))
+        removed = 0
+        for start in range(0, len(candidates), 500):
+            batch = candidates[start:start + 500]
+            have = known(batch)
+            for name in batch:
+                if name not in have:
+                    shutil.rmtree(self.root / name, ignore_errors=True)
+                    removed += 1
+                    log.info("removed the staging directory of %s: no job row (left by a crash before its "
+                             "commit)", name)
+        return removed
 
     def stage(
         self,
@@ -185,6 +216,22 @@ class Stager:
             for future in [pool.submit(contextvars.copy_context().run, fetch, url) for url in urls]:
                 future.result()  # re-raises the first failure
         return targets
+
+
+def remove_orphan(stage_root: Path, job_id: str, has_row: Callable[[str], bool]) -> bool:
+    """Remove one job's staging directory if ``has_row(job_id)`` says it has no job row; True if removed.
+
+    For the CondorExecutor's reconciliation, which names only jobs whose
+    held cluster is older than any submission still in flight.
+    """
+    if not job_id or job_id.startswith(".") or "/" in job_id or "\x00" in job_id:
+        return False
+    path = Path(stage_root) / job_id
+    if not path.is_dir() or has_row(job_id):
+        return False
+    shutil.rmtree(path, ignore_errors=True)
+    log.info("removed the staging directory of %s: its cluster was removed and it has no job row", job_id)
+    return True
 
 
 def _link_or_copy(src: Path, dest: Path) -> None:

@@ -169,6 +169,10 @@ __all__ = [
     "DEFAULT_STDOUT",
     "DEFAULT_STDERR",
     "SITE_MACROS_ALLOWED",
+    "LOCAL_POLICY_KEYS",
+    "LOCAL_UNHONOURED",
+    "NotHonouredHere",
+    "local_refusal",
 ]
 
 
@@ -385,8 +389,14 @@ class Policy:
     expand_timeout_seconds: float = 10.0
     #: Address-space limit of that child process.
     expand_memory_bytes: int = 1 << 30
+    #: A job whose requirements no slot of this site matches (pocketgrid/matching.py): ``warn`` (accept it
+    #: with a warning; it stays idle, and its status says why, as HTCondor would keep it) or ``refuse``
+    #: (400, and the entry peer tries another site).
+    unmatchable: str = "warn"
 
     def __post_init__(self) -> None:
+        if self.unmatchable not in ("warn", "refuse"):
+            raise ValueError(f"unmatchable must be 'warn' or 'refuse', not {self.unmatchable!r}")
         for name in ("forbidden_universes", "forbidden_keys", "forbidden_attributes", "allowed_url_schemes",
                      "site_host_names"):
             object.__setattr__(self, name, frozenset(str(v).lower() for v in getattr(self, name)))
@@ -422,6 +432,90 @@ class ProcSpec:
     stdin: str | None
     stdout: str | None
     stderr: str | None
+    #: The job's ad for the LocalExecutor's policy (pocketgrid/matching.py ``job_ad_from_submit``), as
+    #: ClassAd text: requests, the user's +Attr, Requirements.
+    job_ad: str | None = None
+    #: Job policy expressions the LocalExecutor honours (ad attribute -> expression text), e.g.
+    #: ``{"PeriodicHold": "JobStatus == 2 && ..."}``; evaluated by the proc's runner (peer/executors/local_policy.py).
+    policy: dict[str, str] = field(default_factory=dict)
+    #: Does this host match the job (``{"slots", "of", "failing"?}``); None when not asked.
+    match: dict[str, Any] | None = None
+    #: ``transfer_input_files`` entries (files in ``iwd``) and ``transfer_output_files`` entries (relative to
+    #: it): a missing one holds the proc, as HTCondor's file transfer would.
+    transfer_input: list[str] = field(default_factory=list)
+    transfer_output: list[str] = field(default_factory=list)
+    #: ``transfer_output_remaps``: (output name, new path inside ``iwd``), applied when the proc exits.
+    transfer_remaps: list[tuple[str, str]] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------
+# What the LocalExecutor honours, and what it refuses (a submit file must mean the same everywhere)
+# ---------------------------------------------------------------------------
+
+#: Job policy commands the LocalExecutor honours (its proc runner evaluates them with classad2, as the
+#: schedd and shadow would): submit command (and the ad attribute HTCondor also accepts as its name,
+#: lower case) -> ad attribute.
+LOCAL_POLICY_KEYS: dict[str, str] = {
+    "periodic_hold": "PeriodicHold", "periodichold": "PeriodicHold",
+    "periodic_hold_reason": "PeriodicHoldReason", "periodicholdreason": "PeriodicHoldReason",
+    "periodic_hold_subcode": "PeriodicHoldSubCode", "periodicholdsubcode": "PeriodicHoldSubCode",
+    "periodic_remove": "PeriodicRemove", "periodicremove": "PeriodicRemove",
+    "on_exit_hold": "OnExitHold", "onexithold": "OnExitHold",
+    "on_exit_hold_reason": "OnExitHoldReason", "onexitholdreason": "OnExitHoldReason",
+    "on_exit_hold_subcode": "OnExitHoldSubCode", "onexitholdsubcode": "OnExitHoldSubCode",
+    "on_exit_remove": "OnExitRemove", "onexitremove": "OnExitRemove",
+    "max_retries": "JobMaxRetries", "jobmaxretries": "JobMaxRetries",
+    "retry_until": "RetryUntil",
+    "success_exit_code": "JobSuccessExitCode", "jobsuccessexitcode": "JobSuccessExitCode",
+}
+
+_L_RELEASE = "held procs stay held here: nothing releases them"
+_L_KILL = "it stops a removed proc with SIGTERM, then SIGKILL 5 s later, whatever the submit file asks"
+_L_ORDER = "it starts procs in the order they were submitted"
+_L_LIMITS = "it has no concurrency limits"
+_L_MATERIALIZE = "it queues every proc at once (no late materialization)"
+_L_WHEN = "it starts a proc as soon as a slot is free"
+_L_CHECKPOINT = "it does not checkpoint jobs"
+_L_TRANSFER = "it moves no files, so it enforces no transfer limits"
+_L_DURATION = "it puts no time limit on a proc (use periodic_hold or periodic_remove, which it honours)"
+
+#: HTCondor submit commands the LocalExecutor does not honour (lower case, with their aliases) and why:
+#: a file with one of them is refused at a local site, not run with a different meaning (any other
+#: name is either honoured, means the same here, or is the user's own macro).
+LOCAL_UNHONOURED: dict[str, str] = {
+    "periodic_release": _L_RELEASE, "periodicrelease": _L_RELEASE,
+    "kill_sig": _L_KILL, "killsig": _L_KILL, "remove_kill_sig": _L_KILL, "removekillsig": _L_KILL,
+    "hold_kill_sig": _L_KILL, "holdkillsig": _L_KILL, "kill_sig_timeout": _L_KILL, "killsigtimeout": _L_KILL,
+    "want_graceful_removal": _L_KILL, "job_max_vacate_time": _L_KILL, "jobmaxvacatetime": _L_KILL,
+    "priority": _L_ORDER, "prio": _L_ORDER, "jobprio": _L_ORDER, "nice_user": _L_ORDER, "niceuser": _L_ORDER,
+    "concurrency_limits": _L_LIMITS, "concurrencylimits": _L_LIMITS, "concurrency_limits_expr": _L_LIMITS,
+    "max_idle": _L_MATERIALIZE, "max_materialize": _L_MATERIALIZE, "materialize_max_idle": _L_MATERIALIZE,
+    "next_job_start_delay": _L_WHEN, "nextjobstartdelay": _L_WHEN,
+    "deferral_time": _L_WHEN, "deferraltime": _L_WHEN, "deferral_window": _L_WHEN, "deferral_prep_time": _L_WHEN,
+    "cron_minute": _L_WHEN, "cron_hour": _L_WHEN, "cron_day_of_month": _L_WHEN, "cron_month": _L_WHEN,
+    "cron_day_of_week": _L_WHEN, "cron_window": _L_WHEN, "cron_prep_time": _L_WHEN,
+    "checkpoint_exit_code": _L_CHECKPOINT, "checkpointexitcode": _L_CHECKPOINT,
+    "transfer_checkpoint_files": _L_CHECKPOINT, "transfercheckpointfiles": _L_CHECKPOINT,
+    "max_transfer_input_mb": _L_TRANSFER, "max_transfer_output_mb": _L_TRANSFER,
+    "allowed_execute_duration": _L_DURATION, "allowed_job_duration": _L_DURATION,
+}
+
+
+class NotHonouredHere(SubmitDescriptionError):
+    """A submit command (or value) the LocalExecutor does not honour: refused at a local site only."""
+
+
+def local_refusal(parsed: "ParsedSubmit") -> None:
+    """Raise NotHonouredHere when the file has a command the LocalExecutor does not honour, naming it,
+    why, and which sites run it as written."""
+    for key, value in parsed.table:
+        reason = LOCAL_UNHONOURED.get(key.lower())
+        if reason is not None and value.strip():
+            raise NotHonouredHere(
+                f"{key} is not honoured by this site, which runs jobs itself (local executor): {reason}; "
+                "a site whose executor is condor runs this submit file as written",
+                key=key,
+            )
 
 
 # ---------------------------------------------------------------------------
@@ -945,7 +1039,32 @@ def _child_main(req: dict[str, Any]) -> int:
                     return reply({"ok": False, "kind": "site_macro", "key": k, "macro": name})
             rows.append(row)
         undefined = _undefined_refs(sub, table) if req.get("find_undefined") else []
-        return reply({"ok": True, "table": table, "qargs": qargs, "rows": rows, "undefined": undefined})
+        ads = []
+        if req.get("local"):  # the LocalExecutor's job ads, policy expressions and match (user text: here)
+            import classad2
+
+            from pocketgrid.matching import analyze, job_ad_from_submit
+
+            for row in rows:
+                try:
+                    ad = job_ad_from_submit(row)
+                except ValueError as exc:
+                    return reply({"ok": False, "kind": "bad_expr", "message": str(exc)})
+                policy = {}
+                for k, v in row.items():
+                    attr = LOCAL_POLICY_KEYS.get(k.lower())
+                    if attr is None or not v.strip():
+                        continue
+                    try:
+                        classad2.ExprTree(v)
+                    except Exception as exc:  # noqa: BLE001 - classad2 raises its own types
+                        return reply({"ok": False, "kind": "bad_expr", "key": k,
+                                      "message": f"{k} = {v}: not a ClassAd expression ({exc})"})
+                    policy[attr] = v
+                machine = req.get("machine")
+                match = analyze(ad, [machine]).to_dict() if machine else None
+                ads.append({"job_ad": str(ad), "policy": policy, "match": match})
+        return reply({"ok": True, "table": table, "qargs": qargs, "rows": rows, "undefined": undefined, "ads": ads})
     except MemoryError:
         return reply({"ok": False, "kind": "memory"})
     except Exception as exc:  # noqa: BLE001 - reported to the parent
@@ -953,7 +1072,8 @@ def _child_main(req: dict[str, Any]) -> int:
 
 
 def _run_child(policy: Policy, *, text: str | None = None, table: Sequence[Sequence[str]] | None = None,
-               procs: Sequence[Mapping[str, str]] = (), find_undefined: bool = False) -> dict[str, Any]:
+               procs: Sequence[Mapping[str, str]] = (), find_undefined: bool = False, local: bool = False,
+               machine: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Parse (``text``) and/or expand every key of the table once per proc, in a child process
     (``find_undefined``: also list the ``$(name)`` references HTCondor expands to nothing)."""
     if not sys.executable:
@@ -969,6 +1089,8 @@ def _run_child(policy: Policy, *, text: str | None = None, table: Sequence[Seque
         "table": [list(kv) for kv in table] if table is not None else None,
         "procs": [dict(p) for p in procs],
         "find_undefined": find_undefined,
+        "local": local,
+        "machine": dict(machine) if machine is not None else None,
     }
     try:
         done = subprocess.run(
@@ -1061,6 +1183,8 @@ def _raise_child_failure(reply: dict[str, Any]) -> None:
             + (f" ({macro} = ...)" if macro else ""),
             key=key,
         )
+    if reply.get("kind") == "bad_expr":
+        raise SubmitDescriptionError(str(reply.get("message")), key=reply.get("key"))
     if reply.get("kind") == "memory":
         raise SubmitDescriptionError(
             "expanding this submit file's macros ran out of memory; this happens with definitions that grow "
@@ -1405,7 +1529,7 @@ def _sandbox_relative(path: str, key: str, shown: str) -> None:
 
 
 def _check_transfer_paths(row: _Row, proc_dir: str, policy: Policy, exempt: frozenset[str],
-                          urls: _UrlHosts | None = None) -> None:
+                          urls: _UrlHosts | None = None, *, local: bool = False) -> None:
     for names in (("transfer_input_files", "transferinputfiles"), ("common_input_files",),
                   ("public_input_files", "publicinputfiles")):
         hit = row.get(*names)
@@ -1417,6 +1541,12 @@ def _check_transfer_paths(row: _Row, proc_dir: str, policy: Policy, exempt: froz
                 continue
             m = _URL_RE.match(item)
             if m:
+                if local:
+                    raise NotHonouredHere(
+                        f"{key}: {item}: this site runs jobs itself (local executor) and fetches no URLs, so "
+                        "the job would run without that file; a site whose executor is condor fetches it",
+                        key=key,
+                    )
                 if m.group(1).lower() not in policy.allowed_url_schemes:
                     allowed = ", ".join(sorted(policy.allowed_url_schemes)) or "none"
                     raise SubmitDescriptionError(
@@ -1505,7 +1635,7 @@ def _interpret(values: Mapping[str, str], *, proc_dir: str, input_name: str, pol
     stdin = _inside(proc_dir, input_name, "input", f"input = {input_name}")
     stdout = _std_path(row, ("output", "stdout"), DEFAULT_STDOUT, proc_dir)
     stderr = _std_path(row, ("error", "stderr"), DEFAULT_STDERR, proc_dir)
-    _check_transfer_paths(row, proc_dir, policy, exempt, urls)
+    _check_transfer_paths(row, proc_dir, policy, exempt, urls, local=local)
     return _Interpreted(universe, args, env, stdin, stdout, stderr)
 
 
@@ -1761,6 +1891,7 @@ def local_proc_specs(
     input_names: list[str],
     proc_dirs: list[str],
     cluster_id: int = 1,
+    machine: Mapping[str, Any] | None = None,
 ) -> list[ProcSpec]:
     """One :class:`ProcSpec` per input for the LocalExecutor.
 
@@ -1775,12 +1906,21 @@ def local_proc_specs(
     ``$$()`` match-time macros in arguments/environment are passed literally.
     When output and error name the same file both go to it (append mode), as
     HTCondor merges them.
+
+    Refused here (:class:`NotHonouredHere`, a SubmitDescriptionError naming
+    the key): commands the LocalExecutor does not honour
+    (:data:`LOCAL_UNHONOURED`) and URLs in ``transfer_input_files`` (nothing
+    fetches them here).  Each spec carries the job's ad and the policy
+    expressions the runner honours (:data:`LOCAL_POLICY_KEYS`, checked to be
+    ClassAd expressions), and with ``machine`` (this host's machine ad,
+    pocketgrid/matching.py) whether the host matches the job.
     """
+    local_refusal(parsed)
     if not executable_name or "/" in executable_name or executable_name in (".", ".."):
         raise ValueError(f"unusable executable name {executable_name!r}")
     dirs = _check_names(input_names, proc_dirs, condor=False)
     procs = [_per_proc_macros(i, n, d, cluster_id) for i, (n, d) in enumerate(zip(input_names, dirs))]
-    reply = _run_child(parsed.policy, table=parsed.table, procs=procs)
+    reply = _run_child(parsed.policy, table=parsed.table, procs=procs, local=True, machine=machine)
     if not reply.get("ok"):
         _raise_child_failure(reply)
     specs = []
@@ -1788,6 +1928,7 @@ def local_proc_specs(
     for i, values in enumerate(reply["rows"]):
         it = _interpret(values, proc_dir=dirs[i], input_name=input_names[i], policy=parsed.policy, local=True,
                         urls=urls)
+        ad = (reply.get("ads") or [{}] * len(reply["rows"]))[i]
         specs.append(
             ProcSpec(
                 index=i,
@@ -1799,9 +1940,33 @@ def local_proc_specs(
                 stdin=it.stdin,
                 stdout=it.stdout,
                 stderr=it.stderr,
+                job_ad=ad.get("job_ad"),
+                policy=dict(ad.get("policy") or {}),
+                match=ad.get("match"),
+                **_transfer_lists(_Row(values), dirs[i], input_names[i]),
             )
         )
     return specs
+
+
+def _transfer_lists(row: _Row, proc_dir: str, input_name: str) -> dict[str, list[str]]:
+    """The files HTCondor's file transfer would need (inputs, besides the input file itself) and bring
+    back (outputs) for one proc; the entries were checked to stay in the proc's directory."""
+    inputs = []
+    for names in (("transfer_input_files", "transferinputfiles"), ("public_input_files", "publicinputfiles")):
+        hit = row.get(*names)
+        for item in _split_file_list(hit[1]) if hit else []:
+            if not _URL_RE.match(item) and item != input_name:
+                inputs.append(os.path.relpath(_inside(proc_dir, item, hit[0], f"{hit[0]}: {item}"), proc_dir))
+    outputs = []
+    hit = row.get("transfer_output_files", "transferoutputfiles")
+    if hit is not None and hit[1].strip() not in ('""', "''"):
+        outputs = _split_file_list(hit[1])
+    remaps = []
+    hit = row.get("transfer_output_remaps", "transferoutputremaps")
+    for name, new in _split_remaps(hit[1]) if hit else []:
+        remaps.append((name, _inside(proc_dir, new, hit[0], f"{hit[0]}: {name} = {new}")))
+    return {"transfer_input": inputs, "transfer_output": outputs, "transfer_remaps": remaps}
 
 
 @dataclass

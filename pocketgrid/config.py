@@ -105,10 +105,17 @@ class PeerConfig:
     #: Placement policy name: least-expected-load, min-coefficient, round-robin
     #: or random (see broker/placement.py).
     placement_policy: str = "least-expected-load"
-    #: Peers heartbeat the broker this often; after ``heartbeat_misses``
-    #: failures in a row (retried every interval/misses) they elect a new one.
+    #: Peers heartbeat the broker this often; when none has been answered for
+    #: ``heartbeat_misses`` intervals (and that many failed in a row, retried
+    #: every interval/misses) they elect a new one.
     heartbeat_interval: float = 5.0
     heartbeat_misses: int = 3
+    #: CondorExecutor: seconds between probes of the schedd (its health in /healthz, this site's idle
+    #: and held procs, why idle procs wait), each with ``condor_probe_timeout``; how long a kill waits
+    #: for the schedd before it is remembered and carried out later (202).
+    condor_probe_interval: float = 15.0
+    condor_probe_timeout: float = 5.0
+    condor_removal_timeout: float = 5.0
     #: TOML file with this site's submit-file policy (table [policy]: allow_/forbid_
     #: universes, keys, attributes; see peer/executors/policy.py).  Empty: the defaults.
     submit_policy: str = ""

@@ -22,6 +22,16 @@ class BadRequest(PocketgridError):
     status = 400
 
 
+class NotRunnableHere(BadRequest):
+    """This site will not run the job as written, and another site may: a submit command its executor
+    does not honour, or requirements no slot here matches (by site policy).  A 400 whose body says
+    ``"elsewhere": true``: the entry peer tries its next candidate, and answers the client with this
+    400 only when no site took the job."""
+
+    def __init__(self, message: str, **details: object) -> None:
+        super().__init__(message, elsewhere=True, **details)
+
+
 class NotFound(PocketgridError):
     status = 404
 

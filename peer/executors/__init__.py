@@ -68,6 +68,7 @@ def choose_executor(
     max_restarts: int,
     probe_timeout: float = PROBE_TIMEOUT,
     sandbox: SandboxSettings | None = None,
+    condor_options: dict | None = None,
 ) -> Executor:
     """``local``, ``condor`` or ``auto`` (Condor when a schedd answers, else local)."""
     if kind not in {"auto", "local", "condor"}:
@@ -81,7 +82,8 @@ def choose_executor(
     if kind == "condor":
         probe = require_condor(probe_timeout=probe_timeout, keep_client=True)
         log.info("executor condor: %s", probe.describe())
-        return CondorExecutor(db, stage_root, peer_name=peer_name, probe=probe, chosen_by="condor")
+        return CondorExecutor(db, stage_root, peer_name=peer_name, probe=probe, chosen_by="condor",
+                              **(condor_options or {}))
 
     if running_as_root():
         reason = "not tried: the peer runs as root, and the schedd never lets root own jobs"
@@ -89,7 +91,8 @@ def choose_executor(
         probe = probe_schedd(probe_timeout, keep_client=True)
         if probe.ok:
             log.info("executor auto: %s; using the HTCondor executor", probe.describe())
-            return CondorExecutor(db, stage_root, peer_name=peer_name, probe=probe, chosen_by="auto")
+            return CondorExecutor(db, stage_root, peer_name=peer_name, probe=probe, chosen_by="auto",
+                                  **(condor_options or {}))
         reason = probe.describe()
     log.info("executor auto: %s; using the local executor", reason)
     return _AutoLocalExecutor(db, stage_root, peer_name=peer_name, slots=slots, max_restarts=max_restarts,

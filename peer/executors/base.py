@@ -6,7 +6,7 @@ status path (``peer.event_log``) is the same for both.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from sqlalchemy.orm import Session
 
@@ -15,9 +15,21 @@ from ..staging import StagedJob
 from ..submit_description import ParsedSubmit
 
 
+class RemovalPending(Exception):
+    """A kill that cannot be carried out now (the schedd does not answer); it is remembered and carried
+    out later.  ``message`` is the short text the client sees."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
 class Executor(ABC):
     #: Short name stored with each job ("local", "condor").
     name: str
+    #: Called (by the executor, from any thread) when :meth:`site_counts` may have changed, so the
+    #: in-process agent reports at once instead of at its next interval.
+    on_site_change: Callable[[], None] | None = None
 
     def start(self) -> None:
         """Start background work (recovery, scheduling).  Called once per peer."""
@@ -44,6 +56,29 @@ class Executor(ABC):
     def describe(self) -> dict[str, object]:
         """What ``/healthz`` says about this executor."""
         return {"name": self.name}
+
+    def annotate(self, job: Job, states: Mapping[int, str]) -> dict[str, Any]:
+        """What the executor adds to a job's status (``states``: input index -> its state): ``removal``
+        (a kill not carried out yet) and ``procs`` (index -> extra fields, e.g. ``match`` for an idle
+        proc).  Cheap: computed from what the executor keeps, never by asking a daemon."""
+        return {}
+
+    def annotation_stamp(self) -> int:
+        """Changes whenever :meth:`annotate` may answer differently for a job whose log did not grow."""
+        return 0
+
+    def site_counts(self) -> dict[str, int] | None:
+        """This site's procs that are not about to use a slot: ``held`` and ``unmatchable`` (no slot
+        matches them), and ``idle`` (for reference); None when unknown.  Sent with the load report."""
+        return None
+
+    def _site_changed(self) -> None:
+        callback = self.on_site_change
+        if callback is not None:
+            try:
+                callback()
+            except Exception:  # noqa: BLE001 - a report is best effort
+                pass
 
 
 def cluster_procs(procs: Sequence[Proc]) -> list[str]:

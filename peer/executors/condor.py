@@ -26,13 +26,28 @@ database transaction, then commits, then calls :meth:`committed`.
    and every ``reconcile_interval`` seconds the executor asks the schedd for
    such clusters of this peer (``PocketgridPeer``) and releases those whose
    rows exist (``PocketgridJob`` + cluster) or removes those whose do not
-   (rolled back, or a submission whose answer was lost).  Clusters still in
-   flight in this process are skipped.
+   (rolled back, or a submission whose answer was lost), with whatever was
+   staged for them.  Clusters still in flight in this process are skipped.
 
 Each proc carries ``PocketgridJob``, ``PocketgridPeer`` and
 ``PocketgridIndex`` in its job ad (the user's own ``+Pocketgrid*`` and
 ``hold`` are dropped); kill and reconciliation match on them as well as on
 the cluster ID, so a reused cluster number can never hit another job.
+
+The schedd's health, this site's procs, why idle procs wait
+-------------------------------------------------------------
+A loop probes the schedd every ``probe_interval`` through a helper of its
+own (:meth:`CondorExecutor.probe_once`: this peer's idle and held procs, one
+projected query with a deadline): ``/healthz`` shows its verdict and never
+waits for it.  After a good probe it carries out kills remembered during an
+outage (:meth:`CondorExecutor.remove` answers at once with
+:class:`RemovalPending` when the schedd does not answer; they are kept in
+the settings table) and refreshes the match analysis of clusters with idle
+procs (the helper's ``analyze``: the first proc's job ad against the
+collector's slot ads, pocketgrid/matching.py), which the job's status shows
+(``match``) and the load report counts (``site_counts``: held and
+unmatchable procs are not load).  A new cluster is analysed at submit, while
+still held, to warn or refuse (submit policy ``unmatchable``).
 
 How the bindings are called
 ---------------------------
@@ -53,8 +68,11 @@ Running it (see compose/README.md)
 * Jobs run as that account and read/write their ``initialdir`` (the input's
   staging directory) through the shadow: the state directory must belong to
   (or be writable by) it, or the jobs go on hold with "Permission denied".
-* Keep the state directory off ``/tmp``: HTCondor services often run with a
-  private ``/tmp``.
+* Keep the state directory out of ``/tmp`` and ``/var/tmp``: HTCondor gives
+  every job a private, empty ``/tmp`` and ``/var/tmp`` (``MOUNT_UNDER_SCRATCH``),
+  even on this host, so a job that names its input directory by absolute path
+  (``$(proc_dir)``) would find nothing there; the peer warns at start
+  (:func:`scratch_mount_warning`).
 * Which schedd: HTCondor's own configuration (``CONDOR_CONFIG``, or
   ``_CONDOR_SCHEDD_HOST``/``_CONDOR_SCHEDD_NAME`` in the environment), exactly
   as for ``condor_q``.
@@ -76,22 +94,56 @@ from typing import Any, Mapping, Sequence
 from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
-from pocketgrid.errors import BadGateway, Unavailable
+from pocketgrid.errors import BadGateway, NotRunnableHere, Unavailable
 
 from ..db import Database
-from ..models import Job, Proc
-from ..staging import StagedJob
+from ..models import Job, Proc, Setting
+from ..staging import StagedJob, remove_orphan
 from ..proc_stderr import record_names
 from ..submit_description import CondorSubmission, ParsedSubmit, condor_submission
 from . import condor_cli
-from .base import Executor
+from .base import Executor, RemovalPending
 
 log = logging.getLogger(__name__)
 
 #: HoldReasonCode of a job submitted with ``hold = true`` (condor_holdcodes.h: SubmittedOnHold).
 SUBMITTED_ON_HOLD = 15
-#: JobStatus of a held job.
+#: JobStatus of an idle and of a held job.
+IDLE = 1
 HELD = 5
+
+#: What a job's status and a kill's answer say while its removal waits for the schedd.
+PENDING_REMOVAL = "pending: the schedd is not answering; it will be carried out when it answers"
+#: The settings row that keeps pending removals across restarts.
+PENDING_REMOVALS_KEY = "condor_pending_removals"
+
+
+def _one_line(text: str | None, limit: int) -> str:
+    """A message on one line, at most ``limit`` characters (condor_q's stderr can be a kilobyte)."""
+    line = " ".join(str(text or "").split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def _spent(deadline: float | None) -> bool:
+    return deadline is not None and time.monotonic() >= deadline - 0.5
+
+
+def _left(deadline: float | None, default: float) -> float:
+    return default if deadline is None else max(0.5, deadline - time.monotonic())
+
+
+@dataclass
+class ScheddHealth:
+    """What the periodic probe found: ``ok``, ``unreachable`` or ``unknown`` (no probe yet)."""
+
+    state: str = "unknown"
+    checked_at: float | None = None
+    last_error: str | None = None
+    last_error_at: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"state": self.state, "checked_at": self.checked_at, "last_error": self.last_error,
+                "last_error_at": self.last_error_at}
 
 ATTR_JOB = "PocketgridJob"
 ATTR_PEER = "PocketgridPeer"
@@ -269,6 +321,47 @@ def probe_schedd(timeout: float = 5.0, *, address: str | None = None, keep_clien
     elif address is None:
         reasons.append("condor_q is not on PATH")
     return ScheddProbe(False, reason="; ".join(reasons), seconds=time.monotonic() - started)
+
+
+def _mount_under_scratch() -> str | None:
+    """HTCondor's ``MOUNT_UNDER_SCRATCH`` as this host's configuration sets it (a local read, no daemon)."""
+    try:
+        import htcondor2
+
+        return htcondor2.param.get("MOUNT_UNDER_SCRATCH")
+    except Exception:  # noqa: BLE001 - no bindings or no configuration: assume HTCondor's default
+        return None
+
+
+#: HTCondor's default ``MOUNT_UNDER_SCRATCH``.
+DEFAULT_MOUNT_UNDER_SCRATCH = "/tmp,/var/tmp"
+
+
+def scratch_mount_warning(stage_root: str, mount_under_scratch: str | None) -> str | None:
+    """What is wrong with staging under a directory HTCondor mounts privately for every job, or None.
+
+    The execute side gives each job its own, empty ``/tmp`` and ``/var/tmp``
+    (``MOUNT_UNDER_SCRATCH``, default ``/tmp,/var/tmp``), even on the submit
+    host itself.  With file transfer (pocketgrid forces it) the job's input
+    and executable still reach it, but a job that names its input directory
+    by absolute path (``$(proc_dir)``, or a path it was told) finds an empty
+    private directory there instead of its files.
+    """
+    value = (mount_under_scratch if mount_under_scratch is not None else DEFAULT_MOUNT_UNDER_SCRATCH).strip()
+    if len(value) >= 2 and value[0] == value[-1] == '"':  # the configuration gives it as a ClassAd string
+        value = value[1:-1]
+    root = os.path.normpath(stage_root)
+    for mount in (m.strip() for m in value.split(",")):
+        mount = os.path.normpath(mount) if mount else ""
+        if mount and (root == mount or root.startswith(mount.rstrip("/") + "/")):
+            return (
+                f"the staging directory {root} is under {mount}, which HTCondor mounts privately for every job "
+                f"(MOUNT_UNDER_SCRATCH = {value}): a job that refers to its input directory by absolute path "
+                "(e.g. $(proc_dir)) sees an empty private directory there, even on this host, instead of its "
+                "files (file transfer still brings it the input and the executable); put the state directory "
+                "elsewhere, e.g. /var/lib/pocketgrid"
+            )
+    return None
 
 
 ROOT_REFUSAL = (
@@ -452,7 +545,15 @@ class CondorExecutor(Executor):
         call_timeout: float = 30.0,
         submit_timeout: float = 60.0,
         reconcile_interval: float = 60.0,
+        probe_interval: float = 15.0,
+        probe_timeout: float = 5.0,
+        removal_timeout: float = 5.0,
+        match_max_age: float = 60.0,
     ) -> None:
+        self.probe_interval = probe_interval
+        self.probe_timeout = probe_timeout
+        self.removal_timeout = removal_timeout
+        self.match_max_age = match_max_age
         self.db = db
         self.stage_root = Path(stage_root)
         self.peer_name = peer_name
@@ -471,6 +572,20 @@ class CondorExecutor(Executor):
         self._thread: threading.Thread | None = None
         self.last_error: str | None = None
         self.stats = {"submitted": 0, "released": 0, "removed_on_rollback": 0, "cli_fallbacks": 0}
+        #: The periodic probe's own helper: a slow submit never delays it, and it never delays a submit.
+        self.watch_client = BindingsClient(timeout=probe_timeout)
+        self.health = ScheddHealth()
+        self._state_lock = threading.Lock()
+        #: Kills the schedd did not take yet (job ID -> when asked), also in the settings table.
+        self._pending_removals: dict[str, float] = {}
+        #: Match analysis per cluster with idle procs: {"slots", "of", "failing"?}, and when it was made.
+        self._matches: dict[int, tuple[float, dict[str, Any]]] = {}
+        self._site: dict[str, int] | None = None
+        self._idle: dict[int, int] = {}  # cluster -> idle procs, from the last census
+        self._held = 0  # held procs (not those held since submission), from the last census
+        self._new_unmatchable: dict[str, tuple[int, int]] = {}  # job -> (cluster, procs), until committed
+        self._stamp = 0  # bumped whenever annotate() may answer differently
+        self._last_reconcile = 0.0
 
     # ---- schedd operations: bindings first, CLI as fallback ---------------
     def _bindings(self, op: str, timeout: float, **args: Any) -> dict[str, Any]:
@@ -501,36 +616,42 @@ class CondorExecutor(Executor):
             raise CondorUnreachable("; ".join(errors)) from None
         return rng.cluster, rng.first_proc, rng.num_procs
 
-    def _act(self, action: str, constraint: str, reason: str) -> int | None:
-        """Remove/Release/Hold the matching procs; returns how many changed (None = unknown)."""
+    def _act(self, action: str, constraint: str, reason: str, *, timeout: float | None = None) -> int | None:
+        """Remove/Release/Hold the matching procs; returns how many changed (None = unknown).
+
+        ``timeout`` bounds the whole call, the CLI fallback included (default: ``call_timeout`` each).
+        """
         errors = []
+        deadline = None if timeout is None else time.monotonic() + timeout
         if self.via == "bindings":
             try:
-                r = self._bindings("act", self.call_timeout, action=action.capitalize(), constraint=constraint,
-                                   reason=reason)
+                r = self._bindings("act", timeout or self.call_timeout, action=action.capitalize(),
+                                   constraint=constraint, reason=reason)
                 return int(r.get("TotalSuccess", 0))
             except (CondorUnreachable, CondorRefused) as exc:
                 errors.append(f"htcondor2: {exc}")
                 tool = condor_cli._ACT_TOOLS[action]
-                if not self._cli_usable(tool):
+                if not self._cli_usable(tool) or _spent(deadline):
                     raise CondorUnreachable("; ".join(errors)) from None
                 self.stats["cli_fallbacks"] += 1
         try:
-            totals = condor_cli.act(action, constraint, reason=reason, timeout=self.call_timeout)
+            totals = condor_cli.act(action, constraint, reason=reason, timeout=_left(deadline, self.call_timeout))
         except condor_cli.CondorCliError as exc:
             errors.append(f"{condor_cli._ACT_TOOLS[action]}: {exc}")
             raise CondorUnreachable("; ".join(errors)) from None
         return totals.succeeded if totals.known else None
 
-    def _query(self, constraint: str, projection: list[str]) -> list[dict[str, Any]]:
+    def _query(self, constraint: str, projection: list[str], *, timeout: float | None = None) -> list[dict[str, Any]]:
+        deadline = None if timeout is None else time.monotonic() + timeout
         if self.via == "bindings":
             try:
-                return self._bindings("query", self.call_timeout, constraint=constraint, projection=projection)["ads"]
+                return self._bindings("query", timeout or self.call_timeout, constraint=constraint,
+                                      projection=projection)["ads"]
             except (CondorUnreachable, CondorRefused) as exc:
-                if not self._cli_usable("condor_q"):
+                if not self._cli_usable("condor_q") or _spent(deadline):
                     raise CondorUnreachable(f"htcondor2: {exc}") from None
         try:
-            return condor_cli.query(constraint, projection, timeout=self.call_timeout)
+            return condor_cli.query(constraint, projection, timeout=_left(deadline, self.call_timeout))
         except condor_cli.CondorCliError as exc:
             raise CondorUnreachable(f"condor_q: {exc}") from None
 
@@ -541,7 +662,7 @@ class CondorExecutor(Executor):
             cluster, first, n = self._submit(table, built.itemdata, staged.meta_dir)
         except CondorUnreachable as exc:
             self.last_error = str(exc)
-            raise Unavailable(f"{self.peer_name}: the HTCondor schedd did not take the job: {exc}",
+            raise Unavailable(f"{self.peer_name}: the HTCondor schedd did not take the job: {_one_line(str(exc), 300)}",
                               retry_after=10) from None
         self.stats["submitted"] += 1
         try:
@@ -549,6 +670,19 @@ class CondorExecutor(Executor):
         except ValueError as exc:
             self._remove_cluster(job.id, cluster, "pocketgrid: unexpected submission result")
             raise BadGateway(f"{self.peer_name}: {exc}") from None
+        match = self._match_at_submit(job.id, cluster)
+        if match is not None and match.get("slots") == 0:
+            why = match.get("failing") or "no slot matches"
+            if parsed.policy.unmatchable == "refuse":
+                self._remove_cluster(job.id, cluster, "pocketgrid: no slot of this pool matches the job")
+                raise NotRunnableHere(
+                    f"{self.peer_name}: no slot of this site's pool matches the job ({match.get('of', 0)} slots "
+                    f"looked at): {why}; this site refuses such jobs (submit policy unmatchable = refuse)")
+            job.warnings = [*(job.warnings or []), (
+                f"no slot of {self.peer_name}'s pool matches this job ({match.get('of', 0)} slots looked at): {why}; "
+                "it stays idle until one does (its status says why)")]
+            with self._state_lock:
+                self._new_unmatchable[job.id] = (cluster, n)
         self.pending.track(session, job.id, cluster, self._rolled_back)
         record_names(staged.meta_dir, staged.proc_dirs, built.stderr_paths_for(cluster))  # for a failed input's status
         for row in rows:
@@ -556,11 +690,25 @@ class CondorExecutor(Executor):
         log.info("job %s: cluster %d (%d procs) submitted on hold to the schedd", job.id, cluster, n)
         return rows
 
+    def _match_at_submit(self, job_id: str, cluster: int) -> dict[str, Any] | None:
+        """Does any slot match the new cluster's job ad (as the schedd stored it)?  None when unknown
+        (no collector, the CLI fallback, a slow helper): the job is then accepted as before."""
+        if self.via != "bindings":
+            return None
+        result = self._analyze([cluster], client=self.client, timeout=min(self.call_timeout, 10.0))
+        return result.get(cluster)
+
     def committed(self, job_id: str) -> None:
         cluster = self.pending.pop(job_id)
+        with self._state_lock:
+            unmatchable = self._new_unmatchable.pop(job_id, None)
         if cluster is None:
             return
         self._release(job_id, cluster)
+        if unmatchable is not None:  # counted now, not at the next probe: the agent reports it at once
+            with self._state_lock:
+                self._idle[unmatchable[0]] = unmatchable[1]
+            self._update_site()
 
     def _release(self, job_id: str, cluster: int) -> None:
         constraint = job_constraint(job_id, [cluster], submitted_on_hold=True)
@@ -575,6 +723,8 @@ class CondorExecutor(Executor):
                 self._retry[(job_id, cluster)] = "release"
 
     def _rolled_back(self, job_id: str, cluster: int) -> None:
+        with self._state_lock:
+            self._new_unmatchable.pop(job_id, None)
         self.stats["removed_on_rollback"] += 1
         log.info("job %s: transaction rolled back; removing its held cluster %d", job_id, cluster)
         self._remove_cluster(job_id, cluster, "pocketgrid: submission rolled back")
@@ -590,26 +740,88 @@ class CondorExecutor(Executor):
 
     # ---- removal -----------------------------------------------------------
     def remove(self, job_id: str) -> int:
+        """Remove the job's procs still in the queue; how many.
+
+        Quick whatever the schedd does: when the last probe found it not
+        answering, or it does not answer within ``removal_timeout``, the
+        removal is remembered (in the settings table too, so it survives a
+        restart) and :class:`RemovalPending` says so in a short sentence; the
+        probe loop carries it out as soon as the schedd answers again.
+        """
+        if self.health.state == "unreachable":
+            self._remember_removal(job_id, self.health.last_error or "the schedd is not answering")
+            raise RemovalPending(PENDING_REMOVAL)
+        try:
+            return self._remove_now(job_id, timeout=self.removal_timeout)
+        except CondorUnreachable as exc:
+            self._unreachable(str(exc))
+            self._remember_removal(job_id, str(exc))
+            raise RemovalPending(PENDING_REMOVAL) from None
+
+    def _remove_now(self, job_id: str, *, timeout: float | None = None) -> int:
         with self.db.sessions() as s:
             clusters = sorted(set(s.scalars(
                 select(Proc.cluster).where(Proc.job_id == job_id, Proc.executor == self.name))))
         if not clusters:
             return 0
         constraint = job_constraint(job_id, clusters)
-        try:
-            # Ask first: a finished job has left the queue, and acting on nothing is an error for some
-            # HTCondor versions of condor_rm (and perhaps of Schedd.act); "nothing left" is 0, not a failure.
-            if not self._query(constraint, ["ProcId"]):
-                return 0
-            n = self._act("remove", constraint, "via pocketgrid (removed by its owner)")
-        except CondorUnreachable as exc:
-            self.last_error = str(exc)
-            raise Unavailable(f"{self.peer_name}: the HTCondor schedd did not answer the removal: {exc}",
-                              retry_after=10) from None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        # Ask first: a finished job has left the queue, and acting on nothing is an error for some
+        # HTCondor versions of condor_rm (and perhaps of Schedd.act); "nothing left" is 0, not a failure.
+        if not self._query(constraint, ["ProcId"], timeout=timeout):
+            return 0
+        n = self._act("remove", constraint, "via pocketgrid (removed by its owner)",
+                      timeout=None if deadline is None else max(1.0, deadline - time.monotonic()))
         if n is None:  # an old condor_rm without -totals: it said it worked, not how many
             with self.db.sessions() as s:
                 n = len(s.scalars(select(Proc.id).where(Proc.job_id == job_id, Proc.executor == self.name)).all())
         return n
+
+    def _remember_removal(self, job_id: str, why: str) -> None:
+        log.warning("job %s: the schedd is not answering (%s); the removal will be carried out when it answers",
+                    job_id, _one_line(why, 300))
+        with self._state_lock:
+            if job_id in self._pending_removals:
+                return
+            self._pending_removals[job_id] = time.time()
+            self._save_pending_removals()
+            self._stamp += 1
+
+    def _save_pending_removals(self) -> None:
+        """Persist the pending removals (called with ``_state_lock`` held)."""
+        with self.db.session() as s:
+            row = s.get(Setting, PENDING_REMOVALS_KEY)
+            if row is None:
+                s.add(Setting(key=PENDING_REMOVALS_KEY, value=dict(self._pending_removals)))
+            else:
+                row.value = dict(self._pending_removals)
+
+    def _load_pending_removals(self) -> None:
+        with self.db.sessions() as s:
+            row = s.get(Setting, PENDING_REMOVALS_KEY)
+            value = row.value if row is not None and isinstance(row.value, dict) else {}
+        with self._state_lock:
+            self._pending_removals = {str(k): float(v) for k, v in value.items()}
+            self._stamp += 1
+        if self._pending_removals:
+            log.info("%d removal(s) asked for while the schedd was not answering: carried out when it answers",
+                     len(self._pending_removals))
+
+    def _carry_out_removals(self) -> None:
+        with self._state_lock:
+            pending = dict(self._pending_removals)
+        for job_id, since in pending.items():
+            try:
+                n = self._remove_now(job_id)
+            except CondorUnreachable as exc:
+                self._unreachable(str(exc))
+                return
+            log.info("job %s: the removal asked for %.0f s ago was carried out (%d procs)", job_id,
+                     time.time() - since, n)
+            with self._state_lock:
+                self._pending_removals.pop(job_id, None)
+                self._save_pending_removals()
+                self._stamp += 1
 
     # ---- reconciliation ----------------------------------------------------
     def reconcile(self, *, grace: float | None = None) -> dict[str, int]:
@@ -657,25 +869,32 @@ class CondorExecutor(Executor):
             else:
                 log.info("reconcile: cluster %d (job %s) has no job row here; removing it", cluster, job_id)
                 self._remove_cluster(job_id, cluster, "pocketgrid: submission was not recorded")
+                remove_orphan(self.stage_root, job_id, self._has_row)  # and what was staged for it
                 done["removed"] += 1
         return done
+
+    def _has_row(self, job_id: str) -> bool:
+        with self.db.sessions() as s:
+            return s.get(Job, job_id) is not None
 
     # ---- life cycle ----------------------------------------------------------
     def start(self) -> None:
         self._check_stage_root()
+        self._load_pending_removals()
         try:
             self.reconcile(grace=0)  # nothing of ours is in flight yet: settle what a crash left
         except CondorUnreachable as exc:
             self.last_error = str(exc)
             log.warning("could not reconcile with the schedd at start: %s", exc)
+        self._last_reconcile = time.monotonic()
         self._thread = threading.Thread(target=self._loop, name="condor-executor", daemon=True)
         self._thread.start()
 
     def _check_stage_root(self) -> None:
         root = str(self.stage_root.resolve())
-        if root == "/tmp" or root.startswith("/tmp/") or root.startswith("/var/tmp/"):
-            log.warning("the staging directory %s is under /tmp: HTCondor daemons often run with a private /tmp "
-                        "and would not see it; use a state directory elsewhere in production", root)
+        warning = scratch_mount_warning(root, _mount_under_scratch())
+        if warning:
+            log.warning("%s", warning)
         try:
             st = self.stage_root.stat()
             if hasattr(os, "geteuid") and st.st_uid != os.geteuid():
@@ -685,32 +904,174 @@ class CondorExecutor(Executor):
             pass
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.reconcile_interval):
+        """Every ``probe_interval``: probe the schedd (and count this peer's idle and held procs), carry
+        out pending removals, refresh the match analysis of idle clusters; every ``reconcile_interval``:
+        reconcile.  The first round runs at once."""
+        while not self._stop.is_set():
             try:
-                self.reconcile()
-            except CondorUnreachable as exc:
-                self.last_error = str(exc)
-                log.warning("reconciliation with the schedd failed: %s", exc)
+                if self.probe_once():
+                    self._carry_out_removals()
+                    self._refresh_matches()
             except Exception:  # keep the loop alive whatever one round hit
-                log.exception("reconciliation round failed")
+                log.exception("schedd probe round failed")
+            if time.monotonic() - self._last_reconcile >= self.reconcile_interval and self.health.state != "unreachable":
+                self._last_reconcile = time.monotonic()
+                try:
+                    self.reconcile()
+                except CondorUnreachable as exc:
+                    self.last_error = str(exc)
+                    log.warning("reconciliation with the schedd failed: %s", _one_line(str(exc), 300))
+                except Exception:  # keep the loop alive whatever one round hit
+                    log.exception("reconciliation round failed")
+            self._stop.wait(self.probe_interval)
+
+    # ---- the schedd's health, this site's procs, why idle procs wait ---------
+    def probe_once(self) -> bool:
+        """One cheap query for this peer's idle and held procs, with a deadline: the schedd's health and
+        the site's counts.  Never called on a request's path: /healthz shows what the last one found."""
+        try:
+            rows = self._census()
+        except CondorUnreachable as exc:
+            self._unreachable(str(exc))
+            return False
+        idle: dict[int, int] = {}
+        held = 0
+        for cluster, _proc, status, code in rows:
+            if status == HELD and code != SUBMITTED_ON_HOLD:
+                held += 1
+            elif status == IDLE and isinstance(cluster, int):
+                idle[cluster] = idle.get(cluster, 0) + 1
+        with self._state_lock:
+            was = self.health.state
+            self.health = ScheddHealth("ok", time.time(), self.health.last_error, self.health.last_error_at)
+            self._idle, self._held = idle, held
+            now = time.time()
+            for cluster in [c for c, (at, _) in self._matches.items()
+                            if c not in idle and now - at >= self.match_max_age]:
+                del self._matches[cluster]  # no idle proc left there (a new one, still held, is kept a while)
+        if was == "unreachable":
+            log.info("the schedd answers again")
+        self._update_site()
+        return True
+
+    def _census(self) -> list[tuple[Any, Any, Any, Any]]:
+        if self.via == "bindings":
+            try:
+                reply = self.watch_client.call("census", timeout=self.probe_timeout, peer=self.peer_name)
+            except CondorUnreachable as exc:
+                raise CondorUnreachable(f"htcondor2: {exc}") from None
+            if reply.get("ok"):
+                return [tuple(r) for r in reply["procs"]]
+            if not self._cli_usable("condor_q"):
+                raise CondorUnreachable(f"htcondor2: {reply.get('error')}")
+        constraint = f"{ATTR_PEER} =?= {quote_classad_string(self.peer_name)} && (JobStatus == {IDLE} || " \
+                     f"JobStatus == {HELD})"
+        try:
+            ads = condor_cli.query(constraint, ["ClusterId", "ProcId", "JobStatus", "HoldReasonCode"],
+                                   timeout=self.probe_timeout)
+        except condor_cli.CondorCliError as exc:
+            raise CondorUnreachable(f"condor_q: {exc}") from None
+        return [(a.get("ClusterId"), a.get("ProcId"), a.get("JobStatus"), a.get("HoldReasonCode")) for a in ads]
+
+    def _unreachable(self, error: str) -> None:
+        short = _one_line(error, 300)
+        with self._state_lock:
+            was = self.health.state
+            self.health = ScheddHealth("unreachable", time.time(), short, time.time())
+        self.last_error = error
+        if was != "unreachable":
+            log.warning("the schedd is not answering: %s", short)
+
+    def _refresh_matches(self) -> None:
+        """Analyse the clusters with idle procs whose analysis is missing or older than the slot ads may be."""
+        if self.via != "bindings":
+            return  # the analysis needs the bindings (full ads, classad2); condor_q alone does not give them
+        now = time.time()
+        with self._state_lock:
+            due = sorted(c for c in self._idle if c not in self._matches
+                         or now - self._matches[c][0] >= self.match_max_age)
+        if due:
+            self._analyze(due, client=self.watch_client, timeout=2 * self.probe_timeout)
+        self._update_site()
+
+    def _analyze(self, clusters: Sequence[int], *, client: BindingsClient, timeout: float) -> dict[int, dict]:
+        """Match analysis of these clusters (in the helper process); cached; {} when it cannot be made."""
+        try:
+            reply = client.call("analyze", timeout=timeout, peer=self.peer_name, clusters=list(clusters),
+                                max_age=self.match_max_age)
+        except CondorUnreachable as exc:
+            log.info("no match analysis for clusters %s: %s", list(clusters), exc)
+            return {}
+        if not reply.get("ok"):
+            log.info("no match analysis for clusters %s: %s", list(clusters), reply.get("error"))
+            return {}
+        if reply.get("slots_error"):
+            log.info("match analysis: %s", reply["slots_error"])
+        results = {int(c): r for c, r in (reply.get("results") or {}).items()}
+        now = time.time()
+        with self._state_lock:
+            for cluster, result in results.items():
+                old = self._matches.get(cluster)
+                self._matches[cluster] = (now, result)
+                if old is None or old[1] != result:
+                    self._stamp += 1
+        return results
+
+    def _update_site(self) -> None:
+        with self._state_lock:
+            unmatchable = sum(n for c, n in self._idle.items()
+                              if c in self._matches and self._matches[c][1].get("slots") == 0)
+            site = {"held": self._held, "unmatchable": unmatchable, "idle": sum(self._idle.values())}
+            changed = site != self._site
+            self._site = site
+        if changed:
+            self._site_changed()
+
+    def site_counts(self) -> dict[str, int] | None:
+        with self._state_lock:
+            return dict(self._site) if self._site is not None else None
+
+    def annotation_stamp(self) -> int:
+        return self._stamp
+
+    def annotate(self, job: Job, states: Mapping[int, str]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        with self._state_lock:
+            if job.id in self._pending_removals:
+                out["removal"] = PENDING_REMOVAL
+            matches = {c: r for c, (_, r) in self._matches.items()}
+        procs = {}
+        for p in job.procs:
+            if states.get(p.index) == "idle" and p.cluster in matches:
+                procs[p.index] = {"match": dict(matches[p.cluster])}
+        if procs:
+            out["procs"] = procs
+        return out
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
         self.client.close()
+        self.watch_client.close()
 
     def describe(self) -> dict[str, object]:
         with self._retry_lock:
             retries = len(self._retry)
+        with self._state_lock:
+            health = self.health.to_dict()
+            pending_removals = len(self._pending_removals)
+            site = dict(self._site) if self._site is not None else None
         return {
             "name": self.name,
             "chosen_by": self.chosen_by,
             "via": self.via,
-            "schedd": self.probe.name or self.probe.address or "local",
+            "schedd": {"name": self.probe.name or self.probe.address or "local", **health},
             "schedd_address": self.probe.address,
             "pending_commits": len(self.pending),
             "pending_retries": retries,
+            "pending_removals": pending_removals,
+            "procs": site,
             **self.stats,
-            "last_error": self.last_error,
+            "last_error": _one_line(self.last_error, 300) if self.last_error else None,
         }

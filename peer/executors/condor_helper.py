@@ -10,9 +10,10 @@ one JSON request per line on stdin and writes one JSON answer per line on
 stdout; the peer waits for the answer with a deadline and kills and restarts
 the child when the deadline passes (``peer.executors.condor.BindingsClient``).
 
-This file imports only the standard library and htcondor2 and is started with
-``runpy.run_path`` (not as ``peer.executors.condor_helper``), so the child
-does not import the server (Flask, SQLAlchemy, ...).  It inherits the peer's
+This file imports only the standard library, htcondor2/classad2 and
+``pocketgrid.matching`` (itself standard library + classad2), and is started
+with ``runpy.run_path`` (not as ``peer.executors.condor_helper``), so the
+child does not import the server (Flask, SQLAlchemy, ...).  It inherits the peer's
 environment: ``CONDOR_CONFIG`` and ``_CONDOR_*`` (which schedd, which pool)
 are the peer's, read when the child imports htcondor2 (the tests give both
 their own configuration through it: tests/conftest.py).
@@ -29,13 +30,29 @@ Requests (``op`` and its arguments) and answers (``{"ok": true, ...}`` or
   ``reason``: ``Schedd.act`` -> the result counts (``TotalSuccess``, ...).
 * ``query`` ``constraint``, ``projection``, [``limit``]: ``Schedd.query`` ->
   ``ads``: a list of dicts of the projected attributes.
+* ``census`` ``peer``: this peer's idle and held procs (``PocketgridPeer``),
+  one cheap projected query; the executor's periodic schedd probe ->
+  ``procs``: ``[cluster, proc, JobStatus, HoldReasonCode]`` rows.
+* ``analyze`` ``peer``, ``clusters``, [``max_age``]: does any slot match
+  each cluster's job (its first proc's full job ad, as the schedd stores it)?
+  The collector's slot ads are kept here and fetched again when older than
+  ``max_age`` seconds; the matching is ``pocketgrid.matching`` (classad2) ->
+  ``results`` ``{cluster: {slots, of, failing}}``, ``slots_at`` (when the
+  slot ads were fetched), ``slots_error`` (why there are none).
+
+Evaluating a job's requirements evaluates the user's text: it happens here,
+in the child, never in the peer (peer/submit_description.py says why).
 """
 from __future__ import annotations
 
 import json
 import sys
+import time
 import traceback
 from typing import Any
+
+#: JobStatus values (condor_q): idle, held.
+_IDLE, _HELD = 1, 5
 
 
 def _plain(value: Any) -> Any:
@@ -81,6 +98,33 @@ class _Schedd:
     def forget(self) -> None:
         self.schedd = None
 
+    # ---- slot ads, for the match analysis ------------------------------------
+    slots: list[Any] | None = None
+    slots_at: float = 0.0
+    slots_error: str | None = None
+
+    def slot_ads(self, max_age: float) -> list[Any] | None:
+        """The collector's slot ads as capacity ads (pocketgrid.matching), fetched again when older than max_age."""
+        if self.slots is not None and time.time() - self.slots_at < max_age:
+            return self.slots
+        from pocketgrid.matching import capacity_ads
+
+        h = self.htcondor2
+        try:
+            ads = h.Collector().query(h.AdType.Startd, constraint="DynamicSlot =!= true")
+        except h.HTCondorException as exc:
+            self.slots_error = f"the collector did not answer: {' '.join(str(exc).split())[:200]}"
+            return self.slots  # the last ones known, if any, are better than none
+        self.slots, self.slots_at, self.slots_error = capacity_ads(ads), time.time(), None
+        return self.slots
+
+
+def _str(value: str) -> str:
+    """A ClassAd string literal of a peer name (names are letters, digits, '-' and '_')."""
+    if any(c in value for c in '"\\\n'):
+        raise ValueError(f"cannot quote {value!r}")
+    return f'"{value}"'
+
 
 def _handle(state: _Schedd, req: dict[str, Any]) -> dict[str, Any]:
     h = state.htcondor2
@@ -111,6 +155,25 @@ def _handle(state: _Schedd, req: dict[str, Any]) -> dict[str, Any]:
         projection = list(req.get("projection") or [])
         ads = schedd.query(req.get("constraint", "true"), projection, limit=int(req.get("limit", -1)))
         return {"ok": True, "ads": [{k: _plain(ad.get(k)) for k in projection} for ad in ads]}
+    if op == "census":
+        schedd = state.locate()
+        constraint = f"PocketgridPeer =?= {_str(req['peer'])} && (JobStatus == {_IDLE} || JobStatus == {_HELD})"
+        ads = schedd.query(constraint, ["ClusterId", "ProcId", "JobStatus", "HoldReasonCode"])
+        return {"ok": True, "procs": [[_plain(ad.get("ClusterId")), _plain(ad.get("ProcId")),
+                                       _plain(ad.get("JobStatus")), _plain(ad.get("HoldReasonCode"))] for ad in ads]}
+    if op == "analyze":
+        from pocketgrid.matching import analyze
+
+        schedd = state.locate()
+        slots = state.slot_ads(float(req.get("max_age", 60.0)))
+        results: dict[str, Any] = {}
+        if slots is not None:
+            for cluster in req.get("clusters", []):
+                constraint = f"ClusterId == {int(cluster)} && PocketgridPeer =?= {_str(req['peer'])}"
+                ads = schedd.query(constraint, [], limit=1)  # the full job ad: Requirements may name anything
+                if ads:
+                    results[str(int(cluster))] = analyze(ads[0], slots).to_dict()
+        return {"ok": True, "results": results, "slots_at": state.slots_at or None, "slots_error": state.slots_error}
     return {"ok": False, "kind": "protocol", "error": f"unknown op {op!r}"}
 
 

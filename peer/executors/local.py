@@ -25,28 +25,33 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import asdict
 from pathlib import Path
 
 import psutil
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from pocketgrid.errors import Unavailable
+from pocketgrid.errors import NotRunnableHere, Unavailable
 
 from ..db import Database
 from ..event_log import EventLogReader, EventLogWriter
 from ..models import Counter, Job, Proc
-from ..staging import StagedJob
+from ..staging import META_DIR, StagedJob
 from ..proc_stderr import record_names
-from ..submit_description import ParsedSubmit, local_proc_specs
+from ..submit_description import NotHonouredHere, ParsedSubmit, local_proc_specs
 from .base import Executor
-from .local_runner import EXIT_DONE, EXIT_EVICTED
+from .local_runner import EXIT_DONE, EXIT_EVICTED, EXIT_HELD
 from .sandbox import Isolation, SandboxSettings, probe
+
+#: In a staged job's META_DIR: does this host match each proc ({index: {"slots", "of", "failing"?}}).
+MATCH_FILE = "match.json"
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +89,33 @@ class LocalExecutor(Executor):
         self.sandbox = sandbox or SandboxSettings()
         self._isolation: Isolation | None = None
         self._isolation_lock = threading.Lock()
+        self._match_cache: dict[str, dict[int, dict]] = {}
+        self._site_cache: tuple[float, dict[str, int]] | None = None
+        self._machine: dict[str, object] | None = None
+
+    def machine_ad(self) -> dict[str, object]:
+        """This host as a startd would advertise its one slot (pocketgrid/matching.py): cores, memory,
+        free disk under the staging area, HTCondor's own ARCH and OPSYS for this host."""
+        if self._machine is None:
+            import htcondor2
+
+            from pocketgrid.matching import host_machine_ad
+
+            def param(name: str, default: str) -> str:
+                try:
+                    return str(htcondor2.param.get(name) or default)
+                except Exception:  # noqa: BLE001 - no configuration: HTCondor's own default detection failed
+                    return default
+
+            self._machine = host_machine_ad(
+                name=self.peer_name, cpus=os.cpu_count() or 1, memory_mb=psutil.virtual_memory().total >> 20,
+                disk_kb=0, arch=param("ARCH", os.uname().machine.upper()), opsys=param("OPSYS", "LINUX"),
+                extra={"OpSysAndVer": param("OPSYSANDVER", ""), "OpSysMajorVer": param("OPSYSMAJORVER", "0")})
+        try:  # free disk changes: read it for each submission
+            disk = shutil.disk_usage(self.stage_root).free >> 10
+        except OSError:
+            disk = 0
+        return {**self._machine, "Disk": disk, "TotalDisk": disk}
 
     @property
     def isolation(self) -> Isolation:
@@ -114,12 +146,30 @@ class LocalExecutor(Executor):
         refusal = self.isolation.refusal
         if refusal:
             raise Unavailable(f"this peer does not run jobs: {refusal}")
-        specs = local_proc_specs(
-            parsed,
-            executable_name=staged.executable_name,
-            input_names=staged.input_names,
-            proc_dirs=[str(d) for d in staged.proc_dirs],
-        )
+        try:
+            specs = local_proc_specs(
+                parsed,
+                executable_name=staged.executable_name,
+                input_names=staged.input_names,
+                proc_dirs=[str(d) for d in staged.proc_dirs],
+                machine=self.machine_ad(),
+            )
+        except NotHonouredHere as exc:  # another site may run it as written: the entry peer tries the next
+            raise NotRunnableHere(f"{self.peer_name}: {exc}", key=exc.key) from None
+        unmatchable = {s.index for s in specs if s.match is not None and s.match.get("slots") == 0}
+        if unmatchable:
+            first = next(s for s in specs if s.index in unmatchable)
+            why = first.match.get("failing") or "no match"
+            host = self._machine_summary()
+            if parsed.policy.unmatchable == "refuse":
+                raise NotRunnableHere(
+                    f"{self.peer_name}: this host ({host}) does not match the job: {why}; this site refuses such "
+                    "jobs (submit policy unmatchable = refuse)")
+            job.warnings = [*(job.warnings or []), (
+                f"{self.peer_name} runs jobs on this host ({host}), which does not match "
+                f"{'this job' if len(unmatchable) == len(specs) else f'{len(unmatchable)} of its procs'}: {why}; "
+                "they stay idle (their status says why)")]
+        (staged.meta_dir / MATCH_FILE).write_text(json.dumps({s.index: s.match for s in specs if s.match}))
         counter = session.get(Counter, "local_cluster", with_for_update=True)
         if counter is None:
             counter = Counter(name="local_cluster", value=0)
@@ -153,7 +203,7 @@ class LocalExecutor(Executor):
                 executor=self.name,
                 cluster=cluster,
                 proc=spec.index,
-                local_state="queued",
+                local_state="unmatchable" if spec.index in unmatchable else "queued",
             )
             session.add(row)
             rows.append(row)
@@ -161,6 +211,50 @@ class LocalExecutor(Executor):
 
     def committed(self, job_id: str) -> None:
         self._wake.set()
+        with self.db.sessions() as s:
+            if s.scalar(select(Proc.id).where(Proc.job_id == job_id, Proc.local_state == "unmatchable").limit(1)):
+                self._site_changed()  # the agent reports them now, not at its next interval
+
+    def _machine_summary(self) -> str:
+        m = self._machine or {}
+        return f"{m.get('Cpus')} cores, {m.get('Memory')} MB memory, {m.get('Arch')}/{m.get('OpSys')}"
+
+    # ---- what the status adds, what the load report says -------------------
+    def _matches(self, job_id: str) -> dict[int, dict]:
+        cached = self._match_cache.get(job_id)
+        if cached is None:
+            try:
+                raw = json.loads((self.stage_root / job_id / META_DIR / MATCH_FILE).read_text())
+                cached = {int(k): v for k, v in raw.items() if isinstance(v, dict)}
+            except (OSError, ValueError):
+                cached = {}
+            if len(self._match_cache) > 1024:
+                self._match_cache.clear()
+            self._match_cache[job_id] = cached
+        return cached
+
+    def annotate(self, job: Job, states) -> dict:
+        matches = self._matches(job.id)
+        procs = {i: {"match": dict(matches[i])} for i, state in states.items() if state == "idle" and i in matches}
+        return {"procs": procs} if procs else {}
+
+    def site_counts(self) -> dict[str, int] | None:
+        cached = self._site_cache
+        if cached is not None and time.monotonic() - cached[0] < 1.0:  # /healthz shows it: one query a second
+            return dict(cached[1])
+        with self.db.sessions() as s:
+            rows = s.execute(select(Proc.local_state, func.count()).where(Proc.executor == self.name)
+                             .where(Proc.local_state.in_(("held", "unmatchable", "queued")))
+                             .group_by(Proc.local_state)).all()
+        by = {state: n for state, n in rows}
+        counts = {"held": by.get("held", 0), "unmatchable": by.get("unmatchable", 0),
+                  "idle": by.get("queued", 0) + by.get("unmatchable", 0)}
+        self._site_cache = (time.monotonic(), counts)
+        return dict(counts)
+
+    def _site_changed(self) -> None:
+        self._site_cache = None
+        super()._site_changed()
 
     # ---- removal ----------------------------------------------------------
     def remove(self, job_id: str) -> int:
@@ -171,13 +265,15 @@ class LocalExecutor(Executor):
                 return 0
             writer = EventLogWriter(str(self.stage_root / job_id / "job.log"))
             for p in job.procs:
-                if p.local_state == "queued":
+                if p.local_state in ("queued", "unmatchable", "held"):  # HTCondor removes held jobs too
                     writer.aborted(p.cluster, p.proc, "removed by user")
                     p.local_state = "done"
                     removed += 1
                 elif p.local_state == "running":
                     if self._signal(p, signal.SIGTERM):
                         removed += 1
+        if removed:
+            self._site_changed()
         return removed
 
     def _signal(self, p: Proc, signum: int) -> bool:
@@ -227,7 +323,15 @@ class LocalExecutor(Executor):
 
     def describe(self) -> dict[str, object]:
         return {"name": self.name, "slots": self.slots, "running": len(self._children) + len(self._adopted),
-                "isolation": self.isolation.describe()}
+                "isolation": self.isolation.describe(), "procs": self._site_counts_or_none()}
+
+    def _site_counts_or_none(self) -> dict[str, int] | None:
+        """For /healthz, which must answer whatever the database does."""
+        try:
+            return self.site_counts()
+        except Exception as exc:  # noqa: BLE001 - health says "unknown" rather than fail
+            log.debug("site counts unavailable: %s", exc)
+            return None
 
     # ---- recovery ---------------------------------------------------------
     def _recover(self) -> None:
@@ -247,7 +351,7 @@ class LocalExecutor(Executor):
                     readers[p.job_id] = reader
                 status = reader.procs.get((p.cluster, p.proc))
                 if status is not None and (status.state.is_terminal or status.state.value == "held"):
-                    p.local_state = "done"
+                    p.local_state = "held" if status.state.value == "held" else "done"
                 elif status is not None and status.evictions > p.restarts and status.state.value == "idle":
                     p.local_state = "queued"  # evicted at shutdown: run again
                     p.restarts = status.evictions
@@ -313,6 +417,7 @@ class LocalExecutor(Executor):
                     del self._adopted[row_id]
         if not finished:
             return
+        held = False
         with self.db.session() as s:
             for row_id, rc in finished:
                 p = s.get(Proc, row_id)
@@ -324,6 +429,9 @@ class LocalExecutor(Executor):
                     p.local_state = "done"
                 elif rc == EXIT_EVICTED:
                     p.local_state = "queued"
+                elif rc == EXIT_HELD:
+                    p.local_state = "held"  # not about to use a slot (the load report says so)
+                    held = True
                 elif rc in (EXIT_DONE, None):
                     p.local_state = "done"
                     if rc is None:
@@ -331,6 +439,8 @@ class LocalExecutor(Executor):
                 else:
                     self._lost(p, f"the local runner failed with exit status {rc}")
         self._wake.set()
+        if held:
+            self._site_changed()
 
     def _check_adopted_verdict(self, p: Proc) -> None:
         """An adopted runner is not our child: its exit status is unknown, the log has it."""
@@ -340,6 +450,8 @@ class LocalExecutor(Executor):
         if status is None or not (status.state.is_terminal or status.state.value == "held"):
             p.local_state = "running"  # _lost decides
             self._lost(p, "the local runner vanished without a verdict")
+        elif status.state.value == "held":
+            p.local_state = "held"
 
     def _fill(self) -> None:
         """Start queued procs up to the free slots.

@@ -18,6 +18,7 @@ defaults, so a new default refusal in a later version still applies::
     max_submit_bytes = 65536
     expand_timeout_seconds = 10
     expand_memory_bytes = 1073741824
+    unmatchable = "warn"                 # or "refuse": requirements no slot of this site matches
 
 ``allow_private_urls``: under HTCondor the site itself fetches a job's
 ``transfer_input_files`` URLs (its file-transfer plugins run on the execute
@@ -31,6 +32,14 @@ job is submitted and again when it is handed to HTCondor, not when the plugin
 connects: a name whose DNS answer changes in between (or that does not resolve
 at submit time: accepted with a warning) is not caught, so a site that needs a
 hard guarantee also blocks those ranges for jobs in its firewall.
+
+``unmatchable``: what to do with a job whose requirements no slot of this
+site matches (HTCondor's own ClassAd matching of the job ad against the
+collector's slot ads, or against this host's machine ad where the peer runs
+jobs itself: pocketgrid/matching.py).  ``warn`` (the default, as HTCondor
+does) accepts it with a warning naming the requirement that fails; it stays
+idle, and its status says why.  ``refuse`` answers 400 naming it, and the
+entry peer tries the next site before giving the client that answer.
 
 Every peer applies its own policy: the entry peer before placement, the site
 chosen to run the job again when it stages it.  A refusal is a 400 whose
@@ -60,6 +69,7 @@ _SETS = {
 _SCALARS = {"max_submit_bytes": int, "expand_timeout_seconds": float, "expand_memory_bytes": int,
             "url_resolve_timeout_seconds": float}
 _BOOLS = ("allow_private_urls",)
+_CHOICES = {"unmatchable": ("warn", "refuse")}
 
 
 def _names(table: Mapping[str, Any], key: str) -> set[str]:
@@ -72,7 +82,7 @@ def _names(table: Mapping[str, Any], key: str) -> set[str]:
 def policy_from_mapping(table: Mapping[str, Any]) -> Policy:
     """A Policy from the ``[policy]`` table (defaults changed by allow_*/forbid_* lists)."""
     known = {f"{verb}_{what}" for verb in ("allow", "forbid") for what in _SETS} | set(_SCALARS) | set(_BOOLS) | {
-        "allowed_url_schemes", "site_host_names"}
+        "allowed_url_schemes", "site_host_names"} | set(_CHOICES)
     unknown = sorted(set(table) - known)
     if unknown:
         raise ValueError(f"submit policy: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
@@ -87,6 +97,11 @@ def policy_from_mapping(table: Mapping[str, Any]) -> Policy:
         if key in table:
             if not isinstance(table[key], bool):
                 raise ValueError(f"submit policy: {key} must be true or false")
+            kwargs[key] = table[key]
+    for key, choices in _CHOICES.items():
+        if key in table:
+            if table[key] not in choices:
+                raise ValueError(f"submit policy: {key} must be one of {', '.join(repr(c) for c in choices)}")
             kwargs[key] = table[key]
     for key, kind in _SCALARS.items():
         if key in table:

@@ -32,12 +32,15 @@ def test_demo_runs_end_to_end_and_leaves_nothing_behind():
     assert leftovers == [] and not os.path.exists(state)
 
 
-def test_standalone_agent_reports_to_the_broker(peers, site_pki):
+def test_standalone_agent_reports_to_the_broker(peers, site_pki, tmp_path, own_condor_config):
+    """Run as docs/operations.md says (no pool option): it asks the pool HTCondor's configuration names
+    (this suite's: a collector where nothing listens), and its log says it sends host figures, and why."""
     broker = peers("site-a", extra=["--no-agent"], site_pki=site_pki)
     member = peers("site-b", join=broker.url, extra=["--no-agent"], site_pki=site_pki)
+    log = tmp_path / "agent.log"
     agent = subprocess.Popen([sys.executable, "-m", "pocketgrid.cli", "agent", "--peer", member.url,
-                              "--name", "site-b", "--interval", "0.5", "--pki", str(site_pki.root)], cwd=ROOT,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              "--name", "site-b", "--interval", "0.5", "--pki", str(site_pki.root),
+                              "--log-file", str(log)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     view = host_session(site_pki, "site-a")
     try:
         def reported():
@@ -45,6 +48,15 @@ def test_standalone_agent_reports_to_the_broker(peers, site_pki):
             return next((r for r in load if r["peer"] == "site-b"), None)
         row = wait_until(reported, what="site-b's agent report at the broker")
         assert row["coefficient"] >= 0 and row["metrics"]["cores"] >= 1 and row["url"] == member.url
+        assert row["pool"] is None  # no collector answers here
+        collector = own_condor_config.read_text().split("COLLECTOR_HOST = ")[1].split()[0]
+        said = wait_until(lambda: log.exists() and "host figures only" in log.read_text() and log.read_text(),
+                          what="the agent's log to say which figures it sends")
+        assert f"the collector {collector} did not answer" in said
+        first = row["metrics"]["sampled_at"]
+        wait_until(lambda: (reported() or {}).get("metrics", {}).get("sampled_at", 0) > first + 1.0,
+                   what="more reports")
+        assert log.read_text().count("host figures only") == 1  # said once, not at every report
     finally:
         agent.send_signal(signal.SIGTERM)
         assert agent.wait(10) == 0

@@ -79,6 +79,7 @@ def condor_peer():
     root = base / uuid.uuid4().hex[:12]
     with host_condor():
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env["POCKETGRID_CONDOR_PROBE_INTERVAL"] = "2"  # the schedd probe every 2 s: the tests wait less
     peer = PeerProcess("condor-site", root / "condor-site", free_port(),
                        ["--threads", "8", "--no-agent", "--executor", "condor"], env).start()
     peer.publish.mkdir(parents=True, exist_ok=True)
@@ -87,6 +88,11 @@ def condor_peer():
     finally:
         peer.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def probe_schedd_here():
+    with host_condor():
+        return probe_schedd(10.0)
 
 
 def _schedd_jobs(cluster: int) -> list[dict]:
@@ -176,6 +182,109 @@ def test_hold_reason_is_surfaced_and_kill_removes_the_cluster(condor_peer):
         wait_until(lambda c=cluster: all(j["JobStatus"] == 3 for j in _schedd_jobs(c)), timeout=TIMEOUT,
                    interval=2, what=f"cluster {cluster} to leave the queue")
     assert client.kill(held["id"])["removed_procs"] == 0  # nothing left to remove
+
+
+@pytest.mark.condor
+def test_restart_removes_an_unrecorded_cluster_and_its_staging(condor_peer):
+    """A crash after the cluster was submitted on hold and before the job's row was committed: at start-up
+    the peer removes the cluster (no row) and the staging directory made for it."""
+    import htcondor2
+
+    job_id = f"{condor_peer.name}.{uuid.uuid4().hex[:16]}"
+    proc_dir = condor_peer.state / "stage" / job_id / "0"
+    proc_dir.mkdir(parents=True)
+    (proc_dir / "in.txt").write_text("1\n")
+    with host_condor():
+        sub = htcondor2.Submit({"executable": "/bin/true", "hold": "true", "initialdir": str(proc_dir),
+                                "log": str(proc_dir.parent / "job.log"), "MY.PocketgridJob": f'"{job_id}"',
+                                "MY.PocketgridPeer": f'"{condor_peer.name}"'})
+        cluster = htcondor2.Schedd().submit(sub).cluster()
+    condor_peer.stop()
+    condor_peer.start()
+    wait_until(lambda: all(j["JobStatus"] == 3 for j in _schedd_jobs(cluster)), timeout=TIMEOUT, interval=1,
+               what=f"the unrecorded cluster {cluster} to be removed")
+    assert not (condor_peer.state / "stage" / job_id).exists()
+
+
+@pytest.mark.condor
+def test_standalone_agent_reports_the_pools_figures(condor_peer, tmp_path):
+    """A Condor site run as docs/operations.md suggests (peer with --no-agent, `pocketgrid agent` on the head
+    node): the agent finds the collector in HTCondor's configuration and the broker places on the pool."""
+    with host_condor():
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    log = tmp_path / "agent.log"
+    out = subprocess.run([sys.executable, "-m", "pocketgrid.cli", "agent", "--peer", condor_peer.url, "--name",
+                          condor_peer.name, "--once", "--log-file", str(log)], env=env, cwd=ROOT, timeout=120,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr + (log.read_text() if log.exists() else "")
+    load = requests.get(f"{condor_peer.url}/api/v1/broker", timeout=10).json()["load"]
+    row = next(r for r in load if r["peer"] == condor_peer.name)
+    assert row["pool"] and row["pool"]["total_slots"] >= 1, row
+    assert row["slots"] == row["pool"]["total_slots"]  # placement counts the pool's slots, not the head node's cores
+    assert "reporting pool figures from collector" in log.read_text()
+
+
+@pytest.mark.condor
+def test_healthz_shows_the_schedds_state_from_the_probe(condor_peer):
+    schedd = wait_until(lambda: (s := requests.get(f"{condor_peer.url}/healthz", timeout=5).json()["executor"]
+                                 ["schedd"])["state"] != "unknown" and s, timeout=60, what="the first probe")
+    assert schedd["state"] == "ok" and schedd["checked_at"] and schedd["name"]
+
+
+@pytest.mark.condor
+def test_a_job_no_slot_matches_is_accepted_with_a_warning_and_its_status_says_why(condor_peer):
+    """The issue's two cases on a real pool: HTCondor's own job ad (condor_submit's clauses included)
+    against the collector's slot ads."""
+    (condor_peer.publish / "u.txt").write_text("1\n")
+    client = Client(condor_peer.url)
+    big = client.submit("big", SLEEP_SH, "big.sub", ["u.txt"], executable_name="sleep.sh",
+                        submit_text="executable = sleep.sh\nrequest_memory = 99999999\nqueue\n")
+    nope = client.submit("nope", SLEEP_SH, "nope.sub", ["u.txt"], executable_name="sleep.sh",
+                         submit_text='executable = sleep.sh\nrequirements = (Arch == "NOPE")\nqueue\n')
+    assert "request_memory = 99999999" in " ".join(big["warnings"])
+    assert 'Arch == "NOPE"' in " ".join(nope["warnings"])
+    for job, said in ((big, "request_memory = 99999999"), (nope, 'Arch == "NOPE"')):
+        i = wait_until(lambda j=job: (x := client.status(j["id"])[0]["inputs"][0]).get("match") and x,
+                       timeout=120, interval=1, what="the match hint")
+        assert i["state"] == "idle" and i["match"]["slots"] == 0 and i["match"]["of"] >= 1
+        assert said in i["match"]["failing"]
+    wait_until(lambda: (requests.get(f"{condor_peer.url}/healthz", timeout=5).json()["executor"]["procs"] or {})
+               .get("unmatchable", 0) >= 2, timeout=120, interval=1, what="the site's unmatchable count")
+    for job in (big, nope):
+        client.kill(job["id"])
+        assert client.wait(job["id"], timeout=TIMEOUT, poll=5)["state"] == "removed"
+
+
+@pytest.mark.condor
+def test_a_kill_during_a_schedd_outage_is_answered_at_once_and_carried_out_later(condor_peer):
+    """Stops the pool's schedd (condor_off): skipped where this account may not."""
+    (condor_peer.publish / "o.txt").write_text("1\n")
+    client = Client(condor_peer.url, retries=0)
+    job = client.submit("outage", SLEEP_SH, "o.sub", ["o.txt"], executable_name="sleep.sh",
+                        submit_text="executable = sleep.sh\nqueue\n")
+    cluster = job["clusters"][0]
+    with host_condor():
+        env = dict(os.environ)
+    off = subprocess.run(["condor_off", "-daemon", "schedd"], capture_output=True, text=True, env=env, timeout=60)
+    if off.returncode != 0:
+        client.kill(job["id"])
+        pytest.skip(f"cannot stop the schedd here (condor_off): {off.stderr.strip()[:200]}")
+    try:
+        wait_until(lambda: requests.get(f"{condor_peer.url}/healthz", timeout=5).json()["executor"]["schedd"]
+                   ["state"] == "unreachable", timeout=120, interval=1, what="the probe to notice")
+        r = requests.delete(f"{condor_peer.url}/api/v1/jobs/{job['id']}", timeout=30)
+        assert r.status_code == 202 and r.json()["removal"].startswith("pending:")
+        assert len(r.text) < 400  # a short sentence, not condor_q's stderr
+        assert client.status(job["id"])[0]["removal"].startswith("pending:")
+        condor_peer.stop()  # the pending removal must survive a restart: stop while it is still pending...
+    finally:
+        subprocess.run(["condor_on", "-daemon", "schedd"], capture_output=True, text=True, env=env, timeout=60)
+    wait_until(lambda: probe_schedd_here().ok, timeout=120, interval=1, what="the schedd to come back")
+    condor_peer.start()  # ...and the restarted peer carries it out (`serve --executor condor` needs the schedd)
+    final = client.wait(job["id"], timeout=TIMEOUT, poll=5)
+    assert final["state"] == "removed" and "removal" not in final
+    wait_until(lambda: all(j["JobStatus"] == 3 for j in _schedd_jobs(cluster)), timeout=TIMEOUT, interval=2,
+               what="the cluster to leave the queue")
 
 
 # ---------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 
 import pytest
 
@@ -160,3 +161,30 @@ def test_agents_and_clients_fail_over_by_themselves(peers, site_pki):
     if job["peer"] != "site-a":  # the agents' live loads decide where it ran; site-a is dead
         status, _ = client.status(job["id"])
         assert status["id"] == job["id"]
+
+
+def test_a_broker_restarted_within_the_window_keeps_the_role(peers, site_pki):
+    """SIGTERM is not a hand-over: the peers wait the documented window (no answer for misses × interval,
+    here 6 × 2 s) before they elect, so a broker back within (misses - 1) × interval (10 s) is still
+    everyone's broker.  The outage is made at least 4 s long: the old rule (misses failures retried
+    interval/misses apart) elected a new broker at most interval + (misses - 1) × interval/misses = 3.7 s
+    after a stop."""
+    hb = ["--heartbeat-interval", "2", "--heartbeat-misses", "6", "--no-agent"]
+    a = peers("site-a", extra=hb, site_pki=site_pki)
+    b = peers("site-b", join=a.url, extra=hb, site_pki=site_pki)
+    c = peers("site-c", join=a.url, extra=hb, site_pki=site_pki)
+    wait_until(lambda: agreed([a, b, c], "site-a", 1) and len(view(c)["members"]) == 3, what="membership")
+    a.stop(signal.SIGTERM)
+    stopped = time.monotonic()
+    wait_until(lambda: time.monotonic() - stopped >= 4.0, what="an outage of 4 s")  # the scenario, not a race
+    a.start()  # a restart takes a few seconds here, inside the window
+
+    def heard_from_both() -> bool:  # the restarted broker got a heartbeat from each: they count it alive again
+        members = {m["name"]: m for m in host_session(site_pki, "site-a").get(
+            f"{a.url}/api/v1/broker", params={"detail": 1}, timeout=5).json()["members"]}
+        return all(members.get(n, {}).get("alive") and members[n].get("last_seen_age") is not None
+                   and members[n]["last_seen_age"] < 2 for n in ("site-b", "site-c"))
+
+    wait_until(heard_from_both, timeout=30, what="site-b and site-c to heartbeat the restarted broker")
+    assert agreed([a, b, c], "site-a", 1)  # no election: same broker, same epoch
+    assert "starting an election" not in b.log_tail(50000) + c.log_tail(50000)

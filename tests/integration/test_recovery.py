@@ -184,3 +184,25 @@ def test_retry_after_entry_crash_goes_back_to_the_same_target(peers):
     again = client(a.url).submit("k", b"#!/bin/sh\nexit 0\n", "s.sub", ["k.txt"], **kw)
     assert again["id"] == first["id"]
     assert [j["id"] for j in client(a.url).jobs() if j["name"] == "k"] == [first["id"]]
+
+
+def test_restart_removes_staging_left_without_a_job_row(peers):
+    """A crash between staging and the commit of the job's row leaves a complete staging directory that
+    nothing would ever serve or remove: the restarted peer sweeps it (before it serves a request), and
+    keeps every directory that has a row."""
+    p = peers("solo", extra=["--no-agent"])
+    kept = _submit(p.url, p, "kept")
+    assert client(p.url).wait(kept["id"], timeout=30)["state"] == "failed"  # exit 3: done, either way
+    p.stop(signal.SIGKILL)
+    stage = p.state / "stage"
+    orphan = stage / "solo.65f1c2ab0badc0de"  # what staging makes, but its row was never committed
+    (orphan / "0").mkdir(parents=True)
+    (orphan / "0" / "input.txt").write_text("x\n")
+    (orphan / "job.log").touch()
+    other = stage / "site-b.65f1c2ab00000001"  # not this peer's job ID: none of its business
+    other.mkdir()
+    p.start()
+    assert not orphan.exists() and other.exists()
+    assert (stage / kept["id"] / "0" / "runs.txt").exists()
+    assert client(p.url).outputs(kept["id"])["outputs"][0]["files"]
+    assert "no job row" in p.log_tail(20000)

@@ -83,6 +83,25 @@ def test_a_failed_input_shows_its_stderr_file_and_last_lines():
     ]
 
 
+def test_status_says_why_an_idle_input_waits_and_that_a_removal_is_pending():
+    status = _status(
+        {"state": "idle", "match": {"slots": 0, "of": 4,
+                                    "failing": "TARGET.Memory >= RequestMemory (request_memory = 99999999)"}},
+        {"state": "idle", "match": {"slots": 3, "of": 4}},
+        {"state": "idle"},
+    )
+    status["removal"] = "pending: the schedd is not answering; it will be carried out when it answers"
+    lines = cli._status_text(status).splitlines()
+    assert lines[1] == "  removal pending: the schedd is not answering; it will be carried out when it answers"
+    assert lines[2:] == [
+        "  [0] r0.txt: idle",
+        "      no slot matches (of 4): TARGET.Memory >= RequestMemory (request_memory = 99999999)",
+        "  [1] r1.txt: idle",
+        "      3 of 4 slots match: waiting for one to be free",
+        "  [2] r2.txt: idle",
+    ]
+
+
 def test_system_text_tells_dead_from_alive():
     text = cli._system_text({
         "broker": {"name": "site-a", "url": "https://a"}, "epoch": 2,

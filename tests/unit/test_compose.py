@@ -21,7 +21,14 @@
 * the entry point drops to the unprivileged job owner; the shell scripts are
   syntactically valid;
 * the Dockerfiles install what compose/README.md says they install, and copy
-  what exists.
+  what exists;
+* the images install what the top-level README's install table says: the
+  client image ``pocketgrid`` with no extras (and nothing else), the site
+  image the ``[server]`` extra (anything more only narrows a package that
+  extra requires);
+* the client and pki services run client commands only, and they work with
+  every server package unimportable (pki-init.sh run for real, and the
+  client script's own Python line).
 """
 from __future__ import annotations
 
@@ -587,3 +594,112 @@ def test_dockerfiles_copy_every_package_that_exists() -> None:
                 assert (ROOT / src).exists(), f"{name} copies {src}, which does not exist"
         copied = {Path(s).name for srcs in sources for s in srcs}
         assert packages <= copied, f"{name} misses {packages - copied}"
+
+
+# --- the images install what the README's install says; the client needs no server extra ---------
+
+#: What ``pocketgrid[server]`` adds, by import name, and the server-side packages of the distribution.
+SERVER_IMPORTS = ("flask", "werkzeug", "sqlalchemy", "psutil", "htcondor", "htcondor2", "classad2", "gunicorn",
+                  "psycopg", "yaml", "jwt", "segno", "peer", "broker", "ema_agent")
+
+
+def _pip_targets(dockerfile: str) -> list[str]:
+    """Every argument of every ``pip install`` in the Dockerfile (options dropped, quotes removed)."""
+    flat = _run_lines((COMPOSE / dockerfile).read_text())
+    targets = []
+    for args in re.findall(r"pip install ([^&\n]+)", flat):
+        targets += [w for w in shlex.split(args) if not w.startswith("-")]
+    return targets
+
+
+def _extras(spec: str) -> set[str]:
+    found = re.fullmatch(r"[^\[]+(?:\[([^\]]*)\])?", spec)
+    assert found, spec
+    return {e.strip() for e in (found.group(1) or "").split(",") if e.strip()}
+
+
+def _readme_installs() -> dict[str, set[str]]:
+    """The install table of the top-level README: what each row installs -> the extras it names."""
+    rows = re.findall(r"^\| `pip install ([^`]+)`", (ROOT / "README.md").read_text(), re.M)
+    return {row: _extras(shlex.split(row)[0]) for row in rows}
+
+
+def test_client_image_installs_pocketgrid_with_no_extras() -> None:
+    """The client (and pki) image is the README's base install: the project with no extras, nothing else."""
+    assert _pip_targets("Dockerfile.client") == ["/src"]
+    assert _readme_installs()["pocketgrid"] == set()  # the README's client install names no extra either
+
+
+def test_site_image_installs_the_readmes_server_install() -> None:
+    from packaging.requirements import Requirement
+
+    targets = _pip_targets("Dockerfile.site")
+    project = [t for t in targets if t.startswith("/src")]
+    assert len(project) == 1 and _extras(project[0]) == {"server"}
+    assert _readme_installs()['"pocketgrid[server]"'] == {"server"}
+    # Anything else it installs only narrows a package the server extra already requires (the bindings
+    # pinned to the daemons' major series), never adds one.
+    server = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["server"]
+    required = {Requirement(r).name.lower() for r in server}
+    for extra in (t for t in targets if not t.startswith("/src")):
+        assert Requirement(extra).name.lower() in required, f"Dockerfile.site installs {extra!r}, not in [server]"
+
+
+def _blocking_python(tmp_path: Path) -> Path:
+    """A ``python`` that cannot import any server package: what a base install can run, it runs."""
+    wrapper = tmp_path / "base-python"
+    wrapper.write_text(
+        f"#!{sys.executable}\n"
+        "import runpy, sys\n"
+        f"BLOCKED = {SERVER_IMPORTS!r}\n"
+        "class _Blocked:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in BLOCKED:\n"
+        "            raise ImportError(f'{name} is not in the base install (pocketgrid with no extras)')\n"
+        "sys.meta_path.insert(0, _Blocked())\n"
+        "if sys.argv[1] == '-c':\n"
+        "    code = sys.argv[2]\n"
+        "    sys.argv = ['-c', *sys.argv[3:]]\n"
+        "    exec(compile(code, '<string>', 'exec'), {'__name__': '__main__'})\n"
+        "else:\n"
+        "    assert sys.argv[1] == '-m', sys.argv\n"
+        "    sys.argv = sys.argv[2:]\n"
+        "    runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)\n"
+    )
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+def test_client_service_runs_only_client_commands_without_server_packages(compose: dict, tmp_path: Path) -> None:
+    """The client service and the pki service (client image) use client commands only, and they work with
+    every server package unimportable: the client image needs no server extra."""
+    from pocketgrid.cli import SERVER_COMMANDS
+
+    for script in (CLIENT_SCRIPT, PKI_SCRIPT):
+        code = "\n".join(ln for ln in script.read_text().splitlines() if not ln.lstrip().startswith("#"))
+        used = set(re.findall(r"\bpocketgrid\s+([a-z][a-z-]*)", code))
+        assert used and not used & SERVER_COMMANDS, f"{script.name} runs server commands {used & SERVER_COMMANDS}"
+    python = _blocking_python(tmp_path)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "pocketgrid").write_text(f'#!/bin/sh\nexec "{python}" -m pocketgrid.cli "$@"\n')
+    (bin_dir / "pocketgrid").chmod(0o755)
+    # The pki service's script, for real, with that pocketgrid.
+    volume, ca_volume = tmp_path / "pki", tmp_path / "pki-ca"
+    volume.mkdir()
+    env = {**os.environ, **pki_env(compose), "PKI_DIR": str(volume), "PKI_CA_DIR": str(ca_volume),
+           "PKI_USER_OWNER": "", "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    done = subprocess.run(["sh", str(PKI_SCRIPT), *compose["services"]["pki"]["command"]], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert (volume / "ca.pem").is_file() and (volume / "hosts" / "site-a.pem").is_file()
+    # The client script's own Python: where the sample job comes from.
+    code = re.search(r"^SAMPLE=\$\(python -c '([^']+)'\)$", CLIENT_SCRIPT.read_text(), re.M)
+    assert code, "the SAMPLE line of client-demo.sh changed shape; update this test"
+    out = subprocess.run([str(python), "-c", code.group(1)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert (Path(out.stdout.strip()) / "histogram.py").is_file()
+    # And the blocker does block: no server package imports in it.
+    for name in ("flask", "htcondor2", "peer.app"):
+        blocked = subprocess.run([str(python), "-c", f"import {name}"], capture_output=True, text=True, timeout=60)
+        assert blocked.returncode != 0 and "not in the base install" in blocked.stderr, name

@@ -48,6 +48,7 @@ from peer.models import Base, Job, Proc
 from peer.staging import InputSource, Stager
 from peer.submit_description import parse
 from pocketgrid.errors import Unavailable
+from tests.conftest import wait_until
 
 USER_SUB = (
     "universe = vanilla\n"
@@ -354,3 +355,160 @@ def test_a_peer_whose_schedd_is_gone_answers_503_and_records_nothing(db: Databas
         assert ex.describe()["last_error"]
     finally:
         ex.stop()
+
+
+# ---- where the staging directory is (issue 13, item 12) -------------------------------
+
+
+def test_staging_under_a_job_private_scratch_mount_names_the_real_risk() -> None:
+    from peer.executors.condor import scratch_mount_warning
+
+    said = scratch_mount_warning("/var/tmp/pocketgrid/stage", '"/tmp,/var/tmp"')  # as htcondor2.param gives it
+    assert said is not None
+    assert "under /var/tmp" in said and "is under /tmp" not in said
+    assert "MOUNT_UNDER_SCRATCH" in said and "private" in said and "$(proc_dir)" in said
+    assert scratch_mount_warning("/tmp/x/stage", None) is not None  # HTCondor's default when unset
+    assert scratch_mount_warning("/var/lib/pocketgrid/stage", '"/tmp,/var/tmp"') is None
+    assert scratch_mount_warning("/var/tmpfoo/stage", "/tmp,/var/tmp") is None  # a prefix is not a parent
+    # a site that mounts something else privately: that is what counts, not /tmp as such
+    assert scratch_mount_warning("/tmp/pg/stage", "/scratch") is None
+    assert "under /scratch" in scratch_mount_warning("/scratch/pg/stage", "/scratch")
+
+
+def test_the_warning_follows_the_sites_htcondor_configuration(db: Database, tmp_path: Path, caplog) -> None:
+    from tests.conftest import condor_environment, refused_address, write_condor_config
+
+    private = tmp_path / "private-scratch"
+    stage = private / "stage"
+    stage.mkdir(parents=True)
+    with refused_address() as address:
+        config = write_condor_config(tmp_path / "cfg", address)
+        config.write_text(config.read_text() + f"MOUNT_UNDER_SCRATCH = {private}\n")
+        with condor_environment({"CONDOR_CONFIG": str(config)}):
+            ex = CondorExecutor(db, stage, peer_name="site-a", probe=ScheddProbe(True, "bindings"))
+            try:
+                with caplog.at_level("WARNING", logger="peer.executors.condor"):
+                    ex._check_stage_root()
+            finally:
+                ex.stop()
+    assert any(f"under {private}" in r.getMessage() and "MOUNT_UNDER_SCRATCH" in r.getMessage()
+               for r in caplog.records)
+
+
+# ---- staging left without a job row (issue 13, item 10) --------------------------------
+
+
+def test_orphaned_staging_is_swept_only_when_it_has_no_row(db: Database, tmp_path: Path) -> None:
+    from peer.staging import remove_orphan
+    from peer.app import _job_rows
+
+    stager = Stager(tmp_path / "stage", http=requests.Session())
+    with db.session() as s:
+        s.add(_job("site-a.00aa"))
+    ids = ["site-a.00aa"] + [f"site-a.{i:05x}" for i in range(0x10000, 0x10000 + 1200)]  # more than one batch of lookups
+    for job_id in ids + ["site-b.00bb", "site-a.not-hex"]:
+        (stager.root / job_id).mkdir()
+    (stager.root / "site-a.00cc").write_text("a file, not a job")
+    removed = stager.sweep_orphans(_job_rows(db), peer_name="site-a")
+    assert removed == len(ids) - 1
+    left = sorted(p.name for p in stager.root.iterdir())
+    assert left == ["site-a.00aa", "site-a.00cc", "site-a.not-hex", "site-b.00bb"]
+    # the reconciliation's one-job form: a row keeps it, no row removes it, odd names are refused
+    assert remove_orphan(stager.root, "site-a.00aa", lambda j: True) is False
+    assert remove_orphan(stager.root, "../stage", lambda j: False) is False
+    (stager.root / "site-a.0dd0").mkdir()
+    assert remove_orphan(stager.root, "site-a.0dd0", lambda j: False) is True
+    assert not (stager.root / "site-a.0dd0").exists() and (stager.root / "site-a.00aa").exists()
+
+
+# ---- the schedd's health, kills during an outage (issue 13, items 9 and 11) -------------------
+
+
+def _job_with_procs(db: Database, job_id: str, cluster: int) -> None:
+    with db.session() as s:
+        s.add(_job(job_id))
+        s.flush()
+        s.add_all(proc_rows(job_id, ["a"], cluster=cluster, first_proc=0, num_procs=1))
+
+
+def test_the_probe_says_the_schedd_is_unreachable_and_why(db: Database, tmp_path: Path, no_schedd: str) -> None:
+    ex = CondorExecutor(db, tmp_path / "stage", peer_name="site-a", probe=ScheddProbe(True, "bindings"),
+                        probe_timeout=10)
+    try:
+        assert ex.describe()["schedd"]["state"] == "unknown"  # no probe yet: not "ok"
+        assert ex.probe_once() is False
+        schedd = ex.describe()["schedd"]
+        assert schedd["state"] == "unreachable" and schedd["checked_at"] and no_schedd in schedd["last_error"]
+        assert len(schedd["last_error"]) <= 300  # one line, not a kilobyte of condor_q's stderr
+    finally:
+        ex.stop()
+
+
+def test_health_never_waits_for_a_probe_in_flight(db: Database, tmp_path: Path) -> None:
+    """A collector and schedd that accept and never answer: the probe waits out its deadline in its own
+    helper; describe() (what /healthz shows) answers meanwhile."""
+    from tests.conftest import condor_environment, write_condor_config
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    accepted: list[socket.socket] = []
+    threading.Thread(target=lambda: [accepted.append(srv.accept()[0]) for _ in range(8)], daemon=True).start()
+    address = f"127.0.0.1:{srv.getsockname()[1]}"
+    try:
+        with condor_environment({"CONDOR_CONFIG": str(write_condor_config(tmp_path / "hang", address))}):
+            ex = CondorExecutor(db, tmp_path / "stage", peer_name="site-a", probe=ScheddProbe(True, "bindings"),
+                                probe_timeout=3)
+            probing = threading.Thread(target=ex.probe_once)
+            probing.start()
+            try:
+                wait_until(lambda: ex.watch_client._proc is not None, what="the probe to start")
+                health = ex.describe()
+                assert probing.is_alive()  # the probe is still waiting for the schedd...
+                assert health["schedd"]["state"] == "unknown"  # ...and /healthz answered without it
+                probing.join(30)
+                assert ex.describe()["schedd"]["state"] == "unreachable"
+                assert "did not answer" in ex.describe()["schedd"]["last_error"]
+            finally:
+                probing.join(30)
+                ex.stop()
+    finally:
+        srv.close()
+        for c in accepted:
+            c.close()
+
+
+def test_a_kill_during_an_outage_answers_at_once_and_is_carried_out_later(db: Database, tmp_path: Path,
+                                                                         no_schedd: str) -> None:
+    from peer.executors.base import RemovalPending
+    from peer.executors.condor import PENDING_REMOVAL
+
+    _job_with_procs(db, "site-a.1", 41)
+    ex = CondorExecutor(db, tmp_path / "stage", peer_name="site-a", probe=ScheddProbe(True, "bindings"),
+                        removal_timeout=10, probe_timeout=10)
+    try:
+        with pytest.raises(RemovalPending) as pending:  # the schedd refuses connections: it does not answer
+            ex.remove("site-a.1")
+        assert pending.value.message == PENDING_REMOVAL and len(PENDING_REMOVAL) < 100
+        assert ex.describe()["schedd"]["state"] == "unreachable" and ex.describe()["pending_removals"] == 1
+        _job_with_procs(db, "site-a.2", 42)
+        ex.client.close()
+        with pytest.raises(RemovalPending):
+            ex.remove("site-a.2")  # known unreachable: not even tried
+        assert ex.client._proc is None
+        with db.sessions() as s:
+            job = s.get(Job, "site-a.1")
+            job.procs  # noqa: B018 - load them
+        assert ex.annotate(job, {0: "running"})["removal"] == PENDING_REMOVAL
+    finally:
+        ex.stop()
+    # A restarted peer still knows, still says so, and tries again when its probe finds the schedd.
+    again = CondorExecutor(db, tmp_path / "stage", peer_name="site-a", probe=ScheddProbe(True, "bindings"))
+    try:
+        again._load_pending_removals()
+        assert again.describe()["pending_removals"] == 2
+        assert again.annotate(job, {0: "running"})["removal"] == PENDING_REMOVAL
+        again._carry_out_removals()  # no schedd yet: still pending, nothing lost
+        assert again.describe()["pending_removals"] == 2
+    finally:
+        again.stop()

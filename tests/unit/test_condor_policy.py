@@ -46,6 +46,7 @@ def test_attributes_can_be_allowed_or_forbidden() -> None:
     ({"forbid_keys": "priority"}, "list of names"),
     ({"max_submit_bytes": -1}, "positive number"),
     ({"expand_timeout_seconds": True}, "positive number"),
+    ({"unmatchable": "ignore"}, "'warn', 'refuse'"),
 ])
 def test_mistakes_in_the_file_are_errors(table: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -55,3 +56,8 @@ def test_mistakes_in_the_file_are_errors(table: dict, message: str) -> None:
 def test_the_peer_configuration_names_the_file(tmp_path: Path) -> None:
     config = PeerConfig.load(environ={"POCKETGRID_SUBMIT_POLICY": str(tmp_path / "p.toml")})
     assert config.submit_policy == str(tmp_path / "p.toml")
+
+
+def test_unmatchable_jobs_are_warned_about_by_default_and_refused_on_request() -> None:
+    assert Policy().unmatchable == "warn" and policy_from_mapping({}).unmatchable == "warn"
+    assert policy_from_mapping({"unmatchable": "refuse"}).unmatchable == "refuse"

@@ -149,3 +149,21 @@ def test_importing_pool_does_not_import_htcondor() -> None:
     code = "import sys, ema_agent.pool; print('htcondor2' in sys.modules, 'flask' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert out.stdout.split() == ["False", "False"], out.stderr
+
+
+def test_no_pool_says_why_naming_the_collector(no_schedd: str, tmp_path) -> None:
+    """What the agent's log says when it sends host figures: the collector it asked and what went wrong."""
+    from ema_agent.pool import pool_query
+    from tests.conftest import condor_environment, refused_address
+
+    figures, reason = pool_query(timeout=20)  # the configuration's COLLECTOR_HOST (this test's: nothing listens)
+    assert figures is None and no_schedd in reason and "did not answer" in reason
+    assert len(reason) <= 200  # HTCondor's own words, cut to one short line
+    with refused_address() as other:  # --collector wins over the configuration
+        figures, reason = pool_query(timeout=20, collector=other)
+    assert figures is None and other in reason and no_schedd not in reason
+    bare = tmp_path / "bare_config"
+    bare.write_text("# no COLLECTOR_HOST\n")
+    with condor_environment({"CONDOR_CONFIG": str(bare)}):
+        figures, reason = pool_query(timeout=20)
+    assert figures is None and "names no collector" in reason and "--collector" in reason

@@ -335,13 +335,13 @@ def test_report_schema_over_real_http(brokers) -> None:
     assert reporter.report_once() is True
     assert broker.got_report.wait(WAIT)
     (report,) = broker.reports
-    assert set(report) == {"peer", "url", "coefficient", "paper_coefficient", "metrics", "pool",
+    assert set(report) == {"peer", "url", "coefficient", "paper_coefficient", "metrics", "pool", "site",
                            "sampled_at", "interval"}
     assert report["peer"] == "site-a" and report["url"] == broker.url
     assert report["coefficient"] == pytest.approx(load_coefficient(sample))
     assert report["paper_coefficient"] == pytest.approx(paper_coefficient(sample))
     assert report["metrics"] == sample.to_dict()
-    assert report["pool"] is None
+    assert report["pool"] is None and report["site"] is None
     assert report["sampled_at"] == sample.sampled_at
     assert report["interval"] == 7.5
     assert reporter.broker_url == broker.url and reporter.failures == 0
@@ -517,3 +517,64 @@ def test_cli_once_fails_cleanly_and_rejects_bad_config() -> None:
     assert cli.run(_args("--peer", "not a url", "--name", "x")) == 2
     with pytest.raises(SystemExit):
         _args("--name", "x")  # --peer is required
+
+
+def test_the_log_says_which_figures_the_reports_carry(brokers, caplog: pytest.LogCaptureFixture) -> None:
+    """Once when the agent starts sending them and once at each change, not at every report."""
+    broker = brokers("head")
+    figures = {"total_slots": 4, "claimed_slots": 0, "idle_slots": 4, "idle_jobs": 0, "collector": "cm.example.org"}
+
+    class Source:
+        last_reason: str | None = None
+        answer: dict | None = figures
+
+        def __call__(self):
+            self.last_reason = None if self.answer else "the collector cm.example.org did not answer: refused"
+            return self.answer
+
+    source = Source()
+    reporter = reporter_for(broker.url, pool_source=source)
+    with caplog.at_level(logging.INFO, logger="ema_agent.reporter"):
+        for answer in (figures, figures, None, None, figures):
+            source.answer = answer
+            assert reporter.report_once()
+    said = [r.getMessage() for r in caplog.records if "figures" in r.getMessage()]
+    assert len(said) == 3, said
+    assert "pool figures from collector cm.example.org: 4 slots (0 claimed, 4 idle)" in said[0]
+    assert "host figures only" in said[1] and "cm.example.org did not answer" in said[1]
+    assert "pool figures" in said[2]
+    assert [r["pool"] is not None for r in broker.reports] == [True, True, False, False, True]
+
+
+def test_cli_builds_a_pool_source_unless_told_not_to() -> None:
+    from ema_agent.pool import PoolSource
+
+    base = ("--peer", "http://127.0.0.1:1", "--name", "x")
+    source = cli._pool_source(_args(*base))
+    assert isinstance(source, PoolSource) and source.collector is None  # HTCondor's configuration decides
+    assert cli._pool_source(_args(*base, "--collector", "cm.example.org:9618")).collector == "cm.example.org:9618"
+    assert cli._pool_source(_args(*base, "--no-pool")) is None
+    assert cli.run(_args(*base, "--no-pool", "--collector", "cm")) == 2  # contradictory: a configuration error
+
+
+def test_report_carries_the_sites_held_and_unmatchable_procs_and_goes_out_at_once_when_they_change(brokers) -> None:
+    broker = brokers("site-a")
+    site = {"held": 4, "unmatchable": 1, "idle": 1}
+    reporter = reporter_for(broker.url, interval=300.0, site_source=lambda: site)
+    reporter.start_thread()
+    try:
+        assert broker.got_report.wait(WAIT)
+        assert broker.reports[-1]["site"] == site
+        broker.got_report.clear()
+        site = {"held": 0, "unmatchable": 0, "idle": 0}
+        reporter.report_soon()  # the executor saw the counts change: no waiting 300 s
+        assert broker.got_report.wait(WAIT)
+        assert broker.reports[-1]["site"] == {"held": 0, "unmatchable": 0, "idle": 0}
+    finally:
+        reporter.stop(timeout=WAIT)
+
+    def broken():
+        raise ConnectionError("peer down")
+
+    reporter.site_source = broken
+    assert reporter.report_once() and broker.reports[-1]["site"] is None  # the report still goes out

@@ -332,3 +332,50 @@ def test_outcome_route_bans_and_the_system_view_shows_it(client):
     assert view["policy"] == "least-expected-load"
     r = client.post("/api/v1/broker/placements/outcome", json={"peer": "solo", "ok": True})
     assert r.status_code == 200 and r.get_json()["banned"] is False
+
+
+# ---- held and unmatchable procs are not load (issue 13, item 5) ----------------------------------
+def pool_state(name: str, *, idle_jobs: int, site: dict | None = None, in_flight: int = 0, now: float = 0.0) -> PeerState:
+    """A Condor site with 4 idle one-core slots, as its agent reports it."""
+    rep = {"coefficient": 0.1, "pool": {"total_slots": 4, "claimed_slots": 0, "idle_slots": 4, "idle_jobs": idle_jobs},
+           "site": site, "sampled_at": now - 1.0, "interval": 15}
+    return peer_state_from_report(name, f"http://{name}", rep, now, in_flight=in_flight)
+
+
+def test_procs_no_slot_matches_are_not_load_and_do_not_deter_other_jobs():
+    stuck = pool_state("a", idle_jobs=4, site={"held": 0, "unmatchable": 4})  # its 4 idle procs match no slot
+    busy = pool_state("b", idle_jobs=2)  # 2 idle procs that will take slots
+    assert (stuck.unmatchable, busy.unmatchable) == (4, 0)
+    policy = LeastExpectedLoad(seed=1, tie_fraction=0.0)
+    ranked = policy([stuck, busy], JobRequest(n_procs=3), 0.0)
+    assert ranked[0].name == "a" and ranked[0].detail["occupancy"] == 0.0
+    assert ranked[1].detail["occupancy"] == 0.5
+    # the same figures without the site's word count those 4 procs as work about to take the 4 slots
+    naive = pool_state("a", idle_jobs=4)
+    assert policy([naive, busy], JobRequest(n_procs=3), 0.0)[0].name == "b"
+
+
+def test_held_procs_are_not_load_and_not_a_hidden_backlog():
+    """Four held procs on a site with 4 idle slots: not busy, not over cap, not queued work."""
+    held = pool_state("a", idle_jobs=0, site={"held": 4, "unmatchable": 0})
+    ranked = LeastExpectedLoad(seed=1)([held], JobRequest(n_procs=1), 0.0)
+    assert ranked[0].detail["occupancy"] == 0.0 and "over cap" not in ranked[0].reason
+    # A host whose slots are all busy, to which 4 procs were placed that then went on hold: its next report
+    # says so, and they are not carried as a hidden queue.
+    full = {"coefficient": 2.2, "metrics": {"cores": 4, "cpu_percent": 100.0, "load1": 4.0, "clock_mhz": 2000.0},
+            "sampled_at": 0.0, "interval": 15}
+    before = peer_state_from_report("h", "http://h", {**full, "site": {"held": 1}}, 0.0)
+    after = peer_state_from_report("h", "http://h", {**full, "site": {"held": 5}}, 0.0)
+    assert hidden_backlog(before, after, placed=4) == 0
+    assert hidden_backlog(before, peer_state_from_report("h", "http://h", {**full, "site": {"held": 1}}, 0.0),
+                          placed=4) == 4  # still waiting for a slot: backlog, as before
+
+
+def test_the_broker_keeps_each_sites_word_and_shows_it(make_role, clock):
+    role = make_role()
+    rep = report("a", clock, pool={"total_slots": 4, "claimed_slots": 0, "idle_slots": 4, "idle_jobs": 4})
+    role.ingest_report({**rep, "site": {"held": 2, "unmatchable": 4, "idle": 4}})
+    row = {r["peer"]: r for r in role.load_table()}["a"]
+    assert row["site"] == {"held": 2, "unmatchable": 4, "idle": 4} and row["expected_occupancy"] == 0.0
+    role.ingest_report(report("a", clock, pool=rep["pool"]))  # an agent that does not say: counted as load
+    assert {r["peer"]: r for r in role.load_table()}["a"]["expected_occupancy"] == 1.0
