@@ -5,6 +5,8 @@ Used for the candidates that need another process layout than peer/server.py's o
 * ``--workers 2``: two request processes (the once-per-peer rule is broken on purpose: every worker runs
   ``create_app`` and so its own executor, elector, readers; only /healthz and status polls are measured);
 * ``--threads 1000 --worker-connections 2000``: the cost of one thread per waiting request;
+* ``--worker-class gevent --worker-connections 3000 --max-parked 2000``: gunicorn's async (gevent) worker, the
+  whole app monkey-patched (threads become greenlets);
 * ``--bind unix:PATH --trusted-cert-header``: the backend behind a TLS-terminating front (nginx or the
   aiohttp front).  TLS is then off in gunicorn, but the app still runs in TLS mode (tokens, ACLs): the
   front passes the VERIFIED client certificate in ``X-Pg-Client-Cert`` (PEM, URL-escaped, as nginx's
@@ -83,7 +85,7 @@ class ProtoServer(PeerServer):
         c, a = self.peer_config, self.args
         settings: dict[str, Any] = {
             "bind": [a.bind] if a.bind else [f"127.0.0.1:{a.port}"],
-            "workers": a.workers, "worker_class": "gthread", "threads": a.threads,
+            "workers": a.workers, "worker_class": a.worker_class, "threads": a.threads,
             "worker_connections": a.worker_connections, "timeout": 120, "graceful_timeout": 20,
             "keepalive": 30, "loglevel": c.log_level.lower(), "accesslog": None, "errorlog": "-",
             "proc_name": f"proto-{c.name}", "limit_request_field_size": 16384,
@@ -112,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fixture", type=Path, required=True)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--threads", type=int, default=32)
+    p.add_argument("--worker-class", default="gthread", help="gthread (the product's) or gevent")
     p.add_argument("--worker-connections", type=int, default=1000)
     p.add_argument("--port", type=int)
     p.add_argument("--bind", help="e.g. unix:/path/backend.sock (then no TLS in gunicorn)")

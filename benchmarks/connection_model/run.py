@@ -134,7 +134,7 @@ def _ours(run: servers.Running) -> float:
     return total
 
 
-def wait_quiet(run: servers.Running, limit: float = 0.3, timeout: float = 30.0) -> float:
+def wait_quiet(run: servers.Running, limit: float = 0.3, timeout: float = 20.0) -> float:
     """Until processes other than the server, the holders and this driver use under ``limit`` cores for 1 s
     (or ``timeout``): the machine is shared.  Returns the last foreign load seen (cores)."""
     t0 = time.monotonic()
@@ -148,8 +148,12 @@ def wait_quiet(run: servers.Running, limit: float = 0.3, timeout: float = 30.0) 
     return round(foreign, 2)
 
 
+#: How long each wrk run waits for the machine to be quiet (--quiet-timeout).
+QUIET_TIMEOUT = [20.0]
+
+
 def wrk(run: servers.Running, url: str, headers: dict[str, str], seconds: float, lua: Path) -> dict[str, Any]:
-    foreign = wait_quiet(run)
+    foreign = wait_quiet(run, timeout=QUIET_TIMEOUT[0])
     cpu = Cpu(run)
     a, t0 = cpu.snap(), time.monotonic()
     try:
@@ -227,7 +231,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ramp", type=float, default=25.0, help="longest wait for a load to be in place (default 25)")
     p.add_argument("--out", type=Path, default=None, help="append one JSON line per candidate here")
     p.add_argument("--log-level", default="INFO")
+    p.add_argument("--quiet-timeout", type=float, default=20.0,
+                   help="before each wrk run, wait up to this long for other processes to use < 0.3 cores")
     args = p.parse_args(argv)
+    QUIET_TIMEOUT[0] = args.quiet_timeout
     fx = load(args.fixture)
     work = Path(tempfile.mkdtemp(prefix="cm-run-"))
     lua = work / "report.lua"

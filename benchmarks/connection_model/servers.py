@@ -5,6 +5,7 @@ Every candidate listens with TLS on the fixture's port and serves the same app c
 * ``gthread32``        TODAY'S PRODUCT: ``pocketgrid serve --pki ... --threads 32`` (one gthread worker);
 * ``gthread1000``      prototype: one gthread worker with 1000 threads (and room for 3000 connections);
 * ``gthread32x2``      prototype: two gthread workers of 32 threads (breaks the once-per-peer rule: measure only);
+* ``gevent``           prototype: gunicorn's gevent worker (one process, greenlets instead of threads);
 * ``aio+gthread32``    prototype asyncio front (proto_aio_front.py, long-polls wait on its loop) in front of one
                        gthread worker of 32 threads on a Unix socket;
 * ``aio+gthread16x2``  the same front in front of two gthread workers of 16 threads;
@@ -186,6 +187,9 @@ def start(name: str, fx: dict[str, Any], workdir: Path, log_level: str = "INFO")
     elif name == "gthread1000":
         run.procs.append(_popen(proto + ["--threads", "1000", "--worker-connections", "3000",
                                          "--max-parked", "990"], log))
+    elif name == "gevent":
+        run.procs.append(_popen(proto + ["--worker-class", "gevent", "--worker-connections", "3000",
+                                         "--max-parked", "2000"], log))
     elif name == "gthread32x2":
         run.procs.append(_popen(proto + ["--workers", "2", "--threads", "32"], log))
     elif name.startswith(("aio+", "nginx+")):

@@ -42,6 +42,12 @@ def cpu_cell(runs: list[dict[str, Any]]) -> str:
     return " ".join(f"{SHORT.get(k, k)} {rng(v, '{:.2f}')}" for k, v in roles.items() if max(v) >= 0.02) or "0"
 
 
+def us_cell(runs: list[dict[str, Any]]) -> str:
+    """Server CPU per request (µs), all server processes together: what a request costs whatever the noise."""
+    v = [sum((r.get("cpu_cores") or {}).values()) / r["rps"] * 1e6 for r in runs if r.get("rps")]
+    return rng(v, "{:,.0f}") if v else "–"
+
+
 def main(argv: list[str]) -> int:
     rounds = [[json.loads(ln) for ln in Path(p).read_text().splitlines() if ln.strip()] for p in argv]
     by: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
@@ -57,9 +63,10 @@ def main(argv: list[str]) -> int:
                     loads.append(name)
                 by[(row["candidate"], name)].append(m)
     print("| candidate | load held | conns up | new TLS conn /healthz (ok/tried, p50 ms) | /healthz req/s / p99 ms "
-          "| auth 304 req/s / p99 ms | auth 200 req/s / p99 ms | CPU cores during /healthz | mem added (USS MiB) "
+          "| auth 304 req/s / p99 ms | auth 200 req/s / p99 ms | CPU cores during /healthz "
+          "| server CPU µs/req (/healthz; 304) | mem added (USS MiB) "
           "| load avg 1 min / other procs' cores |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for cand in order:
         for load in loads:
             ms = by.get((cand, load))
@@ -78,7 +85,8 @@ def main(argv: list[str]) -> int:
             fc = [m["healthz"].get("foreign_cores_before") for m in ms]
             print(f"| {cand} | {load} | {', '.join(u for u in up if u) or '–'} | {fresh_cell} "
                   f"| {wrk_cell([m['healthz'] for m in ms])} | {wrk_cell([m['auth_304'] for m in ms])} | {a200} "
-                  f"| {cpu_cell([m['healthz'] for m in ms])} | {rng(mem, '{:.1f}') if load != 'base' else '–'} "
+                  f"| {cpu_cell([m['healthz'] for m in ms])} "
+                  f"| {us_cell([m['healthz'] for m in ms])}; {us_cell([m['auth_304'] for m in ms])} | {rng(mem, '{:.1f}') if load != 'base' else '–'} "
                   f"| {rng(la, '{:.1f}')} / {rng(fc, '{:.2f}')} |")
     return 0
 
