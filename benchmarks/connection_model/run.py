@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -231,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ramp", type=float, default=25.0, help="longest wait for a load to be in place (default 25)")
     p.add_argument("--out", type=Path, default=None, help="append one JSON line per candidate here")
     p.add_argument("--log-level", default="INFO")
+    p.add_argument("--keep", action="store_true", help="keep the servers' logs (the work directory) afterwards")
     p.add_argument("--quiet-timeout", type=float, default=20.0,
                    help="before each wrk run, wait up to this long for other processes to use < 0.3 cores")
     args = p.parse_args(argv)
@@ -280,6 +282,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.out:
             with open(args.out, "a") as fh:
                 fh.write(line + "\n")
+    if args.keep:
+        print(f"server logs kept in {work}", file=sys.stderr)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
