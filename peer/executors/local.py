@@ -80,6 +80,7 @@ class LocalExecutor(Executor):
         self._thread: threading.Thread | None = None
         self._children: dict[int, tuple[int, subprocess.Popen[bytes]]] = {}  # proc row id -> (pid, popen)
         self._adopted: dict[int, psutil.Process] = {}  # proc row id -> process
+        self._stopping: set[int] = set()  # proc row ids signalled by remove_proc
         self._lock = threading.Lock()
         self.sandbox = sandbox or SandboxSettings()
         self._isolation: Isolation | None = None
@@ -119,6 +120,7 @@ class LocalExecutor(Executor):
             executable_name=staged.executable_name,
             input_names=staged.input_names,
             proc_dirs=[str(d) for d in staged.proc_dirs],
+            indexes=staged.job_indexes(),
         )
         counter = session.get(Counter, "local_cluster", with_for_update=True)
         if counter is None:
@@ -179,6 +181,24 @@ class LocalExecutor(Executor):
                     if self._signal(p, signal.SIGTERM):
                         removed += 1
         return removed
+
+    def remove_proc(self, job_id: str, index: int, reason: str) -> str:
+        with self._lock, self.db.session() as s:
+            p = s.scalars(select(Proc).where(Proc.job_id == job_id, Proc.index == index,
+                                             Proc.executor == self.name)).first()
+            if p is None:
+                return "gone"
+            if p.local_state == "queued":
+                EventLogWriter(str(self.stage_root / job_id / "job.log")).aborted(p.cluster, p.proc, reason)
+                p.local_state = "done"
+                return "stopped"
+            if p.local_state == "running":
+                if p.id not in self._stopping:  # once: the runner kills the proc and writes "aborted"
+                    self._stopping.add(p.id)
+                    if not self._signal(p, signal.SIGTERM):
+                        self._stopping.discard(p.id)  # not started yet, or gone: the next round decides
+                return "stopping"
+            return "stopped"
 
     def _signal(self, p: Proc, signum: int) -> bool:
         """Signal a proc's runner, making sure the pid was not reused."""
@@ -315,10 +335,16 @@ class LocalExecutor(Executor):
             return
         with self.db.session() as s:
             for row_id, rc in finished:
+                stopped = row_id in self._stopping  # removed alone (remove_proc): never queued again
+                self._stopping.discard(row_id)
                 p = s.get(Proc, row_id)
                 if p is None:
                     continue
-                if rc == EXIT_EVICTED and p.job.removed_at is not None:
+                if stopped and rc not in (EXIT_DONE, None):
+                    EventLogWriter(str(self.stage_root / p.job_id / "job.log")).aborted(
+                        p.cluster, p.proc, "removed by pocketgrid")
+                    p.local_state = "done"
+                elif rc == EXIT_EVICTED and p.job.removed_at is not None:
                     EventLogWriter(str(self.stage_root / p.job_id / "job.log")).aborted(
                         p.cluster, p.proc, "removed by user")
                     p.local_state = "done"
