@@ -40,6 +40,36 @@ _RESPONSE_HEADERS = (
 )
 
 
+class _ClosesResponse:
+    """The relayed body, which closes its Response when the server closes it.
+
+    Werkzeug hands a ``direct_passthrough`` body to the server as it is
+    (``Response.get_app_iter``), so the server's ``close()`` would never reach
+    the Response and the callbacks registered with ``call_on_close`` (a parked
+    thread's place, an event stream's place per user) would never run: every
+    relayed long-poll or stream answered 200 kept its place for good.
+    """
+
+    def __init__(self, chunks: Iterator[bytes], response: Response) -> None:
+        self.chunks = chunks
+        self.response = response
+        self.closed = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.chunks)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            close = getattr(self.chunks, "close", None)
+            if close is not None:
+                close()  # the generator's finally closes the upstream connection
+        finally:
+            self.response.close()  # comes back here (already closed), then runs the on-close callbacks
+
+
 def relay(http: requests.Session, membership: Membership, peer: str, *,
           timeout: float | tuple[float, float], path: str | None = None) -> Response:
     """Send this request on to ``peer``: to the same path (a job's home, by its ID), or to ``path``
@@ -97,7 +127,8 @@ def relay(http: requests.Session, membership: Membership, peer: str, *,
             upstream.close()
 
     streaming = upstream.headers.get("Content-Type", "").startswith("text/event-stream")
-    out = Response(events() if streaming else body(), status=upstream.status_code, direct_passthrough=True)
+    out = Response(status=upstream.status_code, direct_passthrough=True)
+    out.response = _ClosesResponse(events() if streaming else body(), out)
     if streaming:
         out.headers["X-Accel-Buffering"] = "no"
     for h in _RESPONSE_HEADERS:
