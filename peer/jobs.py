@@ -290,7 +290,8 @@ class JobService:
             ordered.append(st)
             d: dict[str, Any] = {"index": p.index, "input": p.input_name}
             # Only what is known: an unchanged poll stays small.
-            d.update({k: v for k, v in st.to_dict().items() if v is not None and not (k == "evictions" and v == 0)})
+            d.update({k: v for k, v in st.to_dict().items()
+                      if v is not None and not (k in ("evictions", "retries") and v == 0)})
             if st.state in (ProcState.FAILED, ProcState.HELD):  # why: its stderr (final once the event is logged)
                 if stderr_names is None:
                     stderr_names = recorded_names(self.stager.job_root(job.id) / META_DIR) or []

@@ -48,7 +48,7 @@ LIVE = WAITING | ACTIVE
 STATES = LIVE | frozenset({"completed", "failed", "removed", "lost", "superseded"})
 #: The proc fields of a site's status shown per input (when known).
 PROC_FIELDS = ("exit_code", "signal", "hold_reason", "hold_code", "hold_subcode", "note", "submitted_at",
-               "started_at", "finished_at", "execute_host", "memory_mb", "image_size_kb", "evictions",
+               "started_at", "finished_at", "execute_host", "memory_mb", "image_size_kb", "evictions", "retries",
                "stderr_file", "stderr_tail", "history")
 #: Cleanup values still to carry out at a site -> what is recorded once done.
 CLEANUP_DONE = {"remove": "removed", "delete": "deleted"}
@@ -379,7 +379,7 @@ def input_view(record: JobRecord, index: int, atts: Sequence[JobAttempt], *, his
                          "attempt": current(atts).number}
     if shown.state not in ("lost", "superseded") or state == "completed":
         for k, v in (shown.status or {}).items():
-            if v is None or (k == "evictions" and not v) or (k.startswith("hold_") and state != "held"):
+            if v is None or (k in ("evictions", "retries") and not v) or (k.startswith("hold_") and state != "held"):
                 continue
             d[k] = v
     note = _note(record, atts, state, now, unreachable)

@@ -422,6 +422,13 @@ class ProcSpec:
     stdin: str | None
     stdout: str | None
     stderr: str | None
+    #: HTCondor's retry keys, carried out by the LocalExecutor as the schedd would: run the proc again
+    #: (up to ``max_retries`` times) while it does not exit with ``success_exit_code`` and
+    #: ``retry_until`` (an exit code, or a ClassAd expression over ExitCode, ExitBySignal, ExitSignal,
+    #: NumJobCompletions) is not true.
+    max_retries: int = 0
+    success_exit_code: int = 0
+    retry_until: str | None = None
 
 
 # ---------------------------------------------------------------------------
@@ -1700,6 +1707,34 @@ def _check_names(input_names: Sequence[str], proc_dirs: Sequence[str], *, condor
     return dirs
 
 
+def _retry_keys(row: "_Row") -> tuple[int, int, str | None]:
+    """``max_retries``, ``success_exit_code`` and ``retry_until`` of one proc (checked)."""
+    out = []
+    for key, default in (("max_retries", 0), ("success_exit_code", 0)):
+        hit = row.get(key)
+        if hit is None or not hit[1].strip():
+            out.append(default)
+            continue
+        try:
+            value = int(hit[1].strip())
+        except ValueError:
+            raise SubmitDescriptionError(f"{hit[0]} = {hit[1]!r}: give a whole number", key=hit[0]) from None
+        if key == "max_retries" and value < 0:
+            raise SubmitDescriptionError(f"{hit[0]} = {value}: give 0 or more", key=hit[0])
+        out.append(value)
+    hit = row.get("retry_until")
+    until = hit[1].strip() if hit is not None and hit[1].strip() else None
+    if until is not None:
+        import classad2
+
+        try:
+            classad2.ExprTree(until)
+        except Exception:  # classad2 raises its own ClassAdException
+            raise SubmitDescriptionError(f"{hit[0]} = {until!r}: give an exit code or a ClassAd expression",
+                                         key=hit[0]) from None
+    return out[0], out[1], until
+
+
 def _per_proc_macros(index: int, input_name: str, proc_dir: str, cluster_id: int,
                      process: int | None = None) -> dict[str, str]:
     """``index``: the input's index in the job (``$(input_index)``); ``process``: its proc number in the
@@ -1806,6 +1841,7 @@ def local_proc_specs(
     for i, values in enumerate(reply["rows"]):
         it = _interpret(values, proc_dir=dirs[i], input_name=input_names[i], policy=parsed.policy, local=True,
                         urls=urls)
+        max_retries, success_exit_code, retry_until = _retry_keys(_Row(values))
         specs.append(
             ProcSpec(
                 index=job_indexes[i],
@@ -1817,6 +1853,9 @@ def local_proc_specs(
                 stdin=it.stdin,
                 stdout=it.stdout,
                 stderr=it.stderr,
+                max_retries=max_retries,
+                success_exit_code=success_exit_code,
+                retry_until=retry_until,
             )
         )
     return specs

@@ -45,7 +45,7 @@ from ..staging import StagedJob
 from ..proc_stderr import record_names
 from ..submit_description import ParsedSubmit, local_proc_specs
 from .base import Executor
-from .local_runner import EXIT_DONE, EXIT_EVICTED
+from .local_runner import EXIT_DONE, EXIT_EVICTED, EXIT_REQUEUED
 from .sandbox import Isolation, SandboxSettings, probe
 
 log = logging.getLogger(__name__)
@@ -344,12 +344,12 @@ class LocalExecutor(Executor):
                     EventLogWriter(str(self.stage_root / p.job_id / "job.log")).aborted(
                         p.cluster, p.proc, "removed by pocketgrid")
                     p.local_state = "done"
-                elif rc == EXIT_EVICTED and p.job.removed_at is not None:
+                elif rc in (EXIT_EVICTED, EXIT_REQUEUED) and p.job.removed_at is not None:
                     EventLogWriter(str(self.stage_root / p.job_id / "job.log")).aborted(
                         p.cluster, p.proc, "removed by user")
                     p.local_state = "done"
-                elif rc == EXIT_EVICTED:
-                    p.local_state = "queued"
+                elif rc in (EXIT_EVICTED, EXIT_REQUEUED):
+                    p.local_state = "queued"  # evicted at shutdown, or run again by its max_retries
                 elif rc in (EXIT_DONE, None):
                     p.local_state = "done"
                     if rc is None:

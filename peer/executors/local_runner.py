@@ -9,7 +9,11 @@ starter for a single slot.
 Signals from the peer:
   SIGTERM  the user removed the job   -> kill the proc, write "aborted", exit 0
   SIGUSR1  the peer is shutting down  -> kill the proc, write "evicted", exit 3
-Exit status: 0 when a final event was written, 3 after an eviction.
+Exit status: 0 when a final event was written, 3 after an eviction, 4 when
+the proc ended and its submit file's retry keys (``max_retries``,
+``success_exit_code``, ``retry_until``) run it again: "evicted" with "Job
+terminated and was requeued", as HTCondor's shadow logs it.  How often it
+ran again is kept next to the spec (``<index>.retries``).
 
 ``--sandbox JSON`` (a :class:`peer.executors.sandbox.Isolation`, given by the
 peer at each start): the job runs in that sandbox and, when the peer is root,
@@ -32,12 +36,36 @@ from peer.executors import sandbox
 
 EXIT_DONE = 0
 EXIT_EVICTED = 3
+EXIT_REQUEUED = 4
 KILL_GRACE_SECONDS = 5.0
 
 
+def runs_again(spec: dict[str, Any], retries: int, *, exit_code: int | None, signal_number: int | None) -> bool:
+    """HTCondor's retry keys: does a proc that ended so run again (``retries`` re-runs so far)?"""
+    if signal_number is None and exit_code == int(spec.get("success_exit_code") or 0):
+        return False
+    if retries >= int(spec.get("max_retries") or 0):
+        return False
+    until = spec.get("retry_until")
+    if until:
+        try:
+            return exit_code != int(until)
+        except ValueError:
+            import classad2
+
+            ad = classad2.ClassAd({"ExitCode": exit_code if exit_code is not None else -1,
+                                   "ExitBySignal": signal_number is not None,
+                                   "ExitSignal": signal_number if signal_number is not None else 0,
+                                   "NumJobCompletions": retries + 1})
+            return classad2.ExprTree(until).eval(ad) is not True
+    return True
+
+
 class Runner:
-    def __init__(self, spec: dict[str, Any], isolation: sandbox.Isolation | None = None) -> None:
+    def __init__(self, spec: dict[str, Any], isolation: sandbox.Isolation | None = None,
+                 spec_path: Path | None = None) -> None:
         self.spec = spec
+        self.retries_file = spec_path.with_suffix(".retries") if spec_path is not None else None
         self.isolation = isolation or sandbox.Isolation()
         self.cluster = int(spec["cluster"])
         self.proc = int(spec["proc"])
@@ -141,11 +169,25 @@ class Runner:
         if self.reason == "evicted":
             self.log.evicted(self.cluster, self.proc, "the peer shut down; the proc will run again")
             return EXIT_EVICTED
-        if returncode < 0:
-            self.log.terminated(self.cluster, self.proc, signal=-returncode)
+        code, sig = (None, -returncode) if returncode < 0 else (returncode, None)
+        retries = self._retries()
+        if runs_again(spec, retries, exit_code=code, signal_number=sig):
+            if self.retries_file is not None:
+                self.retries_file.write_text(str(retries + 1))
+            self.log.requeued(self.cluster, self.proc, return_value=code, signal=sig,
+                              reason=f"its max_retries ({spec.get('max_retries')}) runs it again")
+            return EXIT_REQUEUED
+        if sig is not None:
+            self.log.terminated(self.cluster, self.proc, signal=sig)
         else:
-            self.log.terminated(self.cluster, self.proc, return_value=returncode)
+            self.log.terminated(self.cluster, self.proc, return_value=code)
         return EXIT_DONE
+
+    def _retries(self) -> int:
+        try:
+            return int(self.retries_file.read_text()) if self.retries_file is not None else 0
+        except (OSError, ValueError):
+            return 0
 
 
 def _read_child_pid(fd: int) -> int | None:
@@ -170,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with open(argv[0]) as fh:
         spec = json.load(fh)
-    return Runner(spec, isolation).run()
+    return Runner(spec, isolation, Path(argv[0])).run()
 
 
 if __name__ == "__main__":
