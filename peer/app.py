@@ -316,6 +316,17 @@ def build_services(config: PeerConfig) -> PeerServices:
         user = json.dumps({"dn": owner, "vo": vo, "source": "job manager"})
         return {USER_HEADER: user, TOKEN_HEADER: security.tokens.delegate(owner, vo, site)}
 
+    def check_input(meta: dict[str, Any]) -> str | None:
+        """An input is still the file that was submitted (else it fails at once, saying so)."""
+        try:
+            path = publishing.file(meta["path"])
+            if path.stat().st_size == meta["size"] and digests.sha256(path) == meta["sha256"]:
+                return None
+        except (PocketgridError, OSError):
+            pass
+        return (f"the input {meta['path']} changed (or is gone) since the job was submitted: "
+                "submit the job again to run it on the new file")
+
     dispatcher = Dispatcher(name=config.name, http=http, accept_local=jobs.accept, proof=proof,
                             timeout=max(config.peer_timeout, 120.0))
     manager = JobManager(
@@ -328,6 +339,7 @@ def build_services(config: PeerConfig) -> PeerServices:
         membership=membership,
         split=lambda key, n, sizes, avoid: services.split(key, n, sizes, avoid),
         report_failure=lambda peer: _report_placement_failure(services, peer),
+        check_input=check_input,
         records_root=records_root,
         limits=Limits(max_attempts=config.max_attempts, retry_backoff=config.retry_backoff,
                       max_evictions=config.max_evictions),

@@ -87,6 +87,7 @@ class JobManager:
         membership: Membership,
         split: Callable[[str, int, list[int], list[str]], list[dict[str, Any]]],
         report_failure: Callable[[str], None],
+        check_input: Callable[[dict[str, Any]], str | None] = lambda meta: None,
         records_root: Path,
         limits: records.Limits,
         monitor_interval: float = 2.0,
@@ -103,6 +104,7 @@ class JobManager:
         self.membership = membership
         self.split = split
         self.report_failure = report_failure
+        self.check_input = check_input
         self.records_root = records_root
         self.limits = limits
         self.monitor_interval = monitor_interval
@@ -208,6 +210,16 @@ class JobManager:
             record = s.get(JobRecord, job_id)
             if record is None:
                 return
+            problems = {a.index: self.check_input(record.inputs[a.index]) for a in atts}
+        if any(problems.values()):  # an input that is no longer what was submitted fails, with the reason
+            self._fail_inputs(job_id, {i: p for i, p in problems.items() if p}, now)
+            atts = [a for a in atts if not problems[a.index]]
+            if not atts:
+                return
+        with self.store.db.sessions() as s:
+            record = s.get(JobRecord, job_id)
+            if record is None:
+                return
             sizes = [int(record.inputs[a.index].get("size") or 0) for a in atts]
         atts.sort(key=lambda a: a.index)
         try:
@@ -240,6 +252,17 @@ class JobManager:
                 self.store.touch(s, record)
         for key, url, site in orders:
             self._send_async(job_id, key, site, url)
+
+    def _fail_inputs(self, job_id: str, problems: dict[int, str], now: float) -> None:
+        with self.store.session() as s:
+            record = s.get(JobRecord, job_id)
+            if record is None:
+                return
+            for a in record.attempts:
+                if a.index in problems and a.state == "pending":
+                    a.state, a.reason, a.finished_at = "failed", problems[a.index], now
+                    log.warning("job %s input %d: %s", job_id, a.index, problems[a.index])
+            self.store.touch(s, record)
 
     def _resend(self, key: str, atts: list[JobAttempt], now: float) -> None:
         with self._lock:
