@@ -525,9 +525,7 @@ def _status_text(s: dict[str, Any]) -> str:
     lines = [f"{s['id']} ({s['name']}) home {s['peer']}: {s['state']}  "
              + ", ".join(f"{k} {v}" for k, v in s["counts"].items())]
     for i in s["inputs"]:
-        extra = f" on {i['site']}" if i.get("site") else ""
-        if (i.get("attempt") or 1) > 1:
-            extra += f" (attempt {i['attempt']})"
+        extra = ""
         if i.get("exit_code") is not None:
             extra += f" exit {i['exit_code']}"
         if i.get("signal") is not None:
@@ -535,6 +533,8 @@ def _status_text(s: dict[str, Any]) -> str:
         reason = _reason(i)
         if reason:
             extra += f" ({reason})"
+        if i.get("site"):  # where it runs (or ran): the job's inputs may be on several sites
+            extra += f", on {i['site']}" + (f" (attempt {i['attempt']})" if (i.get("attempt") or 1) > 1 else "")
         lines.append(f"  [{i['index']}] {i['input']}: {i['state']}{extra}")
         tail = i.get("stderr_tail")
         if tail:

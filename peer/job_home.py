@@ -105,6 +105,7 @@ class JobHome:
         self.http = http
         self.records_root = records_root
         self.records_root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.records_root.chmod(0o700)  # every user's executables: the peer's alone
         self.wake = wake
         self.unreachable = unreachable
         self.policy = policy or Policy()
@@ -208,7 +209,8 @@ class JobHome:
         """The executable and the submit file, in ``<state>/records/<job>/files/`` (built aside, then renamed)."""
         final = self.records_root / job_id
         tmp = self.records_root / f".tmp-{job_id}"
-        (tmp / "files").mkdir(parents=True)
+        tmp.mkdir(mode=0o700)
+        (tmp / "files").mkdir(mode=0o700)
         try:
             exe = tmp / "files" / req.executable_name
             exe.write_bytes(req.executable)
