@@ -18,7 +18,7 @@ from peer.db import Database
 from peer.event_log import EventLogReader, EventLogWriter
 from peer.executors.condor import CondorExecutor, ScheddProbe, proc_constraint, proc_rows
 from peer.holds import SITE_HOLD_CODES, USER_HOLD_CODES, HOLD_LABELS, classify
-from peer.models import Base, Job, JobAttempt, JobRecord
+from peer.models import Base, Job, JobRecord
 from peer.staging import InputSource, Stager
 from pocketgrid.errors import Unavailable
 
