@@ -426,6 +426,8 @@ class JobManager:
 
     def _success_code(self, record: JobRecord) -> int | None:
         if record.id not in self._success_codes:
+            if len(self._success_codes) > 10_000:
+                self._success_codes.clear()
             self._success_codes[record.id] = success_exit_code(record.submit_text)
         return self._success_codes[record.id]
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -30,8 +31,10 @@ class RecordStore:
         #: Every change of a record happens under this lock: each reads the attempts afresh and writes
         #: them back before the next one reads (a kill and a site's answer never overwrite each other).
         self._write = threading.RLock()
-        #: job ID -> (owner, version) of records read or changed since start.
-        self._versions: dict[str, tuple[str, int]] = {}
+        #: job ID -> (owner, version) of records read or changed lately (the oldest forgotten beyond
+        #: ``max_known``: a forgotten one is read from the database again).
+        self._versions: OrderedDict[str, tuple[str, int]] = OrderedDict()
+        self.max_known = 100_000
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -43,8 +46,15 @@ class RecordStore:
             yield s
         if touched:
             with self._cond:
-                self._versions.update(touched)
+                for job_id, seen in touched.items():
+                    self._keep(job_id, seen)
                 self._cond.notify_all()
+
+    def _keep(self, job_id: str, seen: tuple[str, int]) -> None:
+        self._versions[job_id] = seen
+        self._versions.move_to_end(job_id)
+        while len(self._versions) > self.max_known:
+            self._versions.popitem(last=False)
 
     def touch(self, s: Session, record: JobRecord) -> None:
         """What the user sees of ``record`` changed: bump its version, refresh its summary."""
@@ -65,7 +75,7 @@ class RecordStore:
         with self._cond:
             seen = self._versions.get(record.id)
             if seen is None or seen[1] < record.version:
-                self._versions[record.id] = (record.owner, record.version)
+                self._keep(record.id, (record.owner, record.version))
 
     def wait(self, job_id: str, version: int, timeout: float) -> int | None:
         """Block until the record's version is not ``version`` (or ``timeout`` passes); the version then."""
