@@ -269,3 +269,28 @@ def test_a_site_that_cannot_stage_loses_the_input_to_another_site_with_its_reaso
     finally:
         stage.unlink()
         os.replace(aside, stage)
+
+
+# ---- a kill while a site does not answer ---------------------------------------------------------
+def test_a_kill_is_carried_out_at_a_silent_site_when_it_answers_again(grid):
+    alice = grid["alice"]
+    site = next(p for p in grid["peers"] if p.name == "site-b")
+    report(grid, free={"site-a": 0, "site-b": SLOTS, "site-c": 0, "site-d": 0})
+    job = alice.submit("stuck", GATED, "gated.sub", ["in04.txt"], executable_name="gated.sh", submit_text=GATED_SUB)
+    running = wait_until(lambda: (st := alice.status(job["id"])[0])["inputs"][0]["state"] == "running" and st, 60,
+                         what="the input to run at site-b")
+    assert running["inputs"][0]["site"] == "site-b"
+    proc_dir = attempt_dir(grid["peers"], with_history(alice, job["id"]), 0)
+    site.stop(signal.SIGKILL)  # its runner lives on, waiting at its gate
+    assert alice.kill(job["id"])["removed_procs"] == 1
+    pending = wait_until(lambda: (st := alice.status(job["id"])[0])["state"] == "removed"
+                         and "does not answer" in st["inputs"][0].get("note", "") and st, 60,
+                         what="the status to say the removal waits for site-b")
+    assert "removal pending at site-b" in pending["inputs"][0]["note"]
+    assert job_pids(proc_dir)  # still running there: nobody could tell it
+    site.start()
+    wait_until(lambda: not job_pids(proc_dir), 90, 0.5, what="the removal to be carried out at site-b")
+    attempt = with_history(alice, job["id"])["inputs"][0]["attempts"][0]
+    assert attempt["state"] == "removed" and attempt["cleanup"] == "removed"
+    assert "note" not in alice.status(job["id"])[0]["inputs"][0]
+    assert not (proc_dir / "index.txt").exists()  # it never went past its gate
