@@ -13,7 +13,7 @@ honouring ``Retry-After``, and one read error); a submit is safe to retry
 because it always carries an ``Idempotency-Key``.  When a peer cannot be
 reached at all (refused, unresolvable, connect timeout, a certificate that
 does not verify), the next known peer is tried at once, without a backoff:
-every peer is an entry point and job IDs name their owner.  When none
+every peer is an entry point and job IDs name their home.  When none
 answers, :class:`PeerUnreachable` says why for each one, in words a person
 can act on.
 """
