@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, wait
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import quote
@@ -72,6 +72,39 @@ def success_exit_code(submit_text: str) -> int | None:
             except ValueError:
                 return None
     return None
+
+
+class _Calls:
+    """At most ``size`` calls to sites at once, each in a daemon thread.
+
+    Not a ThreadPoolExecutor: its threads are joined at interpreter exit, so
+    one call stuck on a silent site (a piece's send may wait 120 s) would hold
+    up the peer's shutdown.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._slots = threading.BoundedSemaphore(size)
+        self._closed = False
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        if self._closed:
+            raise RuntimeError("the peer is stopping")
+        future: Future = Future()
+
+        def run() -> None:
+            with self._slots:
+                if not future.set_running_or_notify_cancel():
+                    return
+                try:
+                    future.set_result(fn(*args))
+                except BaseException as exc:  # handed to whoever waits on the future
+                    future.set_exception(exc)
+
+        threading.Thread(target=run, name="job-manager-call", daemon=True).start()
+        return future
+
+    def close(self) -> None:
+        self._closed = True
 
 
 class JobManager:
@@ -114,7 +147,7 @@ class JobManager:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="job-manager")
+        self._pool = _Calls(8)
         self._lock = threading.Lock()
         self._sending: dict[str, str] = {}  # piece key being sent -> its site
         self._cleaning: set[tuple[str, int | None]] = set()  # (piece, index or None for the whole piece)
@@ -133,7 +166,7 @@ class JobManager:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.close()
 
     def wake(self) -> None:
         """New work (a submit, a kill, a retry): act now, not at the next tick."""
