@@ -230,7 +230,8 @@ class JobManager:
         for a in pending:
             groups.setdefault((a.job_id, tuple(sorted(a.avoid or []))), []).append(a)
         for (job_id, avoid), atts in groups.items():
-            self._split_and_send(job_id, list(avoid), atts, now)
+            if not self._split_and_send(job_id, list(avoid), atts, now):
+                break  # no broker answers (an election?): the other jobs wait for the next round too
         resend: dict[str, list[JobAttempt]] = {}
         for a in unsent:
             resend.setdefault(a.piece_key, []).append(a)  # type: ignore[arg-type]
@@ -238,36 +239,37 @@ class JobManager:
             if remote or atts[0].site == self.name:
                 self._resend(key, atts, now)
 
-    def _split_and_send(self, job_id: str, avoid: list[str], atts: list[JobAttempt], now: float) -> None:
+    def _split_and_send(self, job_id: str, avoid: list[str], atts: list[JobAttempt], now: float) -> bool:
+        """Split pending attempts and send their pieces; False when no broker answered."""
         with self.store.db.sessions() as s:
             record = s.get(JobRecord, job_id)
             if record is None:
-                return
+                return True
             problems = {a.index: self.check_input(record.inputs[a.index]) for a in atts}
         if any(problems.values()):  # an input that is no longer what was submitted fails, with the reason
             self._fail_inputs(job_id, {i: p for i, p in problems.items() if p}, now)
             atts = [a for a in atts if not problems[a.index]]
             if not atts:
-                return
+                return True
         with self.store.db.sessions() as s:
             record = s.get(JobRecord, job_id)
             if record is None:
-                return
+                return True
             sizes = [int(record.inputs[a.index].get("size") or 0) for a in atts]
         atts.sort(key=lambda a: a.index)
         try:
             shares = self.split(f"{job_id}/{atts[0].index}.{atts[0].number}", len(atts), sizes, avoid)
         except Unavailable as exc:
             log.info("job %s: %d inputs wait for a placement: %s", job_id, len(atts), exc.message)
-            return
+            return False
         if not shares:
             log.info("job %s: no site can take its %d pending inputs yet", job_id, len(atts))
-            return
+            return True
         orders: list[tuple[str, str | None, str]] = []
         with self.store.session() as s:
             record = s.get(JobRecord, job_id)
             if record is None or record.removed_at is not None:
-                return
+                return True
             fresh = {(a.index, a.number): a for a in record.attempts}
             todo = [fresh.get((a.index, a.number)) for a in atts]
             todo = [a for a in todo if a is not None and a.state == "pending"]
@@ -285,6 +287,7 @@ class JobManager:
                 self.store.touch(s, record)
         for key, url, site in orders:
             self._send_async(job_id, key, site, url)
+        return True
 
     def _fail_inputs(self, job_id: str, problems: dict[int, str], now: float) -> None:
         with self.store.session() as s:
