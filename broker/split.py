@@ -6,9 +6,10 @@ estimate (:meth:`broker.placement.LeastExpectedLoad.score`): the procs busy
 at the site's last report, the procs placed there since (``in_flight``) and
 the inputs this split already gave it, against its slots, in whole waves of
 the run time divided by its speed; plus the time to move the bytes given to
-it from the peer that holds them.  Calling ``score`` (not a copy of it) keeps
-the split and the ranking in step when the estimate changes (learned run
-times, issue 13).
+it from the peer that holds them.  Calling ``score`` (not a copy of it), with
+the job's own request (``dataclasses.replace``: every field it carries, only
+the procs and bytes changed), keeps the split and the ranking in step when the
+estimate changes (learned run times, issue 13).
 
 Consequences, by construction:
 
@@ -30,7 +31,7 @@ by the simulator (benchmarks/placement).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 from .placement import JobRequest, LeastExpectedLoad, PeerState, _split
@@ -91,8 +92,7 @@ def split_inputs(peers: Sequence[PeerState], job: JobRequest, now: float, *, est
     for size in sizes:
         best = None
         for p in candidates:
-            request = JobRequest(n_procs=given[p.name] + 1, input_bytes={holder: moved[p.name] + size},
-                                 entry_peer=job.entry_peer)
+            request = replace(job, n_procs=given[p.name] + 1, input_bytes={holder: moved[p.name] + size})
             scored = estimator.score(p, request)
             # A site already given inputs of this job keeps the next one unless another is clearly sooner.
             key = (scored.score - (margin if given[p.name] else 0.0), p.name)
@@ -105,8 +105,8 @@ def split_inputs(peers: Sequence[PeerState], job: JobRequest, now: float, *, est
         last[peer.name] = scored
     # Whole on one site when one can finish it all about as soon as the split would.
     makespan = max(scored.score for scored in last.values())
-    whole = min(((estimator.score(p, JobRequest(n_procs=n, input_bytes={holder: sum(sizes)},
-                                                entry_peer=job.entry_peer)), p) for p in candidates),
+    whole = min(((estimator.score(p, replace(job, n_procs=n, input_bytes={holder: sum(sizes)})), p)
+                 for p in candidates),
                 key=lambda sp: (sp[0].score, sp[1].name))
     if whole[0].score <= makespan + margin:
         scored, p = whole
