@@ -55,8 +55,10 @@ def make_big_output(peer: Peer, size: int, *, name: str = "big.bin", timeout: fl
     f = next((f for f in outs[0]["files"] if f["name"] == name), None)
     if f is None or f["size"] != size:
         raise RuntimeError(f"the job did not leave a {size}-byte {name}: {outs}")
+    history, _ = client.status(job["id"], history=True)  # the piece holding input 0 (one peer: here)
+    piece = next(a["piece"] for a in reversed(history["inputs"][0]["attempts"]) if a["result"])
     return BigOutput(
         job_id=job["id"], index=0, name=name, size=size, sha256=f["sha256"],
         url=f"{peer.url}/api/v1/jobs/{job['id']}/outputs/0/{name}",
-        path=peer.stage / job["id"] / "0" / name, job_seconds=job_seconds, first_listing_seconds=listing,
+        path=peer.stage / piece / "0" / name, job_seconds=job_seconds, first_listing_seconds=listing,
     )

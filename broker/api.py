@@ -8,6 +8,7 @@ heartbeats and reports only under the name in its own host certificate.
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 from typing import Any, Callable
 
 from flask import Blueprint, current_app, jsonify, request
@@ -81,6 +82,13 @@ def reports():
 
 @bp.post("/placements")
 def placements():
+    """Rank peers for a job; with ``"split": true`` also split its inputs over them (broker/split.py).
+
+    ``input_sizes``: bytes per input; ``avoid``: peers to give inputs to only when nothing else can
+    take them; ``exclude``: peers to give none (they refused these inputs for good); ``refused_all``
+    in the answer: the split is empty because every live peer is excluded.  Answers ``{"ranking": [...]}``, plus ``"shares": [{name, url, count, est_seconds,
+    reason, detail}]`` for a split (each share counted as in flight on its site).
+    """
     body = _json_body({"job_key": str, "n_procs": int})
     if body["n_procs"] < 1:
         raise BadRequest("n_procs must be at least 1")
@@ -94,8 +102,30 @@ def placements():
         input_bytes={str(k): v for k, v in input_bytes.items()},
         entry_peer=str(body.get("entry_peer", "")),
     )
-    ranking = _role().place(body["job_key"], job)
-    return jsonify({"ranking": [r.__dict__ for r in ranking]})
+    if "split" in body and not isinstance(body["split"], bool):
+        raise BadRequest("field 'split' must be true or false")
+    if not body.get("split"):
+        ranking = _role().place(body["job_key"], job)
+        return jsonify({"ranking": [r.__dict__ for r in ranking]})
+    sizes = body.get("input_sizes") or []
+    if not isinstance(sizes, list) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                                              for v in sizes):
+        raise BadRequest("field 'input_sizes' must be a list of byte counts (integers >= 0), one per input")
+    if sizes and len(sizes) != job.n_procs:
+        raise BadRequest(f"field 'input_sizes' has {len(sizes)} entries for {job.n_procs} inputs: give one per input")
+    avoid = body.get("avoid") or []
+    if not isinstance(avoid, list) or not all(isinstance(v, str) for v in avoid):
+        raise BadRequest("field 'avoid' must be a list of peer names")
+    exclude = body.get("exclude") or []
+    if not isinstance(exclude, list) or not all(isinstance(v, str) for v in exclude):
+        raise BadRequest("field 'exclude' must be a list of peer names")
+    role = _role()
+    ranking, shares = role.split(body["job_key"], job, input_sizes=sizes, avoid=frozenset(avoid),
+                                 exclude=frozenset(exclude))
+    # every live site refused these inputs for good: the home fails them, naming each site's reason
+    refused_all = bool(exclude) and not shares and bool(role.peer_states())
+    return jsonify({"ranking": [r.__dict__ for r in ranking], "shares": [asdict(s) for s in shares],
+                    "refused_all": refused_all})
 
 
 @bp.post("/placements/outcome")

@@ -23,6 +23,7 @@ from .placement import (
     MIN_MEASURED_BYTES,
     Backoff,
     JobRequest,
+    LeastExpectedLoad,
     PeerState,
     Ranked,
     expected_occupancy,
@@ -31,6 +32,7 @@ from .placement import (
     peer_state_from_report,
     update_bandwidth,
 )
+from .split import Share, split_inputs
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,9 @@ class BrokerRole:
         self.policy_name = policy
         #: One instance for the role's life: it keeps its random generator and turn.
         self.policy = get_policy(policy, seed=seed, stale_factor=stale_factor)
+        #: The estimate a split uses (broker/split.py): the policy itself when it is the default one.
+        self.estimator = self.policy if isinstance(self.policy, LeastExpectedLoad) else LeastExpectedLoad(
+            seed, stale_factor=stale_factor)
         self.stale_factor = stale_factor
         self.backoff = backoff or Backoff()
         self.http = http or requests.Session()
@@ -407,6 +412,38 @@ class BrokerRole:
                     )
                 )
         return ranking
+
+    def split(self, job_key: str, job: JobRequest, *, input_sizes: list[int] | None = None,
+              avoid: frozenset[str] = frozenset(),
+              exclude: frozenset[str] = frozenset()) -> tuple[list[Ranked], list[Share]]:
+        """Rank peers and split the job's inputs over them (broker/split.py); each share is counted
+        as in flight on its site until that site's next report.  ``exclude``: sites that refused these
+        inputs for good (an empty split with every live site excluded: no site will take them)."""
+        with self._lock:
+            now = self.clock()
+            states = self.peer_states()
+            ranking = self.policy([p for p in states if p.name not in exclude], job, now)
+            shares = split_inputs(states, job, now, estimator=self.estimator, avoid=frozenset(avoid),
+                                  input_sizes=input_sizes or (), exclude=frozenset(exclude))
+            if not shares:
+                return ranking, []
+            with self.sessions.begin() as s:
+                for share in shares:
+                    s.execute(
+                        update(LoadReport)
+                        .where(LoadReport.peer == share.name)
+                        .values(in_flight=LoadReport.in_flight + share.count)
+                    )
+                s.add(
+                    Placement(
+                        job_key=job_key,
+                        chosen=",".join(share.name for share in shares)[:200],
+                        ranking=[{**asdict(share), "share": True} for share in shares],
+                        policy=f"{self.policy_name} (split)",
+                        decided_at=now,
+                    )
+                )
+        return ranking, shares
 
 
 def _report_of(row: LoadReport, site: dict[str, int] | None = None) -> dict[str, Any]:

@@ -1,5 +1,5 @@
-"""Client commands of the ``pocketgrid`` CLI: login, pair, files, submit, status, kill, pin, unpin, purge, outputs,
-fetch, acl, audit, gc.
+"""Client commands of the ``pocketgrid`` CLI: login, pair, files, submit, status, kill, retry, pin, unpin, purge,
+outputs, fetch, acl, audit, gc.
 
 Peers, CA bundle and token come from ``--peer``/``--ca`` or the environment
 (``POCKETGRID_PEERS``, ``POCKETGRID_CA``, ``POCKETGRID_TOKEN``), else from
@@ -140,6 +140,19 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     add_peer_option(p)
     p.add_argument("job")
     p.set_defaults(func=cmd_kill)
+
+    p = sub.add_parser("retry", help="run a job's failed inputs (or the ones you name) again",
+                       description="Run finished inputs of a job again, each as a new attempt (on whichever site "
+                                   "the broker picks): every input that failed (--failed), or the inputs you name "
+                                   "(--input N, repeatable; e.g. ones whose outputs were on a site that is gone).  "
+                                   "An input's earlier result stays its result until the new attempt succeeds.")
+    add_peer_option(p)
+    p.add_argument("job")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--failed", action="store_true", help="every input that failed")
+    which.add_argument("--input", type=int, action="append", dest="inputs", metavar="N",
+                       help="this input (its index, as `status` shows it); repeatable")
+    p.set_defaults(func=cmd_retry)
 
     p = sub.add_parser("pin", help="keep a job and its outputs until you unpin it (finished jobs are otherwise "
                                    "removed after the site's retention time)")
@@ -518,7 +531,7 @@ def cmd_submit(c: Client, args: argparse.Namespace) -> int:
         raise  # 5xx: the peer asks for a retry with the same key, which a rerun sends
     if args.idempotency_key is None:
         pending_submits.answered(fp)
-    _print(args, job, lambda j: f"{j['id']}  on {j['peer']}, {j.get('inputs', '?')} inputs"
+    _print(args, job, lambda j: f"{j['id']}  home {j['peer']}, {j.get('inputs', '?')} inputs"
            + "".join(f"\nwarning: {w}" for w in j.get("warnings", [])))
     return 0
 
@@ -546,7 +559,8 @@ def _match_text(m: dict[str, Any]) -> str:
 
 
 def _status_text(s: dict[str, Any]) -> str:
-    lines = [f"{s['id']} ({s['name']}) on {s['peer']}: {s['state']}  " + ", ".join(f"{k} {v}" for k, v in s["counts"].items())]
+    lines = [f"{s['id']} ({s['name']}) home {s['peer']}: {s['state']}  "
+             + ", ".join(f"{k} {v}" for k, v in s["counts"].items())]
     if "pinned" in s:
         lines.append(f"  {_expiry(s)}")
     if s.get("removal"):
@@ -554,12 +568,14 @@ def _status_text(s: dict[str, Any]) -> str:
     for i in s["inputs"]:
         extra = ""
         if i.get("exit_code") is not None:
-            extra = f" exit {i['exit_code']}"
+            extra += f" exit {i['exit_code']}"
         if i.get("signal") is not None:
-            extra = f" signal {i['signal']}"
+            extra += f" signal {i['signal']}"
         reason = _reason(i)
         if reason:
             extra += f" ({reason})"
+        if i.get("site"):  # where it runs (or ran): the job's inputs may be on several sites
+            extra += f", on {i['site']}" + (f" (attempt {i['attempt']})" if (i.get("attempt") or 1) > 1 else "")
         lines.append(f"  [{i['index']}] {i['input']}: {i['state']}{extra}")
         if i["state"] == "idle" and isinstance(i.get("match"), dict):
             lines.append(f"      {_match_text(i['match'])}")
@@ -688,13 +704,22 @@ def cmd_gc(c: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_retry(c: Client, args: argparse.Namespace) -> int:
+    res = c.retry(args.job, inputs=args.inputs, failed=args.failed)
+    _print(args, res, lambda r: f"{r['id']}: running again: " + ", ".join(
+        f"input {i} (attempt {r['attempts'].get(str(i), r['attempts'].get(i, '?'))})" for i in r["inputs"]))
+    return 0
+
+
 def cmd_outputs(c: Client, args: argparse.Namespace) -> int:
     res = c.outputs(args.job)
 
     def text(r: dict[str, Any]) -> str:
         lines = []
         for o in r["outputs"]:
-            lines.append(f"[{o['index']}] {o['input']} ({o['state']})")
+            where = f", on {o['site']}" if o.get("site") else ""
+            gone = " — its site does not answer now" if o.get("unreachable") else ""
+            lines.append(f"[{o['index']}] {o['input']} ({o['state']}{where}){gone}")
             lines += [f"    {_size(f['size']):>10}  {f['sha256'][:16]}…  {o['index']}/{f['name']}" for f in o["files"]]
         return "\n".join(lines)
 

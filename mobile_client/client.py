@@ -13,7 +13,7 @@ honouring ``Retry-After``, and one read error); a submit is safe to retry
 because it always carries an ``Idempotency-Key``.  When a peer cannot be
 reached at all (refused, unresolvable, connect timeout, a certificate that
 does not verify), the next known peer is tried at once, without a backoff:
-every peer is an entry point and job IDs name their owner.  When none
+every peer is an entry point and job IDs name their home.  When none
 answers, :class:`PeerUnreachable` says why for each one, in words a person
 can act on.
 """
@@ -430,15 +430,19 @@ class Client:
         """``{"jobs": [...], "unreachable_peers": [names]}``: the list is partial when a peer did not answer."""
         return self._json("GET", "/api/v1/jobs")
 
-    def status(self, job_id: str, *, wait: float = 0, etag: str | None = None) -> tuple[dict[str, Any] | None, str | None]:
+    def status(self, job_id: str, *, wait: float = 0, etag: str | None = None,
+               history: bool = False) -> tuple[dict[str, Any] | None, str | None]:
         """One status poll.  With ``etag`` and ``wait``, the server holds the
         request until the status changes (or ``wait`` s pass): returns
-        ``(None, etag)`` when nothing changed."""
+        ``(None, etag)`` when nothing changed.  ``history``: each input's
+        attempts too (site, piece, times, verdict, reason)."""
         # Only what the server needs: an unchanged poll is one small request and a 304.
         headers: dict[str, str | None] = {"Accept": None, "Accept-Encoding": None, "Connection": None}
         if etag:
             headers["If-None-Match"] = etag
-        params = {"wait": wait} if wait else {}
+        params: dict[str, Any] = {"wait": wait} if wait else {}
+        if history:
+            params["history"] = 1
         r = self._request("GET", f"/api/v1/jobs/{job_id}", headers=headers, params=params, timeout=self.timeout + wait)
         if r.status_code == 304:
             return None, etag
@@ -503,6 +507,19 @@ class Client:
         ``at``), ``{"peers": [{peer, remove, keep, bytes, ...}], "unreachable_peers": [...]}``."""
         params: dict[str, Any] = {**({"at": at} if at is not None else {}), **({"local": 1} if local else {})}
         return self._json("GET" if dry_run else "POST", "/api/v1/admin/gc", params=params, timeout=self.timeout + 60)
+
+    def retry(self, job_id: str, *, inputs: list[int] | None = None, failed: bool = False) -> dict[str, Any]:
+        """Run finished inputs of a job again (``inputs``, or every ``failed`` one): a new attempt each.
+
+        Returns ``{"id", "inputs": [started], "attempts": {index: number}}``; an
+        :class:`ApiError` 409 says why when nothing can run again.
+        """
+        body: dict[str, Any] = {}
+        if inputs is not None:
+            body["inputs"] = list(inputs)
+        if failed:
+            body["failed"] = True
+        return self._json("POST", f"/api/v1/jobs/{job_id}/retry", json=body)
 
     def outputs(self, job_id: str) -> dict[str, Any]:
         return self._json("GET", f"/api/v1/jobs/{job_id}/outputs")

@@ -47,6 +47,7 @@ ROUTES: dict[str, str] = {
     "jobs.list_jobs": "jobs-manage",
     "jobs.status": "jobs-manage",
     "jobs.kill": "jobs-manage",
+    "jobs.retry": "jobs-manage",
     "jobs.outputs": "jobs-manage",
     "jobs.output_file": "jobs-manage",
     "jobs.spec": "jobs-manage",

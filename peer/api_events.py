@@ -14,14 +14,16 @@ every ``sse_keepalive_seconds``; after ``sse_stream_seconds`` the stream
 sends ``retry: 1000`` and closes, and the browser's EventSource reconnects
 with ``Last-Event-ID``, missing nothing.
 
-The watching reuses the long-poll's machinery (peer/api_jobs.py::status): a
-``stat`` of the job's event log every 0.1 s, and the per-job cached status
-body, read again only when the log grew.  Jobs of other peers are relayed
-to their owner (peer/proxy.py passes the events through as they arrive).
+The watching reuses the long-poll's machinery (peer/api_jobs.py::status): it
+waits on the job record's version (peer/record_store.py: a condition the
+job manager's commits notify), waking at most every 0.25 s to notice a
+client that left, and renders the record again only when the version moved.
+Jobs whose home is another peer are relayed there (peer/proxy.py passes the
+events through as they arrive).
 
 Cost: each open stream parks one server thread (one worker process with
 ``--threads`` threads, peer/server.py) -- on the entry peer and, when
-relayed, on the owner too.  Hence at most ``sse_max_streams_per_user``
+relayed, on the job's home too.  Hence at most ``sse_max_streams_per_user``
 streams per user on each peer (429 with Retry-After beyond), a place among
 the peer's parked requests (peer/parking.py: long-polls and streams together
 never take the threads kept for short requests), and a bounded duration so
@@ -39,15 +41,16 @@ from flask import Blueprint, Response, current_app, request
 from pocketgrid.errors import PocketgridError, TooManyRequests
 
 from .auth import identity
-from .jobs import JobService, peer_of
+from .job_home import JobHome
+from .jobs import peer_of
 from .proxy import relay
 from .on_close import call_on_close
 
 bp = Blueprint("events", __name__)
 
 FINAL_STATES = frozenset({"completed", "failed", "removed"})
-#: How often a stream looks at the job's event log for growth (as the long-poll does).
-POLL_SECONDS = 0.1
+#: The longest a stream waits on the record's version before it looks at its client again.
+POLL_SECONDS = 0.25
 #: What the browser waits before reconnecting after the stream's time is up.
 RETRY_MS = 1000
 
@@ -111,30 +114,29 @@ def client_gone_check(sock: Any) -> Callable[[], bool]:
     return gone
 
 
-def status_events(jobs: JobService, job_id: str, owner: str, *, is_admin: bool, last_event_id: str | None,
-                  stream_seconds: float, keepalive_seconds: float,
+def status_events(home: JobHome, job_id: str, owner: str, *, is_admin: bool, last_event_id: str | None,
+                  stream_seconds: float, keepalive_seconds: float, history: bool = False,
                   client_gone: Callable[[], bool] = lambda: False) -> Iterator[bytes]:
-    """The event stream of one job this peer owns (ownership already checked by the caller)."""
+    """The event stream of one job whose home is this peer (ownership already checked by the caller)."""
     start = time.monotonic()
     deadline = start + stream_seconds
     keepalive_at = start + keepalive_seconds
     sent = last_event_id
     yield f"retry: {RETRY_MS}\n\n".encode()
     while True:
-        size = jobs.change_marker(job_id)  # taken first: a change during the read is seen next round
         try:
-            entry = jobs.status_entry(job_id, owner, is_admin=is_admin)
+            entry = home.status(job_id, owner, is_admin=is_admin, history=history)
         except PocketgridError as exc:  # e.g. the database went away: say so, let the browser retry
             yield b"event: error\ndata: " + exc.message.encode()[:500].replace(b"\n", b" ") + b"\n\n"
             return
-        version = str(entry.body["version"])
+        version = str(entry.version)
         if version != sent:
             yield _event(version, entry.json)
             sent = version
         if entry.body["state"] in FINAL_STATES:
             yield b"event: end\ndata: {}\n\n"
             return
-        while jobs.change_marker(job_id) == size:
+        while str(home.known_version(job_id, owner, is_admin) or "") == version:
             if client_gone():
                 return
             now = time.monotonic()
@@ -144,7 +146,7 @@ def status_events(jobs: JobService, job_id: str, owner: str, *, is_admin: bool, 
             if now >= keepalive_at:
                 yield b": keepalive\n\n"  # also how a closed connection is noticed
                 keepalive_at = now + keepalive_seconds
-            time.sleep(POLL_SECONDS)
+            home.wait(job_id, int(version), min(POLL_SECONDS, deadline - now, max(0.0, keepalive_at - now)))
 
 
 @bp.get("/api/v1/jobs/<job_id>/events")
@@ -176,9 +178,10 @@ def job_events(job_id: str):
             response = relay(svc.http, svc.membership, owner_peer,
                              timeout=(config.peer_timeout, config.sse_keepalive_seconds + config.peer_timeout))
         else:
-            svc.jobs.status_entry(job_id, who.dn, is_admin=who.is_admin)  # 404 now, not inside the stream
-            body = status_events(svc.jobs, job_id, who.dn, is_admin=who.is_admin,
+            svc.home.status(job_id, who.dn, is_admin=who.is_admin)  # 404 now, not inside the stream
+            body = status_events(svc.home, job_id, who.dn, is_admin=who.is_admin,
                                  last_event_id=request.headers.get("Last-Event-ID"),
+                                 history=request.args.get("history", "0").lower() in {"1", "true", "yes"},
                                  stream_seconds=config.sse_stream_seconds,
                                  keepalive_seconds=config.sse_keepalive_seconds,
                                  client_gone=client_gone_check(request.environ.get("gunicorn.socket")))

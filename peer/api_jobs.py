@@ -1,7 +1,10 @@
-"""``/api/v1/jobs``: submit, list, status (ETag + long-poll), kill, outputs.
+"""``/api/v1/jobs``: submit, list, status (ETag + long-poll), kill, retry, outputs.
 
-Any peer answers for any job: a job ID names its owning peer
-(``<peer>.<id>``), and requests for other peers' jobs are relayed there.
+The peer a job is submitted to is its home (peer/job_home.py): a job ID
+names it (``<home>.<id>``), and any other peer relays requests for the job
+there.  The home answers from the job's record; an output is served here
+when its piece is here, else relayed from the home to the site that holds
+it, with the user's proof.
 """
 from __future__ import annotations
 
@@ -19,23 +22,20 @@ from pocketgrid.errors import BadRequest, PocketgridError
 from .auth import identity, relay_headers
 from .downloads import send_ranged
 from .in_use import file_key, job_key
-from .jobs import SubmitRequest, peer_of
+from .job_home import SubmitRequest
+from .jobs import peer_of
 from .on_close import call_on_close
 from .proxy import relay
 from .uploads import check_visible
 
 bp = Blueprint("jobs", __name__, url_prefix="/api/v1/jobs")
 
-#: How often a long-poll looks at the job's event log for growth.
-WAIT_POLL_SECONDS = 0.1
-
-
 def _svc():
     return current_app.extensions["pocketgrid"]
 
 
 def _remote(job_id: str) -> str | None:
-    """The owning peer's name if it is not this peer."""
+    """The job's home if it is not this peer."""
     peer = peer_of(job_id)
     return None if peer == _svc().config.name else peer
 
@@ -114,12 +114,11 @@ def submit():
     req = _read_submit_request()
     for path in req.inputs:  # another user's uploads do not exist for this caller
         check_visible(svc.publishing, who, path)
-    # the inputs are read (copied here, or downloaded by the target) until the submission is answered:
-    # the retention sweeper must not remove an upload meanwhile (peer/retention.py)
+    # the inputs are read (hashed here) until the record is committed; from then on the record names them
+    # and the retention sweeper keeps them while it has not finished (peer/retention.py)
     with svc.in_use.holding(*_input_keys(req.inputs)):
-        summary, replayed = svc.jobs.submit(req, owner=who.dn,
-                                            idempotency_key=request.headers.get("Idempotency-Key"),
-                                            proof=lambda peer: relay_headers(who, peer))
+        summary, replayed = svc.home.submit(req, owner=who.dn, owner_vo=who.vo,
+                                            idempotency_key=request.headers.get("Idempotency-Key"))
     if not replayed:
         svc.security.audit.record("submit", dn=who.dn, source=who.source,
                                   detail=f"job {summary['id']} ({req.name!r}, {len(req.inputs)} inputs)")
@@ -134,10 +133,10 @@ def submit():
 # ---- list -----------------------------------------------------------------
 @bp.get("")
 def list_jobs():
-    """The caller's jobs on every peer (``?local=1``: this peer only)."""
+    """The caller's jobs at every peer (``?local=1``: the jobs whose home is this peer)."""
     svc = _svc()
     who = identity()
-    jobs = svc.jobs.list_jobs(who.dn, is_admin=who.is_admin)
+    jobs = svc.home.list_jobs(who.dn, is_admin=who.is_admin)
     unreachable: list[str] = []
     if request.args.get("local") not in {"1", "true"}:
         others = [m for m in svc.membership.members() if m["name"] != svc.config.name]
@@ -161,27 +160,39 @@ def list_jobs():
                         unreachable.append(name)
                     else:
                         jobs.extend(result)
-    jobs.sort(key=lambda j: j.get("created_at", 0), reverse=True)
-    return jsonify({"jobs": jobs, "unreachable_peers": unreachable})
+    seen: set[str] = set()
+    unique = []
+    for j in jobs:  # one entry per job, whichever peers answered for it
+        if j.get("id") not in seen:
+            seen.add(j.get("id"))
+            unique.append(j)
+    unique.sort(key=lambda j: j.get("created_at", 0), reverse=True)
+    return jsonify({"jobs": unique, "unreachable_peers": unreachable})
 
 
 # ---- status ---------------------------------------------------------------
-def _etag(body: dict) -> str:
-    """The job's status version: a few bytes, so an unchanged poll stays tiny on a phone link."""
-    return f'"{body["version"]}"'
+def _history_arg() -> bool:
+    return request.args.get("history", "0").lower() in {"1", "true", "yes"}
+
+
+def _etag(version: int, history: bool) -> str:
+    """The record's version: a few bytes, so an unchanged poll stays tiny on a phone link."""
+    return f'"{version}h"' if history else f'"{version}"'
 
 
 @bp.get("/<job_id>")
 def status(job_id: str):
-    """Per-input status.  ``If-None-Match`` + ``?wait=N`` long-polls until it changes."""
+    """The job's status from its record.  ``If-None-Match`` + ``?wait=N`` long-polls until it changes;
+    ``?history=1`` adds each input's attempts."""
     wait = _wait_arg()
+    history = _history_arg()
     peer = _remote(job_id)
     svc = _svc()
     inm = request.headers.get("If-None-Match")
     if peer:
         if not (wait and inm):
             return _relay(peer)
-        svc.parking.enter("a relayed status long-poll")  # the relay holds this thread while the owner waits
+        svc.parking.enter("a relayed status long-poll")  # the relay holds this thread while the home waits
         try:
             response = _relay(peer, extra_timeout=wait)
         except BaseException:
@@ -192,21 +203,26 @@ def status(job_id: str):
     who = identity()
     deadline = time.monotonic() + wait
     parked = False
+    entry = None
     try:
         while True:
-            size = svc.jobs.change_marker(job_id) if wait and inm else None  # taken first: a change during the read is seen
-            entry = svc.jobs.status_entry(job_id, who.dn, is_admin=who.is_admin)
-            etag = _etag(entry.body)
-            if etag != inm or time.monotonic() >= deadline:
+            known = svc.home.known_version(job_id, who.dn, who.is_admin)
+            if inm is not None and known is not None and _etag(known, history) == inm:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return Response(status=304, headers={"ETag": inm, "Cache-Control": "no-cache"})
+                if not parked:  # only a poll that really waits holds a thread
+                    svc.parking.enter("a status long-poll")
+                    parked = True
+                svc.home.wait(job_id, known, left)
+                continue
+            entry = svc.home.status(job_id, who.dn, is_admin=who.is_admin, history=history)
+            if _etag(entry.version, history) != inm or time.monotonic() >= deadline:
                 break
-            if not parked:  # only a poll that really waits holds a thread
-                svc.parking.enter("a status long-poll")
-                parked = True
-            while svc.jobs.change_marker(job_id) == size and time.monotonic() < deadline:
-                time.sleep(WAIT_POLL_SECONDS)
     finally:
         if parked:
             svc.parking.leave()
+    etag = _etag(entry.version, history)
     if etag == inm:
         return Response(status=304, headers={"ETag": etag, "Cache-Control": "no-cache"})
     return Response(entry.json, mimetype="application/json", headers={"ETag": etag, "Cache-Control": "no-cache"})
@@ -215,20 +231,48 @@ def status(job_id: str):
 # ---- kill -----------------------------------------------------------------
 @bp.delete("/<job_id>")
 def kill(job_id: str):
+    """Remove every active attempt of the job at its site (now, or when a silent site answers)."""
     peer = _remote(job_id)
     if peer:
         return _relay(peer)
     who = identity()
     svc = _svc()
-    result = svc.jobs.kill(job_id, who.dn, is_admin=who.is_admin)
+    result = svc.home.kill(job_id, who.dn, is_admin=who.is_admin)
     pending = result.get("removal")
     svc.security.audit.record("kill", dn=who.dn, source=who.source,
-                              detail=f"job {job_id}: " + (f"removal {pending}" if pending else
-                                                          f"{result.get('removed_procs', 0)} procs removed"))
+                              detail=f"job {job_id}: {result.get('removed_procs', 0)} inputs stopped"
+                                     + (f"; removal {pending}" if pending else ""))
     response = jsonify(result)
     if pending:
-        response.status_code = 202  # accepted, carried out when the schedd answers (the job's status says so)
+        response.status_code = 202  # accepted; carried out at the site when it (or its schedd) answers
     return response
+
+
+# ---- retry ----------------------------------------------------------------
+@bp.post("/<job_id>/retry")
+def retry(job_id: str):
+    """Run finished inputs again: ``{"inputs": [i, ...]}`` or ``{"failed": true}``."""
+    peer = _remote(job_id)
+    if peer:
+        return _relay(peer)
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise BadRequest('send a JSON object: {"inputs": [0, 3]} or {"failed": true}')
+    indexes = body.get("inputs")
+    failed = body.get("failed", False)
+    if indexes is not None and (not isinstance(indexes, list) or not all(
+            isinstance(i, int) and not isinstance(i, bool) for i in indexes)):
+        raise BadRequest("'inputs' must be a list of input numbers (integers)")
+    if not isinstance(failed, bool):
+        raise BadRequest("'failed' must be true or false")
+    if indexes is None and not failed:
+        raise BadRequest('say which inputs to run again: {"inputs": [0, 3]} or {"failed": true}')
+    who = identity()
+    svc = _svc()
+    result = svc.home.retry(job_id, who.dn, is_admin=who.is_admin, indexes=indexes, failed=failed)
+    svc.security.audit.record("retry", dn=who.dn, source=who.source,
+                              detail=f"job {job_id}: inputs {result['inputs']} run again")
+    return jsonify(result)
 
 
 # ---- outputs --------------------------------------------------------------
@@ -238,7 +282,8 @@ def outputs(job_id: str):
     if peer:
         return _relay(peer)
     who = identity()
-    return jsonify(_svc().jobs.outputs(job_id, who.dn, is_admin=who.is_admin))
+    return jsonify(_svc().home.outputs(job_id, who.dn, is_admin=who.is_admin,
+                                       proof=lambda site: relay_headers(who, site)))
 
 
 @bp.get("/<job_id>/outputs/<int:index>/<path:name>")
@@ -248,9 +293,14 @@ def output_file(job_id: str, index: int, name: str):
         return _relay(peer)  # the read timeout applies per chunk, not to the whole file
     who = identity()
     svc = _svc()
-    # held until the last byte is sent: the retention sweeper keeps the job meanwhile
-    return svc.in_use.serve(job_key(job_id), lambda: send_ranged(
-        svc.jobs.output_file(job_id, who.dn, index, name, is_admin=who.is_admin)))
+    site, piece, owner = svc.home.output_location(job_id, who.dn, index, is_admin=who.is_admin)
+    if site == svc.config.name:
+        # held until the last byte is sent: the retention sweeper keeps the piece meanwhile
+        return svc.in_use.serve(job_key(piece), lambda: send_ranged(
+            svc.jobs.output_file(piece, owner, index, name, is_admin=True)))
+    return svc.in_use.serve(job_key(job_id), lambda: relay(
+        svc.http, svc.membership, site, timeout=svc.config.peer_timeout,
+        path=f"/api/v1/peer/pieces/{piece}/outputs/{index}/{name}"))
 
 
 # ---- run again ------------------------------------------------------------
@@ -261,7 +311,7 @@ def spec(job_id: str):
     if peer:
         return _relay(peer)
     who = identity()
-    return jsonify(_svc().jobs.spec(job_id, who.dn, is_admin=who.is_admin))
+    return jsonify(_svc().home.spec(job_id, who.dn, is_admin=who.is_admin))
 
 
 @bp.get("/<job_id>/executable")
@@ -274,7 +324,7 @@ def executable(job_id: str):
     svc = _svc()
 
     def respond():
-        response = send_ranged(svc.jobs.executable_path(job_id, who.dn, is_admin=who.is_admin))
+        response = send_ranged(svc.home.executable_path(job_id, who.dn, is_admin=who.is_admin))
         response.headers["Content-Type"] = "application/octet-stream"
         return response
 

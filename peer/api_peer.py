@@ -1,5 +1,5 @@
-"""``/api/v1/peer``: peer-to-peer calls (forwarded jobs, input file reads, membership and security pushes,
-pairing codes redeemed at another peer).
+"""``/api/v1/peer``: peer-to-peer calls (pieces of jobs sent by their homes, their status, removal and outputs,
+input file reads, membership and security pushes, pairing codes redeemed at another peer).
 
 Hosts only: every route here needs a host certificate (mutual TLS, see peer/access.py).
 """
@@ -13,11 +13,14 @@ from flask import Blueprint, current_app, jsonify, request
 from pocketgrid.client_certificate import tls_client_certificate
 from pocketgrid.errors import BadRequest, Forbidden, NotFound, PocketgridError
 
-from .auth import identity, relayed_user
+from .auth import ANONYMOUS, Identity, identity, relayed_user
 from .downloads import send_ranged
-from .in_use import file_key
+from .in_use import file_key, job_key
 
 bp = Blueprint("peer", __name__, url_prefix="/api/v1/peer")
+
+#: Most pieces one status request may ask about.
+MAX_PIECES_PER_REQUEST = 5000
 
 _META_FIELDS = {
     "name": str,
@@ -38,7 +41,7 @@ def _svc():
 
 @bp.post("/jobs")
 def accept():
-    """A job placed on this peer by an entry peer, for the user whose proof it carries (peer/auth.py)."""
+    """A piece of a job sent here by its home, for the user whose proof it carries (peer/auth.py)."""
     try:
         meta = json.loads(request.form.get("meta", ""))
     except ValueError:
@@ -50,16 +53,96 @@ def accept():
             raise BadRequest(f"meta field {key!r} is missing or has the wrong type")
     for item in meta["inputs"]:
         if not isinstance(item, dict) or not {"name", "path", "size", "sha256"} <= set(item):
-            raise BadRequest("each input needs name, path, size and sha256")
+            raise BadRequest("each input needs name, path, size and sha256 (and its index in the job)")
+        if "index" in item and (not isinstance(item["index"], int) or isinstance(item["index"], bool)):
+            raise BadRequest("an input's index must be an integer")
     exe = request.files.get("executable")
     if exe is None:
         raise BadRequest("missing the 'executable' file part")
-    user = relayed_user()  # the submitting user's proof, verified here: the host's word is not enough
+    user = ANONYMOUS if _svc().config.insecure_http else relayed_user()  # the owner's proof, verified here
     if user.dn != meta["owner"]:
         raise Forbidden(f"the forwarded job's owner {meta['owner']!r} is not the user the entry peer proves "
                         f"({user.dn!r}): a peer submits only for the user it relays")
     summary = _svc().jobs.accept(meta, exe.read())
     return jsonify(summary), 201
+
+
+@bp.post("/pieces/status")
+def pieces_status():
+    """Many pieces' statuses in one answer, for their home: ``{"pieces": {id: version-or-null}}``.
+
+    Answers only the pieces whose version differs from the one sent
+    (``{"pieces": {id: {version, state, procs}}, "missing": [ids]}``).
+    """
+    body = request.get_json(silent=True)
+    pieces = body.get("pieces") if isinstance(body, dict) else None
+    if not isinstance(pieces, dict) or not all(
+            isinstance(k, str) and (v is None or (isinstance(v, int) and not isinstance(v, bool)))
+            for k, v in pieces.items()):
+        raise BadRequest('expected {"pieces": {"<piece id>": <version seen, or null>}}')
+    if len(pieces) > MAX_PIECES_PER_REQUEST:
+        raise BadRequest(f"at most {MAX_PIECES_PER_REQUEST} pieces per request")
+    return jsonify(_svc().jobs.piece_statuses(pieces))
+
+
+@bp.delete("/pieces/<piece>")
+def remove_piece(piece: str):
+    """Remove every unfinished proc of a piece (its job was killed); its directories stay.  The answer has
+    ``removal`` when the executor could not yet (its schedd does not answer: it remembers the removal).
+
+    ``?purge=1``: the job's record expired or was purged at its home: remove the piece whole (rows,
+    directories, outputs).  ``{"state": "stopping"}`` while a proc still runs (ask again), then
+    ``{"state": "purged"}``.
+    """
+    if request.args.get("purge") in {"1", "true"}:
+        return jsonify({"id": piece, "state": _svc().retention.purge_piece(piece)})
+    return jsonify(_svc().jobs.kill(piece))
+
+
+@bp.post("/pieces/pin")
+def pin_pieces():
+    """Pin or unpin pieces, as their job was at its home: ``{"pieces": {"<piece id>": true|false}}``.
+    A pinned piece is never expired here.  Answers ``{"pinned": [ids], "missing": [ids]}``."""
+    body = request.get_json(silent=True)
+    pieces = body.get("pieces") if isinstance(body, dict) else None
+    if not isinstance(pieces, dict) or not all(isinstance(k, str) and isinstance(v, bool) for k, v in pieces.items()):
+        raise BadRequest('expected {"pieces": {"<piece id>": true or false}}')
+    if len(pieces) > MAX_PIECES_PER_REQUEST:
+        raise BadRequest(f"at most {MAX_PIECES_PER_REQUEST} pieces per request")
+    return jsonify(_svc().jobs.set_pinned(pieces))
+
+
+@bp.delete("/pieces/<piece>/inputs/<int:index>")
+def remove_piece_input(piece: str, index: int):
+    """Remove one input of a piece and delete its directory (a lost or superseded attempt; idempotent).
+
+    ``{"state": "stopping"}`` while its proc is being killed (ask again), then ``{"state": "deleted"}``.
+    """
+    return jsonify(_svc().jobs.remove_input(piece, index, "removed by the job's home (lost or superseded)"))
+
+
+def _piece_owner() -> Identity:
+    """The user a home relays for (the piece's owner must be that user: else 404)."""
+    if _svc().config.insecure_http:
+        return ANONYMOUS
+    return relayed_user()
+
+
+@bp.get("/pieces/<piece>/outputs")
+def piece_outputs(piece: str):
+    """A piece's output files (size, SHA-256), for its owner's request relayed by the job's home."""
+    who = _piece_owner()
+    return jsonify(_svc().jobs.outputs(piece, who.dn, is_admin=who.is_admin))
+
+
+@bp.get("/pieces/<piece>/outputs/<int:index>/<path:name>")
+def piece_output_file(piece: str, index: int, name: str):
+    """One output of a piece (Range, If-Range, ETag), for its owner's download relayed by the job's home."""
+    who = _piece_owner()
+    svc = _svc()
+    # held until the last byte is sent: the retention sweeper keeps the piece meanwhile
+    return svc.in_use.serve(job_key(piece), lambda: send_ranged(
+        svc.jobs.output_file(piece, who.dn, index, name, is_admin=who.is_admin)))
 
 
 @bp.get("/files/<path:path>")

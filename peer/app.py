@@ -11,11 +11,12 @@ with threads (peer/server.py), so each of these exists once per peer.
 """
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from pathlib import Path
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import requests
@@ -36,14 +37,20 @@ from pocketgrid.errors import BadRequest, PocketgridError, Unavailable
 from . import api_admin, api_auth, api_events, api_files, api_jobs, api_peer, api_system, security_headers, webapp
 from . import access_log, api_uploads, request_ids
 from .access import check_access
+from .auth import TOKEN_HEADER, USER_HEADER
 from .csrf import check_csrf
 from .db import Database
 from .digests import DigestCache
 from .election import Elector
 from .executors import Executor, choose_executor
+from .dispatch import Dispatcher
 from .in_use import InUse
+from .job_home import JobHome
+from .job_manager import JobManager
 from .jobs import JobService, NotYours
 from .membership import Membership
+from .record_store import RecordStore
+from .records import Limits
 from .models import Base
 from .parking import Parking, default_limit
 from .publishing import PublishingArea
@@ -66,6 +73,8 @@ class PeerServices:
     executor: Executor
     membership: Membership
     jobs: JobService
+    home: JobHome
+    manager: JobManager
     broker_role: BrokerRole | None
     security: Security
     parking: Parking
@@ -87,6 +96,9 @@ class PeerServices:
             return
         self._started = True
         self.executor.start()
+        self.home.sweep_incomplete()
+        self.manager.watch_local()
+        self.manager.start()
         self.retention.start()
         if self.broker_role is None:
             self._join_async(self._join_urls())
@@ -163,50 +175,48 @@ class PeerServices:
         if self.agent is not None:
             self.agent.stop(timeout=5)
         self.retention.stop()
+        self.manager.stop()
         self.executor.stop()
         self.db.dispose()
 
-    # ---- placement, from the entry peer's point of view --------------------
-    def place(self, job_key: str, n_procs: int, input_bytes: int) -> list[dict[str, Any]]:
-        """Ask the broker for a ranking; during an election, wait (bounded) for the new one."""
-        wait = self.config.election_wait or (self.config.heartbeat_misses + 2) * self.config.heartbeat_interval
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                return self._place_once(job_key, n_procs, input_bytes)
-            except Unavailable as exc:
-                if time.monotonic() >= deadline:
-                    raise Unavailable(f"{exc.message} (no broker answered for {wait:.0f} s)", retry_after=5) from None
-                self._stop.wait(min(0.2, self.config.heartbeat_interval / 2))
+    # ---- placement, from a job's home ----------------------------------------
+    def split(self, job_key: str, n_procs: int, input_sizes: list[int], avoid: list[str],
+              exclude: list[str] = ()) -> dict[str, Any]:  # type: ignore[assignment]
+        """Ask the broker to split ``n_procs`` inputs (held here) over the sites.
 
-    def _place_once(self, job_key: str, n_procs: int, input_bytes: int) -> list[dict[str, Any]]:
+        ``{"shares": [...], "ranking": [...], "refused_all": bool}``; ``exclude``: sites that refused
+        these inputs for good.  Unavailable when no broker answers (an election): the job manager
+        tries again next round.
+        """
+        job = JobRequest(n_procs=n_procs, input_bytes={self.config.name: sum(input_sizes)},
+                         entry_peer=self.config.name)
         role = self.broker_role
         if role is not None:
-            ranking = role.place(
-                job_key, JobRequest(n_procs=n_procs, input_bytes={self.config.name: input_bytes}, entry_peer=self.config.name)
-            )
-            return [r.__dict__ for r in ranking]
+            ranking, shares = role.split(job_key, job, input_sizes=input_sizes, avoid=frozenset(avoid),
+                                         exclude=frozenset(exclude))
+            return {"shares": [asdict(share) for share in shares], "ranking": [asdict(r) for r in ranking],
+                    "refused_all": bool(exclude) and not shares and bool(role.peer_states())}
         broker = self.membership.broker
         if broker is None:
-            raise Unavailable("this peer has not joined a broker yet; retry shortly", retry_after=2)
-        body = {
-            "job_key": job_key,
-            "n_procs": n_procs,
-            "input_bytes": {self.config.name: input_bytes},
-            "entry_peer": self.config.name,
-        }
+            raise Unavailable("this peer has not joined a broker yet", retry_after=2)
+        body = {"job_key": job_key, "n_procs": n_procs, "input_bytes": job.input_bytes,
+                "entry_peer": self.config.name, "split": True, "input_sizes": input_sizes, "avoid": list(avoid),
+                "exclude": list(exclude)}
         for _hop in range(3):
             try:
-                r = self.http.post(f"{broker['url']}/api/v1/broker/placements", json=body, timeout=self.config.peer_timeout)
+                r = self.http.post(f"{broker['url']}/api/v1/broker/placements", json=body,
+                                   timeout=self.config.peer_timeout)
             except requests.RequestException as exc:
-                raise Unavailable(f"the broker {broker['name']} is unreachable ({type(exc).__name__}); retry shortly", retry_after=5) from None
+                raise Unavailable(f"the broker {broker['name']} is unreachable ({type(exc).__name__})") from None
             if r.status_code == 409 and r.json().get("broker"):
                 broker = r.json()["broker"]
                 continue
             if not r.ok:
-                raise Unavailable(f"the broker refused placement: {r.text[:200]}", retry_after=5)
-            return r.json()["ranking"]
-        raise Unavailable("could not find the broker; retry shortly", retry_after=5)
+                raise Unavailable(f"the broker refused the split: {r.text[:200]}")
+            answer = r.json()
+            return {"shares": answer.get("shares") or [], "ranking": answer.get("ranking") or [],
+                    "refused_all": bool(answer.get("refused_all"))}
+        raise Unavailable("could not find the broker")
 
 
 def _new_broker_role(config: PeerConfig, db: Database, http: requests.Session, membership: Membership, epoch: int) -> BrokerRole:
@@ -225,10 +235,10 @@ def _new_broker_role(config: PeerConfig, db: Database, http: requests.Session, m
 
 
 def _report_placement_failure(services: "PeerServices", peer: str) -> None:
-    """Tell the broker a forward to ``peer`` failed, so it can ban a peer that keeps failing.
+    """Tell the broker that sending a piece to ``peer`` failed, so it can ban a peer that keeps failing.
 
-    Best effort and short: the submission is already failing over to the next
-    candidate, and a broker that cannot be told only bans less.
+    Best effort and short: the inputs are already on their way elsewhere, and
+    a broker that cannot be told only bans less.
     """
     if services.broker_role is not None:
         try:
@@ -319,34 +329,90 @@ def build_services(config: PeerConfig) -> PeerServices:
             membership.apply(broker_role.membership())
     quotas = Quotas(peer_name=config.name, db=db, stage_root=config.stage_path, publishing=publishing,
                     limit_bytes=config.user_quota_bytes)
-    services: PeerServices  # the job service calls back into services.place
+    services: PeerServices  # the job manager calls back into services.split
     from .executors.policy import load_site_policy
 
+    # the peer's own URL host is the site's too: a job's URLs may not point back at it
+    policy = load_site_policy(config.submit_policy, site_host_names=[urlsplit(config.url).hostname or ""])
     jobs = JobService(
-        # the peer's own URL host is the site's too: a job's URLs may not point back at it
-        policy=load_site_policy(config.submit_policy, site_host_names=[urlsplit(config.url).hostname or ""]),
+        policy=policy,
         name=config.name,
-        url=config.url,
         db=db,
         publishing=publishing,
         stager=stager,
         executor=executor,
-        membership=membership,
         digests=digests,
-        http=http,
-        place=lambda key, n, b: services.place(key, n, b),
-        report_failure=lambda peer: _report_placement_failure(services, peer),
-        peer_timeout=config.peer_timeout,
         max_inputs=config.max_inputs_per_job,
         quotas=quotas,
         retention_seconds=config.job_retention_seconds,
+    )
+    store = RecordStore(db)
+    records_root = config.state_path / "records"
+    security = build_security(config, db, membership, http)
+
+    def proof(owner: str, vo: str | None, site: str) -> dict[str, str]:
+        """The owner's proof for ``site``: a delegation the home signs for that site alone (peer/auth.py)."""
+        if config.insecure_http or security.tokens is None:
+            return {}
+        user = json.dumps({"dn": owner, "vo": vo, "source": "job manager"})
+        return {USER_HEADER: user, TOKEN_HEADER: security.tokens.delegate(owner, vo, site)}
+
+    def check_input(meta: dict[str, Any]) -> str | None:
+        """An input is still the file that was submitted (else it fails at once, saying so)."""
+        try:
+            path = publishing.file(meta["path"])
+            if path.stat().st_size == meta["size"] and digests.sha256(path) == meta["sha256"]:
+                return None
+        except (PocketgridError, OSError):
+            pass
+        return (f"the input {meta['path']} changed (or is gone) since the job was submitted: "
+                "submit the job again to run it on the new file")
+
+    dispatcher = Dispatcher(name=config.name, http=http, accept_local=jobs.accept, proof=proof,
+                            timeout=max(config.peer_timeout, 120.0))
+    manager = JobManager(
+        name=config.name,
+        url=config.url,
+        store=store,
+        jobs=jobs,
+        dispatcher=dispatcher,
+        http=http,
+        membership=membership,
+        split=lambda *args, **kw: services.split(*args, **kw),
+        report_failure=lambda peer: _report_placement_failure(services, peer),
+        check_input=check_input,
+        purge_local=lambda piece: services.retention.purge_piece(piece),
+        records_root=records_root,
+        limits=Limits(max_attempts=config.max_attempts, retry_backoff=config.retry_backoff,
+                      max_evictions=config.max_evictions),
+        monitor_interval=config.monitor_interval,
+        site_lost_after=config.site_lost_after,
+        peer_timeout=config.peer_timeout,
+    )
+    home = JobHome(
+        name=config.name,
+        db=db,
+        store=store,
+        publishing=publishing,
+        digests=digests,
+        jobs=jobs,
+        membership=membership,
+        http=http,
+        records_root=records_root,
+        wake=manager.wake,
+        unreachable=manager.unreachable_sites,
+        policy=policy,
+        max_inputs=config.max_inputs_per_job,
+        peer_timeout=config.peer_timeout,
+        retention_seconds=config.job_retention_seconds,
+        remove_now=manager.remove_now,
     )
     in_use = InUse()
     retention = Retention(name=config.name, db=db, jobs=jobs, stager=stager, publishing=publishing, in_use=in_use,
                           job_seconds=config.job_retention_seconds, upload_seconds=config.upload_retention_seconds,
                           idempotency_seconds=config.idempotency_key_seconds,
-                          interval=config.retention_sweep_interval, quotas=quotas)
-    security = build_security(config, db, membership, http)
+                          interval=config.retention_sweep_interval, quotas=quotas, store=store,
+                          records_root=records_root, wake=manager.wake)
     retention.also.append(security.audit.flush)  # summaries of rate-limited refusals, also when the flood stopped
     services = PeerServices(
         config=config,
@@ -358,6 +424,8 @@ def build_services(config: PeerConfig) -> PeerServices:
         executor=executor,
         membership=membership,
         jobs=jobs,
+        home=home,
+        manager=manager,
         broker_role=broker_role,
         security=security,
         parking=Parking(config.max_parked_requests or default_limit(config.threads)),

@@ -90,14 +90,16 @@ def relay_headers(who: Identity, peer: str) -> dict[str, str]:
     """Headers that let peer ``peer`` verify for itself that this request is ``who``'s (peer-to-peer only).
 
     The user's own token when there is one; else (a TLS client certificate
-    on the connection) a short-lived delegation this peer signs for ``peer``
-    alone.  Empty for a caller that is not a user.  Call it in the request's
+    on the connection, or a delegation that was for this peer only) a
+    short-lived delegation this peer signs for ``peer`` alone.  Empty for a caller that is not a user.  Call it in the request's
     context (not from a worker thread).
     """
     if who.kind != "user":
         return {}
     proof = who.proof
-    if proof is None:
+    if proof is None or (who.token is not None and who.token.kind == "delegation"):
+        # No token of the user's own (a certificate), or a delegation to this peer alone (a second
+        # hop: the job's home fetching an output from a site): sign one for ``peer``.
         proof = current_app.extensions["pocketgrid"].security.tokens.delegate(who.dn, who.vo, peer)
     return {USER_HEADER: who.assertion(), TOKEN_HEADER: proof}
 

@@ -203,6 +203,29 @@ class EventLogWriter:
             lines.append(f"\tReason: {_one_line(reason)}")
         self._append(_JOB_EVICTED, cluster, proc, when, *lines)
 
+    def requeued(self, cluster: int, proc: int, *, return_value: int | None = None, signal: int | None = None,
+                 reason: str = "", when: float | None = None) -> None:
+        """004 with "Job terminated and was requeued": the proc ended, and its own policy (the submit
+        file's ``max_retries``) runs it again, as the shadow logs it (``JobEvictedEvent``)."""
+        if (return_value is None) == (signal is None):
+            raise ValueError("requeued() needs exactly one of return_value or signal")
+        zero = _rusage(0, 0)
+        lines = [
+            "Job was evicted.",
+            "\t(0) Job terminated and was requeued",
+            f"\t\t{zero}  -  Run Remote Usage",
+            f"\t\t{zero}  -  Run Local Usage",
+            "\t0  -  Run Bytes Sent By Job",
+            "\t0  -  Run Bytes Received By Job",
+        ]
+        if signal is None:
+            lines.append(f"\t(1) Normal termination (return value {int(return_value)})")  # type: ignore[arg-type]
+        else:
+            lines += [f"\t(0) Abnormal termination (signal {int(signal)})", "\t(0) No core file"]
+        if _one_line(reason):
+            lines.append(f"\t{_one_line(reason)}")
+        self._append(_JOB_EVICTED, cluster, proc, when, *lines)
+
     def aborted(self, cluster: int, proc: int, reason: str, *, when: float | None = None) -> None:
         """009: the proc was removed (``condor_rm`` or a remove policy)."""
         lines = ["Job was aborted."]
@@ -323,6 +346,8 @@ class ProcStatus:
     image_size_kb: int | None = None
     evictions: int = 0
     hold_subcode: int | None = None
+    #: Times the proc ended and its own policy (``max_retries``) ran it again: not evictions.
+    retries: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict (the state as its string value)."""
@@ -385,6 +410,14 @@ def _on_execute(st: ProcStatus, ev: htcondor2.JobEvent) -> None:
 
 def _on_evicted(st: ProcStatus, ev: htcondor2.JobEvent) -> None:
     st.state = ProcState.IDLE
+    if ev.get("TerminatedAndRequeued"):  # it ended; its submit file's policy runs it again
+        st.retries += 1
+        if ev.get("TerminatedNormally"):
+            how = f"exited with code {_int(ev, 'ReturnValue')}"
+        else:
+            how = f"was killed by signal {_int(ev, 'TerminatedBySignal')}"
+        st.note = f"{how}; runs again (its submit file's max_retries)"
+        return
     st.evictions += 1
     st.note = _text(ev, "Reason") or "evicted"
 

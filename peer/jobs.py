@@ -1,15 +1,16 @@
-"""The job service: submit (entry and target side), status, kill, outputs.
+"""The site side of jobs: pieces (some inputs of a job, sent by its home), their status, removal, outputs.
 
-Entry side (any peer a client talks to): validate, de-duplicate by
-Idempotency-Key, ask the broker for a ranking, forward to the first peer that
-accepts.  Target side (the peer that runs it): de-duplicate by origin, stage,
-queue with the executor, commit, answer the job ID.  Status, kill and outputs
-of a job owned by another peer are proxied there (see ``peer.api_jobs``);
-this module handles the jobs this peer owns.
+A piece is staged and queued as a whole job was before jobs spread over
+sites (docs/architecture.md, *Jobs across sites*): de-duplicated by (home,
+origin key), staged as ``<stage>/<piece>/<index>/`` with each input's index
+in the job, queued with the executor, committed, and its ID answered.  The
+job's home asks for the status of its pieces (one request per site), removes
+an input it no longer needs (a lost or superseded attempt) and relays the
+user's output downloads here.  Pieces are not jobs to users: the user's job
+is the record at its home (peer/job_home.py).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -18,90 +19,36 @@ import shutil
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import requests
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from pocketgrid.http import never_reached
-from pocketgrid.errors import (BadGateway, BadRequest, Conflict, NotFound, NotRunnableHere, PocketgridError,
-                               Unavailable)
+from pocketgrid.errors import BadGateway, BadRequest, NotFound, PocketgridError
 
 from .db import Database
 from .digests import DigestCache
 from .event_log import EventLogReader, ProcState, ProcStatus, overall_state
 from .executors.base import Executor, RemovalPending
-from .membership import Membership
-from .models import IdempotencyKey, Job, Proc
+from .models import Job, Proc
 from .publishing import PublishingArea, check_name
 from .proc_stderr import recorded_names, stderr_fields
-from .staging import META_DIR, InputSource, Stager, StagedJob
-from .storage import QuotaExceeded, Quotas
-from .submit_description import ParsedSubmit, Policy, SubmitDescriptionError, parse
+from .staging import META_DIR, InputSource, Stager
+from .storage import Quotas
+from .submit_description import Policy, SubmitDescriptionError, parse
 
 log = logging.getLogger(__name__)
-
-#: In a staged job's META_DIR: the inputs' paths on the entry peer (for "run again").
-INPUTS_FILE = "inputs.json"
-
-
-@dataclass
-class SubmitRequest:
-    """A submission as the entry peer received it."""
-
-    name: str
-    executable: bytes
-    executable_name: str
-    submit_text: str
-    submit_name: str
-    inputs: list[str]  #: paths in the entry peer's publishing area
-
-    def fingerprint(self) -> str:
-        """Hash of everything that defines the job: same key + other body = 409."""
-        h = hashlib.sha256()
-        for part in (self.name, self.executable_name, self.submit_name, self.submit_text, json.dumps(self.inputs)):
-            h.update(part.encode())
-            h.update(b"\x00")
-        h.update(hashlib.sha256(self.executable).digest())
-        return h.hexdigest()
-
-
-@dataclass(frozen=True)
-class _StatusBody:
-    """The last status body of a job, valid while its event log keeps this size (and the executor's
-    annotations their stamp)."""
-
-    owner: str
-    log_size: int
-    body: dict[str, Any]
-    json: bytes
-    stamp: int = 0
-
-
-class AmbiguousForward(Unavailable):
-    """A forward was sent but no answer came: the job may exist on that peer.
-
-    Trying another peer could create a second job, so the client is told to
-    retry with the same Idempotency-Key, which goes back to the same peer.
-    """
-
-    def __init__(self, peer: str) -> None:
-        super().__init__(
-            f"no answer from {peer} after sending it the job; it may have been created there. "
-            "Retry with the same Idempotency-Key to get it (no second job will be made)",
-            retry_after=5,
-        )
 
 
 class NotYours(NotFound):
     """The job exists but belongs to someone else: answered exactly as an unknown job (404), and audited
     as a probe (peer/app.py records it, rate-limited, peer/audit.py)."""
 
-    def __init__(self, job_id: str, owner: str) -> None:
-        super().__init__(f"no such job {job_id!r}")
+    def __init__(self, job_id: str, owner: str, message: str | None = None) -> None:
+        super().__init__(message or f"no such job {job_id!r}")
         self.job_id = job_id
         self.owner = owner
 
@@ -127,29 +74,38 @@ def validate_names(executable_name: str, submit_name: str, input_names: list[str
 
 
 def peer_of(job_id: str) -> str:
+    """The peer a job ID names: the job's home (for a piece ID, the site that runs it)."""
     peer, dot, rest = job_id.partition(".")
     if not dot or not peer or not rest:
         raise NotFound(f"no such job {job_id!r}: a job ID looks like <peer>.<id>")
     return peer
 
 
+@dataclass(frozen=True)
+class _StatusBody:
+    """The last status body of a piece, valid while its event log keeps this size (and the executor's
+    annotations their stamp)."""
+
+    owner: str
+    log_size: int
+    body: dict[str, Any]
+    json: bytes
+    stamp: int = 0
+
+
 class JobService:
+    """Pieces at this site (the executor's jobs)."""
+
     def __init__(
         self,
         *,
         name: str,
-        url: str,
         db: Database,
         publishing: PublishingArea,
         stager: Stager,
         executor: Executor,
-        membership: Membership,
         digests: DigestCache,
-        http: requests.Session,
-        place: Callable[[str, int, int], list[dict[str, Any]]],
-        report_failure: Callable[[str], None] = lambda peer: None,
         policy: Policy | None = None,
-        peer_timeout: float = 10.0,
         max_inputs: int = 1000,
         quotas: Quotas | None = None,
         retention_seconds: float = 0.0,
@@ -159,219 +115,39 @@ class JobService:
         #: Finished jobs are removed this long after they finished, unless pinned (0: never; peer/retention.py).
         self.retention_seconds = retention_seconds
         self.max_inputs = max_inputs
-        self.url = url
         self.db = db
         self.publishing = publishing
         self.stager = stager
         self.executor = executor
-        self.membership = membership
         self.digests = digests
-        self.http = http
-        self.place = place
-        self.report_failure = report_failure
         self.policy = policy or Policy()
-        self.peer_timeout = peer_timeout
         self._readers: OrderedDict[str, EventLogReader] = OrderedDict()
         self._reader_locks: dict[str, threading.Lock] = {}
         self._readers_lock = threading.Lock()
         self.max_cached_readers = 1024
         self._status_bodies: OrderedDict[str, _StatusBody] = OrderedDict()
-        self._inflight: set[tuple[str, str]] = set()
-        self._inflight_lock = threading.Lock()
 
     # ======================================================================
-    # Entry side
-    # ======================================================================
-    def submit(self, req: SubmitRequest, *, owner: str, idempotency_key: str | None,
-               proof: Callable[[str], dict[str, str]] | None = None) -> tuple[dict[str, Any], bool]:
-        """Place and forward a job.  Returns (job summary, replayed?).
-
-        ``proof(peer)``: the headers proving to ``peer`` that ``owner`` submits
-        (peer/auth.py ``relay_headers``); a forward without them is refused there.
-        """
-        if not req.name or len(req.name) > 200:
-            raise BadRequest("a job needs a name of 1 to 200 characters")
-        if not req.executable:
-            raise BadRequest("the executable is empty")
-        if not req.inputs:
-            raise BadRequest("a job needs at least one input file from the publishing area")
-        if len(req.inputs) > self.max_inputs:
-            raise BadRequest(f"at most {self.max_inputs} inputs per job on this site (this job has {len(req.inputs)}); "
-                             "split it into several jobs", max_inputs=self.max_inputs)
-        input_paths = [self.publishing.file(p) for p in req.inputs]
-        validate_names(req.executable_name, req.submit_name, [p.name for p in input_paths])
-        try:  # fail fast, before placement
-            parse(req.submit_text, self.policy, input_names=[p.name for p in input_paths])
-        except SubmitDescriptionError as exc:
-            raise BadRequest(f"submit file {req.submit_name!r}: {exc}") from None
-
-        fingerprint = req.fingerprint()
-        previous_target = None
-        if idempotency_key:
-            if len(idempotency_key) > 200:
-                raise BadRequest("Idempotency-Key is longer than 200 characters")
-            existing, previous_target = self._claim_key(idempotency_key, owner, fingerprint)
-            if existing is not None:
-                return existing, True
-            with self._inflight_lock:
-                if (idempotency_key, owner) in self._inflight:
-                    raise Unavailable("a submission with this Idempotency-Key is in progress; retry shortly",
-                                      retry_after=2)
-                self._inflight.add((idempotency_key, owner))
-            try:
-                return self._place_and_forward(req, owner, idempotency_key, fingerprint, input_paths, previous_target,
-                                               proof)
-            finally:
-                with self._inflight_lock:
-                    self._inflight.discard((idempotency_key, owner))
-        return self._place_and_forward(req, owner, None, fingerprint, input_paths, None, proof)
-
-    def _place_and_forward(self, req: SubmitRequest, owner: str, idempotency_key: str | None, fingerprint: str,
-                      input_paths: list[Path], previous_target: str | None,
-                      proof: Callable[[str], dict[str, str]] | None = None) -> tuple[dict[str, Any], bool]:
-        if idempotency_key:
-            origin_key = hashlib.sha256(f"{owner}\x00{idempotency_key}".encode()).hexdigest()
-        else:
-            origin_key = secrets.token_hex(16)
-
-        ranking = self.place(origin_key, len(input_paths), sum(p.stat().st_size for p in input_paths))
-        if previous_target is not None:
-            # An earlier attempt may have created the job there: ask it first.
-            url = self.membership.url_of(previous_target)
-            ranking = [c for c in ranking if c["name"] != previous_target]
-            if url is not None:
-                ranking.insert(0, {"name": previous_target, "url": url, "score": None, "reason": "retry"})
-        if not ranking:
-            raise Unavailable("no peer is available to run the job; try again shortly", retry_after=5)
-        inputs = [
-            {
-                "name": p.name,
-                "path": self.publishing.relative(p),
-                "size": p.stat().st_size,
-                "sha256": self.digests.sha256(p),
-            }
-            for p in input_paths
-        ]
-        meta = {
-            "name": req.name,
-            "owner": owner,
-            "executable_name": req.executable_name,
-            "submit_name": req.submit_name,
-            "submit_text": req.submit_text,
-            "entry_peer": self.name,
-            "entry_url": self.url,
-            "origin_key": origin_key,
-            "inputs": inputs,
-        }
-        errors: list[str] = []
-        refusals: list[QuotaExceeded] = []  # sites where the owner's quota is full: the next may have room
-        not_here: list[str] = []  # sites that will not run the submit file as written: another may
-        for candidate in ranking:
-            if idempotency_key:
-                self._record_target(idempotency_key, owner, candidate["name"])
-            try:
-                if candidate["name"] == self.name:
-                    summary = self.accept(meta, req.executable)
-                else:
-                    summary = self._forward(candidate, meta, req.executable,
-                                            proof(candidate["name"]) if proof is not None else {})
-            except AmbiguousForward:
-                raise
-            except QuotaExceeded as exc:
-                log.info("peer %s refused the job: %s", candidate["name"], exc.message)
-                refusals.append(exc)
-                continue
-            except NotRunnableHere as exc:  # this site will not run it as written; another may
-                log.info("peer %s will not run the job as written: %s", candidate["name"], exc.message)
-                not_here.append(exc.message if exc.message.startswith(candidate["name"]) else
-                                f"{candidate['name']}: {exc.message}")
-                continue
-            except (BadGateway, Unavailable) as exc:
-                log.warning("peer %s could not take the job: %s", candidate["name"], exc.message)
-                self.report_failure(candidate["name"])
-                errors.append(f"{candidate['name']}: {exc.message}")
-                continue
-            if idempotency_key:
-                with self.db.session() as s:
-                    row = s.get(IdempotencyKey, (idempotency_key, owner))
-                    if row is not None:
-                        row.job_id = summary["id"]
-            return summary, False
-        if refusals and not errors and not not_here:
-            raise QuotaExceeded.every_site(refusals)
-        errors += [r.message for r in refusals]
-        if not_here:
-            raise BadRequest("no site runs this submit file as written: " + "; ".join(not_here)
-                             + ("; and " + "; ".join(errors) if errors else ""))
-        raise Unavailable("every candidate peer failed: " + "; ".join(errors), retry_after=5)
-
-    def _record_target(self, key: str, owner: str, target: str) -> None:
-        with self.db.session() as s:
-            row = s.get(IdempotencyKey, (key, owner))
-            if row is not None:
-                row.target = target
-
-    def _claim_key(self, key: str, owner: str, fingerprint: str) -> tuple[dict[str, Any] | None, str | None]:
-        """Record the key; or return the job a previous identical request created
-        (or, if that request did not finish, the peer it was sent to)."""
-        for _ in range(2):
-            with self.db.session() as s:
-                row = s.get(IdempotencyKey, (key, owner))
-                if row is None:
-                    s.add(IdempotencyKey(key=key, owner=owner, request_hash=fingerprint, created_at=time.time()))
-                    try:
-                        s.flush()
-                    except IntegrityError:
-                        s.rollback()
-                        continue
-                    return None, None
-                if row.request_hash != fingerprint:
-                    raise Conflict(
-                        "this Idempotency-Key was already used for a different request; "
-                        "use a new key for a new job"
-                    )
-                if row.job_id is None:
-                    return None, row.target  # earlier attempt did not finish: redo it there
-                return {"id": row.job_id, "peer": peer_of(row.job_id)}, None
-        raise Conflict("concurrent submissions with the same Idempotency-Key; retry")
-
-    def _forward(self, candidate: dict[str, Any], meta: dict[str, Any], executable: bytes,
-                 headers: dict[str, str]) -> dict[str, Any]:
-        url = f"{candidate['url']}/api/v1/peer/jobs"
-        try:
-            r = self.http.post(
-                url,
-                headers=headers,  # the owner's proof: the target checks the owner DN against it
-                data={"meta": json.dumps(meta)},
-                files={"executable": (meta["executable_name"], executable, "application/octet-stream")},
-                timeout=max(self.peer_timeout, 120.0),  # staging may download inputs
-            )
-        except (requests.ConnectTimeout, requests.ConnectionError) as exc:
-            if never_reached(exc):
-                raise BadGateway(f"cannot reach {candidate['name']}: {type(exc).__name__}") from None
-            raise AmbiguousForward(candidate["name"]) from None
-        except requests.RequestException:
-            raise AmbiguousForward(candidate["name"]) from None
-        if r.status_code >= 500:
-            raise BadGateway(f"{candidate['name']} answered {r.status_code}: {r.text[:200]}")
-        body = r.json()
-        if not r.ok:
-            if r.status_code == 413 and isinstance(body.get("quota"), list):
-                raise QuotaExceeded(body.get("error", r.text), quota=body["quota"])
-            if r.status_code == 400 and body.get("elsewhere") is True:
-                raise NotRunnableHere(str(body.get("error", r.text)))
-            raise PocketgridError(body.get("error", r.text), status=r.status_code)
-        return body
-
-    # ======================================================================
-    # Target side
+    # Accepting a piece
     # ======================================================================
     def accept(self, meta: dict[str, Any], executable: bytes) -> dict[str, Any]:
-        """Stage and queue a job placed here; idempotent on (entry peer, origin key)."""
+        """Stage and queue a piece sent here by a job's home; idempotent on (home, origin key)."""
         existing = self._by_origin(meta["entry_peer"], meta["origin_key"])
         if existing is not None:
             return existing
-        input_meta = meta["inputs"]
+        input_meta = list(meta["inputs"])
+        if not input_meta:
+            raise BadRequest("a piece needs at least one input")
+        if not any("index" in item for item in input_meta):  # a whole job, as peers sent them before pieces
+            input_meta = [{**item, "index": n} for n, item in enumerate(input_meta)]
+        indexes = [item.get("index") for item in input_meta]
+        if len(set(indexes)) != len(indexes) or any(not isinstance(i, int) or isinstance(i, bool) or i < 0
+                                                    for i in indexes):
+            raise BadRequest("each input needs its own index in the job (an integer >= 0)")
+        input_meta.sort(key=lambda item: item["index"])
+        indexes.sort()
+        if len(input_meta) > self.max_inputs:
+            raise BadRequest(f"at most {self.max_inputs} inputs per piece on this site", max_inputs=self.max_inputs)
         validate_names(meta["executable_name"], meta["submit_name"], [i["name"] for i in input_meta])
         try:
             parsed = parse(meta["submit_text"], self.policy)
@@ -381,7 +157,8 @@ class JobService:
             self.quotas.check(meta["owner"], len(executable) + len(meta["submit_text"].encode())
                               + sum(int(i["size"]) for i in input_meta), f"job {meta['name']!r}")
         if meta["entry_peer"] == self.name:
-            sources = [InputSource(name=i["name"], local_path=self.publishing.file(i["path"])) for i in input_meta]
+            sources = [InputSource(name=i["name"], local_path=self.publishing.file(i["path"]), index=i["index"])
+                       for i in input_meta]
         else:
             base = meta["entry_url"].rstrip("/")
             sources = [
@@ -390,13 +167,14 @@ class JobService:
                     url=f"{base}/api/v1/peer/files/{requests.utils.quote(i['path'])}",
                     sha256=i["sha256"],
                     size=i["size"],
+                    index=i["index"],
                 )
                 for i in input_meta
             ]
-        job_id = f"{self.name}.{int(time.time()):x}{secrets.token_hex(4)}"
+        piece_id = f"{self.name}.{int(time.time()):x}{secrets.token_hex(4)}"
         try:
             staged = self.stager.stage(
-                job_id,
+                piece_id,
                 executable=executable,
                 executable_name=meta["executable_name"],
                 submit_text=meta["submit_text"],
@@ -406,15 +184,12 @@ class JobService:
         except PocketgridError:
             raise
         except Exception as exc:
-            log.exception("staging %s failed", job_id)
+            log.exception("staging %s failed", piece_id)
             raise BadGateway(f"staging failed on {self.name}: {exc}") from None
         try:
-            # Where the inputs came from, for "run again" (spec): paths in the entry peer's publishing area.
-            (staged.meta_dir / INPUTS_FILE).write_text(json.dumps(
-                {"entry_peer": meta["entry_peer"], "inputs": [i.get("path", i["name"]) for i in input_meta]}))
             with self.db.session() as s:
                 job = Job(
-                    id=job_id,
+                    id=piece_id,
                     name=meta["name"],
                     owner=meta["owner"],
                     created_at=time.time(),
@@ -426,6 +201,8 @@ class JobService:
                     entry_peer=meta["entry_peer"],
                     origin_key=meta["origin_key"],
                     warnings=list(parsed.warnings),
+                    pinned=bool(meta.get("pinned")),
+                    record_id=meta.get("job_id") if isinstance(meta.get("job_id"), str) else None,
                 )
                 s.add(job)
                 s.flush()
@@ -442,9 +219,10 @@ class JobService:
         except BaseException:
             shutil.rmtree(staged.root, ignore_errors=True)
             raise
-        self.executor.committed(job_id)
-        log.info("job %s (%s) accepted from %s: %d inputs", job_id, meta["name"], meta["entry_peer"], len(sources))
-        return self._summary(job_id)
+        self.executor.committed(piece_id)
+        log.info("piece %s (%s) accepted from %s: inputs %s", piece_id, meta["name"], meta["entry_peer"],
+                 _ranges(indexes))
+        return self._summary(piece_id)
 
     def _by_origin(self, entry_peer: str, origin_key: str) -> dict[str, Any] | None:
         with self.db.sessions() as s:
@@ -459,7 +237,7 @@ class JobService:
                 "id": job.id,
                 "peer": self.name,
                 "name": job.name,
-                "inputs": len(job.input_names),
+                "inputs": [p.index for p in job.procs],
                 "clusters": sorted({p.cluster for p in job.procs}),
                 "warnings": job.warnings,
             }
@@ -467,13 +245,14 @@ class JobService:
     # ======================================================================
     # Status
     # ======================================================================
-    def _job(self, job_id: str, owner: str, is_admin: bool = False) -> Job:
+    def _job(self, job_id: str, owner: str | None, is_admin: bool = False) -> Job:
+        """The piece (``owner`` None: any owner, for its home's host-to-host calls)."""
         with self.db.sessions() as s:
             job = s.get(Job, job_id)
             if job is None:
-                raise NotFound(f"no such job {job_id!r}")
-            if not (is_admin or job.owner == owner):
-                raise NotYours(job_id, job.owner)
+                raise NotFound(f"no such piece {job_id!r} here")
+            if not (is_admin or owner is None or job.owner == owner):
+                raise NotYours(job_id, job.owner, f"no such piece {job_id!r} here")
             job.procs  # load while the session is open
             return job
 
@@ -495,22 +274,22 @@ class JobService:
                 self._readers.popitem(last=False)
         return reader
 
-    def status(self, job_id: str, owner: str, *, is_admin: bool = False) -> dict[str, Any]:
-        """The job's status, from only the events appended since last time.
-
-        The body only changes when the event log grows, so the last one is kept
-        per job with the log's size: an unchanged poll (a phone's usual one)
-        costs a ``stat`` and no database read (benchmarks/auth_throughput.py).
-        """
+    def status(self, job_id: str, owner: str | None, *, is_admin: bool = False) -> dict[str, Any]:
+        """The piece's status, from only the events appended since last time."""
         return self.status_entry(job_id, owner, is_admin=is_admin).body
 
-    def status_entry(self, job_id: str, owner: str, *, is_admin: bool = False) -> "_StatusBody":
-        """:meth:`status` with the body already serialised (the poll path sends these bytes as is)."""
+    def status_entry(self, job_id: str, owner: str | None, *, is_admin: bool = False) -> "_StatusBody":
+        """:meth:`status` with the body already serialised.
+
+        The body only changes when the event log grows, so the last one is kept
+        per piece with the log's size: an unchanged poll costs a ``stat`` and no
+        database read.
+        """
         cached = self._status_bodies.get(job_id)
         stamp = self.executor.annotation_stamp()
         if cached is not None:
-            if not (is_admin or cached.owner == owner):
-                raise NotYours(job_id, cached.owner)
+            if not (is_admin or owner is None or cached.owner == owner):
+                raise NotYours(job_id, cached.owner, f"no such piece {job_id!r} here")
             if cached.log_size == self.log_size(job_id) and cached.stamp == stamp:
                 return cached
         with self._reader_lock(job_id):
@@ -544,16 +323,17 @@ class JobService:
         counts: dict[str, int] = {}
         ordered = []
         stderr_names = None
-        for p in job.procs:
+        for position, p in enumerate(job.procs):  # in index order, as staged
             st = statuses.get((p.cluster, p.proc)) or ProcStatus(cluster=p.cluster, proc=p.proc)
             ordered.append(st)
             d: dict[str, Any] = {"index": p.index, "input": p.input_name}
-            # Only what is known: an unchanged poll from a phone stays small.
-            d.update({k: v for k, v in st.to_dict().items() if v is not None and not (k == "evictions" and v == 0)})
+            # Only what is known: an unchanged poll stays small.
+            d.update({k: v for k, v in st.to_dict().items()
+                      if v is not None and not (k in ("evictions", "retries") and v == 0)})
             if st.state in (ProcState.FAILED, ProcState.HELD):  # why: its stderr (final once the event is logged)
                 if stderr_names is None:
                     stderr_names = recorded_names(self.stager.job_root(job.id) / META_DIR) or []
-                name = stderr_names[p.index] if p.index < len(stderr_names) else None
+                name = stderr_names[position] if position < len(stderr_names) else None
                 d.update(stderr_fields(self.proc_dir(job.id, p.index), name))
             counts[st.state.value] = counts.get(st.state.value, 0) + 1
             inputs.append(d)
@@ -566,12 +346,12 @@ class JobService:
             "id": job.id,
             "name": job.name,
             "peer": self.name,
-            #: Bumped whenever the event log changed what this status says: the ETag.
+            #: Bumped whenever the event log changed what this status says.
             "version": version,
             "owner": job.owner,
             "executor": job.executor,
             "created_at": job.created_at,
-            "state": state,
+            "state": overall_state(ordered),
             "counts": counts,
             "inputs": inputs,
             "warnings": job.warnings,
@@ -593,6 +373,17 @@ class JobService:
                 row.status_version = (row.status_version or 0) + 1
             with self._readers_lock:
                 self._status_bodies.pop(job_id, None)
+
+    def set_pinned(self, pins: dict[str, bool]) -> dict[str, Any]:
+        """Pin or unpin pieces (their job was pinned or unpinned at its home); names those not here."""
+        done, missing = [], []
+        for piece_id, pinned in pins.items():
+            try:
+                self.update_job(piece_id, pinned=bool(pinned))
+                done.append(piece_id)
+            except NotFound:
+                missing.append(piece_id)
+        return {"pinned": done, "missing": missing}
 
     def forget(self, job_id: str) -> None:
         """Drop what is cached about a job that was removed."""
@@ -632,23 +423,31 @@ class JobService:
         except FileNotFoundError:
             return 0
 
-    def list_jobs(self, owner: str, *, is_admin: bool = False, limit: int = 100) -> list[dict[str, Any]]:
-        with self.db.sessions() as s:
-            q = select(Job).order_by(Job.created_at.desc()).limit(limit)
-            if not is_admin:
-                q = q.where(Job.owner == owner)
-            ids = [j.id for j in s.scalars(q)]
-        out = []
-        for job_id in ids:
-            st = self.status(job_id, owner, is_admin=is_admin)
-            out.append({k: st[k] for k in ("id", "name", "peer", "state", "counts", "created_at")})
-        return out
+    def piece_statuses(self, known: dict[str, int | None]) -> dict[str, Any]:
+        """Statuses of many pieces for their home: only those whose version differs from ``known``'s.
+
+        ``{"pieces": {id: {"version", "state", "procs": [...]}}, "missing": [ids]}``;
+        ``missing`` names pieces this site does not have (it lost them, or never made them).
+        """
+        changed: dict[str, Any] = {}
+        missing: list[str] = []
+        for piece_id, version in known.items():
+            try:
+                body = self.status(piece_id, None)
+            except NotFound:
+                missing.append(piece_id)
+                continue
+            if body["version"] != version:
+                changed[piece_id] = {"version": body["version"], "state": body["state"], "procs": body["inputs"],
+                                     **({"removal": body["removal"]} if body.get("removal") else {})}
+        return {"pieces": changed, "missing": missing}
 
     # ======================================================================
-    # Kill
+    # Removal
     # ======================================================================
-    def kill(self, job_id: str, owner: str, *, is_admin: bool = False) -> dict[str, Any]:
-        self._job(job_id, owner, is_admin)
+    def kill(self, job_id: str) -> dict[str, Any]:
+        """Remove every unfinished proc of a piece (the job was killed)."""
+        self._job(job_id, None)
         with self.db.session() as s:
             row = s.get(Job, job_id)
             if row is not None and row.removed_at is None:
@@ -657,8 +456,26 @@ class JobService:
             removed = self.executor.remove(job_id)
         except RemovalPending as exc:  # remembered by the executor; carried out when it can
             return {"id": job_id, "removed_procs": 0, "removal": exc.message}
-        log.info("job %s: remove requested, %d procs affected", job_id, removed)
+        log.info("piece %s: remove requested, %d procs affected", job_id, removed)
         return {"id": job_id, "removed_procs": removed}
+
+    def remove_input(self, job_id: str, index: int, reason: str) -> dict[str, Any]:
+        """Stop input ``index`` of a piece and delete its directory (idempotent).
+
+        ``{"state": "stopping"}`` while its proc still runs (ask again);
+        ``{"state": "deleted"}`` once it is gone (also for a piece or input this
+        site does not have: there is nothing left to delete).
+        """
+        with self.db.sessions() as s:
+            known = s.scalars(select(Proc.id).where(Proc.job_id == job_id, Proc.index == index)).first()
+        if known is None:
+            return {"id": job_id, "index": index, "state": "deleted"}
+        outcome = self.executor.remove_proc(job_id, index, reason)
+        if outcome == "stopping":
+            return {"id": job_id, "index": index, "state": "stopping"}
+        shutil.rmtree(self.proc_dir(job_id, index), ignore_errors=True)
+        log.info("piece %s: input %d removed and its directory deleted (%s)", job_id, index, reason)
+        return {"id": job_id, "index": index, "state": "deleted"}
 
     # ======================================================================
     # Outputs
@@ -697,34 +514,25 @@ class JobService:
             )
         return {"id": job_id, "peer": self.name, "outputs": result}
 
-    # ======================================================================
-    # Run again
-    # ======================================================================
-    def spec(self, job_id: str, owner: str, *, is_admin: bool = False) -> dict[str, Any]:
-        """What the job was submitted with, to submit it again (with other inputs)."""
-        job = self._job(job_id, owner, is_admin)
-        try:
-            recorded = json.loads((self.stager.job_root(job_id) / META_DIR / INPUTS_FILE).read_text())
-        except (OSError, ValueError):  # staged before inputs were recorded: the names are all we know
-            recorded = {"entry_peer": job.entry_peer, "inputs": list(job.input_names)}
-        return {"id": job.id, "name": job.name, "executable_name": job.executable_name,
-                "submit_name": job.submit_name, "submit_text": job.submit_text,
-                "inputs": recorded["inputs"], "input_names": list(job.input_names),
-                "entry_peer": recorded.get("entry_peer", job.entry_peer)}
-
-    def executable_path(self, job_id: str, owner: str, *, is_admin: bool = False) -> Path:
-        job = self._job(job_id, owner, is_admin)
-        path = self.stager.job_root(job_id) / META_DIR / "files" / job.executable_name
-        if not path.is_file():
-            raise NotFound(f"the executable of job {job_id} is no longer on {self.name}")
-        return path
-
     def output_file(self, job_id: str, owner: str, index: int, name: str, *, is_admin: bool = False) -> Path:
         job = self._job(job_id, owner, is_admin)
-        if index < 0 or index >= len(job.input_names):
-            raise NotFound(f"job {job_id} has no input number {index}")
+        if index not in {p.index for p in job.procs}:
+            raise NotFound(f"piece {job_id} has no input number {index}")
         area = PublishingArea(self.proc_dir(job_id, index))
         path = area.file(name)
         if area.relative(path) in {job.executable_name, job.submit_name}:
             raise NotFound(f"{name!r} is not an output of input {index}")
         return path
+
+
+def _ranges(indexes: list[int]) -> str:
+    """``0-3,7``: a piece's input indexes for a log line."""
+    out: list[str] = []
+    for i in sorted(indexes):
+        if out and "-" not in out[-1].split(",")[-1] and int(out[-1].split(",")[-1]) == i - 1:
+            out[-1] = f"{out[-1]}-{i}"
+        elif out and "-" in out[-1] and int(out[-1].rsplit("-", 1)[1]) == i - 1:
+            out[-1] = f"{out[-1].rsplit('-', 1)[0]}-{i}"
+        else:
+            out.append(str(i))
+    return ",".join(out)

@@ -1,4 +1,5 @@
-"""The peer's own tables: jobs, their procs, idempotency keys, membership."""
+"""The peer's own tables: job records and attempts (at a job's home), pieces and their procs (at the
+sites that run them), idempotency keys, membership."""
 from __future__ import annotations
 
 import time
@@ -12,8 +13,108 @@ class Base(DeclarativeBase):
     pass
 
 
+class JobRecord(Base):
+    """A user's job, at its home (the peer it was submitted to): what the user sees.
+
+    The job's inputs run in *pieces* at sites (table ``jobs``, here or at
+    other peers); each run of one input is a :class:`JobAttempt`.  A record
+    and its attempts serialise to one JSON document and back
+    (peer/records.py ``to_document``/``from_document``).
+    """
+
+    __tablename__ = "job_records"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    owner: Mapped[str] = mapped_column(String(500), index=True)
+    #: The owner's VO (for the delegation the home signs when it sends a piece to a site).
+    owner_vo: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    created_at: Mapped[float] = mapped_column(Float, default=time.time, index=True)
+    executable_name: Mapped[str] = mapped_column(String(255))
+    submit_name: Mapped[str] = mapped_column(String(255))
+    submit_text: Mapped[str] = mapped_column(Text)
+    #: One entry per input: name, path (in the home's publishing area), size, sha256.
+    inputs: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    warnings: Mapped[list[str]] = mapped_column(JSON, default=list)
+    #: Bumped whenever what the user sees changes: the status ETag.
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    #: ``state`` and ``counts`` as last rendered (the job list reads no attempts).
+    summary: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    removed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    #: Every input has a result or a final verdict: the manager stops watching.  The retention sweeper
+    #: removes the record (and its pieces) ``job_retention_seconds`` later unless it is pinned.
+    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True, index=True)
+    #: Kept whatever its age (``pocketgrid pin``); passed on to the sites holding its pieces.
+    pinned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    #: Expired or purged: gone for its owner (404); the row stays only until every site removed its
+    #: pieces (attempts with ``cleanup`` "purge"), then it goes too.
+    purged_at: Mapped[float | None] = mapped_column(Float, nullable=True, index=True)
+    home: Mapped[str] = mapped_column(String(200))
+    #: The peer managing the job now, and its claim's epoch (the home, 1; a deputy's takeover would raise it).
+    manager: Mapped[str] = mapped_column(String(200))
+    manager_epoch: Mapped[int] = mapped_column(Integer, default=1)
+    #: The member holding a replica of this record (none until replication is built).
+    deputy: Mapped[str | None] = mapped_column(String(200), nullable=True)
+
+    attempts: Mapped[list["JobAttempt"]] = relationship(
+        back_populates="record", order_by="[JobAttempt.index, JobAttempt.number]", cascade="all, delete-orphan"
+    )
+
+
+class JobAttempt(Base):
+    """One run of one input of a job, in one piece at one site (peer/records.py has the rules)."""
+
+    __tablename__ = "job_attempts"
+    __table_args__ = (UniqueConstraint("job_id", "index", "number", name="uq_attempt"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("job_records.id", ondelete="CASCADE"), index=True)
+    index: Mapped[int] = mapped_column(Integer)
+    #: 1, 2, ... per input.
+    number: Mapped[int] = mapped_column(Integer)
+    #: pending | dispatching | idle | running | held | completed | failed | removed | lost | superseded
+    state: Mapped[str] = mapped_column(String(20), index=True)
+    site: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)
+    piece: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    #: The origin key its piece was sent with (job, site and attempt numbers): a resend finds the same piece.
+    piece_key: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    #: The piece's status version last seen (what the next status request sends).
+    piece_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float, default=time.time)
+    #: A pending attempt is not sent before this time (backoff after a site failure).
+    not_before: Mapped[float | None] = mapped_column(Float, nullable=True)
+    dispatched_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    #: Why it ended as it did (a site's message, a hold reason, "superseded by attempt 3"...).
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: Started by the user's retry (a new round: not counted against max_attempts with the earlier ones).
+    retry: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: This attempt's outputs are the input's result.
+    result: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: Sites to avoid when sending this (pending) attempt: those the input was lost on.
+    avoid: Mapped[list[str]] = mapped_column(JSON, default=list)
+    #: The proc's status as its site reports it (exit code, hold reason, times, stderr tail...).
+    status: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    #: What is still to do at its site: "remove" (stop it: the job was killed), "delete" (stop it and
+    #: delete its directory: lost or superseded), "purge" (remove the whole piece: the record expired or
+    #: was purged); once done "removed", "deleted", "purged"; None: nothing.
+    cleanup: Mapped[str | None] = mapped_column(String(10), nullable=True, index=True)
+    #: Sites that refused this input for good while it was being placed (site -> why: quota, "not
+    #: here"); it is not sent there again in this round, and fails naming them when no site takes it.
+    refused: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    #: The pin state its site was last told (the home passes a pin or unpin on to the piece's site).
+    site_pinned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+
+    record: Mapped[JobRecord] = relationship(back_populates="attempts")
+
+
 class Job(Base):
-    """A user's job: one executable + submit file, one proc per input file."""
+    """A *piece*: what this site runs of a job (some of its inputs), one proc per input.
+
+    Its ``entry_peer`` is the job's home, which sent it; ``Proc.index`` is
+    the input's index in the job.  (The table keeps its old name.)
+    """
 
     __tablename__ = "jobs"
     __table_args__ = (UniqueConstraint("entry_peer", "origin_key", name="uq_job_origin"),)
@@ -40,8 +141,10 @@ class Job(Base):
     #: When every proc had reached a final state (the latest final event's time), as the retention
     #: sweeper last saw it (peer/retention.py); None while any proc may still change.
     finished_at: Mapped[float | None] = mapped_column(Float, nullable=True, index=True)
-    #: A pinned job is never removed by the retention sweeper (``pocketgrid pin``).
+    #: A pinned piece is never removed by the retention sweeper (its job was pinned at its home).
     pinned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    #: The job's ID at its home (None for a job of a release before pieces: it is its own record).
+    record_id: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)
 
     procs: Mapped[list["Proc"]] = relationship(
         back_populates="job", order_by="Proc.index", cascade="all, delete-orphan"
@@ -49,7 +152,7 @@ class Job(Base):
 
 
 class Proc(Base):
-    """One input of a job = one Condor proc; maps cluster.proc -> (job, input)."""
+    """One input of a piece = one Condor proc; maps cluster.proc -> (piece, input index in the job)."""
 
     __tablename__ = "procs"
     __table_args__ = (UniqueConstraint("cluster", "proc", "executor", name="uq_cluster_proc"),)

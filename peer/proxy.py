@@ -1,8 +1,9 @@
-"""Relaying a client's request to the peer that owns the job.
+"""Relaying a client's request to the job's home, and from the home to the site holding an output.
 
 Every peer is an entry point, and a phone may reach only one of them, so
-status, kill and output requests for another peer's job are relayed (not
-redirected).  Bodies stream through in 256 KiB pieces, event streams
+status, kill and output requests for a job whose home is another peer are
+relayed there (not redirected); the home in turn relays an output download
+to the site whose piece holds it.  Bodies stream through in 256 KiB pieces, event streams
 (``text/event-stream``, peer/api_events.py) piece by piece as they arrive; the
 validators that make polling and resuming cheap (ETag, If-None-Match, Range,
 If-Range, Last-Event-ID) pass through unchanged.
@@ -40,20 +41,24 @@ _RESPONSE_HEADERS = (
 
 
 def relay(http: requests.Session, membership: Membership, peer: str, *,
-          timeout: float | tuple[float, float]) -> Response:
+          timeout: float | tuple[float, float], path: str | None = None) -> Response:
+    """Send this request on to ``peer``: to the same path (a job's home, by its ID), or to ``path``
+    (a job's home fetching an output from the site that holds the piece: never relayed further)."""
     url = membership.url_of(peer)
     if url is None:
+        if path is not None:
+            raise BadGateway(f"site {peer} holding these outputs is not a member of this system any more", peer=peer)
         raise NotFound(f"no such job: peer {peer!r} named in the job ID is not a member of this system")
-    if "X-Pocketgrid-Relayed-By" in request.headers:
-        # The owner's URL we know points at a peer that does not own it either: stop here.
+    if path is None and "X-Pocketgrid-Relayed-By" in request.headers:
+        # The home's URL we know points at a peer that is not the home either: stop here.
         raise BadGateway(f"peer {peer} is unreachable: its address is out of date (relay loop)", peer=peer)
     headers = {h: request.headers[h] for h in _REQUEST_HEADERS if h in request.headers}
     headers["X-Pocketgrid-Relayed-By"] = membership.name
     who = identity(required=False)
     if who is not None:
         headers.update(relay_headers(who, peer))
-    target = quote(request.path)  # re-encode: '#', '?', '%' in a file name must survive the hop
-    if request.query_string:
+    target = quote(path if path is not None else request.path)  # re-encode: '#', '?', '%' in a file name
+    if path is None and request.query_string:
         target += "?" + request.query_string.decode("latin-1")
     try:
         upstream = http.request(
@@ -66,7 +71,8 @@ def relay(http: requests.Session, membership: Membership, peer: str, *,
         )
     except requests.RequestException as exc:
         raise BadGateway(
-            f"peer {peer} is unreachable: the job exists there but cannot be reached now ({type(exc).__name__}); retry later",
+            f"peer {peer} is unreachable: " + ("it holds these outputs" if path is not None else "the job's home") +
+            f" cannot be reached now ({type(exc).__name__}); retry later",
             peer=peer,
             unreachable=True,
         ) from None

@@ -1,11 +1,13 @@
-"""Staging a job: ``<stage>/<job_id>/<index>/`` per input, built under a temporary name.
+"""Staging a piece: ``<stage>/<piece_id>/<index>/`` per input, built under a temporary name.
 
-Layout of a staged job::
+A *piece* is what one site runs of a job (docs/architecture.md, *Jobs across
+sites*): some of the job's inputs, each in the directory named by its index
+in the job, so ``$(input_index)`` means the same on every site.  Layout::
 
-    <stage>/<job_id>/
-        job.log              the HTCondor user log of every proc of the job
-        0/  <executable> <submit file> <input 0>   (+ whatever the job writes)
-        1/  <executable> <submit file> <input 1>
+    <stage>/<piece_id>/
+        job.log              the HTCondor user log of every proc of the piece
+        3/  <executable> <submit file> <input 3>   (+ whatever the job writes)
+        7/  <executable> <submit file> <input 7>
         ...
 
 The executable and submit file are hard-linked into each subdirectory (copied
@@ -50,6 +52,8 @@ class InputSource:
     url: str | None = None
     sha256: str | None = None
     size: int | None = None
+    #: The input's index in the job (its directory's name); None: its position in the list.
+    index: int | None = None
 
 
 @dataclass
@@ -60,6 +64,8 @@ class StagedJob:
     submit_name: str
     input_names: list[str]
     proc_dirs: list[Path] = field(default_factory=list)
+    #: Each input's index in the job, in the order of ``input_names`` and ``proc_dirs``.
+    indexes: list[int] = field(default_factory=list)
 
     @property
     def log_path(self) -> Path:
@@ -73,6 +79,10 @@ class StagedJob:
     def executable_path(self) -> Path:
         """The one staged copy of the executable (each proc dir has a link to it)."""
         return self.meta_dir / "files" / self.executable_name
+
+    def job_indexes(self) -> list[int]:
+        """Each input's index in the job (``indexes``, else their positions)."""
+        return list(self.indexes) or list(range(len(self.input_names)))
 
     def staged_names(self) -> set[str]:
         """Files we put in a proc dir (so they are not reported as outputs)."""
@@ -141,6 +151,9 @@ class Stager:
         submit_name: str,
         inputs: list[InputSource],
     ) -> StagedJob:
+        indexes = [i if s.index is None else int(s.index) for i, s in enumerate(inputs)]
+        if len(set(indexes)) != len(indexes) or any(i < 0 for i in indexes):
+            raise ValueError(f"input indexes {indexes!r} are not distinct indexes >= 0")
         final = self.job_root(job_id)
         if final.exists():
             raise FileExistsError(f"job {job_id} is already staged")
@@ -160,7 +173,7 @@ class Stager:
             for source in inputs:
                 if source.url is not None:
                     uses[source.url] = uses.get(source.url, 0) + 1
-            for index, source in enumerate(inputs):
+            for index, source in zip(indexes, inputs):
                 d = tmp / str(index)
                 d.mkdir()
                 _link_or_copy(exe, d / executable_name)
@@ -188,7 +201,8 @@ class Stager:
             executable_name=executable_name,
             submit_name=submit_name,
             input_names=[s.name for s in inputs],
-            proc_dirs=[final / str(i) for i in range(len(inputs))],
+            proc_dirs=[final / str(i) for i in indexes],
+            indexes=indexes,
         )
 
     def _fetch_remote(self, inputs: list[InputSource], into: Path) -> dict[str, Path]:

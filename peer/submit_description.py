@@ -1830,13 +1830,27 @@ def _check_names(input_names: Sequence[str], proc_dirs: Sequence[str], *, condor
     return dirs
 
 
-def _per_proc_macros(index: int, input_name: str, proc_dir: str, cluster_id: int) -> dict[str, str]:
+def _per_proc_macros(index: int, input_name: str, proc_dir: str, cluster_id: int,
+                     process: int | None = None) -> dict[str, str]:
+    """``index``: the input's index in the job (``$(input_index)``); ``process``: its proc number in the
+    cluster (``$(Process)``; default: the same)."""
     i = str(index)
+    p = i if process is None else str(process)
     return {
         "input": input_name, "input_index": i, "proc_dir": proc_dir,
-        "Process": i, "ProcId": i, "Step": "0", "ItemIndex": i, "Row": i,
+        "Process": p, "ProcId": p, "Step": "0", "ItemIndex": p, "Row": p,
         "Cluster": str(cluster_id), "ClusterId": str(cluster_id),
     }
+
+
+def _job_indexes(indexes: Sequence[int] | None, n: int) -> list[int]:
+    """The inputs' indexes in the job (a piece of a job holds some of them); default ``0..n-1``."""
+    if indexes is None:
+        return list(range(n))
+    out = [int(i) for i in indexes]
+    if len(out) != n or len(set(out)) != n or any(i < 0 for i in out):
+        raise ValueError(f"input indexes {out!r}: need {n} distinct indexes >= 0")
+    return out
 
 
 def parse(text: str, policy: Policy | None = None, *, input_names: Sequence[str] | None = None) -> ParsedSubmit:
@@ -1892,13 +1906,16 @@ def local_proc_specs(
     proc_dirs: list[str],
     cluster_id: int = 1,
     machine: Mapping[str, Any] | None = None,
+    indexes: Sequence[int] | None = None,
 ) -> list[ProcSpec]:
     """One :class:`ProcSpec` per input for the LocalExecutor.
 
     Input ``i`` runs ``<proc_dirs[i]>/<executable_name>`` in ``proc_dirs[i]``
-    with ``$(input)`` = ``input_names[i]`` and ``$(input_index)`` = ``i``
-    (also ``$(proc_dir)``, ``$(Process)`` = ``i`` and ``$(Cluster)`` =
-    ``cluster_id``).  stdin is the input file; relative output/error paths
+    with ``$(input)`` = ``input_names[i]`` and ``$(input_index)`` =
+    ``indexes[i]``, its index in the job (default ``i``; a piece of a job
+    holds some of its inputs), also ``$(proc_dir)``, ``$(Process)`` = the
+    same index (the proc's number in the local log) and ``$(Cluster)`` =
+    ``cluster_id``.  stdin is the input file; relative output/error paths
     resolve against the proc directory and must stay inside it (symbolic links
     followed); with no output/error the defaults are ``_condor_stdout`` /
     ``_condor_stderr`` there; ``/dev/null`` or an empty value gives ``None``
@@ -1919,7 +1936,8 @@ def local_proc_specs(
     if not executable_name or "/" in executable_name or executable_name in (".", ".."):
         raise ValueError(f"unusable executable name {executable_name!r}")
     dirs = _check_names(input_names, proc_dirs, condor=False)
-    procs = [_per_proc_macros(i, n, d, cluster_id) for i, (n, d) in enumerate(zip(input_names, dirs))]
+    job_indexes = _job_indexes(indexes, len(input_names))
+    procs = [_per_proc_macros(job_indexes[i], n, d, cluster_id) for i, (n, d) in enumerate(zip(input_names, dirs))]
     reply = _run_child(parsed.policy, table=parsed.table, procs=procs, local=True, machine=machine)
     if not reply.get("ok"):
         _raise_child_failure(reply)
@@ -1931,7 +1949,7 @@ def local_proc_specs(
         ad = (reply.get("ads") or [{}] * len(reply["rows"]))[i]
         specs.append(
             ProcSpec(
-                index=i,
+                index=job_indexes[i],
                 input_name=input_names[i],
                 iwd=dirs[i],
                 executable=os.path.join(dirs[i], executable_name),
@@ -2015,11 +2033,14 @@ def condor_submission(
     proc_dirs: list[str],
     input_names: list[str],
     log_path: str,
+    indexes: Sequence[int] | None = None,
 ) -> CondorSubmission:
     """The CondorExecutor's submission: one cluster, one proc per itemdata row.
 
     Returns ``(submit, itemdata)`` for ``Schedd.submit(submit, itemdata=iter(itemdata))``;
-    each itemdata row is ``{"input", "input_index", "proc_dir"}``.  The user's
+    each itemdata row is ``{"input", "input_index", "proc_dir"}``, ``input_index``
+    being the input's index in the job (``indexes``, default ``0..n-1``: a
+    piece of a job holds some of its inputs).  The user's
     commands are kept except the owned ones, which are forced:
     ``executable`` = ``executable_path``, ``initialdir`` = ``$(proc_dir)``,
     ``log`` = ``log_path``, ``transfer_input_files`` = ``$(input)``, the
@@ -2056,10 +2077,13 @@ def condor_submission(
             **CONDOR_FORCED_KEYS,
         }
     )
+    job_indexes = _job_indexes(indexes, len(input_names))
     itemdata = [
-        {"input": n, "input_index": str(i), "proc_dir": d} for i, (n, d) in enumerate(zip(input_names, dirs))
+        {"input": n, "input_index": str(job_indexes[i]), "proc_dir": d}
+        for i, (n, d) in enumerate(zip(input_names, dirs))
     ]
-    procs = [_per_proc_macros(i, n, d, _CHECK_CLUSTER) for i, (n, d) in enumerate(zip(input_names, dirs))]
+    procs = [_per_proc_macros(job_indexes[i], n, d, _CHECK_CLUSTER, process=i)
+             for i, (n, d) in enumerate(zip(input_names, dirs))]
     reply = _run_child(parsed.policy, table=list(table.items()), procs=procs)
     if not reply.get("ok"):
         _raise_child_failure(reply)

@@ -100,6 +100,17 @@ class PeerConfig:
     transfer_chunk_bytes: int = 1024 * 1024
     #: Timeout of peer-to-peer calls.
     peer_timeout: float = 10.0
+    # ---- jobs across sites (peer/job_manager.py, docs/architecture.md) ----
+    #: How often a job's home asks the other sites about its pieces (its own: at least every 0.5 s).
+    monitor_interval: float = 2.0
+    #: A site that has not answered its jobs' home for this long loses the attempts it holds.
+    site_lost_after: float = 120.0
+    #: Most attempts pocketgrid starts for one input after site failures (per round; a retry starts one).
+    max_attempts: int = 4
+    #: The n-th attempt of an input waits retry_backoff * 2^(n-2) seconds before it is sent.
+    retry_backoff: float = 5.0
+    #: An attempt evicted this many times at its site is lost (and runs elsewhere).
+    max_evictions: int = 3
     #: Broker: a report older than this many intervals marks a peer stale.
     report_stale_factor: float = 3.0
     #: Placement policy name: least-expected-load, min-coefficient, round-robin
@@ -119,8 +130,9 @@ class PeerConfig:
     #: TOML file with this site's submit-file policy (table [policy]: allow_/forbid_
     #: universes, keys, attributes; see peer/executors/policy.py).  Empty: the defaults.
     submit_policy: str = ""
-    #: How long a submission waits for a new broker during an election
-    #: before answering 503 (0: (misses + 2) heartbeat intervals).
+    #: Unused since jobs spread over sites (a submission no longer waits for
+    #: the broker: its home records it and sends it on later); kept so that
+    #: existing configuration files still load.
     election_wait: float = 0.0
     # ---- security (docs/security.md) ------------------------------------
     #: This peer's host certificate and key (PEM) and the site CA bundle.

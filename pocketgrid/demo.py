@@ -281,7 +281,7 @@ def run_demo(*, keep: bool = False, n_inputs: int = 6, serve: bool = False, host
         exe = sample.joinpath("histogram.py").read_bytes()
         sub = sample.joinpath("histogram.sub").read_text()
         job = client.submit("histogram-demo", exe, "histogram.sub", inputs, executable_name="histogram.py", submit_text=sub)
-        print(f"submitted through {PEERS[1]}: job {job['id']} placed on {job['peer']} ({job['inputs']} procs)")
+        print(f"submitted through {PEERS[1]}: job {job['id']}, its home {job['peer']} ({job['inputs']} procs)")
 
         last = {"line": ""}
 
@@ -307,7 +307,8 @@ def run_demo(*, keep: bool = False, n_inputs: int = 6, serve: bool = False, host
         if len(histograms) != n_inputs:
             raise DemoFailed(f"expected {n_inputs} histograms, got {len(histograms)}")
         merged = merge(histograms)
-        print(f"\nmerged histogram of {n_inputs} inputs, run on {final['peer']}:")
+        sites = ", ".join(sorted({i["site"] for i in final["inputs"] if i.get("site")}))
+        print(f"\nmerged histogram of {n_inputs} inputs, run on {sites}:")
         print(render(merged))
         client.revoke_token(paired["token_id"])
         try:

@@ -42,13 +42,16 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, interval: fl
     raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}" + (f": {last!r}" if last else ""))
 
 
-def report_load(broker_url: str, peer: Any, coefficient: float, *, session: Any = requests) -> None:
+def report_load(broker_url: str, peer: Any, coefficient: float, *, session: Any = requests,
+                metrics: dict[str, Any] | None = None) -> None:
     """Act as ``peer``'s EMA agent (anything with ``name`` and ``url``): one load
     report through the broker API, which also resets its in-flight count.
-    With TLS, ``session`` must present ``peer``'s host certificate."""
+    With TLS, ``session`` must present ``peer``'s host certificate.  ``metrics``:
+    the host figures to report (e.g. ``{"cores": 10}``: placement then counts
+    10 slots there; none: slots unknown, counted as one)."""
     r = session.post(
         f"{broker_url}/api/v1/broker/reports",
-        json={"peer": peer.name, "url": peer.url, "coefficient": coefficient, "metrics": {},
+        json={"peer": peer.name, "url": peer.url, "coefficient": coefficient, "metrics": metrics or {},
               "sampled_at": time.time(), "interval": 15},
         timeout=5,
     )

@@ -51,7 +51,16 @@ class Executor(ABC):
 
     @abstractmethod
     def remove(self, job_id: str) -> int:
-        """Remove every proc of the job that has not finished; returns how many."""
+        """Remove every proc of the job (a piece) that has not finished; returns how many."""
+
+    @abstractmethod
+    def remove_proc(self, job_id: str, index: int, reason: str) -> str:
+        """Remove the proc of input ``index`` of piece ``job_id`` (idempotent).
+
+        ``"stopping"``: it was asked to stop and still runs (ask again later);
+        ``"stopped"``: it no longer runs (or never did: queued procs are
+        aborted); ``"gone"``: no such proc here.
+        """
 
     def describe(self) -> dict[str, object]:
         """What ``/healthz`` says about this executor."""

@@ -1,7 +1,8 @@
-"""CondorExecutor: run each job on the site's HTCondor schedd.
+"""CondorExecutor: run each piece of a job on the site's HTCondor schedd.
 
-One job = one cluster, one proc per input (``Schedd.submit`` with
-``itemdata``: ``input``, ``input_index``, ``proc_dir`` per row), built by
+One piece = one cluster, one proc per input (``Schedd.submit`` with
+``itemdata``: ``input``, ``input_index`` (its index in the job),
+``proc_dir`` per row), built by
 :func:`peer.submit_description.condor_submit_dict` from the user's checked
 submit file with the keys pocketgrid owns forced (executable, initialdir,
 log = the job's ``job.log``, file transfer, streamed stdout/stderr).  Status
@@ -437,13 +438,15 @@ def _submission(parsed: ParsedSubmit, staged: StagedJob, *, job_id: str,
         proc_dirs=[str(d) for d in staged.proc_dirs],
         input_names=list(staged.input_names),
         log_path=str(staged.log_path),
+        indexes=staged.job_indexes(),
     )
     return condor_table(list(built.submit.items()), job_id=job_id, peer_name=peer_name), built
 
 
 def proc_rows(job_id: str, input_names: Sequence[str], *, cluster: int, first_proc: int, num_procs: int,
-              executor: str = "condor") -> list[Proc]:
-    """One Proc row per input: input ``i`` is proc ``first_proc + i`` (itemdata order).
+              executor: str = "condor", indexes: Sequence[int] | None = None) -> list[Proc]:
+    """One Proc row per input: the ``i``-th input (itemdata order) is proc ``first_proc + i``, and its
+    row's ``index`` is its index in the job (``indexes[i]``; default ``i``).
 
     Refuses a submission whose proc count differs from the number of inputs.
     """
@@ -451,9 +454,10 @@ def proc_rows(job_id: str, input_names: Sequence[str], *, cluster: int, first_pr
         raise ValueError(f"the schedd created {num_procs} procs for {len(input_names)} inputs")
     if cluster <= 0 or first_proc < 0:
         raise ValueError(f"impossible job id {cluster}.{first_proc}")
+    job_indexes = list(indexes) if indexes is not None else list(range(len(input_names)))
     return [
-        Proc(job_id=job_id, index=i, input_name=name, executor=executor, cluster=cluster, proc=first_proc + i,
-             local_state="submitted")
+        Proc(job_id=job_id, index=job_indexes[i], input_name=name, executor=executor, cluster=cluster,
+             proc=first_proc + i, local_state="submitted")
         for i, name in enumerate(input_names)
     ]
 
@@ -469,6 +473,11 @@ def job_constraint(job_id: str, clusters: Sequence[int] | None = None, *, peer_n
     if submitted_on_hold:
         parts.append(f"JobStatus == {HELD} && HoldReasonCode == {SUBMITTED_ON_HOLD}")
     return condor_cli.join_constraints(parts)
+
+
+def proc_constraint(job_id: str, cluster: int, proc: int) -> str:
+    """A job-ad constraint for one proc of one pocketgrid piece."""
+    return condor_cli.join_constraints([job_constraint(job_id, [cluster]), f"ProcId == {int(proc)}"])
 
 
 class PendingSubmissions:
@@ -666,7 +675,8 @@ class CondorExecutor(Executor):
                               retry_after=10) from None
         self.stats["submitted"] += 1
         try:
-            rows = proc_rows(job.id, staged.input_names, cluster=cluster, first_proc=first, num_procs=n)
+            rows = proc_rows(job.id, staged.input_names, cluster=cluster, first_proc=first, num_procs=n,
+                             indexes=staged.job_indexes())
         except ValueError as exc:
             self._remove_cluster(job.id, cluster, "pocketgrid: unexpected submission result")
             raise BadGateway(f"{self.peer_name}: {exc}") from None
@@ -822,6 +832,28 @@ class CondorExecutor(Executor):
                 self._pending_removals.pop(job_id, None)
                 self._save_pending_removals()
                 self._stamp += 1
+
+    def remove_proc(self, job_id: str, index: int, reason: str) -> str:
+        """Remove one input's proc (``condor_rm`` of ``cluster.proc``, matched on the piece too)."""
+        with self.db.sessions() as s:
+            row = s.scalars(select(Proc).where(Proc.job_id == job_id, Proc.index == index,
+                                               Proc.executor == self.name)).first()
+            if row is None:
+                return "gone"
+            cluster, proc = row.cluster, row.proc
+        constraint = proc_constraint(job_id, cluster, proc)
+        if self.health.state == "unreachable":  # quick: the home asks again next round
+            raise Unavailable(f"{self.peer_name}: the HTCondor schedd is not answering; the removal is asked "
+                              "again later", retry_after=10)
+        try:
+            if not self._query(constraint, ["ProcId"], timeout=self.removal_timeout):
+                return "stopped"  # it left the queue (finished, or removed before)
+            self._act("remove", constraint, f"via pocketgrid ({reason})", timeout=self.removal_timeout)
+        except CondorUnreachable as exc:
+            self._unreachable(str(exc))
+            raise Unavailable(f"{self.peer_name}: the HTCondor schedd did not answer the removal: {exc}",
+                              retry_after=10) from None
+        return "stopping"  # removed from the queue; the schedd writes "aborted" to the log once it is gone
 
     # ---- reconciliation ----------------------------------------------------
     def reconcile(self, *, grace: float | None = None) -> dict[str, int]:

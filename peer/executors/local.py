@@ -85,6 +85,7 @@ class LocalExecutor(Executor):
         self._thread: threading.Thread | None = None
         self._children: dict[int, tuple[int, subprocess.Popen[bytes]]] = {}  # proc row id -> (pid, popen)
         self._adopted: dict[int, psutil.Process] = {}  # proc row id -> process
+        self._stopping: set[int] = set()  # proc row ids signalled by remove_proc
         self._lock = threading.Lock()
         self.sandbox = sandbox or SandboxSettings()
         self._isolation: Isolation | None = None
@@ -153,6 +154,7 @@ class LocalExecutor(Executor):
                 input_names=staged.input_names,
                 proc_dirs=[str(d) for d in staged.proc_dirs],
                 machine=self.machine_ad(),
+                indexes=staged.job_indexes(),
             )
         except NotHonouredHere as exc:  # another site may run it as written: the entry peer tries the next
             raise NotRunnableHere(f"{self.peer_name}: {exc}", key=exc.key) from None
@@ -275,6 +277,27 @@ class LocalExecutor(Executor):
         if removed:
             self._site_changed()
         return removed
+
+    def remove_proc(self, job_id: str, index: int, reason: str) -> str:
+        changed = False
+        with self._lock, self.db.session() as s:
+            p = s.scalars(select(Proc).where(Proc.job_id == job_id, Proc.index == index,
+                                             Proc.executor == self.name)).first()
+            if p is None:
+                return "gone"
+            if p.local_state == "running":
+                if p.id not in self._stopping:  # once: the runner kills the proc and writes "aborted"
+                    self._stopping.add(p.id)
+                    if not self._signal(p, signal.SIGTERM):
+                        self._stopping.discard(p.id)  # not started yet, or gone: the next round decides
+                return "stopping"
+            if p.local_state in ("queued", "unmatchable", "held"):  # HTCondor removes held jobs too
+                EventLogWriter(str(self.stage_root / job_id / "job.log")).aborted(p.cluster, p.proc, reason)
+                changed = p.local_state != "queued"  # no longer reported as held or unmatchable
+                p.local_state = "done"
+        if changed:
+            self._site_changed()
+        return "stopped"
 
     def _signal(self, p: Proc, signum: int) -> bool:
         """Signal a proc's runner, making sure the pid was not reused."""
@@ -420,10 +443,16 @@ class LocalExecutor(Executor):
         held = False
         with self.db.session() as s:
             for row_id, rc in finished:
+                stopped = row_id in self._stopping  # removed alone (remove_proc): never queued again
+                self._stopping.discard(row_id)
                 p = s.get(Proc, row_id)
                 if p is None:
                     continue
-                if rc == EXIT_EVICTED and p.job.removed_at is not None:
+                if stopped and rc not in (EXIT_DONE, None):
+                    EventLogWriter(str(self.stage_root / p.job_id / "job.log")).aborted(
+                        p.cluster, p.proc, "removed by pocketgrid")
+                    p.local_state = "done"
+                elif rc == EXIT_EVICTED and p.job.removed_at is not None:
                     EventLogWriter(str(self.stage_root / p.job_id / "job.log")).aborted(
                         p.cluster, p.proc, "removed by user")
                     p.local_state = "done"

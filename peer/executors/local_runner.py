@@ -10,7 +10,9 @@ Signals from the peer:
   SIGTERM  the user removed the job   -> kill the proc, write "aborted", exit 0
   SIGUSR1  the peer is shutting down  -> kill the proc, write "evicted", exit 3
 Exit status: 0 when a final event was written, 3 after an eviction (or when
-the job's policy runs it again), 4 when the proc is held.
+the job's policy runs it again: at the proc's exit that is logged as the
+shadow logs it, "Job terminated and was requeued", which readers count as a
+retry, not an eviction), 4 when the proc is held.
 
 The job policy of the submit file (periodic_hold, periodic_remove,
 on_exit_hold, on_exit_remove, max_retries, ...) is evaluated here, with
@@ -178,8 +180,11 @@ class Runner:
                 self.reason, self.verdict = "policy", verdict
                 self._kill_child()
 
-    def _apply(self, verdict: local_policy.Verdict) -> int:
-        """Write what the policy decided; the runner's exit status."""
+    def _apply(self, verdict: local_policy.Verdict, *, exit_code: int | None = None,
+               by_signal: int | None = None) -> int:
+        """Write what the policy decided; the runner's exit status.  A requeue at the proc's exit
+        (``exit_code`` or ``by_signal`` given) is logged as the shadow logs it: "Job terminated and was
+        requeued", a re-run by the job's own policy, not an eviction."""
         if verdict.action == "hold":
             self.log.held(self.cluster, self.proc, verdict.reason, code=verdict.code, subcode=verdict.subcode)
             return EXIT_HELD
@@ -187,7 +192,11 @@ class Runner:
             self.log.aborted(self.cluster, self.proc, verdict.reason)
             return EXIT_DONE
         if verdict.action == "requeue":
-            self.log.evicted(self.cluster, self.proc, verdict.reason)
+            if exit_code is not None or by_signal is not None:
+                self.log.requeued(self.cluster, self.proc, return_value=exit_code, signal=by_signal,
+                                  reason=verdict.reason)
+            else:
+                self.log.evicted(self.cluster, self.proc, verdict.reason)
             return EXIT_EVICTED
         raise ValueError(f"no such policy action {verdict.action!r}")
 
@@ -306,11 +315,11 @@ class Runner:
             verdict = self.policy.on_exit(exit_code=exit_code, signal=by_signal, now=time.time(), started=started,
                                           starts=counts["starts"], completions=counts["completions"])
             if verdict.action != "done":
-                return self._apply(verdict)
+                return self._apply(verdict, exit_code=exit_code, by_signal=by_signal)
         if by_signal is not None:
             self.log.terminated(self.cluster, self.proc, signal=by_signal)
         else:
-            self.log.terminated(self.cluster, self.proc, return_value=returncode)
+            self.log.terminated(self.cluster, self.proc, return_value=exit_code)
         return EXIT_DONE
 
 

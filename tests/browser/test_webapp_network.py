@@ -20,6 +20,7 @@ import pytest
 
 from tests.browser.conftest import ProblemCollector, pair, unique
 from tests.conftest import ROOT, wait_until
+from tests.job_processes import attempt_dir
 
 
 def pump(page: Any) -> None:
@@ -255,12 +256,12 @@ def test_download_cut_again_and_again_resumes_from_stored_bytes_and_verifies(
                        submit_text=BIG_SUB)
     final = alice.wait(job["id"], timeout=60)
     assert final["state"] == "completed", final
-    owner = {p.name: p for p in grid.peers}[final["peer"]]
-    on_peer = (owner.state / "stage" / job["id"] / "0" / "big.bin").read_bytes()
+    history, _ = alice.status(job["id"], history=True)  # where input 0 ran: its site and piece
+    on_peer = (attempt_dir(grid.peers, history, 0) / "big.bin").read_bytes()
     size = len(on_peer)
     assert size == 3_000_000
 
-    proxy = cutting_proxy(grid.a)  # the job may run on site-b: site-a relays the output
+    proxy = cutting_proxy(grid.a)  # its input may run on site-b: site-a, its home, relays the output
     base = proxy.url_for("https")
     pair(page, base, pairing_code())
     ranges: list[str | None] = []  # the Range header of every request the page makes for the file

@@ -72,8 +72,12 @@ def job_count(peer) -> int:
 
 
 def staged(peer) -> list[str]:
-    stage = peer.state / "stage"
-    return sorted(os.listdir(stage)) if stage.exists() else []
+    """What a submission leaves on disk: the home's record files and any staged piece."""
+    found = []
+    for area in ("records", "stage"):
+        d = peer.state / area
+        found += [f"{area}/{n}" for n in sorted(os.listdir(d))] if d.exists() else []
+    return found
 
 
 @pytest.mark.parametrize("path", [

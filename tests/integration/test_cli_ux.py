@@ -300,8 +300,8 @@ def test_a_failed_input_shows_the_last_lines_of_its_stderr(solo, tmp_path):
     out = cli("status", job, "--wait", timeout=120)
     assert out.returncode == 1  # it did not complete
     last = out.stdout.split(f"{job} (half)")[-1].splitlines()  # the final status
-    assert "  [0] a.txt: completed exit 0" in last
-    at = last.index("  [1] b.txt: failed exit 1")
+    assert "  [0] a.txt: completed exit 0, on solo" in last  # with the site each input ran at
+    at = last.index("  [1] b.txt: failed exit 1, on solo")
     assert last[at + 1:at + 4] == ["      last lines of _condor_stderr:", "        reading b.txt",
                                    "        ValueError: bad line 3"]
 

@@ -37,6 +37,7 @@ import requests
 from mobile_client import Client
 from peer.executors.condor import probe_schedd, running_as_root
 from tests.conftest import ROOT, PeerProcess, free_port, host_condor, wait_until
+from tests.job_processes import with_history
 
 pytestmark = pytest.mark.integration
 
@@ -95,6 +96,19 @@ def probe_schedd_here():
         return probe_schedd(10.0)
 
 
+def _piece_cluster(client: Client, job_id: str) -> tuple[str, int]:
+    """(piece, cluster) of a one-site job: its home sent its inputs here as one piece, one cluster."""
+    piece = wait_until(lambda: with_history(client, job_id)["inputs"][0]["attempts"][-1]["piece"], timeout=60,
+                       interval=1, what="the job's piece to be queued")
+    import htcondor2
+
+    with host_condor():
+        ads = htcondor2.Schedd().query(f'PocketgridJob == "{piece}"', ["ClusterId"])
+    clusters = {ad["ClusterId"] for ad in ads}
+    assert len(clusters) == 1, clusters  # one cluster, one proc per input
+    return piece, clusters.pop()
+
+
 def _schedd_jobs(cluster: int) -> list[dict]:
     import htcondor2
 
@@ -121,12 +135,13 @@ def test_submit_status_outputs_on_the_schedd(condor_peer, tmp_path):
     client = Client(condor_peer.url)
     job = client.submit("count", COUNT_SH, "count.sub", names + ["bad.txt"], executable_name="count.sh",
                         submit_text=COUNT_SUB)
-    assert job["peer"] == "condor-site" and len(job["clusters"]) == 1  # one cluster, one proc per input
-    cluster = job["clusters"][0]
-    # The schedd has the procs, tagged with the job and the input index (right after the commit they may
-    # still be transferring, running or done; they must no longer be held since submission).
+    assert job["peer"] == "condor-site"  # its home, which is also its only site
+    piece, cluster = _piece_cluster(client, job["id"])
+    # The schedd has the procs, tagged with the piece and the input's index in the job (right after the
+    # commit they may still be transferring, running or done; they must no longer be held since submission).
     queued = _schedd_jobs(cluster)
-    assert all(j["PocketgridJob"] == job["id"] for j in queued)
+    assert all(j["PocketgridJob"] == piece for j in queued) and len(queued) == 4
+    assert sorted(j["PocketgridIndex"] for j in queued) == [0, 1, 2, 3]
     assert all(j["HoldReasonCode"] != 15 or j["JobStatus"] != 5 for j in queued)
 
     final = client.wait(job["id"], timeout=TIMEOUT, poll=30)
@@ -135,8 +150,8 @@ def test_submit_status_outputs_on_the_schedd(condor_peer, tmp_path):
         assert by_input[n]["state"] == "completed" and by_input[n]["exit_code"] == 0, by_input[n]
         assert by_input[n].get("execute_host")
     assert by_input["bad.txt"]["state"] == "failed" and by_input["bad.txt"]["exit_code"] == 7
-    assert final["state"] == "failed" and final["executor"] == "condor"
-    log = (condor_peer.state / "stage" / job["id"] / "job.log").read_text()
+    assert final["state"] == "failed" and {i["site"] for i in final["inputs"]} == {"condor-site"}
+    log = (condor_peer.state / "stage" / piece / "job.log").read_text()
     assert "Job submitted from host" in log and "Job terminated" in log  # written by the schedd/shadow
 
     outs = {o["input"]: o for o in client.outputs(job["id"])["outputs"]}
@@ -174,11 +189,11 @@ def test_hold_reason_is_surfaced_and_kill_removes_the_cluster(condor_peer):
                what="the sleeper to be queued")
 
     for job in (held, sleeper):
+        _, cluster = _piece_cluster(client, job["id"])
         res = client.kill(job["id"])
         assert res["removed_procs"] == 1
         final = client.wait(job["id"], timeout=TIMEOUT, poll=10)
         assert final["state"] == "removed" and final["inputs"][0]["state"] == "removed"
-        cluster = job["clusters"][0]
         wait_until(lambda c=cluster: all(j["JobStatus"] == 3 for j in _schedd_jobs(c)), timeout=TIMEOUT,
                    interval=2, what=f"cluster {cluster} to leave the queue")
     assert client.kill(held["id"])["removed_procs"] == 0  # nothing left to remove

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from mobile_client import Client
-from tests.conftest import user_session
+from tests.conftest import user_session, wait_until
+from tests.job_processes import attempt_dir, with_history
 
 pytestmark = pytest.mark.integration
 
@@ -51,6 +52,11 @@ def _client(peer, site_pki, user: str) -> Client:
     return Client(peer.url, ca=site_pki.ca, token=token)
 
 
+def _proc_dir(peer, client: Client, job_id: str) -> Path:
+    """The directory of the job's only input at this (its only) site."""
+    return wait_until(lambda: attempt_dir([peer], with_history(client, job_id), 0), 30, what="the input to be staged")
+
+
 def _files(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
@@ -62,7 +68,7 @@ def test_a_job_cannot_read_the_peers_key_database_or_other_users_jobs(peer, site
     bob_job = bob.submit("bob", BOB_SECRET, "b.sub", ["in.txt"], executable_name="b.sh",
                          submit_text="executable = b.sh\nqueue\n")
     assert bob.wait(bob_job["id"], timeout=60)["state"] == "completed"
-    other = peer.state / "stage" / bob_job["id"] / "0"
+    other = _proc_dir(peer, bob, bob_job["id"])
     assert (other / "secret.txt").read_text() == "bob-secret-4711\n"  # it is there, on the host
 
     key_path = site_pki.host("iso").key_path
@@ -124,9 +130,12 @@ def test_the_peers_files_are_its_own(peer, site_pki):
     for companion in (Path(f"{db}-wal"), Path(f"{db}-shm")):
         if companion.exists():
             assert mode(companion) == 0o600, companion
-    job_root = peer.state / "stage" / job["id"]
+    proc_dir = _proc_dir(peer, alice, job["id"])
+    job_root = proc_dir.parent  # the piece
     assert mode(job_root) & 0o077 == 0 and mode(job_root / "job.log") == 0o600
-    result = job_root / "0" / "result.txt"
+    assert mode(peer.state / "records") == 0o700  # the jobs' executables and submit files, at their home
+    assert mode(peer.state / "records" / job["id"]) & 0o077 == 0
+    result = proc_dir / "result.txt"
     assert mode(result) & 0o077 == 0  # an output: nobody else's to read
     assert result.stat().st_uid != 0  # written by the job account, not the peer's (root)
     assert "SECRET EXPOSED" not in peer.log_tail(100_000)
@@ -143,23 +152,26 @@ def test_a_peer_says_when_its_state_is_readable_by_others(peers, site_pki, tmp_p
         os.chmod(key, 0o600)
 
 
-def test_an_interpreter_the_sandbox_lacks_holds_the_proc_and_says_why(peer, site_pki):
-    from tests.conftest import wait_until
-
+def test_an_interpreter_the_sandbox_lacks_holds_the_proc_and_says_why(peers, site_pki, tmp_path):
+    """The site cannot start the executable (HTCondor's hold code 6, FailedToCreateProcess): a site reason,
+    so the input is tried again (here on the only site there is) and then fails, saying why."""
+    quick = tmp_path / "quick.toml"
+    quick.write_text("[peer]\nmax_attempts = 2\nretry_backoff = 0.1\nmonitor_interval = 0.3\n")
+    peer = peers("iso", site_pki=site_pki, extra=["--no-agent", "--config", str(quick)])
     peer.publish.mkdir(parents=True, exist_ok=True)
     (peer.publish / "in.txt").write_text("1\n")
     alice = _client(peer, site_pki, "alice")
     job = alice.submit("venv", f"#!{ROOT}/.venv/bin/python\nprint(1)\n".encode(), "v.sub", ["in.txt"],
                        executable_name="v.py", submit_text="executable = v.py\nqueue\n")
-    status = wait_until(lambda: (s := alice.status(job["id"])[0])["inputs"][0]["state"] == "held" and s,
-                        timeout=30, what="the proc to be held")
-    reason = status["inputs"][0]["hold_reason"]
-    assert f"interpreter '{ROOT}/.venv/bin/python' is not available to jobs" in reason, reason
+    final = alice.wait(job["id"], timeout=60)
+    why = f"interpreter '{ROOT}/.venv/bin/python' is not available to jobs"
+    assert final["state"] == "failed" and why in final["inputs"][0]["note"], final
+    attempts = with_history(alice, job["id"])["inputs"][0]["attempts"]
+    assert [(a["state"], "FailedToCreateProcess" in a["reason"] and why in a["reason"]) for a in attempts] == [
+        ("lost", True), ("lost", True)]
 
 
 def test_a_removed_job_gets_sigterm_inside_its_sandbox_first(peer, site_pki):
-    from tests.conftest import wait_until
-
     peer.publish.mkdir(parents=True, exist_ok=True)
     (peer.publish / "in.txt").write_text("1\n")
     alice = _client(peer, site_pki, "alice")
@@ -170,7 +182,7 @@ while :; do sleep 0.1; done
 """
     job = alice.submit("trap", trap, "t.sub", ["in.txt"], executable_name="t.sh",
                        submit_text="executable = t.sh\nqueue\n")
-    proc_dir = peer.state / "stage" / job["id"] / "0"
+    proc_dir = _proc_dir(peer, alice, job["id"])
     wait_until((proc_dir / "started.txt").exists, what="the proc to start")
     alice.kill(job["id"])
     assert alice.wait(job["id"], timeout=30)["state"] == "removed"

@@ -1,5 +1,8 @@
 """The whole job path on real peer processes over loopback: TLS, mutual TLS between the peers,
-and every request a logged-in user's."""
+and every request a logged-in user's.
+
+The peer a job is submitted to is its home (its ID names it); the inputs run
+at the sites the broker's split chose, and each input's status names its site."""
 from __future__ import annotations
 
 import hashlib
@@ -13,7 +16,7 @@ import pytest
 
 from mobile_client import ApiError, Client
 from tests.conftest import host_session, report_load, user_session, wait_until
-from tests.job_processes import job_pids
+from tests.job_processes import attempt_dir, job_pids, with_history
 
 pytestmark = pytest.mark.integration
 
@@ -57,6 +60,7 @@ def trio(tmp_path_factory, site_pki):
     for p in (a, b, c):
         p.http = http
         p.token = http.headers["Authorization"].split()[1]
+        p.broker_url = a.url
     wait_until(lambda: len(http.get(f"{a.url}/api/v1/broker", timeout=2).json()["members"]) == 3,
                what="both peers to register")
     wait_until(lambda: len(http.get(f"{b.url}/api/v1/broker", timeout=2).json()["members"]) == 3,
@@ -74,21 +78,26 @@ def publish(peer, name: str, lines: int) -> str:
     return name
 
 
+def load(p, coefficient: float, cores: int = 4) -> None:
+    """``p``'s agent reporting to the broker site-a: ``cores`` slots, busy in proportion to ``coefficient``."""
+    report_load(p.broker_url, p, coefficient, session=p.host, metrics={"cores": cores})
+
+
 def test_job_lands_on_less_loaded_peer_and_completes(trio, tmp_path):
     a, b, c = trio
-    report_load(a.url, a, 5.0, session=a.host)
-    report_load(a.url, b, 3.0, session=b.host)
-    report_load(a.url, c, 0.5, session=c.host)
+    load(a, 5.0)
+    load(b, 3.0)
+    load(c, 0.5)
     inputs = [publish(b, f"in{i}.txt", 10 + i) for i in range(3)]
-    client = Client(b.url, ca=b.ca, token=b.token)  # entry peer is not the broker
+    client = Client(b.url, ca=b.ca, token=b.token)  # the job's home is not the broker
     job = client.submit("count", COUNT_SH, "count.sub", inputs, executable_name="count.sh", submit_text=COUNT_SUB)
-    assert job["peer"] == "site-c" and job["id"].startswith("site-c.")
+    assert job["peer"] == "site-b" and job["id"].startswith("site-b.")  # its home: where it was submitted
     final = client.wait(job["id"], timeout=60)
     assert final["state"] == "completed"
-    assert [(i["input"], i["state"], i["exit_code"]) for i in final["inputs"]] == [
-        (f"in{i}.txt", "completed", 0) for i in range(3)
+    assert [(i["input"], i["state"], i["exit_code"], i["site"]) for i in final["inputs"]] == [
+        (f"in{i}.txt", "completed", 0, "site-c") for i in range(3)  # all of it where slots were free
     ]
-    # Outputs, listed and downloaded through the entry peer (relayed to site-c).
+    # Outputs, listed and downloaded through the home (relayed from site-c).
     outs = client.outputs(job["id"])["outputs"]
     names = {f["name"] for f in outs[0]["files"]}
     assert names == {"count.txt", "stdout.txt", "stderr.txt"}  # not the staged executable/submit/input
@@ -101,9 +110,9 @@ def test_job_lands_on_less_loaded_peer_and_completes(trio, tmp_path):
 
 def test_failing_input_fails_with_its_exit_code_others_complete(trio):
     a, b, c = trio
-    report_load(a.url, a, 0.1, session=a.host)
-    report_load(a.url, b, 1.0, session=b.host)
-    report_load(a.url, c, 1.0, session=c.host)
+    load(a, 0.1)
+    load(b, 1.0)
+    load(c, 1.0)
     inputs = [publish(a, "good.txt", 3), publish(a, "bad.txt", 2)]
     client = Client(a.url, ca=a.ca, token=a.token)
     job = client.submit("mixed", COUNT_SH, "count.sub", inputs, executable_name="count.sh", submit_text=COUNT_SUB)
@@ -123,20 +132,23 @@ while [ $i -lt 600 ]; do i=$((i+1)); echo tick $i; sleep 0.1; done
 
 def test_kill_stops_running_procs(trio):
     a, b, c = trio
-    report_load(a.url, a, 9.0, session=a.host)
-    report_load(a.url, b, 0.1, session=b.host)
-    report_load(a.url, c, 9.0, session=c.host)
+    load(a, 9.0)
+    load(b, 0.1)
+    load(c, 9.0)
     inputs = [publish(a, "s0.txt", 1), publish(a, "s1.txt", 1)]
     client = Client(a.url, ca=a.ca, token=a.token)
     job = client.submit("sleep", SLEEPER, "s.sub", inputs, executable_name="sleep.sh",
                         submit_text="executable = sleep.sh\noutput = out.txt\nqueue\n")
-    assert job["peer"] == "site-b"
-    stage = b.state / "stage" / job["id"]
-    wait_until(lambda: all((stage / str(i) / "pid.txt").exists() for i in range(2)), what="both procs to start")
-    pids = [job_pids(stage / str(i)) for i in range(2)]  # host PIDs: the job's $$ is its sandbox's
+    assert job["peer"] == "site-a"
+    dirs = wait_until(lambda: [attempt_dir(trio, with_history(client, job["id"]), i) for i in range(2)]
+                      if all(i["state"] == "running" for i in client.status(job["id"])[0]["inputs"]) else None,
+                      what="both procs to run")
+    assert {d.parent.parent.parent.name for d in dirs} == {"site-b"}  # <site state>/stage/<piece>/<i>
+    wait_until(lambda: all((d / "pid.txt").exists() for d in dirs), what="both procs to start")
+    pids = [job_pids(d) for d in dirs]  # host PIDs: the job's $$ is its sandbox's
     assert all(pids), pids
     pids = [p for group in pids for p in group]
-    res = client.kill(job["id"])  # through the broker peer, relayed to site-b
+    res = client.kill(job["id"])  # at its home, site-a, which removes them at site-b
     assert res["removed_procs"] == 2
     final = client.wait(job["id"], timeout=30)
     assert final["state"] == "removed"
@@ -147,7 +159,7 @@ def test_kill_stops_running_procs(trio):
 
 def test_status_etag_and_long_poll(trio):
     a, b, c = trio
-    report_load(a.url, a, 0.0, session=a.host)
+    load(a, 0.0)
     inputs = [publish(a, "lp.txt", 1)]
     client = Client(a.url, ca=a.ca, token=a.token)
     job = client.submit("lp", COUNT_SH, "count.sub", inputs, executable_name="count.sh", submit_text=COUNT_SUB)
@@ -167,7 +179,7 @@ def test_status_etag_and_long_poll(trio):
 
 def test_long_poll_wakes_when_status_changes(trio):
     a, b, c = trio
-    report_load(a.url, a, 0.0, session=a.host)
+    load(a, 0.0)
     inputs = [publish(a, "lp2.txt", 1)]
     client = Client(a.url, ca=a.ca, token=a.token)
     job = client.submit("lp2", SLEEPER, "s.sub", inputs, executable_name="sleep.sh",
@@ -186,16 +198,17 @@ def test_long_poll_wakes_when_status_changes(trio):
 
 def test_outputs_readable_while_running(trio, tmp_path):
     a, b, c = trio
-    report_load(a.url, a, 0.0, session=a.host)
+    load(a, 0.0)
     client = Client(a.url, ca=a.ca, token=a.token)
     job = client.submit("live", SLEEPER, "s.sub", [publish(a, "live.txt", 1)], executable_name="sleep.sh",
                         submit_text="executable = sleep.sh\noutput = out.txt\nqueue\n")
     def ticking():
-        files = client.outputs(job["id"])["outputs"][0]["files"]
-        return next((f for f in files if f["name"] == "out.txt" and f["size"] > 20), None)
+        out = client.outputs(job["id"])["outputs"][0]
+        return out["state"] == "running" and next((f for f in out["files"] if f["name"] == "out.txt"
+                                                   and f["size"] > 20), None)
     wait_until(ticking, what="output to appear while running")
     out = client.outputs(job["id"])["outputs"][0]
-    assert out["state"] == "running" and out["final"] is False
+    assert out["state"] == "running" and out["final"] is False and out["site"] == "site-a"
     r = a.http.get(f"{a.url}/api/v1/jobs/{job['id']}/outputs/0/out.txt", headers={"Range": "bytes=0-9"})
     assert r.status_code == 206 and r.content.startswith(b"tick 1")
     client.kill(job["id"])
@@ -203,7 +216,7 @@ def test_outputs_readable_while_running(trio, tmp_path):
 
 def test_idempotent_submit(trio):
     a, b, c = trio
-    report_load(a.url, a, 0.0, session=a.host)
+    load(a, 0.0)
     inputs = [publish(b, "idem.txt", 2)]
     client = Client(b.url, ca=b.ca, token=b.token)
     kw = dict(executable_name="count.sh", submit_text=COUNT_SUB, idempotency_key="phone-retry-1")
@@ -220,7 +233,7 @@ def test_idempotent_submit(trio):
 def test_kill_right_after_submit_ends_removed(trio):
     """A remove that reaches runners before they installed their handlers must still end the job."""
     a, b, c = trio
-    report_load(a.url, a, 0.0, session=a.host)
+    load(a, 0.0, cores=10)
     inputs = [publish(a, f"quick{i}.txt", 1) for i in range(10)]
     client = Client(a.url, ca=a.ca, token=a.token)
     job = client.submit("quick-kill", SLEEPER, "s.sub", inputs, executable_name="sleep.sh",
@@ -232,15 +245,16 @@ def test_kill_right_after_submit_ends_removed(trio):
 
 def test_output_names_with_url_characters_survive_the_relay(trio, tmp_path):
     a, b, c = trio
-    report_load(a.url, a, 9.0, session=a.host)
-    report_load(a.url, b, 9.0, session=b.host)
-    report_load(a.url, c, 0.0, session=c.host)
-    client = Client(a.url, ca=a.ca, token=a.token)  # entry a, owner c: every output request is relayed
+    load(a, 9.0)
+    load(b, 9.0)
+    load(c, 0.0)
+    client = Client(b.url, ca=b.ca, token=b.token)  # entry b, home a, site c: every output request takes two hops
     exe = b"#!/bin/sh\necho hash > 'out#1'\necho query > 'out?x'\necho pct > 'o%41'\necho plain > out\n"
-    job = client.submit("names", exe, "n.sub", [publish(a, "n.txt", 1)], executable_name="n.sh",
-                        submit_text="executable = n.sh\nqueue\n")
-    assert job["peer"] == "site-c"
-    assert client.wait(job["id"], timeout=30)["state"] == "completed"
+    job = Client(a.url, ca=a.ca, token=a.token).submit("names", exe, "n.sub", [publish(a, "n.txt", 1)],
+                                                        executable_name="n.sh", submit_text="executable = n.sh\nqueue\n")
+    assert job["peer"] == "site-a"
+    final = client.wait(job["id"], timeout=30)
+    assert final["state"] == "completed" and final["inputs"][0]["site"] == "site-c"
     got = {r.path.name: r.path.read_text().strip() for r in client.fetch_all(job["id"], tmp_path / "o")}
     assert {k: v for k, v in got.items() if not k.startswith("_condor")} == {
         "out#1": "hash", "out?x": "query", "o%41": "pct", "out": "plain"}

@@ -66,3 +66,33 @@ def test_waiting_requests_beyond_the_limit_get_429_and_short_requests_still_pass
         t.join(timeout=90)
     assert answers == [200, 200]
     wait_until(lambda: parked(a, s) == 0, 30, what="the parked places to be given back")
+
+
+def test_relayed_waits_give_their_places_back(peers, site_pki):
+    """A long-poll or an event stream relayed to the job's home holds a place at the relaying peer too,
+    and gives it back when it ends, whatever it answered (a 200 through the relay kept it for good once)."""
+    a = peers("site-a", site_pki=site_pki, extra=["--no-agent"])
+    b = peers("site-b", join=a.url, site_pki=site_pki, extra=["--no-agent"])
+    (a.publish / "a.txt").write_text("a\n")
+    s = user_session(a, site_pki, "alice")
+    wait_until(lambda: len(s.get(f"{b.url}/api/v1/broker", timeout=10).json()["members"]) == 2, 30,
+               what="site-b to join")
+    r = s.post(f"{a.url}/api/v1/jobs", timeout=60,
+               data={"name": "sleepy", "executable_name": "sleepy.sh", "inputs": json.dumps(["a.txt"])},
+               files={"executable": ("sleepy.sh", SLEEPY), "submit": ("job.sub", b"executable = sleepy.sh\nqueue\n")})
+    job = r.json()["id"]
+    wait_until(lambda: s.get(f"{b.url}/api/v1/jobs/{job}", timeout=10).json()["state"] == "running", 60,
+               what="the job to run")
+    etag = s.get(f"{b.url}/api/v1/jobs/{job}", timeout=10).headers["ETag"]
+    answers: list[int] = []
+    poller = threading.Thread(target=lambda: answers.append(
+        s.get(f"{b.url}/api/v1/jobs/{job}?wait=60", headers={"If-None-Match": etag}, timeout=90).status_code))
+    poller.start()
+    wait_until(lambda: parked(b, s) == 1 and parked(a, s) == 1, 30, what="the relayed long-poll to park at both")
+    assert s.delete(f"{b.url}/api/v1/jobs/{job}", timeout=30).status_code == 200  # the change answers it
+    poller.join(timeout=90)
+    assert answers == [200]
+    wait_until(lambda: parked(b, s) == 0 and parked(a, s) == 0, 30, what="both places to be given back")
+    with s.get(f"{b.url}/api/v1/jobs/{job}/events", stream=True, timeout=30) as stream:  # final: status, end
+        assert stream.status_code == 200 and b"event: end" in stream.content
+    wait_until(lambda: parked(b, s) == 0, 30, what="the relayed stream's place to be given back")

@@ -1,6 +1,7 @@
 """Peers crash and restart; downloads get cut: nothing is lost, nothing is re-sent twice.
 
-Over TLS with mutual TLS between peers; alice, logged in, makes every request."""
+Over TLS with mutual TLS between peers; alice, logged in, makes every request.
+(A site lost for good, and its inputs re-run elsewhere: tests/integration/test_jobs_across_sites.py.)"""
 from __future__ import annotations
 
 import functools
@@ -14,7 +15,7 @@ import pytest
 
 from mobile_client import Client
 from tests.conftest import ROOT, free_port, host_session, report_load, wait_until
-from tests.job_processes import job_pids
+from tests.job_processes import attempt_dir, job_pids, with_history
 
 pytestmark = pytest.mark.integration
 
@@ -67,13 +68,20 @@ def _submit(url: str, peer, name: str) -> dict:
     return client(url).submit(name, SLOW, "slow.sub", [f"{name}.txt"], executable_name="slow.sh", submit_text=SLOW_SUB)
 
 
+def _pid_file(p, job):
+    """Where the job's only input writes pid.txt: its attempt's directory at p (home and site)."""
+    proc_dir = wait_until(lambda: attempt_dir([p], with_history(client(p.url), job["id"]), 0),
+                          what="the input to be staged")
+    return proc_dir / "pid.txt"
+
+
 def test_killed_peer_restarts_and_reports_the_verdict_it_missed(peers):
     p = peers("solo", extra=["--no-agent"])
     job = _submit(p.url, p, "crash")
-    pid_file = p.state / "stage" / job["id"] / "0" / "pid.txt"
+    pid_file = _pid_file(p, job)
     wait_until(pid_file.exists, what="the proc to start")
     p.stop(signal.SIGKILL)  # the whole peer (gunicorn master + worker) dies; the runner lives on
-    wait_until(lambda: (p.state / "stage" / job["id"] / "0" / "done.txt").exists(), what="the proc to finish")
+    wait_until(lambda: (pid_file.parent / "done.txt").exists(), what="the proc to finish")
     p.start()
     final = client(p.url).wait(job["id"], timeout=30)
     assert final["inputs"][0]["state"] == "failed" and final["inputs"][0]["exit_code"] == 3
@@ -82,12 +90,13 @@ def test_killed_peer_restarts_and_reports_the_verdict_it_missed(peers):
 def test_killed_peer_adopts_a_proc_still_running(peers):
     p = peers("solo", extra=["--no-agent"])
     job = _submit(p.url, p, "adopt")
-    pid_file = p.state / "stage" / job["id"] / "0" / "pid.txt"
+    pid_file = _pid_file(p, job)
     wait_until(pid_file.exists, what="the proc to start")
     p.stop(signal.SIGKILL)
     p.start()  # back while the proc still runs
-    status, _ = client(p.url).status(job["id"])
-    assert status["inputs"][0]["state"] in ("running", "failed")
+    # the restarted home reads its own piece again (one manager round): the adopted proc runs on
+    wait_until(lambda: client(p.url).status(job["id"])[0]["inputs"][0]["state"] in ("running", "failed"),
+               what="the restarted peer to see the proc it adopted")
     final = client(p.url).wait(job["id"], timeout=30)
     assert final["inputs"][0]["exit_code"] == 3
     assert final["inputs"][0].get("evictions", 0) == 0  # it ran once, never restarted
@@ -96,7 +105,7 @@ def test_killed_peer_adopts_a_proc_still_running(peers):
 def test_clean_shutdown_evicts_and_reruns_after_restart(peers):
     p = peers("solo", extra=["--no-agent"])
     job = _submit(p.url, p, "evict")
-    pid_file = p.state / "stage" / job["id"] / "0" / "pid.txt"
+    pid_file = _pid_file(p, job)
     wait_until(pid_file.exists, what="the proc to start")
     assert job_pids(pid_file.parent)  # host PIDs: the job's $$ is its sandbox's
     p.stop(signal.SIGTERM)
@@ -123,8 +132,12 @@ def test_dead_candidate_falls_back_to_the_next(peers):
     (a.publish / "f.txt").write_text("1\n")
     job = client(a.url).submit("fb", b"#!/bin/sh\nexit 0\n", "s.sub", ["f.txt"], executable_name="x.sh",
                                submit_text="executable = x.sh\nqueue\n")
-    assert job["peer"] == "site-b"
-    assert client(a.url).wait(job["id"], timeout=30)["state"] == "completed"
+    assert job["peer"] == "site-a"  # its home
+    final = client(a.url).wait(job["id"], timeout=60)
+    assert final["state"] == "completed" and final["inputs"][0]["site"] == "site-b"
+    attempts = with_history(client(a.url), job["id"])["inputs"][0]["attempts"]
+    assert [(h["site"], h["state"]) for h in attempts] == [("site-dead", "lost"), ("site-b", "completed")]
+    assert "cannot reach site-dead" in attempts[0]["reason"]
 
 
 BIG = b"""#!/bin/sh
@@ -162,25 +175,32 @@ def test_interrupted_cli_fetch_resumes_with_at_most_one_chunk_resent(peers, tmp_
     assert not part.exists()
 
 
-def test_retry_after_entry_crash_goes_back_to_the_same_target(peers):
-    """The entry peer died after the target made the job but before it recorded the job ID."""
+def test_a_home_that_lost_a_pieces_answer_sends_it_again_and_gets_the_same_piece(peers):
+    """The home died after the site made the piece but before it recorded the answer: sent again with
+    the same origin key, the site answers the piece it made (no second copy); a replayed submit is the same job."""
     import sqlite3
 
     a = peers("site-a", extra=["--no-agent"])
     b = peers("site-b", join=a.url, extra=["--no-agent"])
-    c = peers("site-c", join=a.url, extra=["--no-agent"])
     a.publish.mkdir(parents=True, exist_ok=True)
     (a.publish / "k.txt").write_text("1\n")
-    for peer, value in ((a, 9.0), (b, 0.1), (c, 5.0)):
+    for peer, value in ((a, 9.0), (b, 0.1)):
         load(a.url, peer, value)
     kw = dict(executable_name="x.sh", submit_text="executable = x.sh\nqueue\n", idempotency_key="flaky-7")
     first = client(a.url).submit("k", b"#!/bin/sh\nexit 0\n", "s.sub", ["k.txt"], **kw)
-    assert first["peer"] == "site-b"
-    # The state a crash between "site-b accepted" and "entry recorded it" leaves behind:
+    assert client(a.url).wait(first["id"], timeout=60)["inputs"][0]["site"] == "site-b"
+    piece = with_history(client(a.url), first["id"])["inputs"][0]["attempts"][0]["piece"]
+    a.stop(signal.SIGKILL)
+    # The state a crash between "site-b made the piece" and "the home recorded it" leaves behind:
     with sqlite3.connect(a.state / "pocketgrid.db") as db:
-        db.execute("UPDATE idempotency_keys SET job_id = NULL WHERE key = 'flaky-7'")
-    for peer, value in ((a, 9.0), (b, 5.0), (c, 0.1)):  # now site-c looks best
-        load(a.url, peer, value)
+        db.execute("UPDATE job_attempts SET piece = NULL, piece_version = NULL, state = 'dispatching', result = 0 "
+                   "WHERE job_id = ?", (first["id"],))
+        db.execute("UPDATE job_records SET finished_at = NULL WHERE id = ?", (first["id"],))
+    a.start()
+    final = client(a.url).wait(first["id"], timeout=60)
+    assert final["state"] == "completed"
+    assert with_history(client(a.url), first["id"])["inputs"][0]["attempts"][0]["piece"] == piece
+    assert [d.name for d in (b.state / "stage").iterdir() if d.name.startswith("site-b.")] == [piece]
     again = client(a.url).submit("k", b"#!/bin/sh\nexit 0\n", "s.sub", ["k.txt"], **kw)
     assert again["id"] == first["id"]
     assert [j["id"] for j in client(a.url).jobs() if j["name"] == "k"] == [first["id"]]

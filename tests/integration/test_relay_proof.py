@@ -4,10 +4,12 @@ Two real TLS peers (site-a holds the broker role, site-b joins it).  The
 attacker holds a host certificate and its key (what a job running as the
 peer's account could read) and asserts a user in ``X-Pocketgrid-User``: every
 user route refuses it, with or without a forged, expired, revoked or
-misdirected proof.  The real user's relayed requests (bearer token, and a
-TLS client certificate, which the entry peer turns into a delegation) still
-work: status, live events, outputs, kill, job list, grid views, a job
-forwarded to another peer, pairing at another peer.
+misdirected proof; nor do the host-to-host routes that act for a user (a
+piece's outputs, which a job's home relays a download to).  The real user's
+relayed requests (bearer token, and a TLS client certificate, which the
+entry peer turns into a delegation, and the job's home into another for the
+site) still work: status, live events, outputs, kill, job list, grid views,
+a job whose inputs run at another peer, pairing at another peer.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from pocketgrid import pki
 from pocketgrid.http import Session
 from tests.conftest import host_session, report_load, user_session, wait_until
 from tests.conftest import login_client as login, start_secure as start
+from tests.job_processes import with_history
 
 pytestmark = pytest.mark.integration
 
@@ -57,7 +60,7 @@ def certificate_client(peer, site_pki, user: str) -> Client:
 
 
 def steer_to_b(site, site_pki) -> None:
-    """Load reports (as the peers' agents) that make the broker place the next job on site-b."""
+    """Load reports (as the peers' agents) that make the broker send the next job's inputs to site-b."""
     a, b = site
     report_load(a.url, a, 5.0, session=host_session(site_pki, "site-a"))
     report_load(a.url, b, 0.1, session=host_session(site_pki, "site-b"))
@@ -69,18 +72,20 @@ def submit(client: Client, exe: bytes, name: str) -> dict:
 
 @pytest.fixture(scope="module")
 def alices_job(site, site_pki):
-    """A job of alice's that keeps running on site-b, submitted through site-a (forwarded with her proof)."""
+    """A job of alice's, home site-a, that keeps running at site-b (its piece sent there with her proof)."""
     a, b = site
     alice = login(a, site_pki, "alice")
     steer_to_b(site, site_pki)
     job = submit(alice, SLOW_SH, "long")
-    assert job["peer"] == "site-b"
+    assert job["peer"] == "site-a"
     seen: list[dict] = []
     try:
         wait_until(lambda: seen.append(alice.status(job["id"])[0]) or seen[-1]["state"] == "running", 60,
                    what="alice's job to run")
     except AssertionError:
         raise AssertionError(f"alice's job did not run: {seen[-1]}") from None
+    assert seen[-1]["inputs"][0]["site"] == "site-b"
+    job["piece"] = with_history(alice, job["id"])["inputs"][0]["attempts"][0]["piece"]
     return alice, job
 
 
@@ -95,7 +100,14 @@ def user_routes(b, job_id: str) -> list[tuple[str, str]]:
     return [("GET", f"{b.url}/api/v1/admin/acl"), ("GET", f"{b.url}/api/v1/admin/audit?local=1"),
             ("GET", f"{b.url}/api/v1/jobs/{job_id}"), ("GET", f"{b.url}/api/v1/jobs/{job_id}/outputs"),
             ("GET", f"{b.url}/api/v1/jobs/{job_id}/outputs/0/out.txt"), ("GET", f"{b.url}/api/v1/jobs?local=1"),
-            ("GET", f"{b.url}/api/v1/auth/tokens?local=1&all=1"), ("DELETE", f"{b.url}/api/v1/jobs/{job_id}")]
+            ("GET", f"{b.url}/api/v1/auth/tokens?local=1&all=1"), ("DELETE", f"{b.url}/api/v1/jobs/{job_id}"),
+            ("POST", f"{b.url}/api/v1/jobs/{job_id}/retry")]
+
+
+def piece_routes(b, piece: str) -> list[tuple[str, str]]:
+    """Host-to-host routes that act for the piece's owner: the user's proof is needed there too."""
+    return [("GET", f"{b.url}/api/v1/peer/pieces/{piece}/outputs"),
+            ("GET", f"{b.url}/api/v1/peer/pieces/{piece}/outputs/0/out.txt")]
 
 
 def assert_still_running(alice: Client, job_id: str) -> None:
@@ -108,12 +120,18 @@ def test_a_host_certificate_asserting_a_user_gets_no_user_powers(site, site_pki,
     alice, job = alices_job
     thief = host_session(site_pki, "site-a")  # site-a's certificate and key, as a job could have read them
     carol = json.dumps({"dn": site_pki.dn("carol"), "vo": "cms", "source": "192.0.2.1"})
-    for method, url in user_routes(b, job["id"]):
-        r = thief.request(method, url, headers={"X-Pocketgrid-User": carol}, timeout=10)
-        assert r.status_code == 401, (url, r.status_code, r.text)
-        assert "proof" in r.json()["error"] and "host powers only" in r.json()["error"]
-        r = thief.request(method, url, timeout=10)  # the host certificate alone: a host, not a user
-        assert r.status_code == 403, (url, r.status_code, r.text)
+    for peer, stolen in ((b, thief), (a, host_session(site_pki, "site-b"))):  # the job's site, and its home
+        for method, url in user_routes(peer, job["id"]):
+            r = stolen.request(method, url, headers={"X-Pocketgrid-User": carol}, timeout=10)
+            assert r.status_code == 401, (url, r.status_code, r.text)
+            assert "proof" in r.json()["error"] and "host powers only" in r.json()["error"]
+            r = stolen.request(method, url, timeout=10)  # the host certificate alone: a host, not a user
+            assert r.status_code == 403, (url, r.status_code, r.text)
+    alice_dn = json.dumps({"dn": site_pki.dn("alice"), "vo": "cms"})
+    for method, url in piece_routes(b, job["piece"]):  # the owner's own piece, asked with only a host's word
+        for headers in ({"X-Pocketgrid-User": alice_dn}, {}):
+            r = thief.request(method, url, headers=headers, timeout=10)
+            assert r.status_code == 401 and "proof" in r.json()["error"], (url, r.status_code, r.text)
     assert_still_running(alice, job["id"])
     r = thief.get(f"{b.url}/api/v1/peer/security", timeout=10)  # host powers are still there
     assert r.status_code == 200
@@ -140,7 +158,7 @@ def test_forged_expired_revoked_and_misdirected_proofs_are_refused(site, site_pk
     cases = [(forged, "signature"), (expired, "expired"), (revoked, "revoked"), (elsewhere, "delegation"),
              ("garbage", "malformed")]
     for proof, needle in cases:
-        for method, url in user_routes(b, job["id"]):
+        for method, url in user_routes(b, job["id"]) + piece_routes(b, job["piece"]):
             r = thief.request(method, url, timeout=10, headers={
                 "X-Pocketgrid-User": json.dumps({"dn": carol_dn}), TOKEN_HEADER: proof})
             assert r.status_code == 401 and needle in r.json()["error"], (needle, url, r.status_code, r.text)
@@ -159,6 +177,11 @@ def test_forged_expired_revoked_and_misdirected_proofs_are_refused(site, site_pk
     assert_still_running(alice, job["id"])
 
 
+def pieces(peer) -> set[str]:
+    stage = peer.state / "stage"
+    return {d.name for d in stage.iterdir()} if stage.exists() else set()
+
+
 def test_a_forwarded_job_must_be_for_the_proven_user(site, site_pki):
     a, b = site
     thief = host_session(site_pki, "site-a")
@@ -167,13 +190,15 @@ def test_a_forwarded_job_must_be_for_the_proven_user(site, site_pki):
             "submit_text": SUB, "entry_peer": "site-a", "entry_url": a.url, "origin_key": "evil-1",
             "inputs": [{"name": "data.txt", "path": "data.txt", "size": 2, "sha256": "0" * 64}]}
     files = {"executable": ("job.sh", OK_SH, "application/octet-stream")}
+    before = pieces(b)
     r = thief.post(f"{b.url}/api/v1/peer/jobs", data={"meta": json.dumps(meta)}, files=files, timeout=30)
     assert r.status_code == 401 and "proof" in r.json()["error"]
     r = thief.post(f"{b.url}/api/v1/peer/jobs", data={"meta": json.dumps(meta)}, files=files, timeout=30,
                    headers={TOKEN_HEADER: alice.token})  # alice's proof, carol named as the owner
     assert r.status_code == 403 and "owner" in r.json()["error"]
+    assert pieces(b) == before  # no piece was staged at site-b
     carol = login(b, site_pki, "carol")
-    assert not [j for j in carol.jobs() if j["name"] == "evil"]  # nothing was created anywhere
+    assert not [j for j in carol.jobs() if j["name"] == "evil"]  # no job record either
 
 
 def test_the_real_user_still_works_through_every_relay(site, site_pki, alices_job):
@@ -203,9 +228,11 @@ def test_the_real_user_still_works_through_every_relay(site, site_pki, alices_jo
     code = alice.pairing_code()["code"]
     phone = Client(b.url, ca=site_pki.ca, retries=0)
     phone.pair(code, "pixel")
-    assert phone.status(job["id"])[0]["state"] == "running"  # site-b owns it: no relay, but the phone's own token
+    assert phone.status(job["id"])[0]["state"] == "running"  # relayed to its home site-a with the device token
     phone_at_a = Client(a.url, ca=site_pki.ca, token=phone.token, retries=0)
-    assert phone_at_a.status(job["id"])[0]["state"] == "running"  # relayed with the device token
+    assert phone_at_a.status(job["id"])[0]["state"] == "running"  # at its home: no relay, the phone's own token
+    r = phone.session.get(f"{b.url}/api/v1/jobs/{job['id']}/outputs/0/out.txt", timeout=10)
+    assert r.status_code == 200 and r.text == "started\n"  # site-b -> home site-a -> back to site-b's piece
     assert phone_at_a.whoami()["admin"] is False
     # a browser paired with a cookie at site-a: relayed with the cookie's token
     browser = Session(verify=site_pki.ca)
@@ -225,12 +252,16 @@ def test_a_certificate_user_is_relayed_by_a_delegation(site, site_pki):
     bob = certificate_client(a, site_pki, "bob")
     assert bob.whoami()["dn"] == site_pki.dn("bob")
     steer_to_b(site, site_pki)
-    job = submit(bob, OK_SH, "by-cert")  # forwarded to site-b with a delegation for site-b
-    assert job["peer"] == "site-b"
+    job = submit(bob, OK_SH, "by-cert")  # its piece sent to site-b with a delegation for site-b
+    assert job["peer"] == "site-a"
     final = bob.wait(job["id"], timeout=60)
     assert final["state"] == "completed" and final["owner"] == site_pki.dn("bob")
+    assert final["inputs"][0]["site"] == "site-b"
     assert job["id"] in {j["id"] for j in bob.jobs()}
     r = bob.session.get(f"{a.url}/api/v1/jobs/{job['id']}/outputs/0/out.txt", timeout=10)
+    assert r.status_code == 200 and r.text == "ok\n"  # the home relays to site-b with a delegation of its own
+    bob_at_b = certificate_client(b, site_pki, "bob")  # two delegations: site-b -> home site-a -> site-b
+    r = bob_at_b.session.get(f"{b.url}/api/v1/jobs/{job['id']}/outputs/0/out.txt", timeout=10)
     assert r.status_code == 200 and r.text == "ok\n"
     other = certificate_client(a, site_pki, "alice")  # another certificate user still cannot see it
     with pytest.raises(ApiError) as err:

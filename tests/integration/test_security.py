@@ -387,7 +387,7 @@ def test_admin_rule_grants_and_bad_rules_change_nothing(site, site_pki):
 # ---- ownership -----------------------------------------------------------------------------------------
 def test_jobs_belong_to_their_submitter_through_forwarding(site, site_pki):
     a, b = site
-    # make site-b the least loaded, so a job submitted at site-a is forwarded there
+    # make site-b the least loaded, so a job submitted at site-a (its home) runs there
     for peer, load in ((a, 50.0), (b, 0.0)):
         host_session(site_pki, peer.name).post(
             f"{a.url}/api/v1/broker/reports", timeout=5,
@@ -395,13 +395,13 @@ def test_jobs_belong_to_their_submitter_through_forwarding(site, site_pki):
                   "interval": 15}).raise_for_status()
     alice, bob, carol = (login(a, site_pki, u) for u in ("alice", "bob", "carol"))
     job = submit(alice, "mine")
-    assert job["peer"] == "site-b"
+    assert job["peer"] == "site-a"
     final = alice.wait(job["id"], timeout=60)
-    assert final["state"] == "completed"
+    assert final["state"] == "completed" and final["inputs"][0]["site"] == "site-b"
     out = alice.outputs(job["id"])["outputs"][0]["files"]
     assert "out.txt" in [f["name"] for f in out]
     bob_b = login(b, site_pki, "bob")
-    for client in (bob, bob_b):  # relayed (site-a) and direct (site-b): the job does not exist for bob
+    for client in (bob, bob_b):  # at its home (site-a) and relayed (site-b): the job does not exist for bob
         for call in (lambda c: c.status(job["id"]), lambda c: c.outputs(job["id"]), lambda c: c.kill(job["id"]),
                      lambda c: c._json("GET", f"/api/v1/jobs/{job['id']}/outputs/0/out.txt")):
             with pytest.raises(ApiError) as err:
@@ -410,10 +410,10 @@ def test_jobs_belong_to_their_submitter_through_forwarding(site, site_pki):
         assert job["id"] not in {j["id"] for j in client.jobs()}
     assert job["id"] in {j["id"] for j in alice.jobs()}
     assert carol.status(job["id"])[0]["state"] == "completed"  # an administrator sees it
-    kills = [e for e in audit(b, site_pki, "kill")]
+    kills = [e for e in audit(a, site_pki, "kill")]
     assert all(e["dn"] != site_pki.dn("bob") for e in kills)  # bob's kill attempts changed nothing
     carol.kill(job["id"])
-    kills = audit(b, site_pki, "kill")  # recorded on the owner peer, with the user's DN, relayed
+    kills = audit(a, site_pki, "kill")  # recorded at the job's home, with the user's DN
     assert kills[0]["dn"] == site_pki.dn("carol") and job["id"] in kills[0]["detail"]
     submits = audit(a, site_pki, "submit")
     assert any(job["id"] in e["detail"] and e["dn"] == site_pki.dn("alice") for e in submits)

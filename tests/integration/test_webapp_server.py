@@ -20,6 +20,7 @@ import requests
 from peer.security_headers import API_CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY
 from pocketgrid.http import Session
 from tests.conftest import PeerProcess, free_port, secure_args, user_session, wait_until
+from tests.job_processes import attempt_dir
 
 pytestmark = pytest.mark.integration
 
@@ -77,17 +78,22 @@ def site(tmp_path_factory, site_pki):
 
 class Gates:
     """Where a gated proc looks for its gate: a file in its own proc directory (a sandboxed job sees
-    nothing else), ``<state>/stage/<job>/<index>/gate-open``."""
+    nothing else), ``<site state>/stage/<piece>/<index>/gate-open`` at the site running the input
+    (the job's status with ``?history=1`` names the site and the piece)."""
 
     NAME = "gate-open"
 
     def __init__(self, peers: dict[str, PeerProcess]) -> None:
         self.peers = peers
 
-    def open(self, job_id: str, peer: str, index: int) -> None:
-        proc_dir = self.peers[peer].state / "stage" / job_id / str(index)
-        wait_until(proc_dir.is_dir, 30, what=f"proc directory {proc_dir}")
-        (proc_dir / self.NAME).touch()
+    def open(self, session: requests.Session, entry: PeerProcess, job_id: str, index: int) -> None:
+        def proc_dir():
+            body = session.get(f"{entry.url}/api/v1/jobs/{job_id}?history=1", timeout=10).json()
+            d = attempt_dir(self.peers.values(), body, index)
+            return d if d is not None and d.is_dir() else None
+
+        found = wait_until(proc_dir, 30, what=f"input {index} of {job_id} to be staged at its site")
+        (found / self.NAME).touch()
 
     def open_all(self) -> None:
         for p in self.peers.values():
@@ -117,10 +123,11 @@ class GatedJob:
                                 "submit": ("gate.sub", b"executable = gate.sh\narguments = $(input)\nqueue\n")})
         assert r.status_code == 201, r.text
         self.id: str = r.json()["id"]
-        self.peer: str = r.json()["peer"]
+        self.peer: str = r.json()["peer"]  # its home: the peer it was submitted to
+        self.session, self.entry = session, entry
 
     def release(self, name: str) -> None:
-        self.gates.open(self.id, self.peer, self.INPUTS.index(name))
+        self.gates.open(self.session, self.entry, self.id, self.INPUTS.index(name))
 
 
 def status(session: requests.Session, peer: PeerProcess, job_id: str) -> dict[str, Any]:
@@ -528,7 +535,7 @@ def test_spec_and_executable_of_ones_own_job_only(site, site_pki):
                    files={"executable": (spec["executable_name"], job.executable),
                           "submit": (spec["submit_name"], spec["submit_text"].encode())})
     assert r.status_code == 201, r.text
-    gates.open(r.json()["id"], r.json()["peer"], 0)  # the same gated executable: let it through
+    gates.open(alice, a, r.json()["id"], 0)  # the same gated executable: let it through
     final = wait_until(lambda: (st := status(alice, a, r.json()["id"]))["state"] in FINAL and st, 60,
                        what="the job run again to finish")
     assert final["state"] == "completed"

@@ -19,7 +19,6 @@ from peer.digests import DigestCache
 from peer.event_log import EventLogWriter
 from peer.executors.base import Executor
 from peer.jobs import JobService
-from peer.membership import Membership
 from peer.models import Base, Job, Proc
 from peer.publishing import PublishingArea
 from peer.staging import Stager
@@ -42,6 +41,9 @@ class SaysWhat(Executor):
     def remove(self, job_id: str) -> int:  # pragma: no cover - not used here
         return 0
 
+    def remove_proc(self, job_id: str, index: int, reason: str) -> str:  # pragma: no cover - not used here
+        return "gone"
+
     def annotate(self, job, states):
         return self.extra
 
@@ -54,10 +56,8 @@ def test_an_annotation_change_is_a_new_status_version_without_the_log_growing(tm
     db.create_all(Base.metadata)
     stager = Stager(tmp_path / "stage", http=requests.Session())
     executor = SaysWhat()
-    jobs = JobService(name="site-a", url="http://a", db=db, publishing=PublishingArea(tmp_path / "pub"),
-                      stager=stager, executor=executor, membership=Membership(db, name="site-a", url="http://a",
-                                                                               http=requests.Session()),
-                      digests=DigestCache(db), http=requests.Session(), place=lambda k, n, b: [])
+    jobs = JobService(name="site-a", db=db, publishing=PublishingArea(tmp_path / "pub"), stager=stager,
+                      executor=executor, digests=DigestCache(db))
     job_id = "site-a.1"
     stager.job_root(job_id).mkdir(parents=True)
     EventLogWriter(stager.job_root(job_id) / "job.log").submit(7, 0, "<127.0.0.1:0>")
@@ -79,6 +79,10 @@ def test_an_annotation_change_is_a_new_status_version_without_the_log_growing(tm
     assert second["removal"] == PENDING and second["inputs"][0]["match"]["slots"] == 0
     assert second["version"] > first["version"]  # a new ETag: a poll with the old one gets the change
     assert jobs.status(job_id, "alice")["version"] == second["version"]  # nothing new: same ETag (304)
+    # what the job's home asks for (one request per site): the piece's removal and its input's match
+    piece = jobs.piece_statuses({job_id: first["version"]})["pieces"][job_id]
+    assert piece["removal"] == PENDING and piece["procs"][0]["match"]["slots"] == 0
+    assert jobs.piece_statuses({job_id: second["version"]})["pieces"] == {}  # unchanged: not sent again
 
     executor.stamp += 1  # the executor looked again and found the same: no new version
     assert jobs.status(job_id, "alice")["version"] == second["version"]

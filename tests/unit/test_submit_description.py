@@ -165,6 +165,18 @@ def test_bad_argument_syntax_is_refused_at_parse():
 # ---------------------------------------------------------------------------
 
 
+def test_a_piece_of_a_job_expands_input_index_as_the_jobs_index(stage):
+    """A piece holds some inputs of a job: $(input_index) is the job's index on every site."""
+    text = 'executable = prog\narguments = "$(input) $(input_index) $(Process)"\noutput = out.$(input_index)\nqueue\n'
+    specs = local_proc_specs(parse(text, POLICY), executable_name="prog", input_names=stage["names"],
+                             proc_dirs=stage["dirs"], indexes=[4, 9])
+    assert [s.arguments for s in specs] == [["a.txt", "4", "4"], ["b.dat", "9", "9"]]
+    assert [s.index for s in specs] == [4, 9] and specs[1].stdout.endswith("/out.9")
+    with pytest.raises(ValueError, match="distinct"):
+        local_proc_specs(parse(text, POLICY), executable_name="prog", input_names=stage["names"],
+                         proc_dirs=stage["dirs"], indexes=[4, 4])
+
+
 def test_input_and_input_index_expand_per_proc(stage):
     text = (
         "executable = prog\n"

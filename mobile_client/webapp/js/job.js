@@ -23,6 +23,7 @@ export function inputLabel(i) {
 function inputRow(i) {
   return h("li", { class: "input-row", "aria-label": inputLabel(i), "data-index": i.index },
     h("div", { class: "head" }, h("span", { class: "name" }, `${i.index}. ${i.input}`), stateBadge(i.state)),
+    i.site ? h("div", { class: "muted site" }, `on ${i.site}${i.attempt > 1 ? ` (attempt ${i.attempt})` : ""}`) : null,
     i.exit_code !== undefined && i.exit_code !== null ? h("div", { class: "muted" }, `exit code ${i.exit_code}`) : null,
     i.signal ? h("div", { class: "muted" }, `killed by signal ${i.signal}`) : null,
     i.hold_reason ? h("div", { class: "note" }, `Held: ${i.hold_reason}`) : null,
@@ -65,7 +66,8 @@ function statusTab(body, ctx) {
       h("dl", { class: "facts" },
         h("dt", {}, "State"), h("dd", {}, stateBadge(st.state)),
         h("dt", {}, "Inputs"), h("dd", {}, Object.entries(st.counts || {}).map(([k, n]) => `${n} ${k}`).join(", ")),
-        h("dt", {}, "Peer"), h("dd", {}, st.peer),
+        h("dt", {}, "Home"), h("dd", {}, st.peer),
+        st.sites?.length ? [h("dt", {}, "Sites"), h("dd", {}, st.sites.join(", "))] : null,
         h("dt", {}, "Submitted"), h("dd", {}, st.created_at ? formatTime(st.created_at) : ""),
         h("dt", {}, "ID"), h("dd", {}, h("code", {}, st.id))),
       (st.warnings || []).map((w) => h("p", { class: "note" }, w)));
