@@ -296,8 +296,8 @@ def output_file(job_id: str, index: int, name: str):
     site, piece, owner = svc.home.output_location(job_id, who.dn, index, is_admin=who.is_admin)
     if site == svc.config.name:
         # held until the last byte is sent: the retention sweeper keeps the piece meanwhile
-        return svc.in_use.serve(job_key(piece), lambda: send_ranged(
-            svc.jobs.output_file(piece, owner, index, name, is_admin=True)))
+        return svc.in_use.serve(job_key(job_id), lambda: svc.in_use.serve(job_key(piece), lambda: send_ranged(
+            svc.jobs.output_file(piece, owner, index, name, is_admin=True))))
     return svc.in_use.serve(job_key(job_id), lambda: relay(
         svc.http, svc.membership, site, timeout=svc.config.peer_timeout,
         path=f"/api/v1/peer/pieces/{piece}/outputs/{index}/{name}"))

@@ -328,7 +328,7 @@ def build_services(config: PeerConfig) -> PeerServices:
             membership.become_broker(max(membership.epoch, 1))
             membership.apply(broker_role.membership())
     quotas = Quotas(peer_name=config.name, db=db, stage_root=config.stage_path, publishing=publishing,
-                    limit_bytes=config.user_quota_bytes)
+                    limit_bytes=config.user_quota_bytes, records_root=config.state_path / "records")
     services: PeerServices  # the job manager calls back into services.split
     from .executors.policy import load_site_policy
 

@@ -91,6 +91,8 @@ class Outcome:
     ambiguous: bool = False  #: sent, no answer: send again with the same key
     #: the site refused these inputs for good: ``{"kind": "quota" | "elsewhere", "message", "quota"?}``
     refusal: dict[str, Any] | None = None
+    #: what the site warned about when it took the piece (e.g. no slot of it matches the job)
+    warnings: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -116,7 +118,8 @@ class Dispatcher:
             return Outcome(failure=f"the job's executable is gone from its home: {exc}")
         if site == self.name:
             try:
-                return Outcome(piece=self.accept_local(meta, data)["id"])
+                summary = self.accept_local(meta, data)
+                return Outcome(piece=summary["id"], warnings=tuple(summary.get("warnings") or ()))
             except PocketgridError as exc:
                 refusal = refusal_of(exc.status, exc.to_dict())
                 if refusal is not None:
@@ -157,4 +160,5 @@ class Dispatcher:
         piece = body.get("id") if isinstance(body, dict) else None
         if not isinstance(piece, str):
             return Outcome(ambiguous=True)
-        return Outcome(piece=piece)
+        warnings = body.get("warnings") if isinstance(body.get("warnings"), list) else []
+        return Outcome(piece=piece, warnings=tuple(str(w) for w in warnings))

@@ -14,7 +14,7 @@ as a dict), becomes one :class:`Verdict` for the job's manager
   executable or initial directory, the site's own policy...; evicted
   ``max_evictions`` times; removed at the site although the user did not
   kill it.  The input runs again elsewhere;
-* ``removed``: the user killed the job;
+* ``removed``: the user killed the job, or its submit file's own ``periodic_remove`` removed it;
 * ``active``: idle or running.
 
 Hold reason codes are HTCondor's (the manual's *Hold Reason Codes* table,
@@ -23,6 +23,8 @@ listed counts as a user reason: a hold nobody here understands is left to
 the person who can read it, rather than re-run on every site.
 """
 from __future__ import annotations
+
+import re
 
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -123,9 +125,24 @@ def hold_label(code: int | None) -> str:
     return f"code {code} {HOLD_LABELS.get(code, 'unknown')}"
 
 
-def is_site_hold(code: int | None) -> bool:
-    """True when a hold with this HoldReasonCode is the site's problem (see :data:`SITE_HOLD_CODES`)."""
+#: errno ENOENT: a transfer hold with this subcode says a file the job names does not exist.
+ENOENT = 2
+
+
+def is_site_hold(code: int | None, subcode: int | None = None) -> bool:
+    """True when a hold with this HoldReasonCode is the site's problem (see :data:`SITE_HOLD_CODES`).
+
+    A file transfer hold (12, 13) whose subcode is ENOENT is the job's own: a ``transfer_output_files``
+    entry it did not make, a ``transfer_input_files`` entry that is not there: it would be the same on
+    every site, so it stays held for its owner (as the LocalExecutor and HTCondor hold it).
+    """
+    if code in (12, 13) and subcode == ENOENT:
+        return False
     return code is not None and code in SITE_HOLD_CODES
+
+
+#: How HTCondor (and the LocalExecutor, as HTCondor) words a removal by the job's own policy expressions.
+_OWN_POLICY_REMOVAL = re.compile(r"The job attribute (PeriodicRemove|OnExitRemove) expression .* evaluated to TRUE")
 
 
 def classify(proc: Mapping[str, Any], *, removed_by_user: bool, max_evictions: int,
@@ -146,11 +163,14 @@ def classify(proc: Mapping[str, Any], *, removed_by_user: bool, max_evictions: i
     if state == "removed":
         if removed_by_user:
             return Verdict("removed", "removed by its owner")
-        return Verdict("lost", f"removed at the site: {proc.get('note') or 'no reason given'}")
+        note = proc.get("note") or ""
+        if _OWN_POLICY_REMOVAL.match(note):  # the submit file's periodic_remove: its own verdict, final
+            return Verdict("removed", note)
+        return Verdict("lost", f"removed at the site: {note or 'no reason given'}")
     if state == "held":
         code = proc.get("hold_code")
         reason = proc.get("hold_reason") or "no reason given"
-        if is_site_hold(code):
+        if is_site_hold(code, proc.get("hold_subcode")):
             return Verdict("lost", f"held at the site ({hold_label(code)}): {reason}")
         return Verdict("held", f"held ({hold_label(code)}): {reason}")
     evictions = int(proc.get("evictions") or 0)

@@ -281,7 +281,8 @@ class JobManager:
             return False
         shares = answer.get("shares") or []
         if not shares and answer.get("refused_all"):  # every live site refused them for good
-            self._fail_inputs(job_id, {a.index: refused_everywhere(a.refused or {}) for a in atts}, now)
+            self._fail_inputs(job_id, {a.index: refused_everywhere(a.refused or {}) for a in atts}, now,
+                              details={a.index: _quota_details(a.refused or {}) for a in atts})
             return True
         if not shares:
             log.info("job %s: no site can take its %d pending inputs yet", job_id, len(atts))
@@ -310,7 +311,8 @@ class JobManager:
             self._send_async(job_id, key, site, url)
         return True
 
-    def _fail_inputs(self, job_id: str, problems: dict[int, str], now: float) -> None:
+    def _fail_inputs(self, job_id: str, problems: dict[int, str], now: float,
+                     details: dict[int, dict[str, Any]] | None = None) -> None:
         with self.store.session() as s:
             record = s.get(JobRecord, job_id)
             if record is None:
@@ -318,6 +320,8 @@ class JobManager:
             for a in record.attempts:
                 if a.index in problems and a.state == "pending":
                     a.state, a.reason, a.finished_at = "failed", problems[a.index], now
+                    if details and details.get(a.index):
+                        a.status = {**(a.status or {}), **details[a.index]}
                     log.warning("job %s input %d: %s", job_id, a.index, problems[a.index])
             self.store.touch(s, record)
 
@@ -362,7 +366,8 @@ class JobManager:
             outcome = self.dispatcher.send(site, url or self.membership.url_of(site), meta, exe, vo)
             if outcome.ok:
                 self._ok(site)
-                self._dispatched(job_id, key, site, outcome.piece, bool(meta.get("pinned")))  # type: ignore[arg-type]
+                self._dispatched(job_id, key, site, outcome.piece, bool(meta.get("pinned")),  # type: ignore[arg-type]
+                                 outcome.warnings)
             elif outcome.refusal is not None:
                 self._ok(site)  # it answered: healthy, and not to be banned
                 log.info("job %s: %s refused its piece: %s", job_id, site, outcome.refusal.get("message"))
@@ -381,12 +386,17 @@ class JobManager:
                 self._sending.pop(key, None)
             self.wake()
 
-    def _dispatched(self, job_id: str, key: str, site: str, piece: str, pinned: bool = False) -> None:
+    def _dispatched(self, job_id: str, key: str, site: str, piece: str, pinned: bool = False,
+                    warnings: tuple[str, ...] = ()) -> None:
         with self.store.session() as s:
             record = s.get(JobRecord, job_id)
             if record is None:
                 return
             changed = False
+            new = [w for w in warnings if w not in (record.warnings or [])]
+            if new:  # what the site said taking its piece (no slot of it matches...): the user sees it
+                record.warnings = [*(record.warnings or []), *new]
+                changed = True
             for a in record.attempts:
                 if a.piece_key != key:
                     continue
@@ -752,6 +762,13 @@ def _cleanup_calls(todo: list[JobAttempt]) -> dict[tuple[str, int | None], tuple
         target = (a.piece, a.index) if a.cleanup == "delete" else (a.piece, None)
         calls[target] = (a.site, a.cleanup)  # type: ignore[index,assignment]
     return calls
+
+
+def _quota_details(refused: dict[str, Any]) -> dict[str, Any]:
+    """The sites' quota numbers (per site: used, limit, needed, the largest things to remove), shown
+    with the failed input as a quota refusal shows them."""
+    quota = [q for r in refused.values() if r.get("kind") == "quota" for q in r.get("quota") or []]
+    return {"quota": quota} if quota else {}
 
 
 def refused_everywhere(refused: dict[str, Any]) -> str:

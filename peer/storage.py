@@ -1,7 +1,10 @@
 """What each user's files occupy on this peer, and the per-user quota.
 
-A user's bytes on a peer are the staging directories of the user's jobs here
-(inputs, executable, outputs, event log), the user's upload directory
+A user's bytes on a peer are the staging directories of the user's pieces here
+(inputs, executable, outputs, event log; counted under their job's ID, so a
+refusal names what ``pocketgrid purge`` takes), the files this peer keeps for
+the jobs whose home it is (``<state>/records/<job>/``: executable and submit
+file), the user's upload directory
 (``uploads/u-<hash>/``) and the full announced length of the user's
 unfinished resumable uploads (they will need it).  Files are counted by
 apparent size, each inode once (the executable and submit file are hard
@@ -11,8 +14,8 @@ does not change any more, so it is walked once and kept in memory
 (benchmarks/retention_cost.py: 1000 finished jobs of 28 files, about a
 second for the first walk here, a few ms after).
 
-The quota (``user_quota_bytes``, 0 = none) is checked when a job is accepted
-here (before staging) and when an upload is created; a refusal is a 413
+The quota (``user_quota_bytes``, 0 = none) is checked when a piece of a job is
+accepted here (before staging) and when an upload is created; a refusal is a 413
 whose ``quota`` list says, per site, what is used, the limit, what the
 request needed, and the largest things to remove.  It is a soft limit: two
 submissions checked at the same moment may together go over by one job, and
@@ -31,7 +34,7 @@ from sqlalchemy import select
 from pocketgrid.errors import TooLarge
 
 from .db import Database
-from .models import Job, ResumableUpload
+from .models import Job, JobRecord, ResumableUpload
 from .publishing import PublishingArea
 from .uploads import upload_dir
 
@@ -116,8 +119,9 @@ class QuotaExceeded(TooLarge):
 
 class Quotas:
     def __init__(self, *, peer_name: str, db: Database, stage_root: Path, publishing: PublishingArea,
-                 limit_bytes: int) -> None:
+                 limit_bytes: int, records_root: Path | None = None) -> None:
         self.peer_name = peer_name
+        self.records_root = records_root
         self.db = db
         self.stage_root = stage_root
         self.publishing = publishing
@@ -136,19 +140,25 @@ class Quotas:
         seen: set[tuple[int, int]] = set()
         now = time.time()
         with self.db.sessions() as s:
-            jobs = list(s.execute(select(Job.id, Job.finished_at).where(Job.owner == owner)))
+            jobs = list(s.execute(select(Job.id, Job.finished_at, Job.record_id).where(Job.owner == owner)))
+            homed = list(s.scalars(select(JobRecord.id).where(JobRecord.owner == owner,
+                                                              JobRecord.purged_at.is_(None))))
             usage.reserved = sum(s.scalars(select(ResumableUpload.length).where(
                 ResumableUpload.owner == owner, ResumableUpload.state == "incomplete",
                 ResumableUpload.expires_at >= now)))
-        for job_id, finished_at in jobs:
+        for job_id, finished_at, record_id in jobs:
             with self._lock:
                 known = self._finished.get(job_id) if finished_at is not None else None
             if known is None:
-                known = tree_bytes(self.stage_root / job_id, seen)  # a running job: its outputs grow
+                known = tree_bytes(self.stage_root / job_id, seen)  # a running piece: its outputs grow
                 if finished_at is not None:
                     with self._lock:
                         self._finished[job_id] = known
-            usage.jobs[job_id] = known
+            name = record_id or job_id  # the job the user knows (and purges), not its piece
+            usage.jobs[name] = usage.jobs.get(name, 0) + known
+        if self.records_root is not None:
+            for job_id in homed:  # the executable and submit file this home keeps
+                usage.jobs[job_id] = usage.jobs.get(job_id, 0) + tree_bytes(self.records_root / job_id, seen)
         mine = self.publishing.root / upload_dir(owner)
         for dirpath, dirnames, filenames in os.walk(mine):
             for fn in filenames:

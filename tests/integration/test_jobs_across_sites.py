@@ -282,15 +282,18 @@ def test_a_kill_is_carried_out_at_a_silent_site_when_it_answers_again(grid):
     assert running["inputs"][0]["site"] == "site-b"
     proc_dir = attempt_dir(grid["peers"], with_history(alice, job["id"]), 0)
     site.stop(signal.SIGKILL)  # its runner lives on, waiting at its gate
-    assert alice.kill(job["id"])["removed_procs"] == 1
+    r = alice.session.delete(f"{alice.base_url}/api/v1/jobs/{job['id']}", timeout=30)
+    assert r.status_code == 202 and r.json()["removed_procs"] == 1  # accepted; not carried out yet
+    assert r.json()["removal"].startswith("pending at site-b: it does not answer")
     pending = wait_until(lambda: (st := alice.status(job["id"])[0])["state"] == "removed"
-                         and "does not answer" in st["inputs"][0].get("note", "") and st, 60,
+                         and "does not answer" in st.get("removal", "") and st, 60,
                          what="the status to say the removal waits for site-b")
-    assert "removal pending at site-b" in pending["inputs"][0]["note"]
+    assert pending["removal"] == pending["inputs"][0]["removal"] == r.json()["removal"]  # one wording
     assert job_pids(proc_dir)  # still running there: nobody could tell it
     site.start()
     wait_until(lambda: not job_pids(proc_dir), 90, 0.5, what="the removal to be carried out at site-b")
     attempt = with_history(alice, job["id"])["inputs"][0]["attempts"][0]
     assert attempt["state"] == "removed" and attempt["cleanup"] == "removed"
-    assert "note" not in alice.status(job["id"])[0]["inputs"][0]
+    after = alice.status(job["id"])[0]
+    assert "removal" not in after and "removal" not in after["inputs"][0] and "note" not in after["inputs"][0]
     assert not (proc_dir / "index.txt").exists()  # it never went past its gate

@@ -1,8 +1,11 @@
-"""Per-user quotas on staged bytes, on two real TLS peers: a full site refuses and the entry peer moves on;
-when every site refuses, the user gets 413 with each site's numbers and what to remove; uploads too."""
+"""Per-user quotas on staged bytes, on two real TLS peers: a full site refuses a job's inputs and its home
+sends them to the next; when every site refuses, the input fails with each site's numbers and what to
+remove (the submit itself is answered at once); uploads are refused with 413."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -41,29 +44,43 @@ def test_a_full_site_refuses_and_the_next_takes_the_job_until_every_site_is_full
     a, b = sites
     c = login_client(a, site_pki, "alice")
     first = c.submit("first", COUNT_SH, "job.sub", ["small.dat"], executable_name="count.sh", submit_text=SUB)
-    assert first["peer"] == "site-b"  # site-a ranks first but is over alice's 50 kB there
+    assert first["peer"] == "site-a"  # its home: the peer it was submitted to
     final = c.wait(first["id"], timeout=60)
-    assert final["state"] == "completed"
+    # site-a ranks first but is over alice's 50 kB there: it refused the input, and site-b ran it
+    assert final["state"] == "completed" and final["inputs"][0]["site"] == "site-b"
+    assert final["inputs"][0]["attempt"] == 1  # a refusal is no failed attempt
 
-    with pytest.raises(ApiError) as err:
-        c.submit("second", COUNT_SH, "job.sub", ["large.dat"], executable_name="count.sh", submit_text=SUB)
-    refusal = err.value
-    assert refusal.status == 413
-    assert "no site can take this job within your storage quota" in refusal.message
-    assert "site-a: job 'second' needs 195.4 KiB, more than your whole quota of 48.8 KiB" in refusal.message
-    assert "site-b: job 'second' needs 195.4 KiB, and you already use" in refusal.message
-    assert "pocketgrid purge" in refusal.message and first["id"] in refusal.message  # what to remove, by name
-    quota = {q["peer"]: q for q in refusal.body["quota"]}
+    second = c.submit("second", COUNT_SH, "job.sub", ["large.dat"], executable_name="count.sh", submit_text=SUB)
+    failed = c.wait(second["id"], timeout=60)  # answered at once (201); the refusals show in the status
+    assert failed["state"] == "failed"
+    why = failed["inputs"][0]["note"]
+    assert why.startswith("no site will take this input: ")
+    assert "site-a: job 'second' needs 195.4 KiB, more than your whole quota of 48.8 KiB" in why
+    assert "site-b: job 'second' needs 195.4 KiB, and you already use" in why
+    assert "pocketgrid purge" in why and first["id"] in why  # what to remove, by the job's name
+    quota = {q["peer"]: q for q in failed["inputs"][0]["quota"]}
     assert quota["site-a"]["limit_bytes"] == 50_000 and quota["site-b"]["limit_bytes"] == 250_000
     assert quota["site-b"]["used_bytes"] >= 100_000 and quota["site-b"]["needed_bytes"] >= 200_000
-    assert quota["site-b"]["largest"][0]["name"] == first["id"]
-    assert c.job_list()["jobs"][0]["id"] == first["id"]  # nothing was created by the refused submission
+    assert quota["site-b"]["largest"][0]["name"] == first["id"]  # the job, not its piece at site-b
+    assert not list((b.state / "stage").glob(f"*/{0}/large.dat"))  # refused before staging: nothing copied
+    assert cli_status(c, a, second["id"]).count("no site will take this input") == 1  # the CLI prints it
 
-    # the user frees space as the message says, and the same submission now fits on site-b
-    assert c.purge(first["id"])["bytes"] >= 100_000
-    second = c.submit("second", COUNT_SH, "job.sub", ["large.dat"], executable_name="count.sh", submit_text=SUB)
-    assert second["peer"] == "site-b"
-    c.wait(second["id"], timeout=60)
+    # the user frees space as the message says, and the same input now fits on site-b
+    assert c.purge(first["id"])["bytes"] > 0
+    wait_until(lambda: not any((b.state / "stage").iterdir()), 30, what="site-b to remove the purged job's piece")
+    c.retry(second["id"], failed=True)
+    done = c.wait(second["id"], timeout=60)
+    assert done["state"] == "completed" and done["inputs"][0]["site"] == "site-b"
+
+
+def cli_status(c, peer, job_id: str) -> str:
+    """``pocketgrid status JOB`` as the user runs it (the same token and CA), its output."""
+    env = {**os.environ, "POCKETGRID_PEERS": peer.url, "POCKETGRID_CA": str(peer.ca),
+           "POCKETGRID_TOKEN": c.token}
+    out = subprocess.run([sys.executable, "-m", "pocketgrid.cli", "status", job_id], capture_output=True, text=True,
+                         env=env, timeout=60, stdin=subprocess.DEVNULL)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
 
 
 def test_an_upload_over_the_quota_is_refused_before_any_byte(sites, site_pki, tmp_path, monkeypatch):

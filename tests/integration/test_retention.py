@@ -17,12 +17,13 @@ from pathlib import Path
 
 import pytest
 import requests
+from sqlalchemy import select
 from werkzeug.serving import make_server
 
 from mobile_client import ApiError, Client
 from peer.app import create_app
 from peer.in_use import job_key
-from peer.models import IdempotencyKey, Job
+from peer.models import IdempotencyKey, Job, JobAttempt, JobRecord
 from pocketgrid.config import PeerConfig
 from tests.conftest import free_port, report_load, wait_until
 
@@ -98,6 +99,16 @@ def _submit(c: Client, name: str, exe: bytes, sub: str, inputs: list[str], key: 
                     submit_text=sub.format(exe=f"{name}.sh"), idempotency_key=key)["id"]
 
 
+def piece(svc, job_id: str) -> str:
+    """The piece that ran the job here (its home is this peer, its one input ran here): its staging dir's name."""
+    def made():
+        with svc.db.sessions() as s:
+            return s.scalars(select(JobAttempt.piece).where(JobAttempt.job_id == job_id,
+                                                            JobAttempt.piece.is_not(None))).first()
+
+    return wait_until(made, 30, what=f"job {job_id}'s piece to be made")
+
+
 def _finished(c: Client, job_id: str) -> dict:
     def done():
         status = c.status(job_id)[0]
@@ -125,6 +136,7 @@ def test_sweep_removes_exactly_what_expired_and_nothing_in_use(peer):
     finished = c.status(plain)[0]
     assert finished["expires_at"] == pytest.approx(finished["finished_at"] + 30 * DAY)
     wait_until(lambda: c.status(running)[0]["state"] == "running", 30, what="the waiting job to run")
+    pieces = {job_id: piece(peer, job_id) for job_id in (plain, downloaded, pinned, running)}
 
     # nothing is due yet: a sweep now removes nothing
     assert peer.retention.sweep()["remove"] == []
@@ -143,12 +155,14 @@ def test_sweep_removes_exactly_what_expired_and_nothing_in_use(peer):
     assert removed == {("job", plain), ("upload", spare["path"]), ("idempotency-keys", "4 keys")}  # the client sends one with every submit
     assert kept == {("job", downloaded): "being downloaded", ("job", pinned): "pinned",
                     ("upload", used["path"]): "a job that has not finished uses it"}
-    assert not (stage / plain).exists() and not (peer.publishing.root / spare["path"]).exists()
+    assert not (stage / pieces[plain]).exists() and not (peer.publishing.root / spare["path"]).exists()
     for job_id in (downloaded, pinned, running):
-        assert (stage / job_id).is_dir()
+        assert (stage / pieces[job_id]).is_dir()
     assert (peer.publishing.root / used["path"]).is_file()
-    with peer.db.sessions() as s:
-        assert s.get(Job, plain) is None and s.query(IdempotencyKey).count() == 0
+    with peer.db.sessions() as s:  # the record, its piece and its files are gone
+        assert s.get(JobRecord, plain) is None and s.get(Job, pieces[plain]) is None
+        assert s.query(IdempotencyKey).count() == 0
+    assert not (peer.config.state_path / "records" / plain).exists()
     with pytest.raises(ApiError) as err:
         c.status(plain)
     assert err.value.status == 404
@@ -159,15 +173,15 @@ def test_sweep_removes_exactly_what_expired_and_nothing_in_use(peer):
     assert hashlib.sha256(first + rest).hexdigest() == big["sha256"] and len(first + rest) == BIG
     wait_until(lambda: peer.in_use.count(job_key(downloaded)) == 0, 10, what="the download to be closed")
     assert {i["name"] for i in peer.retention.sweep(now=later)["remove"]} == {downloaded}
-    assert not (stage / downloaded).exists()
+    assert not (stage / pieces[downloaded]).exists()
 
     # unpinned, the pinned job expires 30 days after it finished
     assert c._json("DELETE", f"/api/v1/jobs/{pinned}/pin")["expires_at"] is not None
     assert {i["name"] for i in peer.retention.sweep(now=later)["remove"]} == {pinned}
 
     # the running job is not finished, whatever the clock says; once it is, it and its input go too
-    assert (stage / running).is_dir()
-    (stage / running / "0" / "go").write_text("")
+    assert (stage / pieces[running]).is_dir()
+    (stage / pieces[running] / "0" / "go").write_text("")
     _finished(c, running)
     later = time.time() + 31 * DAY
 
@@ -193,10 +207,11 @@ def test_dry_run_and_purge(peer):
         return [(i["name"], i["action"]) for i in plan["remove"] if i["kind"] == "job"]
 
     wait_until(lambda: due_jobs() == [(job, "remove")], 10, what="the job to be due at the later time")
-    assert (peer.stager.root / job).is_dir()  # a dry run removes nothing
+    where = peer.stager.root / piece(peer, job)
+    assert where.is_dir()  # a dry run removes nothing
     answer = c._json("POST", f"/api/v1/jobs/{job}/purge")
     assert answer["removed"] is True and answer["bytes"] >= 1000
-    assert not (peer.stager.root / job).exists()
+    assert not where.exists()
     with pytest.raises(ApiError) as err:
         c.status(job)
     assert err.value.status == 404
@@ -208,6 +223,7 @@ def test_purge_refuses_a_running_job(peer):
     with pytest.raises(ApiError) as err:
         c._json("POST", f"/api/v1/jobs/{job}/purge")
     assert err.value.status == 409 and "kill it first" in err.value.message
-    assert (peer.stager.root / job).is_dir()
-    (peer.stager.root / job / "0" / "go").write_text("")
+    where = peer.stager.root / piece(peer, job)
+    assert where.is_dir()
+    (where / "0" / "go").write_text("")
     _finished(c, job)

@@ -188,3 +188,20 @@ def test_a_piece_is_staged_by_the_jobs_input_indexes(tmp_path: Path) -> None:
                                      InputSource(name="b.txt", local_path=publish / "b.txt", index=8)])
     assert staged.proc_dirs == [staged.root / "3", staged.root / "8"] and staged.indexes == [3, 8]
     assert (staged.root / "8" / "b.txt").read_text() == "1\n" and not (staged.root / "0").exists()
+
+
+def test_a_removal_by_the_submit_files_own_policy_is_final_not_a_site_loss() -> None:
+    note = "The job attribute PeriodicRemove expression 'JobStatus == 2' evaluated to TRUE"
+    own = classify({"state": "removed", "note": note}, removed_by_user=False, max_evictions=3)
+    assert (own.kind, own.reason) == ("removed", note)  # not run again elsewhere: it asked for this
+    admin = classify({"state": "removed", "note": "via condor_rm (by user condor)"}, removed_by_user=False,
+                     max_evictions=3)
+    assert admin.kind == "lost"  # an administrator's condor_rm: the site's doing, run again elsewhere
+
+
+def test_a_file_the_job_names_that_does_not_exist_is_the_jobs_hold_not_the_sites() -> None:
+    missing = {"state": "held", "hold_code": 12, "hold_subcode": 2,
+               "hold_reason": "Transfer output files failure: reading nothere.txt: (errno 2) No such file or directory"}
+    assert classify(missing, removed_by_user=False, max_evictions=3).kind == "held"  # the same everywhere
+    broken = {**missing, "hold_subcode": 28, "hold_reason": "Transfer output files failure: No space left on device"}
+    assert classify(broken, removed_by_user=False, max_evictions=3).kind == "lost"  # the site's disk
