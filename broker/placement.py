@@ -19,7 +19,12 @@ Policies (``get_policy(name)``):
   for the job from its last report *plus the work placed on it since*, adds
   the time to move the inputs it lacks, charges a peer that already got its
   cap of procs this report interval, and breaks near-ties with the power of
-  two choices.  See :class:`LeastExpectedLoad`.
+  two choices.  Run times are learned from what the sites report
+  (``broker/runtimes.py``) where they report them, else nominal.  See
+  :class:`LeastExpectedLoad`;
+* ``least-expected-load-nominal``: the same, learning nothing (every proc
+  takes the nominal 60 s at speed 1.0): the policy before run times were
+  learned, kept for comparison and as a fallback.
 
 Policies that need state (a seeded random generator, the round-robin turn)
 are small classes with the policy call signature; given the same seed and
@@ -31,6 +36,8 @@ import math
 import random
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
+
+from .runtimes import MIN_KEY_SAMPLES, RunTimeStats, slot_free_times, start_of
 
 #: ema_agent's default reference clock: a peer at this clock has speed 1.0.
 REFERENCE_CLOCK_MHZ = 2000.0
@@ -45,8 +52,9 @@ DEFAULT_BANDWIDTH = 12.5e6  # bytes/s
 #: Transfers smaller than this say more about latency than bandwidth: ignored.
 MIN_MEASURED_BYTES = 256 * 1024
 #: A nominal job run time (s) at speed 1.0: converts procs queued ahead into
-#: waiting time, comparable with the time to move inputs.  Nobody tells the
-#: broker how long jobs run, so this is a stated assumption, not a fact.
+#: waiting time, comparable with the time to move inputs.  Used where no run
+#: times were learned (a site that reports none, or too few; an executable
+#: never seen): a stated assumption, not a fact.
 NOMINAL_JOB_SECONDS = 60.0
 
 
@@ -70,6 +78,8 @@ class PeerState:
     #: Procs probably queued on a host that reports no pool figures, which its
     #: report cannot show (see :func:`hidden_backlog`).
     backlog: float = 0.0
+    #: Run times the peer learned from its jobs' event logs (None: it reports none).
+    runtimes: RunTimeStats | None = None
 
     def banned(self, now: float) -> bool:
         return self.banned_until is not None and now < self.banned_until
@@ -82,6 +92,8 @@ class JobRequest:
     n_procs: int
     input_bytes: dict[str, int] = field(default_factory=dict)  #: bytes of inputs per holding peer
     entry_peer: str = ""
+    #: The owner's executable, hashed (``runtimes.history_key``): its past run times, where sites report them.
+    history_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -133,9 +145,10 @@ def peer_state_from_report(
 ) -> PeerState:
     """The policy's view of a peer from its last report (``None``: none yet).
 
-    ``report`` has the agent's fields: coefficient, metrics, pool, sampled_at
-    and interval.  The broker and the simulator both build PeerStates here,
-    so the simulator's policies see exactly what the broker's would.
+    ``report`` has the agent's fields: coefficient, metrics, pool, sampled_at,
+    interval and (optional) runtimes.  The broker and the simulator both
+    build PeerStates here, so the simulator's policies see exactly what the
+    broker's would.
     """
     report = report or {}
     metrics, pool = report.get("metrics"), report.get("pool")
@@ -156,6 +169,7 @@ def peer_state_from_report(
         banned_until=banned_until,
         bandwidth_in=dict(bandwidth_in or {}),
         backlog=backlog,
+        runtimes=RunTimeStats.parse(report.get("runtimes")),
     )
 
 
@@ -416,6 +430,18 @@ class LeastExpectedLoad:
       equal peers share work instead of the alphabetically first taking all.
     * **Occupancy.**  Below saturation a peer's occupancy adds a little
       (``spread * job_seconds`` at most), keeping headroom for the next burst.
+    * **Learned run times** (``learn``, on by default).  Where a peer reports
+      the run times of its completed procs (``PeerState.runtimes``, at least
+      ``runtimes.MIN_SAMPLES``), its wait is no longer whole waves of the
+      nominal run: each slot frees after the expected rest of the proc on it
+      (``E[T - age | T > age]`` from the reported distribution and the
+      running procs' ages), and each proc queued ahead takes the site's mean.
+      A full site of 900 s jobs then costs ~900 s of waiting, not 60.  The
+      job's own run time is the median of its executable's earlier procs
+      (``JobRequest.history_key``) on that peer, else on another peer (scaled
+      by speed where both are known), else nominal.  The estimate and where
+      it came from are in the ranking's detail (``run_source``,
+      ``wait_source``).  Without reports it is the nominal policy exactly.
     """
 
     def __init__(
@@ -429,6 +455,7 @@ class LeastExpectedLoad:
         default_bandwidth: float = DEFAULT_BANDWIDTH,
         tie_fraction: float = 0.1,
         spread: float = 0.1,
+        learn: bool = True,
     ) -> None:
         if job_seconds <= 0 or cap_factor <= 0 or default_bandwidth <= 0 or cap_slack < 0:
             raise ValueError("job_seconds, cap_factor and default_bandwidth must be > 0, cap_slack >= 0")
@@ -438,8 +465,10 @@ class LeastExpectedLoad:
         self.cap_factor = cap_factor
         self.cap_slack = cap_slack
         self.default_bandwidth = default_bandwidth
+        self.tie_fraction = tie_fraction
         self.tie_margin = tie_fraction * job_seconds
         self.spread = spread
+        self.learn = bool(learn)
 
     def cap(self, peer: PeerState) -> int:
         """Procs a peer may receive per report interval before it is charged ``cap_slack``."""
@@ -456,16 +485,54 @@ class LeastExpectedLoad:
             moved += nbytes
         return seconds, moved
 
-    def score(self, peer: PeerState, job: JobRequest) -> _Scored:
+    def learned(self, peer: PeerState) -> RunTimeStats | None:
+        """The peer's reported run times, when learning is on and there are enough of them."""
+        stats = peer.runtimes
+        return stats if self.learn and stats is not None and stats.usable else None
+
+    def job_run(self, peer: PeerState, job: JobRequest, peers: Sequence[PeerState] = ()) -> tuple[float, str]:
+        """(seconds, where the figure comes from) the job's procs run on ``peer``."""
+        speed = peer.speed or 1.0
+        key = job.history_key
+        if self.learn and key:
+            own = peer.runtimes.by_key.get(key) if peer.runtimes is not None else None
+            if own is not None and own["n"] >= MIN_KEY_SAMPLES:
+                return own["median_s"], f"learned: median of {own['n']} procs of this executable on {peer.name}"
+            seen = [(p.runtimes.by_key[key], p) for p in peers
+                    if p.name != peer.name and p.runtimes is not None and key in p.runtimes.by_key
+                    and p.runtimes.by_key[key]["n"] >= MIN_KEY_SAMPLES]
+            if seen:
+                other, where = max(seen, key=lambda e: (e[0]["n"], e[1].name))
+                seconds, how = other["median_s"], ""
+                if where.speed and peer.speed:
+                    seconds, how = seconds * where.speed / peer.speed, ", scaled by speed"
+                return seconds, f"learned: median of {other['n']} procs of this executable on {where.name}{how}"
+            return self.job_seconds / speed, f"nominal {self.job_seconds:g} s at speed 1 (no history of this executable)"
+        return self.job_seconds / speed, f"nominal {self.job_seconds:g} s at speed 1"
+
+    def score(self, peer: PeerState, job: JobRequest, peers: Sequence[PeerState] = ()) -> _Scored:
         slots = peer.slots or 1
         speed = peer.speed or 1.0
         ahead = (busy_procs(peer) or 0.0) + peer.in_flight
-        # procs that must wait for a slot, to the nearest proc (estimates are fractional)
-        overflow = math.floor(max(0.0, ahead + job.n_procs - slots) + 0.5)
-        waves = math.ceil(overflow / slots)
-        wait = waves / speed * self.job_seconds
-        run = self.job_seconds / speed
-        spread = self.spread * self.job_seconds * min(1.0, ahead / slots)
+        run, run_source = self.job_run(peer, job, peers)
+        stats = self.learned(peer)
+        if stats is None:
+            # procs that must wait for a slot, to the nearest proc (estimates are fractional)
+            overflow = math.floor(max(0.0, ahead + job.n_procs - slots) + 0.5)
+            waves = math.ceil(overflow / slots)
+            wait = waves / speed * self.job_seconds
+            slot_seconds = self.job_seconds
+            wait_source = "nominal: whole waves of the nominal run time"
+        else:
+            busy = math.floor(ahead + 0.5)
+            running = min(slots, busy)
+            queued = busy - running
+            wait = start_of(queued + job.n_procs - 1, slot_free_times(stats, slots, running), stats.mean or 0.0)
+            slot_seconds = stats.mean or self.job_seconds
+            oldest = f", oldest {stats.running_ages[0]:.0f} s" if stats.running_ages else ""
+            wait_source = (f"learned: {running}/{slots} slots busy{oldest}, {queued} queued; procs there take "
+                           f"{stats.median:.0f} s (median), {stats.mean:.0f} s (mean) of {stats.completed} completed")
+        spread = self.spread * slot_seconds * min(1.0, ahead / slots)
         move, moved = self.move_seconds(peer, job)
         cap = self.cap(peer)
         detail = {
@@ -476,14 +543,16 @@ class LeastExpectedLoad:
             "occupancy": round(ahead / slots, 3),
             "in_flight": peer.in_flight,
             "cap": cap,
+            "run_source": run_source,
+            "wait_source": wait_source,
         }
         over_cap = peer.in_flight >= cap
-        penalty = self.cap_slack * self.job_seconds if over_cap else 0.0
+        penalty = self.cap_slack * slot_seconds if over_cap else 0.0
         return _Scored(peer, wait + run + spread + move + penalty, over_cap, detail)
 
     def __call__(self, peers: Sequence[PeerState], job: JobRequest, now: float) -> list[Ranked]:
         usable, stale, banned = _split(peers, now, self.stale_factor)
-        scored = sorted((self.score(p, job) for p in usable), key=lambda s: (s.score, s.peer.name))
+        scored = sorted((self.score(p, job, usable) for p in usable), key=lambda s: (s.score, s.peer.name))
         picked = self._two_choices(scored)
         if picked is not None:
             scored.remove(picked)
@@ -491,11 +560,17 @@ class LeastExpectedLoad:
         ranked = [self._ranked(s, s is picked) for s in scored]
         return ranked + _last_resorts(stale, banned, now)
 
+    def _margin(self, best: _Scored) -> float:
+        """Scores this close to the best are a tie: a fraction of the run time (the learned one if longer)."""
+        if best.detail["run_source"].startswith("learned"):
+            return max(self.tie_margin, self.tie_fraction * best.detail["run_s"])
+        return self.tie_margin
+
     def _two_choices(self, tier: list[_Scored]) -> _Scored | None:
         """The better of two random near-best peers, or None when there is no near-tie."""
         if len(tier) < 2:
             return None
-        near = [s for s in tier if s.score <= tier[0].score + self.tie_margin]
+        near = [s for s in tier if s.score <= tier[0].score + self._margin(tier[0])]
         if len(near) < 2:
             return None
         a, b = self.rng.sample(near, 2)
@@ -504,14 +579,30 @@ class LeastExpectedLoad:
     def _ranked(self, s: _Scored, picked: bool) -> Ranked:
         d = s.detail
         reason = (
-            f"est {s.score:.1f} s (wait {d['wait_s']:.1f} + run {d['run_s']:.1f} + move {d['move_s']:.1f});"
+            f"est {s.score:.1f} s (wait {_secs(d['wait_s'])} + run {_secs(d['run_s'])} + move {d['move_s']:.1f});"
             f" {d['in_flight']}/{d['cap']} in flight"
         )
+        if d["run_source"].startswith("learned") or d["wait_source"].startswith("learned"):
+            reason += "; learned " + " and ".join(
+                what for what, src in (("run", d["run_source"]), ("wait", d["wait_source"])) if src.startswith("learned"))
         if s.over_cap:
             reason += ", over cap"
         if picked:
             reason += ", two-choices pick"
         return Ranked(s.peer.name, s.peer.url, round(s.score, 3), reason, d)
+
+
+def _secs(value: float) -> str:
+    """Seconds for a reason: whole ones, or one decimal below 10 s."""
+    return f"{value:.1f}" if value < 10 else f"{value:.0f}"
+
+
+class NominalExpectedLoad(LeastExpectedLoad):
+    """:class:`LeastExpectedLoad` that learns nothing: every proc takes the nominal run time."""
+
+    def __init__(self, seed: int | None = None, **options: Any) -> None:
+        options["learn"] = False
+        super().__init__(seed, **options)
 
 
 DEFAULT_POLICY = "least-expected-load"
@@ -522,6 +613,7 @@ POLICIES: dict[str, Callable[..., Policy]] = {
     "round-robin": RoundRobin,
     "min-coefficient": MinCoefficient,
     "least-expected-load": LeastExpectedLoad,
+    "least-expected-load-nominal": NominalExpectedLoad,
 }
 
 

@@ -14,10 +14,10 @@ from dataclasses import asdict
 from typing import Any, Callable
 
 import requests
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from .models import LinkRate, LoadReport, PeerHealth, Placement, Registration
+from .models import LinkRate, LoadReport, PeerHealth, Placement, PlacementOutcome, Registration, RunTimes
 from .placement import (
     DEFAULT_POLICY,
     MIN_MEASURED_BYTES,
@@ -44,6 +44,9 @@ class UnknownPeer(LookupError):
 
 
 class BrokerRole:
+    #: Placement decisions kept for inspection (``GET /api/v1/broker/placements``); older ones are pruned.
+    keep_placements = 1000
+
     def __init__(
         self,
         sessions: sessionmaker[Session],
@@ -233,6 +236,12 @@ class BrokerRole:
             row.in_flight = 0
             current = peer_state_from_report(name, row.url, _report_of(row), now)
             self._backlog[name] = hidden_backlog(previous, current, placed)
+            if isinstance(report.get("runtimes"), dict):  # optional: older peers and bare agents send none
+                times = s.get(RunTimes, name)
+                if times is None:
+                    times = RunTimes(peer=name)
+                    s.add(times)
+                times.stats, times.received_at = report["runtimes"], now
             joined = s.get(Registration, name) is None
             if joined:
                 seq = (s.scalar(select(func.max(Registration.seq))) or 0) + 1
@@ -247,6 +256,7 @@ class BrokerRole:
             regs = {r.name: r for r in s.scalars(select(Registration))}
             loads = {l.peer: l for l in s.scalars(select(LoadReport))}
             bans = {h.peer: h.banned_until for h in s.scalars(select(PeerHealth))}
+            times = {t.peer: t for t in s.scalars(select(RunTimes))}
             rates: dict[str, dict[str, float]] = {}
             for link in s.scalars(select(LinkRate)):
                 rates.setdefault(link.dst, {})[link.src] = link.bytes_per_second
@@ -259,7 +269,7 @@ class BrokerRole:
                 peer_state_from_report(
                     name,
                     load.url if load else reg.url,
-                    _report_of(load) if load else None,
+                    _report_of(load, self._fresh_runtimes(times.get(name), load, now)) if load else None,
                     now,
                     in_flight=load.in_flight if load else 0,
                     banned_until=bans.get(name),
@@ -268,6 +278,12 @@ class BrokerRole:
                 )
             )
         return states
+
+    def _fresh_runtimes(self, times: RunTimes | None, load: LoadReport | None, now: float) -> dict[str, Any] | None:
+        """A peer's run-time figures, unless they are older than a report may be (then: not reported)."""
+        if times is None or load is None:
+            return None
+        return times.stats if now - times.received_at <= self.stale_factor * (load.interval or 15.0) else None
 
     def load_table(self) -> list[dict[str, Any]]:
         """One row per reporting peer: its report, report age, in-flight procs,
@@ -297,6 +313,7 @@ class BrokerRole:
                         "expected_occupancy": None if occupancy is None else round(occupancy, 3),
                         "ban": self._ban_view(health.get(r.peer), now),
                         "alive": r.peer in regs and self._alive(regs[r.peer], r, now),
+                        "runtimes": _runtimes_view(state.runtimes if state is not None else None),
                     }
                 )
             return table
@@ -381,10 +398,16 @@ class BrokerRole:
     # ---- placement --------------------------------------------------------
     def place(self, job_key: str, job: JobRequest) -> list[Ranked]:
         """Rank peers for a job and count it as in flight on the first one."""
+        return self.decide(job_key, job)["ranking"]
+
+    def decide(self, job_key: str, job: JobRequest) -> dict[str, Any]:
+        """:meth:`place`, answering the whole decision: ``id``, ``ranking`` (Ranked), ``policy``, ``decided_at``."""
         with self._lock:
-            ranking = self.policy(self.peer_states(), job, self.clock())
+            now = self.clock()
+            ranking = self.policy(self.peer_states(), job, now)
+            decision: dict[str, Any] = {"id": None, "ranking": ranking, "policy": self.policy_name, "decided_at": now}
             if not ranking:
-                return []
+                return decision
             chosen = ranking[0]
             with self.sessions.begin() as s:
                 s.execute(
@@ -392,19 +415,71 @@ class BrokerRole:
                     .where(LoadReport.peer == chosen.name)
                     .values(in_flight=LoadReport.in_flight + job.n_procs)
                 )
-                s.add(
-                    Placement(
-                        job_key=job_key,
-                        chosen=chosen.name,
-                        ranking=[asdict(r) for r in ranking],
-                        policy=self.policy_name,
-                        decided_at=self.clock(),
-                    )
+                row = Placement(
+                    job_key=job_key,
+                    chosen=chosen.name,
+                    ranking=[asdict(r) for r in ranking],
+                    policy=self.policy_name,
+                    decided_at=now,
                 )
-        return ranking
+                s.add(row)
+                s.flush()
+                decision["id"] = row.id
+                if row.id % 100 == 0:  # now and then: keep the most recent decisions only
+                    s.execute(delete(PlacementOutcome).where(PlacementOutcome.placement_id <= row.id - self.keep_placements))
+                    s.execute(delete(Placement).where(Placement.id <= row.id - self.keep_placements))
+        return decision
+
+    def record_outcome(self, job_key: str, accepted_by: str, *, job_id: str | None = None,
+                       failed: list[dict[str, Any]] | None = None) -> bool:
+        """The entry peer says who took the job of the latest decision for ``job_key`` and who failed first.
+
+        False when no decision for that key is kept (pruned, or made by an earlier broker).
+        """
+        with self._lock, self.sessions.begin() as s:
+            placement_id = s.scalar(select(func.max(Placement.id)).where(Placement.job_key == job_key))
+            if placement_id is None:
+                return False
+            row = s.get(PlacementOutcome, placement_id)
+            if row is None:
+                row = PlacementOutcome(placement_id=placement_id)
+                s.add(row)
+            row.accepted_by, row.job_id, row.failed = accepted_by, job_id, list(failed or [])
+            row.reported_at = self.clock()
+            return True
+
+    def recent_placements(self, limit: int = 50) -> list[dict[str, Any]]:
+        """The most recent decisions, newest first, with their outcome where the entry peer reported it."""
+        with self.sessions() as s:
+            rows = s.scalars(select(Placement).order_by(Placement.id.desc()).limit(max(1, limit))).all()
+            outcomes = {o.placement_id: o for o in s.scalars(
+                select(PlacementOutcome).where(PlacementOutcome.placement_id.in_([r.id for r in rows])))}
+            out = []
+            for r in rows:
+                o = outcomes.get(r.id)
+                out.append({
+                    "id": r.id,
+                    "job_key": r.job_key,
+                    "chosen": r.chosen,
+                    "policy": r.policy,
+                    "decided_at": r.decided_at,
+                    "ranking": [{k: v for k, v in c.items() if k != "url"} for c in r.ranking],
+                    "outcome": None if o is None else {"accepted_by": o.accepted_by, "job_id": o.job_id,
+                                                       "failed": o.failed, "reported_at": o.reported_at},
+                })
+            return out
 
 
-def _report_of(row: LoadReport) -> dict[str, Any]:
+def _runtimes_view(stats: Any) -> dict[str, Any] | None:
+    """What the load table shows of a peer's learned run times (None: it reports none)."""
+    if stats is None:
+        return None
+    return {"completed": stats.completed, "median_s": stats.median, "mean_s": stats.mean,
+            "running": stats.running, "idle": stats.idle, "mean_queue_wait_s": stats.mean_queue_wait,
+            "executables": len(stats.by_key), "used": stats.usable}
+
+
+def _report_of(row: LoadReport, runtimes: dict[str, Any] | None = None) -> dict[str, Any]:
     """A stored report in the agent's report shape (for ``peer_state_from_report``)."""
     return {
         "coefficient": row.coefficient,
@@ -412,4 +487,5 @@ def _report_of(row: LoadReport) -> dict[str, Any]:
         "pool": row.pool,
         "sampled_at": row.sampled_at,
         "interval": row.interval,
+        "runtimes": runtimes,
     }
