@@ -1,4 +1,5 @@
-"""Client commands of the ``pocketgrid`` CLI: login, pair, files, submit, status, kill, outputs, fetch, acl, audit.
+"""Client commands of the ``pocketgrid`` CLI: login, pair, files, submit, status, kill, release, outputs, fetch,
+acl, audit, placements.
 
 Peers, CA bundle and token come from ``--peer``/``--ca`` or the environment
 (``POCKETGRID_PEERS``, ``POCKETGRID_CA``, ``POCKETGRID_TOKEN``), else from
@@ -132,12 +133,27 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--wait", action="store_true", help="follow the job until it finishes (long-polls)")
     p.add_argument("--system", action="store_true",
                    help="show the broker, epoch and members instead: alive or dead, last heartbeat, load, executor")
+    p.add_argument("-v", "--placement", action="store_true",
+                   help="the whole placement ranking: each peer's estimate and where its figures came from")
+    p.add_argument("--history", action="store_true", help="each input's past states with their reasons")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("kill", help="remove a job's procs")
     add_peer_option(p)
     p.add_argument("job")
     p.set_defaults(func=cmd_kill)
+
+    p = sub.add_parser("release", help="release a job's held inputs (all, or --input N ...): they run again")
+    add_peer_option(p)
+    p.add_argument("job")
+    p.add_argument("--input", type=int, action="append", metavar="N", dest="inputs",
+                   help="release this input only (repeatable); default: every held input")
+    p.set_defaults(func=cmd_release)
+
+    p = sub.add_parser("placements", help="administrators: the broker's recent placement decisions and why")
+    add_peer_option(p)
+    p.add_argument("--limit", type=int, default=10, help="how many, newest first (default 10)")
+    p.set_defaults(func=cmd_placements)
 
     p = sub.add_parser("outputs", help="list a job's output files with size and SHA-256")
     add_peer_option(p)
@@ -492,23 +508,83 @@ def cmd_submit(c: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-#: States a proc's ``note`` (abort, eviction, shadow exception, executable error...) explains.
-_NOTE_STATES = frozenset({"removed", "failed", "idle"})
-
-
 def _reason(i: dict[str, Any]) -> str | None:
-    """Why the input is in its current state, if the status says so (never a stale reason)."""
+    """Why the input is in its current state, if the status says so.
+
+    The peer keeps only the current state's reason (``hold_reason`` while
+    held, else ``note``; the past is in ``history``).  A peer of an older
+    version may still send a stale note, so the kinds a state never has are
+    left out: none for a completed input, only connection trouble for a
+    running one.
+    """
     if i["state"] == "held":
         return i.get("hold_reason")
     note = i.get("note")
-    if note and (i["state"] in _NOTE_STATES or (i["state"] == "running" and note.startswith(("disconnected",
-                                                                                                "reconnected")))):
-        return note
-    return None
+    if i["state"] == "completed" or (i["state"] == "running" and note
+                                     and not note.startswith(("disconnected", "reconnected"))):
+        return None
+    return note
+
+
+def _short_reason(r: dict[str, Any]) -> str:
+    """A candidate's estimate in a few words: the reason's first clause (with the score where it has no estimate)."""
+    head = (r.get("reason") or "").split(";")[0].strip()
+    if not head.startswith("est") and r.get("score") is not None:
+        head = f"score {r['score']:g}" + (f" ({head})" if head else "")
+    return head or "no score"
+
+
+def placement_line(p: dict[str, Any], *, others: int = 3) -> str:
+    """One line: where the job went and why, then the next candidates' estimates."""
+    ranking = p.get("ranking") or []
+    chosen = next((r for r in ranking if r.get("name") == p.get("chosen")), None)
+    line = f"placed on {p.get('chosen')}" + (f": {_short_reason(chosen)}" if chosen else "")
+    failed = [f["name"] for f in p.get("failed") or []]
+    if failed:
+        line += f" (after {', '.join(failed)} failed)"
+    rest = [r for r in ranking if r is not chosen]
+    parts = [line] + [f"{r['name']} {_short_reason(r)}" for r in rest[:others]]
+    if len(rest) > others:
+        parts.append(f"{len(rest) - others} more (pocketgrid status --placement)")
+    return "; ".join(parts)
+
+
+def placement_text(p: dict[str, Any]) -> str:
+    """The whole ranking: each candidate's score, reason and, with detail, where its figures came from."""
+    decided = f", decided {_when(p['decided_at'])}" if p.get("decided_at") else ""
+    lines = [f"placement: {p.get('policy') or 'policy unknown'}{decided}; chosen {p.get('chosen')}"]
+    for n, r in enumerate(p.get("ranking") or [], 1):
+        mark = "*" if r.get("name") == p.get("chosen") else " "
+        score = "-" if r.get("score") is None else f"{r['score']:.1f}"
+        lines.append(f" {mark}{n:>2}. {r['name']:<16} {score:>9}  {r.get('reason') or ''}")
+        d = r.get("detail") or {}
+        for key in ("run_source", "wait_source"):
+            if d.get(key):
+                lines.append(f"        {key.split('_')[0]}: {d[key]}")
+    for f in p.get("failed") or []:
+        lines.append(f"  failed first: {f['name']}: {f.get('error', '')}")
+    return "\n".join(lines)
+
+
+def _history_lines(i: dict[str, Any]) -> list[str]:
+    out = []
+    for h in i.get("history") or []:
+        when = _when_seconds(h.get("at")) if h.get("at") else "?"
+        reason = f" ({h['reason']})" if h.get("reason") else ""
+        out.append(f"      {when}  {h.get('event', '?'):<22} -> {h.get('state', '?')}{reason}")
+    return out
+
+
+def _when_seconds(epoch: float) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(epoch).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _status_text(s: dict[str, Any]) -> str:
     lines = [f"{s['id']} ({s['name']}) on {s['peer']}: {s['state']}  " + ", ".join(f"{k} {v}" for k, v in s["counts"].items())]
+    if s.get("placement"):
+        lines.append(f"  {placement_line(s['placement'])}")
     for i in s["inputs"]:
         extra = ""
         if i.get("exit_code") is not None:
@@ -519,6 +595,7 @@ def _status_text(s: dict[str, Any]) -> str:
         if reason:
             extra += f" ({reason})"
         lines.append(f"  [{i['index']}] {i['input']}: {i['state']}{extra}")
+        lines += _history_lines(i)
         tail = i.get("stderr_tail")
         if tail:
             tail_lines = tail.splitlines() if isinstance(tail, str) else [str(t) for t in tail]
@@ -576,14 +653,44 @@ def cmd_status(c: Client, args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(final, indent=2))
         return 0 if final["state"] == "completed" else 1
-    status, _ = c.status(args.job)
-    _print(args, status, _status_text)
+    status, _ = c.status(args.job, history=args.history, placement=args.placement)
+    _print(args, status, lambda s: _status_text(s) + (
+        "\n" + placement_text(s["placement"]) if args.placement and s.get("placement") else ""))
+    if args.placement and not status.get("placement") and not args.json:
+        print(f"(no placement record: {args.job} was placed by a peer of an earlier version)", file=sys.stderr)
     return 0
 
 
 def cmd_kill(c: Client, args: argparse.Namespace) -> int:
     res = c.kill(args.job)
     _print(args, res, lambda r: f"{r['id']}: removed {r['removed_procs']} procs")
+    return 0
+
+
+def cmd_release(c: Client, args: argparse.Namespace) -> int:
+    res = c.release(args.job, args.inputs)
+    _print(args, res, lambda r: f"{r['id']}: released {r['released_procs']} of inputs "
+           f"{', '.join(map(str, r['inputs']))}; they run again (`pocketgrid status {r['id']}` to follow)")
+    return 0
+
+
+def cmd_placements(c: Client, args: argparse.Namespace) -> int:
+    res = c.placements(limit=args.limit)
+
+    def text(r: dict[str, Any]) -> str:
+        blocks = [f"broker {r['broker']['name']} (epoch {r.get('epoch')}), policy {r.get('policy')}; "
+                  f"{len(r['placements'])} most recent decisions, newest first"]
+        for p in r["placements"]:
+            outcome = p.get("outcome") or {}
+            took = outcome.get("accepted_by")
+            head = f"#{p['id']} {_when_seconds(p['decided_at'])}"
+            if outcome.get("job_id"):
+                head += f"  job {outcome['job_id']}"
+            record = {**p, "chosen": took or p["chosen"], "failed": outcome.get("failed") or []}
+            blocks.append(head + ("" if took else "  (outcome not reported)") + "\n" + placement_text(record))
+        return "\n\n".join(blocks)
+
+    _print(args, res, text)
     return 0
 
 

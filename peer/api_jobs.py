@@ -17,7 +17,7 @@ from pocketgrid.errors import BadRequest
 
 from .auth import identity, relay_headers
 from .downloads import send_ranged
-from .jobs import SubmitRequest, peer_of
+from .jobs import STATUS_EXTRAS, SubmitRequest, peer_of
 from .proxy import relay
 from .uploads import check_visible
 
@@ -145,9 +145,16 @@ def list_jobs():
 
 
 # ---- status ---------------------------------------------------------------
-def _etag(body: dict) -> str:
-    """The job's status version: a few bytes, so an unchanged poll stays tiny on a phone link."""
-    return f'"{body["version"]}"'
+def _etag(body: dict, extras: frozenset[str] = frozenset()) -> str:
+    """The job's status version: a few bytes, so an unchanged poll stays tiny on a phone link.
+    A larger rendering (``?history=1``, ``?placement=1``) is another representation: its own tag."""
+    suffix = "".join(sorted(e[0] for e in extras))
+    return f'"{body["version"]}{"-" + suffix if suffix else ""}"'
+
+
+def _extras() -> frozenset[str]:
+    """``?history=1`` (each input's past states and reasons), ``?placement=1`` (the ranking's score parts)."""
+    return frozenset(e for e in STATUS_EXTRAS if request.args.get(e) in {"1", "true"})
 
 
 @bp.get("/<job_id>")
@@ -169,13 +176,14 @@ def status(job_id: str):
         response.call_on_close(svc.parking.leave)
         return response
     who = identity()
+    extras = _extras()
     deadline = time.monotonic() + wait
     parked = False
     try:
         while True:
             size = svc.jobs.log_size(job_id) if wait and inm else 0  # taken first: growth during the read is seen
-            entry = svc.jobs.status_entry(job_id, who.dn, is_admin=who.is_admin)
-            etag = _etag(entry.body)
+            entry = svc.jobs.status_entry(job_id, who.dn, is_admin=who.is_admin, extras=extras)
+            etag = _etag(entry.body, extras)
             if etag != inm or time.monotonic() >= deadline:
                 break
             if not parked:  # only a poll that really waits holds a thread
@@ -202,6 +210,37 @@ def kill(job_id: str):
     result = svc.jobs.kill(job_id, who.dn, is_admin=who.is_admin)
     svc.security.audit.record("kill", dn=who.dn, source=who.source,
                               detail=f"job {job_id}: {result.get('removed_procs', 0)} procs removed")
+    return jsonify(result)
+
+
+# ---- release --------------------------------------------------------------
+def _release_indexes() -> list[int] | None:
+    """The inputs to release from the JSON body ``{"inputs": [0, 2]}``; None (no body): every held one."""
+    if not request.get_data():
+        return None
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise BadRequest('send a JSON object {"inputs": [index, ...]}, or no body to release every held input')
+    inputs = body.get("inputs")
+    if inputs is None:
+        return None
+    if not isinstance(inputs, list) or not inputs or not all(
+            isinstance(i, int) and not isinstance(i, bool) for i in inputs):
+        raise BadRequest("'inputs' must be a non-empty list of input numbers (integers)")
+    return inputs
+
+
+@bp.post("/<job_id>/release")
+def release(job_id: str):
+    """Release held inputs (all, or ``{"inputs": [...]}``); a job with none held is a 409."""
+    peer = _remote(job_id)
+    if peer:
+        return _relay(peer)
+    who = identity()
+    svc = _svc()
+    result = svc.jobs.release(job_id, who.dn, is_admin=who.is_admin, indexes=_release_indexes())
+    svc.security.audit.record("release", dn=who.dn, source=who.source,
+                              detail=f"job {job_id}: inputs {result['inputs']} released ({result['released_procs']} procs)")
     return jsonify(result)
 
 

@@ -46,6 +46,7 @@ from .membership import Membership
 from .models import Base
 from .parking import Parking, default_limit
 from .publishing import PublishingArea
+from .runtime_stats import RunTimeCollector
 from .security import Security, build_security
 from .staging import Stager
 
@@ -108,6 +109,8 @@ class PeerServices:
                 interval=self.config.agent_interval,
                 weights=Weights.from_dict(self.config.agent_weights),
                 pool_source=pool_source,
+                runtimes_source=RunTimeCollector(self.db, self.config.stage_path,
+                                                 window=self.config.runtime_window).source,
                 session=self.http,  # the peer's host certificate and CA: reports are mutual TLS
             )
             self.agent.start_thread()
@@ -156,34 +159,36 @@ class PeerServices:
         self.db.dispose()
 
     # ---- placement, from the entry peer's point of view --------------------
-    def place(self, job_key: str, n_procs: int, input_bytes: int) -> list[dict[str, Any]]:
-        """Ask the broker for a ranking; during an election, wait (bounded) for the new one."""
+    def place(self, job_key: str, n_procs: int, input_bytes: int, history_key: str | None = None) -> dict[str, Any]:
+        """Ask the broker for a decision (``ranking``, ``policy``, ``decided_at``); during an election,
+        wait (bounded) for the new broker."""
         wait = self.config.election_wait or (self.config.heartbeat_misses + 2) * self.config.heartbeat_interval
         deadline = time.monotonic() + wait
         while True:
             try:
-                return self._place_once(job_key, n_procs, input_bytes)
+                return self._place_once(job_key, n_procs, input_bytes, history_key)
             except Unavailable as exc:
                 if time.monotonic() >= deadline:
                     raise Unavailable(f"{exc.message} (no broker answered for {wait:.0f} s)", retry_after=5) from None
                 self._stop.wait(min(0.2, self.config.heartbeat_interval / 2))
 
-    def _place_once(self, job_key: str, n_procs: int, input_bytes: int) -> list[dict[str, Any]]:
+    def _place_once(self, job_key: str, n_procs: int, input_bytes: int, history_key: str | None) -> dict[str, Any]:
         role = self.broker_role
         if role is not None:
-            ranking = role.place(
-                job_key, JobRequest(n_procs=n_procs, input_bytes={self.config.name: input_bytes}, entry_peer=self.config.name)
-            )
-            return [r.__dict__ for r in ranking]
+            decision = role.decide(job_key, JobRequest(n_procs=n_procs, input_bytes={self.config.name: input_bytes},
+                                                       entry_peer=self.config.name, history_key=history_key))
+            return {**decision, "ranking": [r.__dict__ for r in decision["ranking"]]}
         broker = self.membership.broker
         if broker is None:
             raise Unavailable("this peer has not joined a broker yet; retry shortly", retry_after=2)
-        body = {
+        body: dict[str, Any] = {
             "job_key": job_key,
             "n_procs": n_procs,
             "input_bytes": {self.config.name: input_bytes},
             "entry_peer": self.config.name,
         }
+        if history_key:
+            body["history_key"] = history_key
         for _hop in range(3):
             try:
                 r = self.http.post(f"{broker['url']}/api/v1/broker/placements", json=body, timeout=self.config.peer_timeout)
@@ -194,7 +199,10 @@ class PeerServices:
                 continue
             if not r.ok:
                 raise Unavailable(f"the broker refused placement: {r.text[:200]}", retry_after=5)
-            return r.json()["ranking"]
+            answer = r.json()
+            # a broker of an earlier version answers the ranking only
+            return {"ranking": answer["ranking"], "policy": answer.get("policy"),
+                    "decided_at": answer.get("decided_at") or time.time()}
         raise Unavailable("could not find the broker; retry shortly", retry_after=5)
 
 
@@ -233,6 +241,35 @@ def _report_placement_failure(services: "PeerServices", peer: str) -> None:
                            json={"peer": peer, "ok": False}, timeout=min(services.config.peer_timeout, 2.0))
     except requests.RequestException as exc:
         log.info("could not report the failed forward to %s to the broker: %s", peer, exc)
+
+
+def _report_placed(services: "PeerServices", job_key: str, peer: str, job_id: str,
+                   failed: list[dict[str, str]]) -> None:
+    """Tell the broker who took the job (and who failed first), for the admins' decision list.
+
+    Off the request path (a thread) and best effort: the job exists either way.
+    """
+    role = services.broker_role
+    if role is not None:
+        role.record_outcome(job_key, peer, job_id=job_id, failed=failed)
+        try:
+            role.report_success(peer)
+        except UnknownPeer:
+            pass
+        return
+    broker = services.membership.broker
+    if broker is None:
+        return
+
+    def send() -> None:
+        try:
+            services.http.post(f"{broker['url']}/api/v1/broker/placements/outcome",
+                               json={"peer": peer, "ok": True, "job_key": job_key, "job_id": job_id, "failed": failed},
+                               timeout=min(services.config.peer_timeout, 5.0))
+        except requests.RequestException as exc:
+            log.info("could not report where job %s went to the broker: %s", job_id, exc)
+
+    threading.Thread(target=send, name="placement-outcome", daemon=True).start()
 
 
 def _http_session(config: PeerConfig) -> requests.Session:
@@ -304,8 +341,9 @@ def build_services(config: PeerConfig) -> PeerServices:
         membership=membership,
         digests=digests,
         http=http,
-        place=lambda key, n, b: services.place(key, n, b),
+        place=lambda key, n, b, h: services.place(key, n, b, h),
         report_failure=lambda peer: _report_placement_failure(services, peer),
+        report_placed=lambda key, peer, job_id, failed: _report_placed(services, key, peer, job_id, failed),
         peer_timeout=config.peer_timeout,
         max_inputs=config.max_inputs_per_job,
     )

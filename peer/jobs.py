@@ -26,6 +26,7 @@ import requests
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from broker.runtimes import history_key
 from pocketgrid.http import never_reached
 from pocketgrid.errors import BadGateway, BadRequest, Conflict, NotFound, PocketgridError, Unavailable
 
@@ -34,7 +35,8 @@ from .digests import DigestCache
 from .event_log import EventLogReader, ProcState, ProcStatus, overall_state
 from .executors.base import Executor
 from .membership import Membership
-from .models import IdempotencyKey, Job, Proc
+from .models import IdempotencyKey, Job, JobPlacement, Proc
+from .placement_record import checked_record, decision_record, placement_view
 from .publishing import PublishingArea, check_name
 from .proc_stderr import recorded_names, stderr_fields
 from .staging import META_DIR, InputSource, Stager, StagedJob
@@ -44,6 +46,19 @@ log = logging.getLogger(__name__)
 
 #: In a staged job's META_DIR: the inputs' paths on the entry peer (for "run again").
 INPUTS_FILE = "inputs.json"
+#: What ``GET /api/v1/jobs/<id>?history=1&placement=1`` may add to a status (never cached).
+STATUS_EXTRAS = frozenset({"history", "placement"})
+
+
+def _counts(states: dict[int, str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for state in states.values():
+        counts[state] = counts.get(state, 0) + 1
+    return counts
+
+
+def _key_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) and 0 < len(value) <= 64 else None
 
 
 @dataclass
@@ -125,8 +140,9 @@ class JobService:
         membership: Membership,
         digests: DigestCache,
         http: requests.Session,
-        place: Callable[[str, int, int], list[dict[str, Any]]],
+        place: Callable[[str, int, int, str | None], dict[str, Any]],
         report_failure: Callable[[str], None] = lambda peer: None,
+        report_placed: Callable[[str, str, str, list[dict[str, str]]], None] = lambda key, peer, job_id, failed: None,
         policy: Policy | None = None,
         peer_timeout: float = 10.0,
         max_inputs: int = 1000,
@@ -143,6 +159,7 @@ class JobService:
         self.http = http
         self.place = place
         self.report_failure = report_failure
+        self.report_placed = report_placed
         self.policy = policy or Policy()
         self.peer_timeout = peer_timeout
         self._readers: OrderedDict[str, EventLogReader] = OrderedDict()
@@ -208,13 +225,16 @@ class JobService:
         else:
             origin_key = secrets.token_hex(16)
 
-        ranking = self.place(origin_key, len(input_paths), sum(p.stat().st_size for p in input_paths))
+        key = history_key(owner, hashlib.sha256(req.executable).hexdigest())
+        decision = self.place(origin_key, len(input_paths), sum(p.stat().st_size for p in input_paths), key)
+        ranking = list(decision["ranking"])
         if previous_target is not None:
             # An earlier attempt may have created the job there: ask it first.
             url = self.membership.url_of(previous_target)
             ranking = [c for c in ranking if c["name"] != previous_target]
             if url is not None:
-                ranking.insert(0, {"name": previous_target, "url": url, "score": None, "reason": "retry"})
+                ranking.insert(0, {"name": previous_target, "url": url, "score": None,
+                                   "reason": "retry: an earlier attempt of this submission was sent there"})
         if not ranking:
             raise Unavailable("no peer is available to run the job; try again shortly", retry_after=5)
         inputs = [
@@ -236,11 +256,14 @@ class JobService:
             "entry_url": self.url,
             "origin_key": origin_key,
             "inputs": inputs,
+            "history_key": key,
         }
         errors = []
+        failed: list[dict[str, str]] = []
         for candidate in ranking:
             if idempotency_key:
                 self._record_target(idempotency_key, owner, candidate["name"])
+            meta["placement"] = decision_record(decision, ranking, candidate["name"], failed)
             try:
                 if candidate["name"] == self.name:
                     summary = self.accept(meta, req.executable)
@@ -253,12 +276,14 @@ class JobService:
                 log.warning("peer %s could not take the job: %s", candidate["name"], exc.message)
                 self.report_failure(candidate["name"])
                 errors.append(f"{candidate['name']}: {exc.message}")
+                failed.append({"name": candidate["name"], "error": exc.message[:500]})
                 continue
             if idempotency_key:
                 with self.db.session() as s:
                     row = s.get(IdempotencyKey, (idempotency_key, owner))
                     if row is not None:
                         row.job_id = summary["id"]
+            self.report_placed(origin_key, candidate["name"], summary["id"], failed)
             return summary, False
         raise Unavailable("every candidate peer failed: " + "; ".join(errors), retry_after=5)
 
@@ -378,6 +403,9 @@ class JobService:
                     warnings=list(parsed.warnings),
                 )
                 s.add(job)
+                record = checked_record(meta.get("placement"))
+                if record is not None or _key_or_none(meta.get("history_key")):
+                    job.placement = JobPlacement(record=record or {}, history_key=_key_or_none(meta.get("history_key")))
                 s.flush()
                 self.executor.prepare(s, job, staged, parsed)
         except IntegrityError:
@@ -452,9 +480,15 @@ class JobService:
         """
         return self.status_entry(job_id, owner, is_admin=is_admin).body
 
-    def status_entry(self, job_id: str, owner: str, *, is_admin: bool = False) -> "_StatusBody":
-        """:meth:`status` with the body already serialised (the poll path sends these bytes as is)."""
-        cached = self._status_bodies.get(job_id)
+    def status_entry(self, job_id: str, owner: str, *, is_admin: bool = False,
+                     extras: frozenset[str] = frozenset()) -> "_StatusBody":
+        """:meth:`status` with the body already serialised (the poll path sends these bytes as is).
+
+        ``extras`` (:data:`STATUS_EXTRAS`) asks for a larger body, rendered
+        afresh and never cached: ``history`` (each input's past states and
+        reasons), ``placement`` (the ranking's score details).
+        """
+        cached = None if extras else self._status_bodies.get(job_id)
         if cached is not None:
             if not (is_admin or cached.owner == owner):
                 raise NotFound(f"no such job {job_id!r}")
@@ -473,15 +507,17 @@ class JobService:
                         row.status_version = (row.status_version or 0) + 1
                         version = row.status_version
             statuses = dict(reader.procs)
-            body = self._render_status(job, statuses, version)
+            body = self._render_status(job, statuses, version, extras)
             entry = _StatusBody(job.owner, size, body, json.dumps(body, separators=(",", ":")).encode() + b"\n")
-            with self._readers_lock:
-                self._status_bodies[job_id] = entry
-                while len(self._status_bodies) > self.max_cached_readers:
-                    self._status_bodies.popitem(last=False)
+            if not extras:
+                with self._readers_lock:
+                    self._status_bodies[job_id] = entry
+                    while len(self._status_bodies) > self.max_cached_readers:
+                        self._status_bodies.popitem(last=False)
         return entry
 
-    def _render_status(self, job: Job, statuses: dict[tuple[int, int], ProcStatus], version: int) -> dict[str, Any]:
+    def _render_status(self, job: Job, statuses: dict[tuple[int, int], ProcStatus], version: int,
+                       extras: frozenset[str] = frozenset()) -> dict[str, Any]:
         inputs = []
         counts: dict[str, int] = {}
         ordered = []
@@ -491,7 +527,10 @@ class JobService:
             ordered.append(st)
             d: dict[str, Any] = {"index": p.index, "input": p.input_name}
             # Only what is known: an unchanged poll from a phone stays small.
-            d.update({k: v for k, v in st.to_dict().items() if v is not None and not (k == "evictions" and v == 0)})
+            d.update({k: v for k, v in st.to_dict().items()
+                      if v is not None and k != "history" and not (k == "evictions" and v == 0)})
+            if "history" in extras:
+                d["history"] = st.history
             if st.state in (ProcState.FAILED, ProcState.HELD):  # why: its stderr (final once the event is logged)
                 if stderr_names is None:
                     stderr_names = recorded_names(self.stager.job_root(job.id) / META_DIR) or []
@@ -500,7 +539,7 @@ class JobService:
             counts[st.state.value] = counts.get(st.state.value, 0) + 1
             inputs.append(d)
         state = overall_state(ordered)
-        return {
+        body = {
             "id": job.id,
             "name": job.name,
             "peer": self.name,
@@ -514,6 +553,9 @@ class JobService:
             "inputs": inputs,
             "warnings": job.warnings,
         }
+        if job.placement is not None and job.placement.record:
+            body["placement"] = placement_view(job.placement.record, detail="placement" in extras)
+        return body
 
     def log_size(self, job_id: str) -> int:
         try:
@@ -545,6 +587,34 @@ class JobService:
         removed = self.executor.remove(job_id)
         log.info("job %s: remove requested, %d procs affected", job_id, removed)
         return {"id": job_id, "removed_procs": removed}
+
+    # ======================================================================
+    # Release
+    # ======================================================================
+    def release(self, job_id: str, owner: str, *, is_admin: bool = False,
+                indexes: list[int] | None = None) -> dict[str, Any]:
+        """Release the job's held inputs (all of them, or those of ``indexes``); same ownership rules as kill.
+
+        Nothing held among them is a 409 that says what they are instead;
+        an index the job does not have is a 400.  Either changes nothing.
+        """
+        job = self._job(job_id, owner, is_admin)
+        n = len(job.input_names)
+        if indexes is not None:
+            bad = sorted({i for i in indexes if not 0 <= i < n})
+            if bad:
+                raise BadRequest(f"job {job_id} has inputs 0 to {n - 1}; no input {', '.join(map(str, bad))}")
+        states = {i["index"]: i["state"] for i in self.status(job_id, owner, is_admin=is_admin)["inputs"]}
+        asked = sorted(set(indexes)) if indexes is not None else sorted(states)
+        held = [i for i in asked if states.get(i) == ProcState.HELD.value]
+        if indexes is not None and len(held) < len(asked):
+            others = ", ".join(f"input {i} is {states.get(i, 'idle')}" for i in asked if i not in held)
+            raise Conflict(f"only held inputs can be released: {others}; nothing was released", held=held)
+        if not held:
+            raise Conflict(f"job {job_id} has no held input: nothing to release", states=_counts(states))
+        released = self.executor.release(job_id, held)
+        log.info("job %s: release of inputs %s requested, %d procs released", job_id, held, released)
+        return {"id": job_id, "released_procs": released, "inputs": held}
 
     # ======================================================================
     # Outputs

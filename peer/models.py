@@ -41,6 +41,10 @@ class Job(Base):
     procs: Mapped[list["Proc"]] = relationship(
         back_populates="job", order_by="Proc.index", cascade="all, delete-orphan"
     )
+    #: Where and why the broker placed it (None: placed by a peer that did not send the decision).
+    placement: Mapped["JobPlacement | None"] = relationship(
+        back_populates="job", cascade="all, delete-orphan", lazy="joined", uselist=False
+    )
 
 
 class Proc(Base):
@@ -56,13 +60,33 @@ class Proc(Base):
     executor: Mapped[str] = mapped_column(String(20))
     cluster: Mapped[int] = mapped_column(Integer)
     proc: Mapped[int] = mapped_column(Integer)
-    #: LocalExecutor bookkeeping: queued | running | done.
+    #: LocalExecutor bookkeeping: queued | running | held | done.
     local_state: Mapped[str] = mapped_column(String(20), default="queued", index=True)
     pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
     pid_started: Mapped[float | None] = mapped_column(Float, nullable=True)
     restarts: Mapped[int] = mapped_column(Integer, default=0)
 
     job: Mapped[Job] = relationship(back_populates="procs")
+
+
+class JobPlacement(Base):
+    """The broker's decision for a job, as the entry peer forwarded it with the job.
+
+    ``record``: ``chosen``, ``policy``, ``decided_at``, ``ranking`` (each
+    candidate's name, score, reason and detail) and ``failed`` (candidates
+    that could not take the job before the chosen one accepted it).  A table
+    of its own rather than a column of ``jobs``, so a database made before it
+    existed gains it with ``create_all``.
+    """
+
+    __tablename__ = "job_placements"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    #: The job's history key (owner + executable, hashed: peer/runtime_stats.py), for learned run times.
+    history_key: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    record: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+    job: Mapped[Job] = relationship(back_populates="placement")
 
 
 class IdempotencyKey(Base):

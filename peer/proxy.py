@@ -1,8 +1,8 @@
 """Relaying a client's request to the peer that owns the job.
 
 Every peer is an entry point, and a phone may reach only one of them, so
-status, kill and output requests for another peer's job are relayed (not
-redirected).  Bodies stream through in 256 KiB pieces, event streams
+status, kill, release and output requests for another peer's job are relayed
+(not redirected), a request's small JSON body with them.  Bodies stream through in 256 KiB pieces, event streams
 (``text/event-stream``, peer/api_events.py) piece by piece as they arrive; the
 validators that make polling and resuming cheap (ETag, If-None-Match, Range,
 If-Range, Last-Event-ID) pass through unchanged.
@@ -55,11 +55,15 @@ def relay(http: requests.Session, membership: Membership, peer: str, *,
     target = quote(request.path)  # re-encode: '#', '?', '%' in a file name must survive the hop
     if request.query_string:
         target += "?" + request.query_string.decode("latin-1")
+    data = request.get_data() or None  # a small JSON body (e.g. which inputs to release), bounded by MAX_CONTENT_LENGTH
+    if data is not None and request.content_type:
+        headers["Content-Type"] = request.content_type
     try:
         upstream = http.request(
             request.method,
             f"{url}{target}",
             headers=headers,
+            data=data,
             stream=True,
             timeout=timeout,
             allow_redirects=False,

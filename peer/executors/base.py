@@ -41,6 +41,14 @@ class Executor(ABC):
     def remove(self, job_id: str) -> int:
         """Remove every proc of the job that has not finished; returns how many."""
 
+    def release(self, job_id: str, indexes: Sequence[int]) -> int:
+        """Release the held procs of the job among the inputs ``indexes``; returns how many.
+
+        The caller (the job service) has checked from the event log that they
+        are held; an executor that cannot release answers 0.
+        """
+        return 0
+
     def describe(self) -> dict[str, object]:
         """What ``/healthz`` says about this executor."""
         return {"name": self.name}

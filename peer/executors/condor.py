@@ -378,6 +378,12 @@ def job_constraint(job_id: str, clusters: Sequence[int] | None = None, *, peer_n
     return condor_cli.join_constraints(parts)
 
 
+def release_constraint(job_id: str, clusters: Sequence[int], indexes: Sequence[int]) -> str:
+    """The procs of one pocketgrid job that are held, among the inputs ``indexes`` (``PocketgridIndex``)."""
+    wanted = " || ".join(f"{ATTR_INDEX} == {int(i)}" for i in sorted(set(indexes)))
+    return condor_cli.join_constraints([job_constraint(job_id, clusters), f"JobStatus == {HELD}", wanted or "false"])
+
+
 class PendingSubmissions:
     """Clusters submitted on hold whose transaction has not ended yet.
 
@@ -610,6 +616,25 @@ class CondorExecutor(Executor):
             with self.db.sessions() as s:
                 n = len(s.scalars(select(Proc.id).where(Proc.job_id == job_id, Proc.executor == self.name)).all())
         return n
+
+    def release(self, job_id: str, indexes: Sequence[int]) -> int:
+        """``Schedd.act(JobAction.Release)`` (or ``condor_release``) on the job's held procs among ``indexes``."""
+        with self.db.sessions() as s:
+            clusters = sorted(set(s.scalars(
+                select(Proc.cluster).where(Proc.job_id == job_id, Proc.executor == self.name))))
+        if not clusters or not indexes:
+            return 0
+        constraint = release_constraint(job_id, clusters, indexes)
+        try:
+            held = self._query(constraint, ["ProcId"])  # as for removal: acting on nothing is an error for some tools
+            if not held:
+                return 0
+            n = self._act("release", constraint, "via pocketgrid (released by its owner)")
+        except CondorUnreachable as exc:
+            self.last_error = str(exc)
+            raise Unavailable(f"{self.peer_name}: the HTCondor schedd did not answer the release: {exc}",
+                              retry_after=10) from None
+        return len(held) if n is None else n
 
     # ---- reconciliation ----------------------------------------------------
     def reconcile(self, *, grace: float | None = None) -> dict[str, int]:

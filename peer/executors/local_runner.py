@@ -9,7 +9,8 @@ starter for a single slot.
 Signals from the peer:
   SIGTERM  the user removed the job   -> kill the proc, write "aborted", exit 0
   SIGUSR1  the peer is shutting down  -> kill the proc, write "evicted", exit 3
-Exit status: 0 when a final event was written, 3 after an eviction.
+Exit status: 0 when a final event was written, 3 after an eviction, 4 after
+putting the proc on hold (it could not start; it runs again when released).
 
 ``--sandbox JSON`` (a :class:`peer.executors.sandbox.Isolation`, given by the
 peer at each start): the job runs in that sandbox and, when the peer is root,
@@ -32,6 +33,7 @@ from peer.executors import sandbox
 
 EXIT_DONE = 0
 EXIT_EVICTED = 3
+EXIT_HELD = 4
 KILL_GRACE_SECONDS = 5.0
 
 
@@ -95,7 +97,7 @@ class Runner:
         problem = sandbox.exec_problem(iso, spec["executable"])
         if problem:
             self.log.held(self.cluster, self.proc, f"Failed to execute '{spec['executable']}': {problem}", code=6)
-            return EXIT_DONE
+            return EXIT_HELD
         info_r = info_w = None
         try:
             sandbox.hand_over(Path(spec["iwd"]), iso, spec.get("staged_files"))
@@ -126,7 +128,7 @@ class Runner:
                 code=6,
                 subcode=exc.errno or 0,
             )
-            return EXIT_DONE
+            return EXIT_HELD
         finally:
             if info_w is not None:
                 os.close(info_w)

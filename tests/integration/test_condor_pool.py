@@ -178,6 +178,34 @@ def test_hold_reason_is_surfaced_and_kill_removes_the_cluster(condor_peer):
     assert client.kill(held["id"])["removed_procs"] == 0  # nothing left to remove
 
 
+@pytest.mark.condor
+def test_release_through_the_schedd_runs_the_held_input_again(condor_peer):
+    """Held on its first start only (``NumJobStarts == 1``), released through the API
+    (``Schedd.act(Release)``), the input runs again and completes; the status's reason is
+    the current state's, the hold stays in the history."""
+    (condor_peer.publish / "r.txt").write_text("1\n2\n")
+    client = Client(condor_peer.url)
+    job = client.submit(
+        "release-me", COUNT_SH.replace(b'n=$(wc', b'sleep 30\nn=$(wc'), "rel.sub", ["r.txt"], executable_name="count.sh",
+        submit_text='executable = count.sh\narguments = $(input) $(input_index)\nrequest_memory = 64\n'
+                    'periodic_hold = JobStatus == 2 && NumJobStarts == 1\n'
+                    'periodic_hold_reason = "held once by the pocketgrid test"\nqueue\n')
+
+    def held():
+        status, _ = client.status(job["id"])
+        return status["inputs"][0]["state"] == "held" and status
+
+    status = wait_until(held, timeout=TIMEOUT, interval=2, what="the periodic hold")
+    assert status["inputs"][0]["hold_reason"] == "held once by the pocketgrid test"
+    res = client.release(job["id"])
+    assert res["released_procs"] == 1 and res["inputs"] == [0]
+    final = client.wait(job["id"], timeout=TIMEOUT, poll=10)
+    assert final["state"] == "completed" and "hold_reason" not in final["inputs"][0]
+    history, _ = client.status(job["id"], history=True)
+    events = [h["event"] for h in history["inputs"][0]["history"]]
+    assert "job_held" in events and "job_released" in events and events[-1] == "job_terminated"
+
+
 # ---------------------------------------------------------------------------
 # No schedd needed
 # ---------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-// One job: state, per-input states (live), kill, run again; tabs for outputs and the plot.
+// One job: state, where it runs and why, per-input states (live), kill, release, run again;
+// tabs for outputs and the plot.
 import { getJSON, jobPath, request } from "./api.js";
 import * as draft from "./draft.js";
 import { confirmStep, fill, formatTime, h, stateBadge, toast } from "./dom.js";
@@ -11,6 +12,15 @@ const TABS = [["status", "Status"], ["outputs", "Outputs"], ["plot", "Plot"]];
 const MODES = { live: "Live (pushed by the peer)", polling: "Live (checking with long polls)",
   offline: "Offline: waiting for the link", done: "Finished: no more changes", error: "Not updating", stale: "Stale" };
 
+/** Why an input is in its current state (the peer keeps the current state's reason only). */
+export function currentReason(i) {
+  if (i.state === "held") return i.hold_reason || null;
+  // a peer of an older version may send a stale note: leave out what a state never has
+  if (i.state === "completed") return null;
+  if (i.state === "running" && i.note && !/^(disconnected|reconnected)/.test(i.note)) return null;
+  return i.note || null;
+}
+
 /** What a person (and a screen reader) should know about one input. */
 export function inputLabel(i) {
   let s = `input ${i.index}: ${i.state}`;
@@ -20,13 +30,33 @@ export function inputLabel(i) {
   return s;
 }
 
+function shortReason(r) {
+  const head = (r.reason || "").split(";")[0].trim();
+  if (!head.startsWith("est") && r.score !== undefined && r.score !== null) return `score ${r.score}${head ? ` (${head})` : ""}`;
+  return head || "no score";
+}
+
+/** Where the job went and why, in one line: the chosen peer's estimate, then the next candidate's. */
+export function placementLine(p) {
+  if (!p || !p.chosen) return null;
+  const ranking = p.ranking || [];
+  const chosen = ranking.find((r) => r.name === p.chosen);
+  let s = `${p.chosen}${chosen ? `: ${shortReason(chosen)}` : ""}`;
+  const failed = (p.failed || []).map((f) => f.name);
+  if (failed.length) s += ` (after ${failed.join(", ")} failed)`;
+  const next = ranking.find((r) => r !== chosen);
+  if (next) s += `; ${next.name} ${shortReason(next)}`;
+  if (ranking.length > 2) s += ` (+${ranking.length - 2} more)`;
+  return s;
+}
+
 function inputRow(i) {
+  const reason = currentReason(i);
   return h("li", { class: "input-row", "aria-label": inputLabel(i), "data-index": i.index },
     h("div", { class: "head" }, h("span", { class: "name" }, `${i.index}. ${i.input}`), stateBadge(i.state)),
     i.exit_code !== undefined && i.exit_code !== null ? h("div", { class: "muted" }, `exit code ${i.exit_code}`) : null,
     i.signal ? h("div", { class: "muted" }, `killed by signal ${i.signal}`) : null,
-    i.hold_reason ? h("div", { class: "note" }, `Held: ${i.hold_reason}`) : null,
-    i.note ? h("div", { class: "muted" }, i.note) : null,
+    reason ? h("div", { class: i.state === "held" ? "note" : "muted" }, i.state === "held" ? `Held: ${reason}` : reason) : null,
     i.stderr_tail ? h("details", { open: i.state === "failed" },
       h("summary", {}, `stderr${i.stderr_file ? ` (${i.stderr_file})` : ""}, last lines`),
       h("pre", { class: "stderr", "aria-label": `stderr of input ${i.index}` }, i.stderr_tail)) : null);
@@ -50,6 +80,20 @@ function statusTab(body, ctx) {
     }
   }
 
+  async function release() {
+    const held = (ctx.status?.inputs || []).filter((i) => i.state === "held").length;
+    const yes = await confirmStep(confirmArea, {
+      question: `Release ${held === 1 ? "the held input" : `the ${held} held inputs`}? ${held === 1 ? "It runs" : "They run"} again from the start.`,
+      yes: "Release", no: "Keep held", danger: false });
+    if (!yes) return;
+    try {
+      const r = await (await request(jobPath(ctx.id, "/release"), { method: "POST" })).json();
+      toast(`Released: ${r.released_procs} input${r.released_procs === 1 ? "" : "s"} queued again`);
+    } catch (err) {
+      toast(`Release failed: ${err.message}`);
+    }
+  }
+
   async function runAgain() {
     try {
       const spec = await getJSON(jobPath(ctx.id, "/spec"));
@@ -66,12 +110,15 @@ function statusTab(body, ctx) {
         h("dt", {}, "State"), h("dd", {}, stateBadge(st.state)),
         h("dt", {}, "Inputs"), h("dd", {}, Object.entries(st.counts || {}).map(([k, n]) => `${n} ${k}`).join(", ")),
         h("dt", {}, "Peer"), h("dd", {}, st.peer),
+        st.placement ? [h("dt", {}, "Placed on"), h("dd", { id: "job-placement" }, placementLine(st.placement))] : null,
         h("dt", {}, "Submitted"), h("dd", {}, st.created_at ? formatTime(st.created_at) : ""),
         h("dt", {}, "ID"), h("dd", {}, h("code", {}, st.id))),
       (st.warnings || []).map((w) => h("p", { class: "note" }, w)));
     fill(list, (st.inputs || []).map(inputRow));
     fill(actions,
       isFinal(st) ? null : h("button", { type: "button", class: "danger", onclick: kill }, "Kill job"),
+      (st.inputs || []).some((i) => i.state === "held")
+        ? h("button", { type: "button", onclick: release }, "Release held inputs") : null,
       h("button", { type: "button", onclick: runAgain }, "Run again with other inputs"));
   }
   body.append(summary, actions, confirmArea, h("h2", {}, "Inputs"), list);
