@@ -37,7 +37,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
-from .runtimes import MIN_KEY_SAMPLES, RunTimeStats, slot_free_times, start_of
+from .runtimes import MIN_KEY_SAMPLES, PRIOR_SAMPLES, RunTimeStats, expected_start
 
 #: ema_agent's default reference clock: a peer at this clock has speed 1.0.
 REFERENCE_CLOCK_MHZ = 2000.0
@@ -433,15 +433,25 @@ class LeastExpectedLoad:
     * **Learned run times** (``learn``, on by default).  Where a peer reports
       the run times of its completed procs (``PeerState.runtimes``, at least
       ``runtimes.MIN_SAMPLES``), its wait is no longer whole waves of the
-      nominal run: each slot frees after the expected rest of the proc on it
-      (``E[T - age | T > age]`` from the reported distribution and the
-      running procs' ages), and each proc queued ahead takes the site's mean.
-      A full site of 900 s jobs then costs ~900 s of waiting, not 60.  The
-      job's own run time is the median of its executable's earlier procs
-      (``JobRequest.history_key``) on that peer, else on another peer (scaled
-      by speed where both are known), else nominal.  The estimate and where
+      nominal run: each slot frees after the rest of the proc on it (drawn
+      from the reported distribution given the running proc's age), and
+      each proc queued ahead runs a fresh draw.
+      Played out over a few scenarios drawn from that distribution
+      (``runtimes.expected_start``).  A full site of 900 s jobs then costs
+      ~900 s of waiting, not 60.  The
+      job's own run time is the mean of its executable's earlier procs
+      (``JobRequest.history_key``) on that peer, shrunk towards their mean
+      elsewhere (scaled by the two speeds, a pool's taken as 1.0), else
+      nominal.  The estimate and where
       it came from are in the ranking's detail (``run_source``,
-      ``wait_source``).  Without reports it is the nominal policy exactly.
+      ``wait_source``).  (In development runs, trusting a peer's few
+      heavy-tailed procs over hundreds elsewhere kept an idle pool out of
+      use for an hour, and sent long jobs to a slow host; medians instead of
+      means made fast peers look less fast than they are.)  A host (no pool figures)
+      that reports run times also reports how many of its procs run and
+      wait, from its event logs: that count replaces the guess from its CPU
+      load and hidden backlog.  Without reports it is the nominal policy
+      exactly.
     """
 
     def __init__(
@@ -485,35 +495,78 @@ class LeastExpectedLoad:
             moved += nbytes
         return seconds, moved
 
+    @staticmethod
+    def programs(peer: PeerState, peers: Sequence[PeerState]) -> dict[str, RunTimeStats]:
+        """The run-time distribution of each program with procs on ``peer``: its own there, else
+        the one of the peer that ran it most, scaled by the two speeds (a pool's taken as 1.0)."""
+        stats = peer.runtimes
+        if stats is None:
+            return {}
+        out = dict(stats.key_stats)
+        for key in stats.key_procs:
+            if key in out:
+                continue
+            elsewhere = [(p.runtimes.key_stats[key], p) for p in peers
+                         if p.name != peer.name and p.runtimes is not None and key in p.runtimes.key_stats]
+            if elsewhere:
+                dist, where = max(elsewhere, key=lambda e: (e[0].completed, e[1].name))
+                out[key] = dist.scaled((where.speed or 1.0) / (peer.speed or 1.0))
+        return out
+
+    def knows_queue(self, peer: PeerState) -> bool:
+        """A host (no pool figures) that reports its procs' states: its queue is known, not guessed."""
+        return self.learn and peer.runtimes is not None and not _reports_pool(peer)
+
+    @staticmethod
+    def known_busy(peer: PeerState) -> float:
+        """Procs running or queued on a host, as its event logs counted them (its hidden backlog is then moot)."""
+        stats = peer.runtimes
+        return float(stats.running + stats.idle) if stats is not None else 0.0
+
     def learned(self, peer: PeerState) -> RunTimeStats | None:
         """The peer's reported run times, when learning is on and there are enough of them."""
         stats = peer.runtimes
         return stats if self.learn and stats is not None and stats.usable else None
 
     def job_run(self, peer: PeerState, job: JobRequest, peers: Sequence[PeerState] = ()) -> tuple[float, str]:
-        """(seconds, where the figure comes from) the job's procs run on ``peer``."""
+        """(seconds, where the figure comes from) the job's procs run on ``peer``.
+
+        The mean of the executable's earlier procs on this peer, shrunk
+        towards their mean elsewhere (each peer's scaled by the two speeds, a
+        pool's taken as 1.0, as everywhere in this policy), which counts as
+        at most ``PRIOR_SAMPLES`` procs: a peer's own history wins once it
+        has many procs, a few heavy-tailed ones do not decide alone.
+        Without history anywhere: nominal.
+        """
         speed = peer.speed or 1.0
         key = job.history_key
-        if self.learn and key:
-            own = peer.runtimes.by_key.get(key) if peer.runtimes is not None else None
-            if own is not None and own["n"] >= MIN_KEY_SAMPLES:
-                return own["median_s"], f"learned: median of {own['n']} procs of this executable on {peer.name}"
-            seen = [(p.runtimes.by_key[key], p) for p in peers
-                    if p.name != peer.name and p.runtimes is not None and key in p.runtimes.by_key
-                    and p.runtimes.by_key[key]["n"] >= MIN_KEY_SAMPLES]
-            if seen:
-                other, where = max(seen, key=lambda e: (e[0]["n"], e[1].name))
-                seconds, how = other["median_s"], ""
-                if where.speed and peer.speed:
-                    seconds, how = seconds * where.speed / peer.speed, ", scaled by speed"
-                return seconds, f"learned: median of {other['n']} procs of this executable on {where.name}{how}"
+        if not (self.learn and key):
+            return self.job_seconds / speed, f"nominal {self.job_seconds:g} s at speed 1"
+        own = peer.runtimes.by_key.get(key) if peer.runtimes is not None else None
+        others = [(p.runtimes.by_key[key], p) for p in peers
+                  if p.name != peer.name and p.runtimes is not None and key in p.runtimes.by_key]
+        n_own = own["n"] if own is not None else 0
+        n_else = sum(o["n"] for o, _ in others)
+        if n_own + n_else < MIN_KEY_SAMPLES:
             return self.job_seconds / speed, f"nominal {self.job_seconds:g} s at speed 1 (no history of this executable)"
-        return self.job_seconds / speed, f"nominal {self.job_seconds:g} s at speed 1"
+        elsewhere = sum(o["n"] * o["mean_s"] * (p.speed or 1.0) / speed for o, p in others) / n_else if n_else else 0.0
+        weight = min(n_else, PRIOR_SAMPLES)
+        seconds = ((own["mean_s"] * n_own if own is not None else 0.0) + elsewhere * weight) / (n_own + weight)
+        names = ", ".join(p.name for _, p in sorted(others, key=lambda e: -e[0]["n"])[:2])
+        names += ", ..." if len(others) > 2 else ""
+        if not n_else:
+            source = f"learned: mean of {n_own} procs of this executable on {peer.name}"
+        elif not n_own:
+            source = f"learned: mean of {n_else} procs of this executable on {names}, scaled by speed"
+        else:
+            source = (f"learned: mean of {n_own} procs of this executable on {peer.name} and "
+                      f"{n_else} on {names} (scaled by speed)")
+        return seconds, source
 
     def score(self, peer: PeerState, job: JobRequest, peers: Sequence[PeerState] = ()) -> _Scored:
         slots = peer.slots or 1
         speed = peer.speed or 1.0
-        ahead = (busy_procs(peer) or 0.0) + peer.in_flight
+        ahead = (self.known_busy(peer) if self.knows_queue(peer) else busy_procs(peer) or 0.0) + peer.in_flight
         run, run_source = self.job_run(peer, job, peers)
         stats = self.learned(peer)
         if stats is None:
@@ -521,18 +574,19 @@ class LeastExpectedLoad:
             overflow = math.floor(max(0.0, ahead + job.n_procs - slots) + 0.5)
             waves = math.ceil(overflow / slots)
             wait = waves / speed * self.job_seconds
-            slot_seconds = self.job_seconds
             wait_source = "nominal: whole waves of the nominal run time"
         else:
             busy = math.floor(ahead + 0.5)
             running = min(slots, busy)
             queued = busy - running
-            wait = start_of(queued + job.n_procs - 1, slot_free_times(stats, slots, running), stats.mean or 0.0)
-            slot_seconds = stats.mean or self.job_seconds
+            wait = expected_start(stats, slots, running, queued + job.n_procs - 1, self.programs(peer, peers))
             oldest = f", oldest {stats.running_ages[0]:.0f} s" if stats.running_ages else ""
             wait_source = (f"learned: {running}/{slots} slots busy{oldest}, {queued} queued; procs there take "
                            f"{stats.median:.0f} s (median), {stats.mean:.0f} s (mean) of {stats.completed} completed")
-        spread = self.spread * slot_seconds * min(1.0, ahead / slots)
+        # the headroom term and the cap's charge count in runs of this job (nominal ones unless its own are known):
+        # in runs of the site's mean, a site busy with long jobs was charged hundreds of seconds for a short one
+        unit = run if run_source.startswith("learned") else self.job_seconds
+        spread = self.spread * unit * min(1.0, ahead / slots)
         move, moved = self.move_seconds(peer, job)
         cap = self.cap(peer)
         detail = {
@@ -547,7 +601,7 @@ class LeastExpectedLoad:
             "wait_source": wait_source,
         }
         over_cap = peer.in_flight >= cap
-        penalty = self.cap_slack * slot_seconds if over_cap else 0.0
+        penalty = self.cap_slack * unit if over_cap else 0.0
         return _Scored(peer, wait + run + spread + move + penalty, over_cap, detail)
 
     def __call__(self, peers: Sequence[PeerState], job: JobRequest, now: float) -> list[Ranked]:

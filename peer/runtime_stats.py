@@ -16,8 +16,8 @@ all finished is not read again).  From each proc:
 * completed or failed after running (a terminate event): its wall time,
   execute to terminate, if it finished within the window; per history key
   (owner + executable, ``job_placements.history_key``) as well;
-* running: its age (now - execute);
-* idle: counted (waiting for a slot here);
+* running: its age (now - execute), per history key where the job has one;
+* idle: counted (waiting for a slot here), per history key too;
 * started: its queue wait (submit to the last execute).
 
 Removed procs say nothing about run times (they were cut short) and are left
@@ -85,6 +85,8 @@ class RunTimeCollector:
         ages: list[float] = []
         waits: list[float] = []
         by_key: dict[str, list[float]] = {}
+        ages_by_key: dict[str, list[float]] = {}
+        idle_by_key: dict[str, int] = {}
         idle = 0
         for job_id, key in reversed(rows):  # oldest first: by_key keeps the most recently finished keys last
             self._keys[job_id] = key
@@ -101,9 +103,16 @@ class RunTimeCollector:
                 if st.started_at is not None and st.submitted_at is not None and st.started_at >= since:
                     waits.append(max(0.0, st.started_at - st.submitted_at))
                 if st.state is ProcState.RUNNING and st.started_at is not None:
-                    ages.append(max(0.0, now - st.started_at))
+                    age = max(0.0, now - st.started_at)
+                    if key:
+                        ages_by_key.setdefault(key, []).append(age)
+                    else:
+                        ages.append(age)
                 elif st.state is ProcState.IDLE:
-                    idle += 1
+                    if key:
+                        idle_by_key[key] = idle_by_key.get(key, 0) + 1
+                    else:
+                        idle += 1
                 elif (st.state in (ProcState.COMPLETED, ProcState.FAILED) and st.started_at is not None
                       and st.finished_at is not None and st.finished_at >= since
                       and (st.exit_code is not None or st.signal is not None)):
@@ -112,7 +121,7 @@ class RunTimeCollector:
                     if key:
                         by_key[key] = [*by_key.pop(key, []), d]  # to the end: summarize keeps the latest keys
         return summarize(durations, running_ages=ages, idle=idle, queue_waits=waits, by_key=by_key,
-                         window_s=self.window)
+                         running_by_key=ages_by_key, idle_by_key=idle_by_key, window_s=self.window)
 
     def _reader(self, job_id: str, state: dict[str, Any] | None) -> EventLogReader:
         reader = self._readers.get(job_id)

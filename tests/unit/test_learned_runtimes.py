@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from broker.placement import JobRequest, LeastExpectedLoad, get_policy, peer_state_from_report
-from broker.runtimes import MIN_SAMPLES, RunTimeStats, history_key, slot_free_times, start_of, summarize
+from broker.runtimes import MIN_SAMPLES, RunTimeStats, expected_start, history_key, summarize
 from peer.db import Database
 from peer.event_log import EventLogWriter
 from peer.models import Base, Job, JobPlacement, Proc
@@ -41,7 +41,7 @@ def test_summary_quantiles_and_parse_round_trip():
     assert s["completed"] == 100 and s["median_s"] == pytest.approx(50.5) and s["p90_s"] == pytest.approx(90.1)
     assert len(s["quantiles_s"]) == 21 and s["quantiles_s"][0] == 1 and s["quantiles_s"][-1] == 100
     assert s["running_ages_s"] == [500, 50, 5] and s["idle"] == 2 and s["mean_queue_wait_s"] == 2
-    assert s["by_key"] == {"k": {"n": 3, "median_s": 20, "p90_s": 28}}
+    assert s["by_key"] == {"k": {"n": 3, "mean_s": 20, "median_s": 20, "p90_s": 28}}
     stats = RunTimeStats.parse(s)
     assert stats is not None and stats.usable and stats.running == 3 and stats.by_key["k"]["n"] == 3
 
@@ -53,18 +53,29 @@ def test_junk_from_a_peer_is_not_learned_from(junk):
     assert stats is None or not stats.usable
 
 
-def test_remaining_time_depends_on_a_running_procs_age():
+def test_the_rest_of_a_running_proc_depends_on_its_age():
     stats = RunTimeStats.parse(summarize([10.0] * 50 + [1000.0] * 50))
-    assert stats.remaining(0) == pytest.approx(sum(q for q in stats.quantiles) / 21)
-    assert stats.remaining(600) == pytest.approx(400.0)  # past the short ones: a long one, 400 s to go
-    assert stats.remaining(5000) == 5000  # older than any seen: as long again (heavy tail)
+    assert stats.draw(0.0) == 10 and stats.draw(1.0) == 1000 and stats.cdf(10) == pytest.approx(0.45)
+    assert stats.rest(0, 0.25) == pytest.approx(stats.draw(0.25))
+    assert stats.rest(600, 0.5) == pytest.approx(400.0)  # past the short ones: a long one, 400 s to go
+    assert stats.rest(5000, 0.5) == 5000  # older than any seen: as long again (heavy tail)
 
 
 def test_slots_free_in_order_and_queued_procs_take_turns():
     stats = RunTimeStats.parse(summarize([100.0] * 10, running_ages=[90, 40]))
-    free = slot_free_times(stats, slots=4, running=2)
-    assert free == [0, 0, pytest.approx(10.0), pytest.approx(60.0)]
-    assert [start_of(k, free, 100.0) for k in range(6)] == [0, 0, pytest.approx(10), pytest.approx(60), 100, 100]
+    starts = [expected_start(stats, slots=4, running=2, position=k) for k in range(6)]
+    assert starts == [0, 0, pytest.approx(10), pytest.approx(60), pytest.approx(100), pytest.approx(100)]
+
+
+def test_on_many_slots_the_first_one_frees_long_before_the_shortest_expected_rest():
+    runs = [10.0 * 1.5 ** k for k in range(12)] * 5  # 10 s to 860 s: heavy tailed
+    stats = RunTimeStats.parse(summarize(runs, running_ages=[5.0] * 24))
+    first = expected_start(stats, slots=24, running=24, position=0)
+    mean_rest = sum(stats.rest(5.0, (k + 0.5) / 100) for k in range(100)) / 100
+    assert first < mean_rest / 5
+    assert expected_start(stats, 24, 24, 23) > first  # later positions wait longer
+    far = expected_start(stats, 24, 24, 5000)  # extrapolated at the site's rate beyond the played part
+    assert far == pytest.approx(expected_start(stats, 24, 24, 512) + (5000 - 512) * stats.mean / 24)
 
 
 def test_history_key_names_one_users_executable():
@@ -101,13 +112,73 @@ def test_without_history_the_policy_is_the_nominal_one():
             rep = {"coefficient": busy, "metrics": {"cores": slots, "clock_mhz": rng.choice([1000, 2000, 3000]),
                                                     "cpu_percent": min(100.0, 100 * busy / slots), "load1": busy},
                    "pool": None, "sampled_at": NOW - 1, "interval": 15}
-            if k == 0 and trial % 2:  # too few completed procs to learn from: ignored
-                rep["runtimes"] = summarize([500.0] * (MIN_SAMPLES - 1))
             peers.append(peer_state_from_report(f"p{k}", f"http://p{k}", rep, NOW, in_flight=rng.randint(0, 3)))
         job = JobRequest(n_procs=rng.randint(1, 6), input_bytes={"p1": rng.randint(0, 10**9)}, history_key="unknown")
         learned = [(r.name, r.score) for r in get_policy("least-expected-load", seed=trial)(peers, job, NOW)]
         nominal = [(r.name, r.score) for r in get_policy("least-expected-load-nominal", seed=trial)(peers, job, NOW)]
         assert learned == nominal
+
+
+def test_slots_held_by_a_long_program_free_late_even_if_most_procs_there_were_short():
+    """A pool that ran hundreds of one-minute analyses but whose slots now hold three-hour simulations."""
+    quick = [60.0] * 300
+    sims = [10800.0] * 20
+    busy = summarize(quick + sims, by_key={"ana": quick, "sim": sims}, running_by_key={"sim": [600.0] * 4})
+    mixed = summarize(quick + sims, by_key={"ana": quick, "sim": sims}, running_by_key={"ana": [30.0] * 4})
+    pool = {"total_slots": 4, "claimed_slots": 4, "idle_jobs": 0}
+    states = [peer_state_from_report(name, f"http://{name}", {"coefficient": 1.0, "metrics": {}, "pool": pool,
+                                     "sampled_at": NOW - 1, "interval": 15, "runtimes": rt}, NOW)
+              for name, rt in (("sims-running", busy), ("analyses-running", mixed))]
+    by_name = {r.name: r.detail["wait_s"] for r in LeastExpectedLoad(seed=1)(states, JobRequest(n_procs=1), NOW)}
+    assert by_name["sims-running"] == pytest.approx(10200.0)  # the simulations' rest, not the site's median
+    assert by_name["analyses-running"] < 60
+    assert RunTimeStats.parse(busy).key_procs["sim"] == ((600.0,) * 4, 0)
+
+
+def test_a_program_never_finished_here_is_judged_by_its_runs_elsewhere():
+    """A host that ran only short analyses now runs simulations that finished only on the pool so far."""
+    quick = [30.0] * 200
+    rt = summarize(quick, by_key={"ana": quick}, running_by_key={"sim": [100.0] * 4}, idle_by_key={"sim": 1})
+    host = peer_state_from_report("host", "http://host", {
+        "coefficient": 2.0, "metrics": {"cores": 4, "clock_mhz": 2000.0, "cpu_percent": 100.0, "load1": 4.0},
+        "pool": None, "sampled_at": NOW - 1, "interval": 15, "runtimes": rt}, NOW)
+    pool_rt = summarize([1000.0] * 50, by_key={"sim": [1000.0] * 50})
+    pool = peer_state_from_report("pool", "http://pool", {
+        "coefficient": 1.0, "metrics": {}, "pool": {"total_slots": 2, "claimed_slots": 2, "idle_jobs": 0},
+        "sampled_at": NOW - 1, "interval": 15, "runtimes": pool_rt}, NOW)
+    assert host.runtimes.key_procs == {"sim": ((100.0,) * 4, 1)} and "sim" not in host.runtimes.key_stats
+    policy = LeastExpectedLoad(seed=1)
+    wait = policy.score(host, JobRequest(n_procs=1), [host, pool]).detail["wait_s"]
+    assert wait == pytest.approx(900.0)  # 4 sims 100 s into their 1000 s on the pool (the same speed)
+    alone = policy.score(host, JobRequest(n_procs=1), [host]).detail["wait_s"]
+    assert alone < 200  # without that history: procs older than any seen here go on about as long again
+
+
+def test_a_peers_few_procs_are_shrunk_towards_the_history_elsewhere():
+    key = "k" * 32
+    odd = full_site("odd", 60.0, busy=0, by_key={key: [300.0] * 5})  # five unlucky procs
+    main = full_site("main", 60.0, busy=0, by_key={key: [30.0] * 200})
+    policy = LeastExpectedLoad(seed=1)
+    run, source = policy.job_run(odd, JobRequest(n_procs=1, history_key=key), [odd, main])
+    assert run == pytest.approx((5 * 300 + 20 * 30) / 25)
+    assert source == "learned: mean of 5 procs of this executable on odd and 200 on main (scaled by speed)"
+    assert policy.job_run(main, JobRequest(n_procs=1, history_key=key), [odd, main])[0] == pytest.approx(
+        (200 * 30 + 5 * 300) / 205)
+
+
+def test_a_host_that_reports_its_queue_is_not_guessed_at():
+    """A LocalExecutor host's report shows running procs only; its runtimes say how many wait too."""
+    rep = {"coefficient": 2.0, "metrics": {"cores": 4, "clock_mhz": 2000.0, "cpu_percent": 100.0, "load1": 4.0},
+           "pool": None, "sampled_at": NOW - 1, "interval": 15}
+    guessed = peer_state_from_report("h", "http://h", rep, NOW, backlog=9.0)
+    counted = peer_state_from_report("h", "http://h", {**rep, "runtimes": summarize(
+        [50.0] * (MIN_SAMPLES - 1), running_ages=[5.0] * 4, idle=2)}, NOW, backlog=9.0)
+    job = JobRequest(n_procs=1)
+    assert LeastExpectedLoad(seed=1).score(guessed, job).detail["occupancy"] == pytest.approx(13 / 4)
+    few = LeastExpectedLoad(seed=1).score(counted, job).detail
+    assert few["occupancy"] == pytest.approx(6 / 4)  # 4 running + 2 queued, not the backlog guess
+    assert few["wait_source"].startswith("nominal")  # too few completed procs for their times
+    assert get_policy("least-expected-load-nominal").score(counted, job).detail["occupancy"] == pytest.approx(13 / 4)
 
 
 def test_a_long_executable_goes_to_the_fast_site_a_short_one_may_wait_less_on_a_slow_one():
@@ -118,9 +189,9 @@ def test_a_long_executable_goes_to_the_fast_site_a_short_one_may_wait_less_on_a_
     long_job = JobRequest(n_procs=4, history_key=key)
     ranking = {r.name: r for r in LeastExpectedLoad(seed=1)([fast, slow], long_job, NOW)}
     assert ranking["fast"].detail["run_s"] == 900.0
-    assert ranking["fast"].detail["run_source"] == "learned: median of 5 procs of this executable on fast"
+    assert ranking["fast"].detail["run_source"] == "learned: mean of 5 procs of this executable on fast"
     assert ranking["slow"].detail["run_s"] == pytest.approx(3600.0)  # the same program, a quarter the speed
-    assert ranking["slow"].detail["run_source"].endswith("on fast, scaled by speed")
+    assert ranking["slow"].detail["run_source"] == "learned: mean of 5 procs of this executable on fast, scaled by speed"
     assert LeastExpectedLoad(seed=1)([fast, slow], long_job, NOW)[0].name == "fast"
     assert ranking["fast"].detail["wait_s"] == pytest.approx(590.0)
     # an unknown executable: nominal run times (30 s there, 120 s here): the idle slow site starts it at once
@@ -210,8 +281,9 @@ def test_the_collector_reads_run_times_ages_and_waits_from_the_event_logs(db, tm
     s = collector.collect()
     assert s["completed"] == 4 and sorted(s["quantiles_s"])[0] == 30 and s["quantiles_s"][-1] == 900
     assert s["median_s"] == 900 and s["running"] == 1 and s["running_ages_s"] == [150.0] and s["idle"] == 1
-    assert s["by_key"] == {"key-long": {"n": 3, "median_s": 900.0, "p90_s": 900.0},
-                           "key-short": {"n": 1, "median_s": 30.0, "p90_s": 30.0}}
+    assert s["by_key"] == {"key-long": {"n": 3, "mean_s": 900.0, "median_s": 900.0, "p90_s": 900.0},
+                           "key-short": {"n": 1, "mean_s": 30.0, "median_s": 30.0, "p90_s": 30.0,
+                                         "running_ages_s": [150.0], "idle": 1}}  # its running and waiting procs
     assert s["mean_queue_wait_s"] == pytest.approx((1000 + 1001 + 1002 + 10 + 50 + 100) / 6)
 
     # incremental: the running proc ends; the finished job is not read again
