@@ -178,7 +178,7 @@ def test_the_agent_learns_run_times_from_the_event_logs(peers, site_pki, tmp_pat
                           submit_text=COUNT_SUB)
     status, _ = alice.status(second["id"], placement=True)
     detail = status["placement"]["ranking"][0]["detail"]
-    assert detail["run_source"] == "learned: mean of 3 procs of this executable on learner"
+    assert detail["run_source"] == "learned: median of 3 procs of this executable on learner"
     other = alice.submit("other", COUNT_SH + b"# another program\n", "count.sub", ["x0.txt"],
                          executable_name="count.sh", submit_text=COUNT_SUB)
     status, _ = alice.status(other["id"], placement=True)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from broker.placement import JobRequest, LeastExpectedLoad, get_policy, peer_state_from_report
-from broker.runtimes import MIN_SAMPLES, RunTimeStats, expected_start, history_key, summarize
+from broker.runtimes import RunTimeStats, expected_start, history_key, summarize
 from peer.db import Database
 from peer.event_log import EventLogWriter
 from peer.models import Base, Job, JobPlacement, Proc
@@ -160,25 +160,10 @@ def test_a_peers_few_procs_are_shrunk_towards_the_history_elsewhere():
     main = full_site("main", 60.0, busy=0, by_key={key: [30.0] * 200})
     policy = LeastExpectedLoad(seed=1)
     run, source = policy.job_run(odd, JobRequest(n_procs=1, history_key=key), [odd, main])
-    assert run == pytest.approx((5 * 300 + 20 * 30) / 25)
-    assert source == "learned: mean of 5 procs of this executable on odd and 200 on main (scaled by speed)"
+    assert run == pytest.approx((5 * 300 + 20 * 30) / 25)  # medians, weighted
+    assert source == "learned: median of 5 procs of this executable on odd and 200 on main (scaled by speed)"
     assert policy.job_run(main, JobRequest(n_procs=1, history_key=key), [odd, main])[0] == pytest.approx(
         (200 * 30 + 5 * 300) / 205)
-
-
-def test_a_host_that_reports_its_queue_is_not_guessed_at():
-    """A LocalExecutor host's report shows running procs only; its runtimes say how many wait too."""
-    rep = {"coefficient": 2.0, "metrics": {"cores": 4, "clock_mhz": 2000.0, "cpu_percent": 100.0, "load1": 4.0},
-           "pool": None, "sampled_at": NOW - 1, "interval": 15}
-    guessed = peer_state_from_report("h", "http://h", rep, NOW, backlog=9.0)
-    counted = peer_state_from_report("h", "http://h", {**rep, "runtimes": summarize(
-        [50.0] * (MIN_SAMPLES - 1), running_ages=[5.0] * 4, idle=2)}, NOW, backlog=9.0)
-    job = JobRequest(n_procs=1)
-    assert LeastExpectedLoad(seed=1).score(guessed, job).detail["occupancy"] == pytest.approx(13 / 4)
-    few = LeastExpectedLoad(seed=1).score(counted, job).detail
-    assert few["occupancy"] == pytest.approx(6 / 4)  # 4 running + 2 queued, not the backlog guess
-    assert few["wait_source"].startswith("nominal")  # too few completed procs for their times
-    assert get_policy("least-expected-load-nominal").score(counted, job).detail["occupancy"] == pytest.approx(13 / 4)
 
 
 def test_a_long_executable_goes_to_the_fast_site_a_short_one_may_wait_less_on_a_slow_one():
@@ -189,9 +174,9 @@ def test_a_long_executable_goes_to_the_fast_site_a_short_one_may_wait_less_on_a_
     long_job = JobRequest(n_procs=4, history_key=key)
     ranking = {r.name: r for r in LeastExpectedLoad(seed=1)([fast, slow], long_job, NOW)}
     assert ranking["fast"].detail["run_s"] == 900.0
-    assert ranking["fast"].detail["run_source"] == "learned: mean of 5 procs of this executable on fast"
+    assert ranking["fast"].detail["run_source"] == "learned: median of 5 procs of this executable on fast"
     assert ranking["slow"].detail["run_s"] == pytest.approx(3600.0)  # the same program, a quarter the speed
-    assert ranking["slow"].detail["run_source"] == "learned: mean of 5 procs of this executable on fast, scaled by speed"
+    assert ranking["slow"].detail["run_source"] == "learned: median of 5 procs of this executable on fast, scaled by speed"
     assert LeastExpectedLoad(seed=1)([fast, slow], long_job, NOW)[0].name == "fast"
     assert ranking["fast"].detail["wait_s"] == pytest.approx(590.0)
     # an unknown executable: nominal run times (30 s there, 120 s here): the idle slow site starts it at once
