@@ -97,16 +97,20 @@ def placements():
         isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in input_bytes.values()
     ):
         raise BadRequest("field 'input_bytes' must map peer names to byte counts (integers >= 0)")
+    history_key = body.get("history_key")
+    if history_key is not None and not (isinstance(history_key, str) and 0 < len(history_key) <= 64):
+        raise BadRequest("field 'history_key' must be a string of 1 to 64 characters")
     job = JobRequest(
         n_procs=body["n_procs"],
         input_bytes={str(k): v for k, v in input_bytes.items()},
         entry_peer=str(body.get("entry_peer", "")),
+        history_key=history_key,
     )
     if "split" in body and not isinstance(body["split"], bool):
         raise BadRequest("field 'split' must be true or false")
     if not body.get("split"):
-        ranking = _role().place(body["job_key"], job)
-        return jsonify({"ranking": [r.__dict__ for r in ranking]})
+        decision = _role().decide(body["job_key"], job)
+        return jsonify({**decision, "ranking": [r.__dict__ for r in decision["ranking"]]})
     sizes = body.get("input_sizes") or []
     if not isinstance(sizes, list) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
                                               for v in sizes):
@@ -119,13 +123,9 @@ def placements():
     exclude = body.get("exclude") or []
     if not isinstance(exclude, list) or not all(isinstance(v, str) for v in exclude):
         raise BadRequest("field 'exclude' must be a list of peer names")
-    role = _role()
-    ranking, shares = role.split(body["job_key"], job, input_sizes=sizes, avoid=frozenset(avoid),
-                                 exclude=frozenset(exclude))
-    # every live site refused these inputs for good: the home fails them, naming each site's reason
-    refused_all = bool(exclude) and not shares and bool(role.peer_states())
-    return jsonify({"ranking": [r.__dict__ for r in ranking], "shares": [asdict(s) for s in shares],
-                    "refused_all": refused_all})
+    decision = _role().split_decision(body["job_key"], job, input_sizes=sizes, avoid=frozenset(avoid),
+                                      exclude=frozenset(exclude))
+    return jsonify(decision)
 
 
 @bp.post("/placements/outcome")
@@ -133,17 +133,30 @@ def placement_outcome():
     """An entry peer tells how handing a job to ``peer`` went.
 
     ``{"peer": name, "ok": false}`` after a failed forward (connection error
-    or 5xx) counts towards the peer's ban; ``"ok": true`` clears it.
+    or 5xx) counts towards the peer's ban; ``"ok": true`` clears it.  With
+    ``"ok": true`` and ``job_key`` (the placement's), optionally ``job_id``
+    and ``failed`` (``[{"name", "error"}]``, the candidates tried before),
+    the decision's outcome is recorded for ``GET /api/v1/broker/placements``.
     Answers the peer's ban state.
     """
     body = _json_body({"peer": str, "ok": bool})
     if not body["peer"]:
         raise BadRequest("field 'peer' must not be empty")
+    failed = body.get("failed") or []
+    if not isinstance(failed, list) or not all(
+            isinstance(f, dict) and isinstance(f.get("name"), str) and isinstance(f.get("error", ""), str)
+            for f in failed):
+        raise BadRequest("field 'failed' must be a list of {\"name\": peer, \"error\": text}")
     role = _role()
     try:
         state = role.report_success(body["peer"]) if body["ok"] else role.report_failure(body["peer"])
     except UnknownPeer as exc:
         raise NotFound(str(exc)) from None
+    if body["ok"] and isinstance(body.get("job_key"), str):
+        job_id = body.get("job_id") if isinstance(body.get("job_id"), str) else None
+        state["recorded"] = role.record_outcome(
+            body["job_key"], body["peer"], job_id=job_id,
+            failed=[{"name": f["name"], "error": f.get("error", "")[:500]} for f in failed[:20]])
     return jsonify(state)
 
 

@@ -53,16 +53,46 @@ class LoadReport(BrokerBase):
 
 
 class Placement(BrokerBase):
-    """One placement decision, kept for inspection."""
+    """One placement decision, kept for inspection (the most recent ``BrokerRole.keep_placements``)."""
 
     __tablename__ = "broker_placements"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    job_key: Mapped[str] = mapped_column(String(200))
+    job_key: Mapped[str] = mapped_column(String(200), index=True)
     chosen: Mapped[str] = mapped_column(String(200))
     ranking: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     policy: Mapped[str] = mapped_column(String(50))
     decided_at: Mapped[float] = mapped_column(Float, default=time.time)
+
+
+class PlacementOutcome(BrokerBase):
+    """How a decision ended, as the entry peer reported it: who took the job, which candidates failed first.
+
+    A table of its own so databases made before it gain it by ``create_all``.
+    """
+
+    __tablename__ = "broker_placement_outcomes"
+
+    placement_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    accepted_by: Mapped[str] = mapped_column(String(200))
+    job_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    #: ``[{"name": peer, "error": why}]`` in the order they were tried.
+    failed: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    reported_at: Mapped[float] = mapped_column(Float, default=time.time)
+
+
+class RunTimes(BrokerBase):
+    """A peer's run-time statistics from its last report that had them (``runtimes`` in the report).
+
+    Optional in reports (older peers and standalone agents send none), kept in
+    a table of its own so databases made before it gain it by ``create_all``.
+    """
+
+    __tablename__ = "broker_runtimes"
+
+    peer: Mapped[str] = mapped_column(String(200), primary_key=True)
+    stats: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    received_at: Mapped[float] = mapped_column(Float)
 
 
 class PeerHealth(BrokerBase):

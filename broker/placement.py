@@ -19,7 +19,12 @@ Policies (``get_policy(name)``):
   for the job from its last report *plus the work placed on it since*, adds
   the time to move the inputs it lacks, charges a peer that already got its
   cap of procs this report interval, and breaks near-ties with the power of
-  two choices.  See :class:`LeastExpectedLoad`.
+  two choices.  Run times are learned from what the sites report
+  (``broker/runtimes.py``) where they report them, else nominal.  See
+  :class:`LeastExpectedLoad`;
+* ``least-expected-load-nominal``: the same, learning nothing (every proc
+  takes the nominal 60 s at speed 1.0): the policy before run times were
+  learned, kept for comparison and as a fallback.
 
 Policies that need state (a seeded random generator, the round-robin turn)
 are small classes with the policy call signature; given the same seed and
@@ -31,6 +36,8 @@ import math
 import random
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
+
+from .runtimes import MIN_KEY_SAMPLES, PRIOR_SAMPLES, RunTimeStats, expected_start
 
 #: ema_agent's default reference clock: a peer at this clock has speed 1.0.
 REFERENCE_CLOCK_MHZ = 2000.0
@@ -45,8 +52,9 @@ DEFAULT_BANDWIDTH = 12.5e6  # bytes/s
 #: Transfers smaller than this say more about latency than bandwidth: ignored.
 MIN_MEASURED_BYTES = 256 * 1024
 #: A nominal job run time (s) at speed 1.0: converts procs queued ahead into
-#: waiting time, comparable with the time to move inputs.  Nobody tells the
-#: broker how long jobs run, so this is a stated assumption, not a fact.
+#: waiting time, comparable with the time to move inputs.  Used where no run
+#: times were learned (a site that reports none, or too few; an executable
+#: never seen): a stated assumption, not a fact.
 NOMINAL_JOB_SECONDS = 60.0
 
 
@@ -74,6 +82,8 @@ class PeerState:
     #: but matched by no slot (they stay idle).  Neither is load (see :func:`reported_busy`).
     held: int = 0
     unmatchable: int = 0
+    #: Run times the peer learned from its jobs' event logs (None: it reports none).
+    runtimes: RunTimeStats | None = None
 
     def banned(self, now: float) -> bool:
         return self.banned_until is not None and now < self.banned_until
@@ -86,6 +96,8 @@ class JobRequest:
     n_procs: int
     input_bytes: dict[str, int] = field(default_factory=dict)  #: bytes of inputs per holding peer
     entry_peer: str = ""
+    #: The owner's executable, hashed (``runtimes.history_key``): its past run times, where sites report them.
+    history_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -137,9 +149,10 @@ def peer_state_from_report(
 ) -> PeerState:
     """The policy's view of a peer from its last report (``None``: none yet).
 
-    ``report`` has the agent's fields: coefficient, metrics, pool, sampled_at
-    and interval.  The broker and the simulator both build PeerStates here,
-    so the simulator's policies see exactly what the broker's would.
+    ``report`` has the agent's fields: coefficient, metrics, pool, sampled_at,
+    interval and (optional) runtimes.  The broker and the simulator both
+    build PeerStates here, so the simulator's policies see exactly what the
+    broker's would.
     """
     report = report or {}
     metrics, pool, site = report.get("metrics"), report.get("pool"), report.get("site")
@@ -163,6 +176,7 @@ def peer_state_from_report(
         backlog=backlog,
         held=int(_positive(site.get("held"))),
         unmatchable=int(_positive(site.get("unmatchable"))),
+        runtimes=RunTimeStats.parse(report.get("runtimes")),
     )
 
 
@@ -428,6 +442,23 @@ class LeastExpectedLoad:
       equal peers share work instead of the alphabetically first taking all.
     * **Occupancy.**  Below saturation a peer's occupancy adds a little
       (``spread * job_seconds`` at most), keeping headroom for the next burst.
+    * **Learned run times** (``learn``, on by default).  Where a peer reports
+      the run times of its completed procs (``PeerState.runtimes``, at least
+      ``runtimes.MIN_SAMPLES``), its wait is no longer whole waves of the
+      nominal run: each slot frees after the rest of the proc on it (drawn
+      from its program's distribution given its age), each proc queued
+      ahead runs a fresh draw, played out over a few deterministic scenarios
+      (``runtimes.expected_start``).  A site full of 900 s jobs then costs
+      the rest of those jobs, not 60 s.  The job's own run time is the median
+      of its program's earlier procs (``JobRequest.history_key``) on that
+      peer, shrunk towards their median elsewhere (scaled by the two speeds,
+      a pool's taken as 1.0), else nominal.  Where the figures came from is
+      in the ranking's detail (``run_source``, ``wait_source``).  Without
+      reports it is the nominal policy exactly.  (In development runs,
+      trusting a peer's few heavy-tailed procs over hundreds elsewhere kept
+      an idle pool out of use for an hour; means instead of medians, and a
+      host's exact queue count instead of its conservative backlog estimate,
+      each made mean response times at 80 % load 3-5 % worse.)
     """
 
     def __init__(
@@ -441,6 +472,7 @@ class LeastExpectedLoad:
         default_bandwidth: float = DEFAULT_BANDWIDTH,
         tie_fraction: float = 0.1,
         spread: float = 0.1,
+        learn: bool = True,
     ) -> None:
         if job_seconds <= 0 or cap_factor <= 0 or default_bandwidth <= 0 or cap_slack < 0:
             raise ValueError("job_seconds, cap_factor and default_bandwidth must be > 0, cap_slack >= 0")
@@ -450,8 +482,10 @@ class LeastExpectedLoad:
         self.cap_factor = cap_factor
         self.cap_slack = cap_slack
         self.default_bandwidth = default_bandwidth
+        self.tie_fraction = tie_fraction
         self.tie_margin = tie_fraction * job_seconds
         self.spread = spread
+        self.learn = bool(learn)
 
     def cap(self, peer: PeerState) -> int:
         """Procs a peer may receive per report interval before it is charged ``cap_slack``."""
@@ -468,16 +502,98 @@ class LeastExpectedLoad:
             moved += nbytes
         return seconds, moved
 
-    def score(self, peer: PeerState, job: JobRequest) -> _Scored:
+    @staticmethod
+    def programs(peer: PeerState, peers: Sequence[PeerState]) -> dict[str, RunTimeStats]:
+        """The run-time distribution of each program with procs on ``peer``: its own there, else
+        the one of the peer that ran it most, scaled by the two speeds (a pool's taken as 1.0)."""
+        stats = peer.runtimes
+        if stats is None:
+            return {}
+        out = dict(stats.key_stats)
+        for key in stats.key_procs:
+            if key in out:
+                continue
+            elsewhere = [(p.runtimes.key_stats[key], p) for p in peers
+                         if p.name != peer.name and p.runtimes is not None and key in p.runtimes.key_stats]
+            if elsewhere:
+                dist, where = max(elsewhere, key=lambda e: (e[0].completed, e[1].name))
+                out[key] = dist.scaled((where.speed or 1.0) / (peer.speed or 1.0))
+        return out
+
+    def knows_queue(self, peer: PeerState) -> bool:
+        """A host (no pool figures) that reports its procs' states: its queue is known, not guessed."""
+        return self.learn and peer.runtimes is not None and not _reports_pool(peer)
+
+    @staticmethod
+    def known_busy(peer: PeerState) -> float:
+        """Procs running or queued on a host, as its event logs counted them (its hidden backlog is then moot)."""
+        stats = peer.runtimes
+        return float(stats.running + stats.idle) if stats is not None else 0.0
+
+    def learned(self, peer: PeerState) -> RunTimeStats | None:
+        """The peer's reported run times, when learning is on and there are enough of them."""
+        stats = peer.runtimes
+        return stats if self.learn and stats is not None and stats.usable else None
+
+    def job_run(self, peer: PeerState, job: JobRequest, peers: Sequence[PeerState] = ()) -> tuple[float, str]:
+        """(seconds, where the figure comes from) the job's procs run on ``peer``.
+
+        The median of the executable's earlier procs on this peer, shrunk
+        towards their median elsewhere (each peer's scaled by the two speeds, a
+        pool's taken as 1.0, as everywhere in this policy), which counts as
+        at most ``PRIOR_SAMPLES`` procs: a peer's own history wins once it
+        has many procs, a few heavy-tailed ones do not decide alone.
+        Without history anywhere: nominal.
+        """
+        speed = peer.speed or 1.0
+        key = job.history_key
+        if not (self.learn and key):
+            return self.job_seconds / speed, f"nominal {self.job_seconds:g} s at speed 1"
+        own = peer.runtimes.by_key.get(key) if peer.runtimes is not None else None
+        others = [(p.runtimes.by_key[key], p) for p in peers
+                  if p.name != peer.name and p.runtimes is not None and key in p.runtimes.by_key]
+        n_own = own["n"] if own is not None else 0
+        n_else = sum(o["n"] for o, _ in others)
+        if n_own + n_else < MIN_KEY_SAMPLES:
+            return self.job_seconds / speed, f"nominal {self.job_seconds:g} s at speed 1 (no history of this executable)"
+        elsewhere = sum(o["n"] * o["median_s"] * (p.speed or 1.0) / speed for o, p in others) / n_else if n_else else 0.0
+        weight = min(n_else, PRIOR_SAMPLES)
+        seconds = ((own["median_s"] * n_own if own is not None else 0.0) + elsewhere * weight) / (n_own + weight)
+        names = ", ".join(p.name for _, p in sorted(others, key=lambda e: -e[0]["n"])[:2])
+        names += ", ..." if len(others) > 2 else ""
+        if not n_else:
+            source = f"learned: median of {n_own} procs of this executable on {peer.name}"
+        elif not n_own:
+            source = f"learned: median of {n_else} procs of this executable on {names}, scaled by speed"
+        else:
+            source = (f"learned: median of {n_own} procs of this executable on {peer.name} and "
+                      f"{n_else} on {names} (scaled by speed)")
+        return seconds, source
+
+    def score(self, peer: PeerState, job: JobRequest, peers: Sequence[PeerState] = ()) -> _Scored:
         slots = peer.slots or 1
         speed = peer.speed or 1.0
-        ahead = (busy_procs(peer) or 0.0) + peer.in_flight
-        # procs that must wait for a slot, to the nearest proc (estimates are fractional)
-        overflow = math.floor(max(0.0, ahead + job.n_procs - slots) + 0.5)
-        waves = math.ceil(overflow / slots)
-        wait = waves / speed * self.job_seconds
-        run = self.job_seconds / speed
-        spread = self.spread * self.job_seconds * min(1.0, ahead / slots)
+        ahead = (self.known_busy(peer) if self.knows_queue(peer) else busy_procs(peer) or 0.0) + peer.in_flight
+        run, run_source = self.job_run(peer, job, peers)
+        stats = self.learned(peer)
+        if stats is None:
+            # procs that must wait for a slot, to the nearest proc (estimates are fractional)
+            overflow = math.floor(max(0.0, ahead + job.n_procs - slots) + 0.5)
+            waves = math.ceil(overflow / slots)
+            wait = waves / speed * self.job_seconds
+            wait_source = "nominal: whole waves of the nominal run time"
+        else:
+            busy = math.floor(ahead + 0.5)
+            running = min(slots, busy)
+            queued = busy - running
+            wait = expected_start(stats, slots, running, queued + job.n_procs - 1, self.programs(peer, peers))
+            oldest = f", oldest {stats.running_ages[0]:.0f} s" if stats.running_ages else ""
+            wait_source = (f"learned: {running}/{slots} slots busy{oldest}, {queued} queued; procs there take "
+                           f"{stats.median:.0f} s (median), {stats.mean:.0f} s (mean) of {stats.completed} completed")
+        # the headroom term and the cap's charge count in runs of this job (nominal ones unless its own are known):
+        # in runs of the site's mean, a site busy with long jobs was charged hundreds of seconds for a short one
+        unit = run if run_source.startswith("learned") else self.job_seconds
+        spread = self.spread * unit * min(1.0, ahead / slots)
         move, moved = self.move_seconds(peer, job)
         cap = self.cap(peer)
         detail = {
@@ -488,14 +604,16 @@ class LeastExpectedLoad:
             "occupancy": round(ahead / slots, 3),
             "in_flight": peer.in_flight,
             "cap": cap,
+            "run_source": run_source,
+            "wait_source": wait_source,
         }
         over_cap = peer.in_flight >= cap
-        penalty = self.cap_slack * self.job_seconds if over_cap else 0.0
+        penalty = self.cap_slack * unit if over_cap else 0.0
         return _Scored(peer, wait + run + spread + move + penalty, over_cap, detail)
 
     def __call__(self, peers: Sequence[PeerState], job: JobRequest, now: float) -> list[Ranked]:
         usable, stale, banned = _split(peers, now, self.stale_factor)
-        scored = sorted((self.score(p, job) for p in usable), key=lambda s: (s.score, s.peer.name))
+        scored = sorted((self.score(p, job, usable) for p in usable), key=lambda s: (s.score, s.peer.name))
         picked = self._two_choices(scored)
         if picked is not None:
             scored.remove(picked)
@@ -503,11 +621,17 @@ class LeastExpectedLoad:
         ranked = [self._ranked(s, s is picked) for s in scored]
         return ranked + _last_resorts(stale, banned, now)
 
+    def _margin(self, best: _Scored) -> float:
+        """Scores this close to the best are a tie: a fraction of the run time (the learned one if longer)."""
+        if best.detail["run_source"].startswith("learned"):
+            return max(self.tie_margin, self.tie_fraction * best.detail["run_s"])
+        return self.tie_margin
+
     def _two_choices(self, tier: list[_Scored]) -> _Scored | None:
         """The better of two random near-best peers, or None when there is no near-tie."""
         if len(tier) < 2:
             return None
-        near = [s for s in tier if s.score <= tier[0].score + self.tie_margin]
+        near = [s for s in tier if s.score <= tier[0].score + self._margin(tier[0])]
         if len(near) < 2:
             return None
         a, b = self.rng.sample(near, 2)
@@ -516,14 +640,30 @@ class LeastExpectedLoad:
     def _ranked(self, s: _Scored, picked: bool) -> Ranked:
         d = s.detail
         reason = (
-            f"est {s.score:.1f} s (wait {d['wait_s']:.1f} + run {d['run_s']:.1f} + move {d['move_s']:.1f});"
+            f"est {s.score:.1f} s (wait {_secs(d['wait_s'])} + run {_secs(d['run_s'])} + move {d['move_s']:.1f});"
             f" {d['in_flight']}/{d['cap']} in flight"
         )
+        if d["run_source"].startswith("learned") or d["wait_source"].startswith("learned"):
+            reason += "; learned " + " and ".join(
+                what for what, src in (("run", d["run_source"]), ("wait", d["wait_source"])) if src.startswith("learned"))
         if s.over_cap:
             reason += ", over cap"
         if picked:
             reason += ", two-choices pick"
         return Ranked(s.peer.name, s.peer.url, round(s.score, 3), reason, d)
+
+
+def _secs(value: float) -> str:
+    """Seconds for a reason: whole ones, or one decimal below 10 s."""
+    return f"{value:.1f}" if value < 10 else f"{value:.0f}"
+
+
+class NominalExpectedLoad(LeastExpectedLoad):
+    """:class:`LeastExpectedLoad` that learns nothing: every proc takes the nominal run time."""
+
+    def __init__(self, seed: int | None = None, **options: Any) -> None:
+        options["learn"] = False
+        super().__init__(seed, **options)
 
 
 DEFAULT_POLICY = "least-expected-load"
@@ -534,6 +674,7 @@ POLICIES: dict[str, Callable[..., Policy]] = {
     "round-robin": RoundRobin,
     "min-coefficient": MinCoefficient,
     "least-expected-load": LeastExpectedLoad,
+    "least-expected-load-nominal": NominalExpectedLoad,
 }
 
 

@@ -14,10 +14,10 @@ from dataclasses import asdict
 from typing import Any, Callable
 
 import requests
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from .models import LinkRate, LoadReport, PeerHealth, Placement, Registration
+from .models import LinkRate, LoadReport, PeerHealth, Placement, PlacementOutcome, Registration, RunTimes
 from .placement import (
     DEFAULT_POLICY,
     MIN_MEASURED_BYTES,
@@ -46,6 +46,9 @@ class UnknownPeer(LookupError):
 
 
 class BrokerRole:
+    #: Placement decisions kept for inspection (``GET /api/v1/broker/placements``); older ones are pruned.
+    keep_placements = 1000
+
     def __init__(
         self,
         sessions: sessionmaker[Session],
@@ -242,6 +245,12 @@ class BrokerRole:
             self._site[name] = dict(site) if isinstance(site, dict) else {}
             current = peer_state_from_report(name, row.url, _report_of(row, self._site[name]), now)
             self._backlog[name] = hidden_backlog(previous, current, placed)
+            if isinstance(report.get("runtimes"), dict):  # optional: older peers and bare agents send none
+                times = s.get(RunTimes, name)
+                if times is None:
+                    times = RunTimes(peer=name)
+                    s.add(times)
+                times.stats, times.received_at = report["runtimes"], now
             joined = s.get(Registration, name) is None
             if joined:
                 seq = (s.scalar(select(func.max(Registration.seq))) or 0) + 1
@@ -256,6 +265,7 @@ class BrokerRole:
             regs = {r.name: r for r in s.scalars(select(Registration))}
             loads = {l.peer: l for l in s.scalars(select(LoadReport))}
             bans = {h.peer: h.banned_until for h in s.scalars(select(PeerHealth))}
+            times = {t.peer: t for t in s.scalars(select(RunTimes))}
             rates: dict[str, dict[str, float]] = {}
             for link in s.scalars(select(LinkRate)):
                 rates.setdefault(link.dst, {})[link.src] = link.bytes_per_second
@@ -268,7 +278,8 @@ class BrokerRole:
                 peer_state_from_report(
                     name,
                     load.url if load else reg.url,
-                    _report_of(load, self._site.get(name)) if load else None,
+                    _report_of(load, self._fresh_runtimes(times.get(name), load, now), self._site.get(name))
+                    if load else None,
                     now,
                     in_flight=load.in_flight if load else 0,
                     banned_until=bans.get(name),
@@ -277,6 +288,12 @@ class BrokerRole:
                 )
             )
         return states
+
+    def _fresh_runtimes(self, times: RunTimes | None, load: LoadReport | None, now: float) -> dict[str, Any] | None:
+        """A peer's run-time figures, unless they are older than a report may be (then: not reported)."""
+        if times is None or load is None:
+            return None
+        return times.stats if now - times.received_at <= self.stale_factor * (load.interval or 15.0) else None
 
     def load_table(self) -> list[dict[str, Any]]:
         """One row per reporting peer: its report, report age, in-flight procs,
@@ -307,6 +324,7 @@ class BrokerRole:
                         "expected_occupancy": None if occupancy is None else round(occupancy, 3),
                         "ban": self._ban_view(health.get(r.peer), now),
                         "alive": r.peer in regs and self._alive(regs[r.peer], r, now),
+                        "runtimes": _runtimes_view(state.runtimes if state is not None else None),
                     }
                 )
             return table
@@ -391,10 +409,16 @@ class BrokerRole:
     # ---- placement --------------------------------------------------------
     def place(self, job_key: str, job: JobRequest) -> list[Ranked]:
         """Rank peers for a job and count it as in flight on the first one."""
+        return self.decide(job_key, job)["ranking"]
+
+    def decide(self, job_key: str, job: JobRequest) -> dict[str, Any]:
+        """:meth:`place`, answering the whole decision: ``id``, ``ranking`` (Ranked), ``policy``, ``decided_at``."""
         with self._lock:
-            ranking = self.policy(self.peer_states(), job, self.clock())
+            now = self.clock()
+            ranking = self.policy(self.peer_states(), job, now)
+            decision: dict[str, Any] = {"id": None, "ranking": ranking, "policy": self.policy_name, "decided_at": now}
             if not ranking:
-                return []
+                return decision
             chosen = ranking[0]
             with self.sessions.begin() as s:
                 s.execute(
@@ -402,31 +426,97 @@ class BrokerRole:
                     .where(LoadReport.peer == chosen.name)
                     .values(in_flight=LoadReport.in_flight + job.n_procs)
                 )
-                s.add(
-                    Placement(
-                        job_key=job_key,
-                        chosen=chosen.name,
-                        ranking=[asdict(r) for r in ranking],
-                        policy=self.policy_name,
-                        decided_at=self.clock(),
-                    )
+                row = Placement(
+                    job_key=job_key,
+                    chosen=chosen.name,
+                    ranking=[asdict(r) for r in ranking],
+                    policy=self.policy_name,
+                    decided_at=now,
                 )
-        return ranking
+                s.add(row)
+                s.flush()
+                decision["id"] = row.id
+                if row.id % 100 == 0:  # now and then: keep the most recent decisions only
+                    s.execute(delete(PlacementOutcome).where(PlacementOutcome.placement_id <= row.id - self.keep_placements))
+                    s.execute(delete(Placement).where(Placement.id <= row.id - self.keep_placements))
+        return decision
+
+    def record_outcome(self, job_key: str, accepted_by: str, *, job_id: str | None = None,
+                       failed: list[dict[str, Any]] | None = None) -> bool:
+        """The entry peer says who took the job of the latest decision for ``job_key`` and who failed first.
+
+        False when no decision for that key is kept (pruned, or made by an earlier broker).
+        """
+        with self._lock, self.sessions.begin() as s:
+            placement_id = s.scalar(select(func.max(Placement.id)).where(Placement.job_key == job_key))
+            if placement_id is None:
+                return False
+            row = s.get(PlacementOutcome, placement_id)
+            if row is None:
+                row = PlacementOutcome(placement_id=placement_id, accepted_by=accepted_by, failed=[])
+                s.add(row)
+            else:  # a split: each site that took its share says so
+                sites = [n for n in row.accepted_by.split(",") if n]
+                row.accepted_by = ",".join(sites + ([accepted_by] if accepted_by not in sites else []))[:200]
+            row.job_id = job_id
+            row.failed = [*(row.failed or []), *(f for f in failed or [] if f not in (row.failed or []))]
+            row.reported_at = self.clock()
+            return True
+
+    def recent_placements(self, limit: int = 50) -> list[dict[str, Any]]:
+        """The most recent decisions, newest first, with their outcome where the entry peer reported it."""
+        with self.sessions() as s:
+            rows = s.scalars(select(Placement).order_by(Placement.id.desc()).limit(max(1, limit))).all()
+            outcomes = {o.placement_id: o for o in s.scalars(
+                select(PlacementOutcome).where(PlacementOutcome.placement_id.in_([r.id for r in rows])))}
+            out = []
+            for r in rows:
+                o = outcomes.get(r.id)
+                out.append({
+                    "id": r.id,
+                    "job_key": r.job_key,
+                    "chosen": r.chosen,
+                    "policy": r.policy,
+                    "decided_at": r.decided_at,
+                    "ranking": [{k: v for k, v in c.items() if k != "url"} for c in r.ranking],
+                    "outcome": None if o is None else {"accepted_by": o.accepted_by, "job_id": o.job_id,
+                                                       "failed": o.failed, "reported_at": o.reported_at},
+                })
+            return out
 
     def split(self, job_key: str, job: JobRequest, *, input_sizes: list[int] | None = None,
               avoid: frozenset[str] = frozenset(),
               exclude: frozenset[str] = frozenset()) -> tuple[list[Ranked], list[Share]]:
         """Rank peers and split the job's inputs over them (broker/split.py); each share is counted
         as in flight on its site until that site's next report.  ``exclude``: sites that refused these
-        inputs for good (an empty split with every live site excluded: no site will take them)."""
+        inputs for good (they get none)."""
+        decision = self._split(job_key, job, input_sizes=input_sizes, avoid=avoid, exclude=exclude)
+        return decision["ranking"], decision["shares"]
+
+    def split_decision(self, job_key: str, job: JobRequest, *, input_sizes: list[int] | None = None,
+                       avoid: frozenset[str] = frozenset(), exclude: frozenset[str] = frozenset()) -> dict[str, Any]:
+        """:meth:`split` as the home keeps it: ``id``, ``ranking`` (dicts, with each candidate's score
+        parts), ``shares``, ``policy``, ``decided_at``, and ``refused_all`` (the split is empty because
+        every live site is excluded: no site will take these inputs)."""
+        decision = self._split(job_key, job, input_sizes=input_sizes, avoid=avoid, exclude=exclude)
+        return {**decision, "ranking": [asdict(r) for r in decision["ranking"]],
+                "shares": [asdict(share) for share in decision["shares"]]}
+
+    def _split(self, job_key: str, job: JobRequest, *, input_sizes: list[int] | None,
+               avoid: frozenset[str], exclude: frozenset[str]) -> dict[str, Any]:
         with self._lock:
             now = self.clock()
             states = self.peer_states()
             ranking = self.policy([p for p in states if p.name not in exclude], job, now)
             shares = split_inputs(states, job, now, estimator=self.estimator, avoid=frozenset(avoid),
                                   input_sizes=input_sizes or (), exclude=frozenset(exclude))
+            policy = f"{self.policy_name} (split)"
+            decision: dict[str, Any] = {"id": None, "ranking": ranking, "shares": shares, "policy": policy,
+                                        "decided_at": now,
+                                        "refused_all": bool(exclude) and not shares and bool(states)}
             if not shares:
-                return ranking, []
+                return decision
+            given = {share.name: share for share in shares}
             with self.sessions.begin() as s:
                 for share in shares:
                     s.execute(
@@ -434,21 +524,43 @@ class BrokerRole:
                         .where(LoadReport.peer == share.name)
                         .values(in_flight=LoadReport.in_flight + share.count)
                     )
-                s.add(
-                    Placement(
-                        job_key=job_key,
-                        chosen=",".join(share.name for share in shares)[:200],
-                        ranking=[{**asdict(share), "share": True} for share in shares],
-                        policy=f"{self.policy_name} (split)",
-                        decided_at=now,
-                    )
+                row = Placement(
+                    job_key=job_key,
+                    chosen=",".join(share.name for share in shares)[:200],
+                    # the ranking with scores; each site given inputs says how many, and when they finish
+                    ranking=[{**asdict(r), **({"share": _share_view(given[r.name])} if r.name in given else {})}
+                             for r in ranking]
+                    + [{"name": share.name, "url": share.url, "score": None, "reason": share.reason,
+                        "share": _share_view(share)} for share in shares if share.name not in {r.name for r in ranking}],
+                    policy=policy,
+                    decided_at=now,
                 )
-        return ranking, shares
+                s.add(row)
+                s.flush()
+                decision["id"] = row.id
+                if row.id % 100 == 0:  # now and then: keep the most recent decisions only
+                    s.execute(delete(PlacementOutcome).where(PlacementOutcome.placement_id <= row.id - self.keep_placements))
+                    s.execute(delete(Placement).where(Placement.id <= row.id - self.keep_placements))
+        return decision
 
 
-def _report_of(row: LoadReport, site: dict[str, int] | None = None) -> dict[str, Any]:
-    """A stored report in the agent's report shape (for ``peer_state_from_report``); ``site`` is kept in
-    memory (soft state, like the backlog)."""
+def _share_view(share: Share) -> dict[str, Any]:
+    return {"count": share.count, "est_seconds": share.est_seconds, "reason": share.reason}
+
+
+def _runtimes_view(stats: Any) -> dict[str, Any] | None:
+    """What the load table shows of a peer's learned run times (None: it reports none)."""
+    if stats is None:
+        return None
+    return {"completed": stats.completed, "median_s": stats.median, "mean_s": stats.mean,
+            "running": stats.running, "idle": stats.idle, "mean_queue_wait_s": stats.mean_queue_wait,
+            "executables": len(stats.by_key), "used": stats.usable}
+
+
+def _report_of(row: LoadReport, runtimes: dict[str, Any] | None = None,
+               site: dict[str, int] | None = None) -> dict[str, Any]:
+    """A stored report in the agent's report shape (for ``peer_state_from_report``); ``site`` (held and
+    unmatchable procs) is kept in memory (soft state, like the backlog)."""
     return {
         "coefficient": row.coefficient,
         "metrics": row.metrics,
@@ -456,4 +568,5 @@ def _report_of(row: LoadReport, site: dict[str, int] | None = None) -> dict[str,
         "site": site or {},
         "sampled_at": row.sampled_at,
         "interval": row.interval,
+        "runtimes": runtimes,
     }

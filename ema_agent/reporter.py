@@ -24,7 +24,9 @@ Report schema (the broker side is written against it)::
     {"peer": str, "url": str, "coefficient": float, "paper_coefficient": float,
      "metrics": HostMetrics.to_dict(), "pool": null | {...},
      "site": null | {"held": int, "unmatchable": int, "idle": int},
-     "sampled_at": float, "interval": float}
+     "sampled_at": float, "interval": float,
+     "runtimes": {...}}          # optional: the site's learned run times
+                                 # (a peer's in-process agent; schema in broker/runtimes.py)
 
 ``site``: this site's own procs that are not about to use a slot (held, or
 matched by no slot), from the peer's executor (``site_source``: the peer
@@ -64,6 +66,8 @@ DEFAULT_MAX_KNOWN_PEERS = 32
 MAX_REDIRECTS = 3
 
 PoolSource = Callable[[], "Mapping[str, Any] | None"]
+#: Returns the report's optional ``runtimes`` field (or None): run times learned from the site's jobs.
+RunTimesSource = Callable[[], "Mapping[str, Any] | None"]
 
 
 def backoff_delay(
@@ -120,7 +124,9 @@ class Reporter:
 
     ``session`` lets the caller inject TLS verification, client certificates
     or auth headers; ``pool_source`` is a callable returning Condor pool
-    figures (or None) on a head node.
+    figures (or None) on a head node; ``runtimes_source`` one returning the
+    site's learned run times (or None), which only a peer can compute from
+    its jobs' event logs.
     """
 
     def __init__(
@@ -136,6 +142,7 @@ class Reporter:
         timeout: float = DEFAULT_TIMEOUT,
         pool_source: PoolSource | None = None,
         site_source: PoolSource | None = None,
+        runtimes_source: RunTimesSource | None = None,
         backoff_base: float = DEFAULT_BACKOFF_BASE,
         max_known_peers: int = DEFAULT_MAX_KNOWN_PEERS,
         rng: random.Random | None = None,
@@ -159,6 +166,7 @@ class Reporter:
         self.sampler = sampler or HostSampler()
         self.pool_source = pool_source
         self.site_source = site_source
+        self.runtimes_source = runtimes_source
         self.backoff_base = float(backoff_base)
         self.max_known_peers = max(1, int(max_known_peers))
         self._rng = rng or random.Random()
@@ -254,9 +262,10 @@ class Reporter:
 
     # -- one report -----------------------------------------------------------
 
-    def build_report(self, metrics: HostMetrics, pool: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    def build_report(self, metrics: HostMetrics, pool: Mapping[str, Any] | None = None,
+                     runtimes: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The JSON body of one report (schema in the module docstring)."""
-        return {
+        report = {
             "peer": self.peer_name,
             "url": self.peer_url,
             "coefficient": load_coefficient(metrics, self.weights, pool),
@@ -267,6 +276,9 @@ class Reporter:
             "sampled_at": metrics.sampled_at,
             "interval": self.interval,
         }
+        if runtimes is not None:
+            report["runtimes"] = dict(runtimes)
+        return report
 
     def _pool(self) -> Mapping[str, Any] | None:
         """Pool figures from the plug-in source, None if absent or failing.
@@ -320,13 +332,24 @@ class Reporter:
         else:
             log.info("%s: reporting host figures only (this host's CPU, memory and load): %s", self.peer_name, reason)
 
+    def _runtimes(self) -> Mapping[str, Any] | None:
+        """Run-time figures from the plug-in source, None if absent or failing (the report goes out anyway)."""
+        if self.runtimes_source is None:
+            return None
+        try:
+            runtimes = self.runtimes_source()
+        except Exception as exc:  # a plug-in: whatever it raises, the host report still goes out
+            log.debug("run-time figures unavailable: %s", exc)
+            return None
+        return runtimes if isinstance(runtimes, Mapping) else None
+
     def report_once(self) -> bool:
         """Sample, compute and deliver one report. True if the broker accepted it.
 
         Never raises for network or broker trouble; failures only change the
         backoff (:meth:`retry_delay`) and trigger re-discovery next time.
         """
-        report = self.build_report(self.sampler.sample(), self._pool())
+        report = self.build_report(self.sampler.sample(), self._pool(), self._runtimes())
         self.last_report = report
         reason = self._deliver(report)
         self._record(reason)

@@ -1,5 +1,5 @@
-"""Client commands of the ``pocketgrid`` CLI: login, pair, files, submit, status, kill, retry, pin, unpin, purge,
-outputs, fetch, acl, audit, gc.
+"""Client commands of the ``pocketgrid`` CLI: login, pair, files, submit, status, kill, release, retry, pin,
+unpin, purge, outputs, fetch, acl, audit, gc, placements.
 
 Peers, CA bundle and token come from ``--peer``/``--ca`` or the environment
 (``POCKETGRID_PEERS``, ``POCKETGRID_CA``, ``POCKETGRID_TOKEN``), else from
@@ -134,6 +134,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--wait", action="store_true", help="follow the job until it finishes (long-polls)")
     p.add_argument("--system", action="store_true",
                    help="show the broker, epoch and members instead: alive or dead, last heartbeat, load, executor")
+    p.add_argument("-v", "--placement", action="store_true",
+                   help="the whole placement ranking: each peer's estimate and where its figures came from")
+    p.add_argument("--history", action="store_true", help="each input's past states with their reasons")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("kill", help="remove a job's procs")
@@ -182,6 +185,18 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="with --dry-run: what would go N days from now (default: now)")
     p.add_argument("--local", action="store_true", help="the entry peer only")
     p.set_defaults(func=cmd_gc)
+
+    p = sub.add_parser("release", help="release a job's held inputs (all, or --input N ...): they run again")
+    add_peer_option(p)
+    p.add_argument("job")
+    p.add_argument("--input", type=int, action="append", metavar="N", dest="inputs",
+                   help="release this input only (repeatable); default: every held input")
+    p.set_defaults(func=cmd_release)
+
+    p = sub.add_parser("placements", help="administrators: the broker's recent placement decisions and why")
+    add_peer_option(p)
+    p.add_argument("--limit", type=int, default=10, help="how many, newest first (default 10)")
+    p.set_defaults(func=cmd_placements)
 
     p = sub.add_parser("outputs", help="list a job's output files with size and SHA-256")
     add_peer_option(p)
@@ -536,19 +551,116 @@ def cmd_submit(c: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-#: States a proc's ``note`` (abort, eviction, shadow exception, executable error...) explains.
-_NOTE_STATES = frozenset({"removed", "failed", "idle"})
-
-
 def _reason(i: dict[str, Any]) -> str | None:
-    """Why the input is in its current state, if the status says so (never a stale reason)."""
+    """Why the input is in its current state, if the status says so.
+
+    The peer keeps only the current state's reason (``hold_reason`` while
+    held, else ``note``; the past is in ``history``).  A peer of an older
+    version may still send a stale note, so the kinds a state never has are
+    left out: none for a completed input, only connection trouble for a
+    running one.
+    """
     if i["state"] == "held":
         return i.get("hold_reason")
     note = i.get("note")
-    if note and (i["state"] in _NOTE_STATES or (i["state"] == "running" and note.startswith(("disconnected",
-                                                                                                "reconnected")))):
-        return note
-    return None
+    if i["state"] == "completed" or (i["state"] == "running" and note
+                                     and not note.startswith(("disconnected", "reconnected"))):
+        return None
+    return note
+
+
+def _short_reason(r: dict[str, Any]) -> str:
+    """A candidate's estimate in a few words: the reason's first clause (with the score where it has no estimate)."""
+    head = (r.get("reason") or "").split(";")[0].strip()
+    if not head.startswith("est") and r.get("score") is not None:
+        head = f"score {r['score']:g}" + (f" ({head})" if head else "")
+    return head or "no score"
+
+
+def _chosen(p: dict[str, Any]) -> list[str]:
+    return [n for n in str(p.get("chosen") or "").split(",") if n]
+
+
+def placement_line(p: dict[str, Any], *, others: int = 3) -> str:
+    """One line: where the job's inputs went (the latest dispatch round) and why, then the next candidates'
+    estimates."""
+    ranking = p.get("ranking") or []
+    chosen = _chosen(p)
+    shares = {s.get("site"): s for s in p.get("shares") or []}
+    picked = [r for r in ranking if r.get("name") in chosen]
+    if len(chosen) == 1:
+        line = f"placed on {chosen[0]}" + (f": {_short_reason(picked[0])}" if picked else "")
+    else:
+        line = "placed on " + ", ".join(
+            f"{n} ({shares[n]['count']} inputs)" if n in shares and "count" in shares[n] else n for n in chosen)
+    if (p.get("rounds") or 1) > 1:
+        line += f" (round {p['rounds']}: inputs {_ranges(p.get('inputs') or [])})"
+    failed = [f["name"] for f in p.get("failed") or []]
+    if failed:
+        line += f" (after {', '.join(failed)} failed)"
+    rest = [r for r in ranking if r.get("name") not in chosen]
+    parts = [line] + [f"{r['name']} {_short_reason(r)}" for r in rest[:others]]
+    if len(rest) > others:
+        parts.append(f"{len(rest) - others} more (pocketgrid status --placement)")
+    return "; ".join(parts)
+
+
+def _ranges(indexes: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2, 5'."""
+    out: list[list[int]] = []
+    for i in sorted(indexes):
+        if out and out[-1][1] == i - 1:
+            out[-1][1] = i
+        else:
+            out.append([i, i])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in out)
+
+
+def placement_text(p: dict[str, Any]) -> str:
+    """The whole ranking: each candidate's score, reason and, with detail, where its figures came from; the
+    shares each site was given; earlier dispatch rounds (with detail) after it."""
+    decided = f", decided {_when(p['decided_at'])}" if p.get("decided_at") else ""
+    chosen = _chosen(p)
+    head = f"placement: {p.get('policy') or 'policy unknown'}{decided}; chosen {p.get('chosen')}"
+    if p.get("inputs") and (p.get("rounds") or 1) > 1:
+        head += f" (round {p.get('round')} of {p['rounds']}: inputs {_ranges(p['inputs'])})"
+    lines = [head]
+    for n, r in enumerate(p.get("ranking") or [], 1):
+        mark = "*" if r.get("name") in chosen else " "
+        score = "-" if r.get("score") is None else f"{r['score']:.1f}"
+        lines.append(f" {mark}{n:>2}. {r['name']:<16} {score:>9}  {r.get('reason') or ''}")
+        d = r.get("detail") or {}
+        for key in ("run_source", "wait_source"):
+            if d.get(key):
+                lines.append(f"        {key.split('_')[0]}: {d[key]}")
+    if len(p.get("shares") or []) > 1:
+        lines += [f"  share {s['site']}: {s.get('reason') or ''}" for s in p["shares"]]
+    for f in p.get("failed") or []:
+        lines.append(f"  failed first: {f['name']}: {f.get('error', '')}")
+    for earlier in p.get("earlier") or []:
+        lines.append(f"  earlier round {earlier.get('round')} (inputs {_ranges(earlier.get('inputs') or [])}): "
+                     f"{placement_line(earlier)}")
+    return "\n".join(lines)
+
+
+def _history_lines(i: dict[str, Any]) -> list[str]:
+    """``--history``: the input's attempts (where each ran, how it ended), then its current proc's past states."""
+    out = []
+    for a in i.get("attempts") or []:
+        why = f": {a['reason']}" if a.get("reason") else ""
+        mark = " (result)" if a.get("result") else ""
+        out.append(f"      attempt {a.get('attempt')} on {a.get('site') or '-'}: {a.get('state')}{mark}{why}")
+    for h in i.get("history") or []:
+        when = _when_seconds(h.get("at")) if h.get("at") else "?"
+        reason = f" ({h['reason']})" if h.get("reason") else ""
+        out.append(f"      {when}  {h.get('event', '?'):<22} -> {h.get('state', '?')}{reason}")
+    return out
+
+
+def _when_seconds(epoch: float) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(epoch).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _match_text(m: dict[str, Any]) -> str:
@@ -561,6 +673,8 @@ def _match_text(m: dict[str, Any]) -> str:
 def _status_text(s: dict[str, Any]) -> str:
     lines = [f"{s['id']} ({s['name']}) home {s['peer']}: {s['state']}  "
              + ", ".join(f"{k} {v}" for k, v in s["counts"].items())]
+    if s.get("placement"):
+        lines.append(f"  {placement_line(s['placement'])}")
     if "pinned" in s:
         lines.append(f"  {_expiry(s)}")
     if s.get("removal"):
@@ -579,6 +693,7 @@ def _status_text(s: dict[str, Any]) -> str:
         lines.append(f"  [{i['index']}] {i['input']}: {i['state']}{extra}")
         if i["state"] == "idle" and isinstance(i.get("match"), dict):
             lines.append(f"      {_match_text(i['match'])}")
+        lines += _history_lines(i)
         tail = i.get("stderr_tail")
         if tail:
             tail_lines = tail.splitlines() if isinstance(tail, str) else [str(t) for t in tail]
@@ -636,8 +751,11 @@ def cmd_status(c: Client, args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(final, indent=2))
         return 0 if final["state"] == "completed" else 1
-    status, _ = c.status(args.job)
-    _print(args, status, _status_text)
+    status, _ = c.status(args.job, history=args.history, placement=args.placement)
+    _print(args, status, lambda s: _status_text(s) + (
+        "\n" + placement_text(s["placement"]) if args.placement and s.get("placement") else ""))
+    if args.placement and not status.get("placement") and not args.json:
+        print(f"(no placement record: {args.job} was placed by a peer of an earlier version)", file=sys.stderr)
     return 0
 
 
@@ -708,6 +826,33 @@ def cmd_retry(c: Client, args: argparse.Namespace) -> int:
     res = c.retry(args.job, inputs=args.inputs, failed=args.failed)
     _print(args, res, lambda r: f"{r['id']}: running again: " + ", ".join(
         f"input {i} (attempt {r['attempts'].get(str(i), r['attempts'].get(i, '?'))})" for i in r["inputs"]))
+    return 0
+
+
+def cmd_release(c: Client, args: argparse.Namespace) -> int:
+    res = c.release(args.job, args.inputs)
+    _print(args, res, lambda r: f"{r['id']}: released {r['released_procs']} of inputs "
+           f"{', '.join(map(str, r['inputs']))}; they run again (`pocketgrid status {r['id']}` to follow)")
+    return 0
+
+
+def cmd_placements(c: Client, args: argparse.Namespace) -> int:
+    res = c.placements(limit=args.limit)
+
+    def text(r: dict[str, Any]) -> str:
+        blocks = [f"broker {r['broker']['name']} (epoch {r.get('epoch')}), policy {r.get('policy')}; "
+                  f"{len(r['placements'])} most recent decisions, newest first"]
+        for p in r["placements"]:
+            outcome = p.get("outcome") or {}
+            took = outcome.get("accepted_by")
+            head = f"#{p['id']} {_when_seconds(p['decided_at'])}"
+            if outcome.get("job_id"):
+                head += f"  job {outcome['job_id']}"
+            record = {**p, "chosen": took or p["chosen"], "failed": outcome.get("failed") or []}
+            blocks.append(head + ("" if took else "  (outcome not reported)") + "\n" + placement_text(record))
+        return "\n\n".join(blocks)
+
+    _print(args, res, text)
     return 0
 
 

@@ -430,12 +430,14 @@ class Client:
         """``{"jobs": [...], "unreachable_peers": [names]}``: the list is partial when a peer did not answer."""
         return self._json("GET", "/api/v1/jobs")
 
-    def status(self, job_id: str, *, wait: float = 0, etag: str | None = None,
-               history: bool = False) -> tuple[dict[str, Any] | None, str | None]:
+    def status(self, job_id: str, *, wait: float = 0, etag: str | None = None, history: bool = False,
+               placement: bool = False) -> tuple[dict[str, Any] | None, str | None]:
         """One status poll.  With ``etag`` and ``wait``, the server holds the
         request until the status changes (or ``wait`` s pass): returns
         ``(None, etag)`` when nothing changed.  ``history``: each input's
-        attempts too (site, piece, times, verdict, reason)."""
+        attempts (site, piece, times, verdict, reason) and its current proc's
+        past states; ``placement``: every dispatch round's split with the
+        ranking's score parts."""
         # Only what the server needs: an unchanged poll is one small request and a 304.
         headers: dict[str, str | None] = {"Accept": None, "Accept-Encoding": None, "Connection": None}
         if etag:
@@ -443,6 +445,8 @@ class Client:
         params: dict[str, Any] = {"wait": wait} if wait else {}
         if history:
             params["history"] = 1
+        if placement:
+            params["placement"] = 1
         r = self._request("GET", f"/api/v1/jobs/{job_id}", headers=headers, params=params, timeout=self.timeout + wait)
         if r.status_code == 304:
             return None, etag
@@ -520,6 +524,16 @@ class Client:
         if failed:
             body["failed"] = True
         return self._json("POST", f"/api/v1/jobs/{job_id}/retry", json=body)
+
+    def release(self, job_id: str, inputs: list[int] | None = None) -> dict[str, Any]:
+        """Release the job's held inputs (all, or ``inputs``): ``{id, released_procs, inputs}``.
+        Nothing held is an ApiError 409."""
+        kw: dict[str, Any] = {"json": {"inputs": list(inputs)}} if inputs else {}
+        return self._json("POST", f"/api/v1/jobs/{job_id}/release", **kw)
+
+    def placements(self, *, limit: int = 20) -> dict[str, Any]:
+        """Administrators: the broker's recent placement decisions, newest first."""
+        return self._json("GET", "/api/v1/broker/placements", params={"limit": limit})
 
     def outputs(self, job_id: str) -> dict[str, Any]:
         return self._json("GET", f"/api/v1/jobs/{job_id}/outputs")

@@ -26,6 +26,7 @@ ROUTES: dict[str, str] = {
     "system.openapi_json": PUBLIC,
     "system.openapi_yaml": PUBLIC,
     "system.broker": AUTHENTICATED,
+    "system.placements": "admin",  # GET /api/v1/broker/placements: the broker's recent decisions
     "auth.challenge": PUBLIC,
     "auth.login": PUBLIC,
     "auth.pair": PUBLIC,
@@ -48,6 +49,7 @@ ROUTES: dict[str, str] = {
     "jobs.status": "jobs-manage",
     "jobs.kill": "jobs-manage",
     "jobs.retry": "jobs-manage",
+    "jobs.release": "jobs-manage",
     "jobs.outputs": "jobs-manage",
     "jobs.output_file": "jobs-manage",
     "jobs.spec": "jobs-manage",

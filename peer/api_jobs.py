@@ -171,21 +171,29 @@ def list_jobs():
 
 
 # ---- status ---------------------------------------------------------------
-def _history_arg() -> bool:
-    return request.args.get("history", "0").lower() in {"1", "true", "yes"}
+#: What ``?history=1`` and ``?placement=1`` add to a job's status (a larger representation: its own ETag).
+STATUS_EXTRAS = ("history", "placement")
 
 
-def _etag(version: int, history: bool) -> str:
-    """The record's version: a few bytes, so an unchanged poll stays tiny on a phone link."""
-    return f'"{version}h"' if history else f'"{version}"'
+def _extras() -> frozenset[str]:
+    """``?history=1`` (each input's attempts and its current proc's past states), ``?placement=1`` (every
+    dispatch round's split with the ranking's score parts)."""
+    return frozenset(e for e in STATUS_EXTRAS if request.args.get(e, "0").lower() in {"1", "true", "yes"})
+
+
+def _etag(version: int, extras: frozenset[str] = frozenset()) -> str:
+    """The record's version: a few bytes, so an unchanged poll stays tiny on a phone link.  A larger
+    rendering (``?history=1``, ``?placement=1``) is another representation: its own tag."""
+    suffix = "".join(sorted(e[0] for e in extras))
+    return f'"{version}-{suffix}"' if suffix else f'"{version}"'
 
 
 @bp.get("/<job_id>")
 def status(job_id: str):
     """The job's status from its record.  ``If-None-Match`` + ``?wait=N`` long-polls until it changes;
-    ``?history=1`` adds each input's attempts."""
+    ``?history=1`` adds each input's attempts and its current proc's past states; ``?placement=1`` every
+    dispatch round's split in detail."""
     wait = _wait_arg()
-    history = _history_arg()
     peer = _remote(job_id)
     svc = _svc()
     inm = request.headers.get("If-None-Match")
@@ -201,13 +209,14 @@ def status(job_id: str):
         call_on_close(response, svc.parking.leave)  # a relayed body: Response.call_on_close would never run
         return response
     who = identity()
+    extras = _extras()
     deadline = time.monotonic() + wait
     parked = False
     entry = None
     try:
         while True:
             known = svc.home.known_version(job_id, who.dn, who.is_admin)
-            if inm is not None and known is not None and _etag(known, history) == inm:
+            if inm is not None and known is not None and _etag(known, extras) == inm:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return Response(status=304, headers={"ETag": inm, "Cache-Control": "no-cache"})
@@ -216,13 +225,14 @@ def status(job_id: str):
                     parked = True
                 svc.home.wait(job_id, known, left)
                 continue
-            entry = svc.home.status(job_id, who.dn, is_admin=who.is_admin, history=history)
-            if _etag(entry.version, history) != inm or time.monotonic() >= deadline:
+            entry = svc.home.status(job_id, who.dn, is_admin=who.is_admin, history="history" in extras,
+                                    placement="placement" in extras)
+            if _etag(entry.version, extras) != inm or time.monotonic() >= deadline:
                 break
     finally:
         if parked:
             svc.parking.leave()
-    etag = _etag(entry.version, history)
+    etag = _etag(entry.version, extras)
     if etag == inm:
         return Response(status=304, headers={"ETag": etag, "Cache-Control": "no-cache"})
     return Response(entry.json, mimetype="application/json", headers={"ETag": etag, "Cache-Control": "no-cache"})
@@ -272,6 +282,37 @@ def retry(job_id: str):
     result = svc.home.retry(job_id, who.dn, is_admin=who.is_admin, indexes=indexes, failed=failed)
     svc.security.audit.record("retry", dn=who.dn, source=who.source,
                               detail=f"job {job_id}: inputs {result['inputs']} run again")
+    return jsonify(result)
+
+
+# ---- release --------------------------------------------------------------
+def _release_indexes() -> list[int] | None:
+    """The inputs to release from the JSON body ``{"inputs": [0, 2]}``; None (no body): every held one."""
+    if not request.get_data():
+        return None
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise BadRequest('send a JSON object {"inputs": [index, ...]}, or no body to release every held input')
+    inputs = body.get("inputs")
+    if inputs is None:
+        return None
+    if not isinstance(inputs, list) or not inputs or not all(
+            isinstance(i, int) and not isinstance(i, bool) for i in inputs):
+        raise BadRequest("'inputs' must be a non-empty list of input numbers (integers)")
+    return inputs
+
+
+@bp.post("/<job_id>/release")
+def release(job_id: str):
+    """Release held inputs (all, or ``{"inputs": [...]}``); a job with none held is a 409."""
+    peer = _remote(job_id)
+    if peer:
+        return _relay(peer)
+    who = identity()
+    svc = _svc()
+    result = svc.home.release(job_id, who.dn, is_admin=who.is_admin, indexes=_release_indexes())
+    svc.security.audit.record("release", dn=who.dn, source=who.source,
+                              detail=f"job {job_id}: inputs {result['inputs']} released ({result['released_procs']} procs)")
     return jsonify(result)
 
 

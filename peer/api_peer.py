@@ -72,7 +72,8 @@ def pieces_status():
     """Many pieces' statuses in one answer, for their home: ``{"pieces": {id: version-or-null}}``.
 
     Answers only the pieces whose version differs from the one sent
-    (``{"pieces": {id: {version, state, procs}}, "missing": [ids]}``).
+    (``{"pieces": {id: {version, state, procs, removal?}}, "missing": [ids]}``); with ``"history": true``
+    each proc's past states too (its owner asked for them).
     """
     body = request.get_json(silent=True)
     pieces = body.get("pieces") if isinstance(body, dict) else None
@@ -82,7 +83,10 @@ def pieces_status():
         raise BadRequest('expected {"pieces": {"<piece id>": <version seen, or null>}}')
     if len(pieces) > MAX_PIECES_PER_REQUEST:
         raise BadRequest(f"at most {MAX_PIECES_PER_REQUEST} pieces per request")
-    return jsonify(_svc().jobs.piece_statuses(pieces))
+    history = body.get("history", False)
+    if not isinstance(history, bool):
+        raise BadRequest("'history' must be true or false")
+    return jsonify(_svc().jobs.piece_statuses(pieces, history=history))
 
 
 @bp.delete("/pieces/<piece>")
@@ -97,6 +101,20 @@ def remove_piece(piece: str):
     if request.args.get("purge") in {"1", "true"}:
         return jsonify({"id": piece, "state": _svc().retention.purge_piece(piece)})
     return jsonify(_svc().jobs.kill(piece))
+
+
+@bp.post("/pieces/<piece>/release")
+def release_piece(piece: str):
+    """Release held inputs of a piece (its job's owner asked its home): ``{"inputs": [index, ...]}``.
+
+    409 when none of them is held here (any more).
+    """
+    body = request.get_json(silent=True)
+    inputs = body.get("inputs") if isinstance(body, dict) else None
+    if not isinstance(inputs, list) or not inputs or not all(isinstance(i, int) and not isinstance(i, bool)
+                                                              for i in inputs):
+        raise BadRequest('expected {"inputs": [index, ...]} (the inputs\' indexes in the job)')
+    return jsonify(_svc().jobs.release(piece, None, indexes=inputs))
 
 
 @bp.post("/pieces/pin")

@@ -10,7 +10,10 @@ import requests
 import yaml
 from flask import Blueprint, Response, current_app, jsonify, request
 
+from pocketgrid.errors import BadRequest, Unavailable
+
 from .auth import identity
+from .proxy import relay
 
 bp = Blueprint("system", __name__)
 
@@ -51,6 +54,33 @@ def broker():
     if request.args.get("detail") in {"1", "true"}:
         view = _detailed(svc, view)
     return jsonify(view)
+
+
+@bp.get("/api/v1/broker/placements")
+def placements():
+    """Administrators: the broker's recent placement decisions, newest first (``?limit=N``, at most 500).
+
+    Each: the ranking (score, reason and its parts per candidate), the policy,
+    when, and the outcome the entry peer reported (who took the job, its ID,
+    the candidates that failed first).  A peer that does not hold the broker
+    role relays the request to the broker, with the caller's proof.
+    """
+    svc = _svc()
+    raw = request.args.get("limit", "50")
+    try:
+        limit = int(raw)
+    except ValueError:
+        raise BadRequest(f"limit must be a whole number, got {raw!r}") from None
+    if not 1 <= limit <= 500:
+        raise BadRequest("limit must be between 1 and 500")
+    role = svc.broker_role
+    if role is None:
+        broker = svc.membership.broker
+        if broker is None:
+            raise Unavailable("this peer knows no broker yet; retry shortly", retry_after=2)
+        return relay(svc.http, svc.membership, broker["name"], timeout=svc.config.peer_timeout)
+    return jsonify({"broker": {"name": role.name, "url": role.url}, "epoch": role.epoch, "policy": role.policy_name,
+                    "placements": role.recent_placements(limit)})
 
 
 def _detailed(svc: Any, view: dict[str, Any]) -> dict[str, Any]:

@@ -55,6 +55,7 @@ from .models import Base
 from .parking import Parking, default_limit
 from .publishing import PublishingArea
 from .retention import Retention
+from .runtime_stats import RunTimeCollector
 from .security import Security, build_security
 from .staging import Stager
 from .storage import Quotas
@@ -129,6 +130,8 @@ class PeerServices:
                 weights=Weights.from_dict(self.config.agent_weights),
                 pool_source=pool_source,
                 site_source=self.executor.site_counts,  # held and unmatchable procs: not load
+                runtimes_source=RunTimeCollector(self.db, self.config.stage_path,
+                                                 window=self.config.runtime_window).source,
                 session=self.http,  # the peer's host certificate and CA: reports are mutual TLS
             )
             self.executor.on_site_change = self.agent.report_soon  # those counts changed: report now
@@ -181,27 +184,26 @@ class PeerServices:
 
     # ---- placement, from a job's home ----------------------------------------
     def split(self, job_key: str, n_procs: int, input_sizes: list[int], avoid: list[str],
-              exclude: list[str] = ()) -> dict[str, Any]:  # type: ignore[assignment]
+              exclude: list[str] = (), history_key: str | None = None) -> dict[str, Any]:  # type: ignore[assignment]
         """Ask the broker to split ``n_procs`` inputs (held here) over the sites.
 
-        ``{"shares": [...], "ranking": [...], "refused_all": bool}``; ``exclude``: sites that refused
-        these inputs for good.  Unavailable when no broker answers (an election): the job manager
-        tries again next round.
+        The broker's decision: ``{"id", "shares": [...], "ranking": [...], "policy", "decided_at",
+        "refused_all"}``; ``exclude``: sites that refused these inputs for good; ``history_key``: the
+        job's (owner + executable), so the estimate uses this program's learned run times.
+        Unavailable when no broker answers (an election): the job manager tries again next round.
         """
         job = JobRequest(n_procs=n_procs, input_bytes={self.config.name: sum(input_sizes)},
-                         entry_peer=self.config.name)
+                         entry_peer=self.config.name, history_key=history_key)
         role = self.broker_role
         if role is not None:
-            ranking, shares = role.split(job_key, job, input_sizes=input_sizes, avoid=frozenset(avoid),
-                                         exclude=frozenset(exclude))
-            return {"shares": [asdict(share) for share in shares], "ranking": [asdict(r) for r in ranking],
-                    "refused_all": bool(exclude) and not shares and bool(role.peer_states())}
+            return role.split_decision(job_key, job, input_sizes=input_sizes, avoid=frozenset(avoid),
+                                       exclude=frozenset(exclude))
         broker = self.membership.broker
         if broker is None:
             raise Unavailable("this peer has not joined a broker yet", retry_after=2)
         body = {"job_key": job_key, "n_procs": n_procs, "input_bytes": job.input_bytes,
                 "entry_peer": self.config.name, "split": True, "input_sizes": input_sizes, "avoid": list(avoid),
-                "exclude": list(exclude)}
+                "exclude": list(exclude), **({"history_key": history_key} if history_key else {})}
         for _hop in range(3):
             try:
                 r = self.http.post(f"{broker['url']}/api/v1/broker/placements", json=body,
@@ -214,7 +216,9 @@ class PeerServices:
             if not r.ok:
                 raise Unavailable(f"the broker refused the split: {r.text[:200]}")
             answer = r.json()
-            return {"shares": answer.get("shares") or [], "ranking": answer.get("ranking") or [],
+            return {"id": answer.get("id"), "shares": answer.get("shares") or [],
+                    "ranking": answer.get("ranking") or [], "policy": answer.get("policy"),
+                    "decided_at": answer.get("decided_at") or time.time(),
                     "refused_all": bool(answer.get("refused_all"))}
         raise Unavailable("could not find the broker")
 
@@ -267,6 +271,35 @@ def _job_rows(db: Database):
             return set(s.scalars(select(Job.id).where(Job.id.in_(ids))))
 
     return known
+
+
+def _report_placed(services: "PeerServices", job_key: str, peer: str, job_id: str,
+                   failed: list[dict[str, str]]) -> None:
+    """Tell the broker who took the job (and who failed first), for the admins' decision list.
+
+    Off the request path (a thread) and best effort: the job exists either way.
+    """
+    role = services.broker_role
+    if role is not None:
+        role.record_outcome(job_key, peer, job_id=job_id, failed=failed)
+        try:
+            role.report_success(peer)
+        except UnknownPeer:
+            pass
+        return
+    broker = services.membership.broker
+    if broker is None:
+        return
+
+    def send() -> None:
+        try:
+            services.http.post(f"{broker['url']}/api/v1/broker/placements/outcome",
+                               json={"peer": peer, "ok": True, "job_key": job_key, "job_id": job_id, "failed": failed},
+                               timeout=min(services.config.peer_timeout, 5.0))
+        except requests.RequestException as exc:
+            log.info("could not report where job %s went to the broker: %s", job_id, exc)
+
+    threading.Thread(target=send, name="placement-outcome", daemon=True).start()
 
 
 def _http_session(config: PeerConfig) -> requests.Session:
@@ -380,6 +413,7 @@ def build_services(config: PeerConfig) -> PeerServices:
         membership=membership,
         split=lambda *args, **kw: services.split(*args, **kw),
         report_failure=lambda peer: _report_placement_failure(services, peer),
+        report_placed=lambda key, peer, job_id, failed: _report_placed(services, key, peer, job_id, failed),
         check_input=check_input,
         purge_local=lambda piece: services.retention.purge_piece(piece),
         records_root=records_root,

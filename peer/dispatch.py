@@ -65,6 +65,7 @@ def piece_meta(record: JobRecord, attempts: Sequence[JobAttempt], *, home: str, 
         "origin_key": key,
         "inputs": inputs,
         "job_id": record.id,  # the site names the job (not its piece) in quotas and retention
+        "history_key": record.history_key,  # the site learns this program's run times under it
         "pinned": bool(record.pinned),  # a pinned job's pieces are never expired at their sites
     }
 

@@ -45,6 +45,7 @@ __all__ = [
     "EventLogWriter",
     "ProcState",
     "TERMINAL_STATES",
+    "HISTORY_MAX",
     "ProcStatus",
     "EventLogReader",
     "overall_state",
@@ -323,6 +324,9 @@ TERMINAL_STATES: frozenset[ProcState] = frozenset(
     {ProcState.COMPLETED, ProcState.FAILED, ProcState.REMOVED}
 )
 
+#: Entries kept in :attr:`ProcStatus.history` (the most recent ones).
+HISTORY_MAX = 20
+
 
 @dataclass
 class ProcStatus:
@@ -348,6 +352,16 @@ class ProcStatus:
     hold_subcode: int | None = None
     #: Times the proc ended and its own policy (``max_retries``) ran it again: not evictions.
     retries: int = 0
+    #: What happened to the proc, oldest first: ``{"at", "event", "state", "reason"?}``
+    #: per event (image-size updates excepted), the last :data:`HISTORY_MAX`
+    #: only.  ``note`` and ``hold_*`` describe the current state alone; the
+    #: reasons of earlier states live here.  Replaced, never mutated in place.
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    @property
+    def reason(self) -> str | None:
+        """Why the proc is in its current state (None when nothing says why)."""
+        return self.hold_reason if self.state is ProcState.HELD else self.note
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict (the state as its string value)."""
@@ -358,11 +372,22 @@ class ProcStatus:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ProcStatus:
         """Inverse of :meth:`to_dict`; unknown keys are ignored so that state
-        saved by a newer version still loads."""
+        saved by a newer version still loads.
+
+        State saved by versions that kept reasons across transitions is
+        cleaned on load: hold fields only while held, no note on a completed
+        proc (nothing explains a success).
+        """
         known = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in known}
         kwargs["state"] = ProcState(kwargs.get("state", ProcState.IDLE))
-        return cls(**kwargs)
+        kwargs["history"] = list(kwargs.get("history") or [])
+        st = cls(**kwargs)
+        if st.state is not ProcState.HELD:
+            st.hold_reason = st.hold_code = st.hold_subcode = None
+        if st.state is ProcState.COMPLETED:
+            st.note = None
+        return st
 
 
 # ---------------------------------------------------------------------------
@@ -395,6 +420,13 @@ def _int(event: htcondor2.JobEvent, key: str) -> int | None:
         return None
 
 
+def _enter(st: ProcStatus, state: ProcState, note: str | None = None) -> None:
+    """Move to ``state``: the reasons of the state left behind go (they stay in the history)."""
+    st.state = state
+    st.note = note
+    st.hold_reason = st.hold_code = st.hold_subcode = None
+
+
 def _on_submit(st: ProcStatus, ev: htcondor2.JobEvent) -> None:
     # A (re)submission of this cluster.proc starts a fresh history.
     fresh = ProcStatus(st.cluster, st.proc, submitted_at=_event_time(ev))
@@ -403,40 +435,40 @@ def _on_submit(st: ProcStatus, ev: htcondor2.JobEvent) -> None:
 
 
 def _on_execute(st: ProcStatus, ev: htcondor2.JobEvent) -> None:
-    st.state = ProcState.RUNNING
+    _enter(st, ProcState.RUNNING)  # a new run: whatever stopped the last one is history
     st.execute_host = _text(ev, "ExecuteHost") or st.execute_host
     st.started_at = _event_time(ev)
 
 
 def _on_evicted(st: ProcStatus, ev: htcondor2.JobEvent) -> None:
-    st.state = ProcState.IDLE
     if ev.get("TerminatedAndRequeued"):  # it ended; its submit file's policy runs it again
         st.retries += 1
         if ev.get("TerminatedNormally"):
             how = f"exited with code {_int(ev, 'ReturnValue')}"
         else:
             how = f"was killed by signal {_int(ev, 'TerminatedBySignal')}"
-        st.note = f"{how}; runs again (its submit file's max_retries)"
+        _enter(st, ProcState.IDLE, f"{how}; runs again (its submit file's max_retries)")
         return
+    _enter(st, ProcState.IDLE, _text(ev, "Reason") or "evicted")
     st.evictions += 1
-    st.note = _text(ev, "Reason") or "evicted"
 
 
 def _on_held(st: ProcStatus, ev: htcondor2.JobEvent) -> None:
-    st.state = ProcState.HELD
+    _enter(st, ProcState.HELD)
     st.hold_reason = _text(ev, "HoldReason") or "Reason unspecified"
     st.hold_code = _int(ev, "HoldReasonCode")
     st.hold_subcode = _int(ev, "HoldReasonSubCode")
 
 
-def _on_released(st: ProcStatus, ev: htcondor2.JobEvent) -> None:
-    st.state = ProcState.IDLE
-    st.hold_reason = st.hold_code = st.hold_subcode = None
+def _on_released(st: ProcStatus, ev: htcondor2.JobEvent) -> str | None:
+    # Idle again and waiting for a slot: the release says nothing about the new state
+    # (for a CondorExecutor job it is pocketgrid's own "job accepted"); the history keeps it.
+    _enter(st, ProcState.IDLE)
+    return _text(ev, "Reason") or "released"
 
 
 def _on_aborted(st: ProcStatus, ev: htcondor2.JobEvent) -> None:
-    st.state = ProcState.REMOVED
-    st.note = _text(ev, "Reason") or "removed"
+    _enter(st, ProcState.REMOVED, _text(ev, "Reason") or "removed")
     st.finished_at = _event_time(ev)
 
 
@@ -445,13 +477,11 @@ def _on_terminated(st: ProcStatus, ev: htcondor2.JobEvent) -> None:
     if ev.get("TerminatedNormally"):
         st.exit_code = _int(ev, "ReturnValue")
         st.signal = None
-        st.state = ProcState.COMPLETED if st.exit_code == 0 else ProcState.FAILED
+        _enter(st, ProcState.COMPLETED if st.exit_code == 0 else ProcState.FAILED)
     else:
         st.exit_code = None
         st.signal = _int(ev, "TerminatedBySignal")
-        st.state = ProcState.FAILED
-        if ev.get("CoreFile"):
-            st.note = f"core dumped: {_text(ev, 'CoreFile')}"
+        _enter(st, ProcState.FAILED, f"core dumped: {_text(ev, 'CoreFile')}" if ev.get("CoreFile") else None)
     # Real schedds append the resource table; its MemoryUsage is the peak.
     memory = _int(ev, "MemoryUsage")
     if memory is not None:
@@ -468,19 +498,18 @@ def _on_image_size(st: ProcStatus, ev: htcondor2.JobEvent) -> None:
 
 
 def _on_shadow_exception(st: ProcStatus, ev: htcondor2.JobEvent) -> None:
-    st.note = _text(ev, "Message") or "shadow exception"
-    st.state = ProcState.IDLE  # Condor requeues the job after a shadow exception
+    # Condor requeues the job after a shadow exception
+    _enter(st, ProcState.IDLE, _text(ev, "Message") or "shadow exception")
 
 
 def _on_reconnect_failed(st: ProcStatus, ev: htcondor2.JobEvent) -> None:
     reason = _text(ev, "Reason") or "reconnect failed"
-    st.note = f"reconnect failed: {reason}"
-    st.state = ProcState.IDLE  # "Can not reconnect to ..., rescheduling job"
+    _enter(st, ProcState.IDLE, f"reconnect failed: {reason}")  # "Can not reconnect to ..., rescheduling job"
 
 
 def _on_disconnected(st: ProcStatus, ev: htcondor2.JobEvent) -> None:
     reason = _text(ev, "DisconnectReason") or "connection lost"
-    st.note = f"disconnected: {reason}"
+    st.note = f"disconnected: {reason}"  # still running, as far as anyone knows
 
 
 def _on_reconnected(st: ProcStatus, ev: htcondor2.JobEvent) -> None:
@@ -489,12 +518,13 @@ def _on_reconnected(st: ProcStatus, ev: htcondor2.JobEvent) -> None:
 
 def _on_executable_error(st: ProcStatus, ev: htcondor2.JobEvent) -> None:
     kind = {1: "job file not executable", 2: "job not properly linked"}
-    st.state = ProcState.FAILED
-    st.note = f"executable error: {kind.get(_int(ev, 'ExecuteErrorType') or 0, 'unknown error')}"
+    _enter(st, ProcState.FAILED, f"executable error: {kind.get(_int(ev, 'ExecuteErrorType') or 0, 'unknown error')}")
     st.finished_at = _event_time(ev)
 
 
-_Handler = Callable[[ProcStatus, "htcondor2.JobEvent"], None]
+#: A handler changes the proc; it may return the event's own reason for the history
+#: when that is not the new state's (a release); else the history takes the state's reason.
+_Handler = Callable[[ProcStatus, "htcondor2.JobEvent"], "str | None"]
 
 #: Event type -> how it changes a proc.  Anything not listed is ignored.
 _HANDLERS: dict[htcondor2.JobEventType, _Handler] = {
@@ -689,14 +719,25 @@ class EventLogReader:
         if st is None:
             # Normally SUBMIT comes first; tolerate logs that start later.
             st = self._procs[key] = ProcStatus(*key)
-            handler(st, event)
+            _record(st, event, kind, handler(st, event))
             return True
         if st.state.is_terminal and kind not in _AFTER_TERMINAL:
             logger.debug("ignoring %s for finished proc %d.%d", kind.name, *key)
             return False
-        before = dataclasses.replace(st)
-        handler(st, event)
+        before = dataclasses.replace(st)  # shallow: history is replaced below, never appended to
+        _record(st, event, kind, handler(st, event))
         return st != before
+
+
+def _record(st: ProcStatus, event: htcondor2.JobEvent, kind: htcondor2.JobEventType, reason: str | None) -> None:
+    """Append one history entry (bounded) for ``event``; image-size updates are not history."""
+    if kind is _ET.IMAGE_SIZE:
+        return
+    entry: dict[str, Any] = {"at": _event_time(event), "event": kind.name.lower(), "state": st.state.value}
+    reason = reason or st.reason
+    if reason:
+        entry["reason"] = reason
+    st.history = [*st.history, entry][-HISTORY_MAX:]
 
 
 def overall_state(statuses: Iterable[ProcStatus | ProcState | str]) -> str:

@@ -29,7 +29,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import selectinload
 
-from pocketgrid.errors import BadRequest, Conflict, NotFound, PocketgridError, Unavailable
+from broker.runtimes import history_key
+from pocketgrid.errors import BadGateway, BadRequest, Conflict, NotFound, PocketgridError, Unavailable
 
 from . import records
 from .db import Database
@@ -37,7 +38,8 @@ from .digests import DigestCache
 from .event_log import ProcState
 from .jobs import JobService, NotYours, validate_names
 from .membership import Membership
-from .models import IdempotencyKey, JobRecord
+from .models import IdempotencyKey, JobPlacement, JobRecord
+from .placement_record import placement_view
 from .publishing import PublishingArea
 from .record_store import RecordStore
 from .submit_description import Policy, SubmitDescriptionError, parse
@@ -196,7 +198,9 @@ class JobHome:
                 record = JobRecord(id=job_id, name=req.name, owner=owner, owner_vo=owner_vo, created_at=now,
                                    executable_name=req.executable_name, submit_name=req.submit_name,
                                    submit_text=req.submit_text, inputs=inputs, warnings=warnings, version=0,
-                                   home=self.name, manager=self.name, manager_epoch=1)
+                                   home=self.name, manager=self.name, manager_epoch=1,
+                                   # learned run times are kept per user and program (broker/runtimes.py)
+                                   history_key=history_key(owner, hashlib.sha256(req.executable).hexdigest()))
                 s.add(record)
                 record.attempts.extend(records.first_attempts(record, now))
                 self.store.touch(s, record)
@@ -264,13 +268,64 @@ class JobHome:
             return None
         return seen[1]
 
-    def status(self, job_id: str, owner: str, *, is_admin: bool = False, history: bool = False) -> StatusBody:
+    def status(self, job_id: str, owner: str, *, is_admin: bool = False, history: bool = False,
+               placement: bool = False) -> StatusBody:
+        """The job's status from its record; ``history``: each input's attempts and its current proc's
+        past states (asked of the sites holding them); ``placement``: every dispatch round in detail."""
         record = self._record(job_id, owner, is_admin)
         self.store.remember(record)
         body = records.render(record, history=history, unreachable=self.unreachable(),
                               retention_seconds=self.retention_seconds)
+        view = placement_view(self._rounds(job_id), detail=placement)
+        if view is not None:
+            body["placement"] = view
+        if history:
+            self._proc_histories(record, body)
         return StatusBody(record.owner, record.version, body,
                           json.dumps(body, separators=(",", ":")).encode() + b"\n")
+
+    def _rounds(self, job_id: str) -> list[dict[str, Any]]:
+        with self.db.sessions() as s:
+            return [r.record for r in s.scalars(select(JobPlacement).where(JobPlacement.job_id == job_id)
+                                                .order_by(JobPlacement.id))]
+
+    def _proc_histories(self, record: JobRecord, body: dict[str, Any]) -> None:
+        """Add each input's current proc ``history`` (its past states and reasons), asked of its site:
+        one request per site, all at once; a site that does not answer leaves those inputs without."""
+        groups = records.by_input(record.attempts)
+        wanted: dict[str, dict[str, list[int]]] = {}  # site -> piece -> input indexes
+        for i, atts in groups.items():
+            a = records.shown_attempt(atts)
+            if a.piece is not None and a.site is not None and a.state not in ("lost", "superseded"):
+                wanted.setdefault(a.site, {}).setdefault(a.piece, []).append(i)
+
+        def ask(site: str) -> tuple[str, dict[str, Any] | None]:
+            known: dict[str, int | None] = {piece: None for piece in wanted[site]}
+            try:
+                if site == self.name:
+                    return site, self.jobs.piece_statuses(known, history=True)
+                url = self.membership.url_of(site)
+                if url is None:
+                    return site, None
+                r = self.http.post(f"{url}/api/v1/peer/pieces/status", json={"pieces": known, "history": True},
+                                   timeout=self.peer_timeout)
+                return site, r.json() if r.ok else None
+            except (requests.RequestException, ValueError, PocketgridError) as exc:
+                log.info("the procs' history at %s: %s", site, exc)
+                return site, None
+
+        if not wanted:
+            return
+        with ThreadPoolExecutor(max_workers=min(8, len(wanted))) as pool:
+            answers = dict(pool.map(ask, list(wanted)))
+        by_index = {item["index"]: item for item in body["inputs"]}
+        for site, pieces in wanted.items():
+            answer = (answers.get(site) or {}).get("pieces") or {}
+            for piece, indexes in pieces.items():
+                procs = {p.get("index"): p for p in (answer.get(piece) or {}).get("procs") or []}
+                for i in indexes:
+                    if i in by_index and isinstance(procs.get(i, {}).get("history"), list):
+                        by_index[i]["history"] = procs[i]["history"]
 
     def wait(self, job_id: str, version: int, timeout: float) -> int | None:
         return self.store.wait(job_id, version, timeout)
@@ -301,6 +356,67 @@ class JobHome:
         self.wake()
         pending = records.render(self._record(job_id, owner, is_admin), unreachable=self.unreachable()).get("removal")
         return {"id": job_id, "removed_procs": stopped, **({"removal": pending} if pending else {})}
+
+    def release(self, job_id: str, owner: str, *, is_admin: bool = False,
+                indexes: list[int] | None = None) -> dict[str, Any]:
+        """Release the job's held inputs (all, or those of ``indexes``) at the sites holding their current
+        attempts.  409 when none of them is held (saying what they are), 400 for an input the job does
+        not have, 502 when no site holding them answers; either changes nothing."""
+        record = self._record(job_id, owner, is_admin)
+        groups = records.by_input(record.attempts)
+        if indexes is not None:
+            bad = sorted({i for i in indexes if i not in groups})
+            if bad:
+                raise BadRequest(f"job {job_id} has inputs 0 to {len(record.inputs) - 1}; "
+                                 f"no input {', '.join(map(str, bad))}")
+        states = {i: records.view_state(atts) for i, atts in groups.items()}
+        asked = sorted(set(indexes)) if indexes is not None else sorted(states)
+        held = [i for i in asked if states[i] == "held"]
+        if indexes is not None and len(held) < len(asked):
+            others = ", ".join(f"input {i} is {states[i]}" for i in asked if i not in held)
+            raise Conflict(f"only held inputs can be released: {others}; nothing was released", held=held)
+        if not held:
+            counts: dict[str, int] = {}
+            for state in states.values():
+                counts[state] = counts.get(state, 0) + 1
+            raise Conflict(f"job {job_id} has no held input: nothing to release", states=counts)
+        pieces: dict[tuple[str, str], list[int]] = {}
+        for i in held:
+            a = records.current(groups[i])
+            pieces.setdefault((a.site, a.piece), []).append(i)  # type: ignore[arg-type]
+        released, done, silent = 0, [], []
+        for (site, piece), wanted in sorted(pieces.items()):
+            try:
+                if site == self.name:
+                    answer = self.jobs.release(piece, None, indexes=wanted)
+                else:
+                    url = self.membership.url_of(site)
+                    if url is None:
+                        raise BadGateway(f"{site} is not a member any more")
+                    r = self.http.post(f"{url}/api/v1/peer/pieces/{quote(piece)}/release", json={"inputs": wanted},
+                                       timeout=self.peer_timeout)
+                    if r.status_code == 409:  # no longer held there (released, or killed): nothing to do
+                        continue
+                    if not r.ok:
+                        raise BadGateway(f"{site} answered {r.status_code}: {r.text[:200]}")
+                    answer = r.json()
+            except Conflict:
+                continue
+            except (requests.RequestException, BadGateway, PocketgridError) as exc:
+                log.warning("job %s: releasing inputs %s at %s: %s", job_id, wanted, site, exc)
+                silent.append(site)
+                continue
+            released += int(answer.get("released_procs") or 0)
+            done += wanted
+        if not silent and not done:
+            raise Conflict(f"job {job_id}: inputs {held} are no longer held at their sites: nothing to release")
+        if silent and not done:
+            raise BadGateway(f"the held inputs are at {', '.join(sorted(set(silent)))}, which did not answer the "
+                             "release: try again later", unreachable=sorted(set(silent)))
+        self.wake()  # their new state comes with the sites' next statuses
+        log.info("job %s: %s released inputs %s", job_id, owner, done)
+        return {"id": job_id, "released_procs": released, "inputs": sorted(done),
+                **({"unreachable": sorted(set(silent))} if silent else {})}
 
     def retry(self, job_id: str, owner: str, *, is_admin: bool = False, indexes: list[int] | None = None,
               failed: bool = False) -> dict[str, Any]:

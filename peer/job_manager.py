@@ -50,7 +50,8 @@ from .dispatch import Dispatcher, piece_key, piece_meta
 from .holds import classify
 from .jobs import JobService
 from .membership import Membership
-from .models import JobAttempt, JobRecord
+from .models import JobAttempt, JobPlacement, JobRecord
+from .placement_record import round_record
 from .record_store import RecordStore
 from .storage import PURGE_HINT
 
@@ -121,6 +122,7 @@ class JobManager:
         membership: Membership,
         split: Callable[[str, int, list[int], list[str]], list[dict[str, Any]]],
         report_failure: Callable[[str], None],
+        report_placed: Callable[[str, str, str, list[dict[str, str]]], None] = lambda key, site, job, failed: None,
         check_input: Callable[[dict[str, Any]], str | None] = lambda meta: None,
         purge_local: Callable[[str], str] = lambda piece: "purged",
         records_root: Path,
@@ -139,6 +141,7 @@ class JobManager:
         self.membership = membership
         self.split = split
         self.report_failure = report_failure
+        self.report_placed = report_placed
         self.check_input = check_input
         #: Remove one of this site's pieces whole (its record expired or was purged): "purged" once done.
         self.purge_local = purge_local
@@ -159,6 +162,10 @@ class JobManager:
         self._last_ok: dict[str, float] = {}  # site -> when it last answered (or was first needed)
         self._last_failed: dict[str, float] = {}  # site -> when a call to it last failed
         self._last_remote = 0.0
+        #: piece key -> the broker's decision key it came from, and the sites that failed that decision
+        #: so far (for the outcome the broker shows administrators; in memory, best effort)
+        self._decisions: dict[str, str] = {}
+        self._decision_failed: dict[str, list[dict[str, str]]] = {}
         self._success_codes: dict[str, int | None] = {}
 
     # ---- life cycle -------------------------------------------------------------
@@ -272,10 +279,12 @@ class JobManager:
             if record is None:
                 return True
             sizes = [int(record.inputs[a.index].get("size") or 0) for a in atts]
+            history_key = record.history_key  # the broker's estimate of this program's run time
         atts.sort(key=lambda a: a.index)
+        decision_key = f"{job_id}/{atts[0].index}.{atts[0].number}"
         try:
-            answer = self.split(f"{job_id}/{atts[0].index}.{atts[0].number}", len(atts), sizes, avoid,
-                                exclude=list(exclude))
+            answer = self.split(decision_key, len(atts), sizes, avoid, exclude=list(exclude),
+                                history_key=history_key)
         except Unavailable as exc:
             log.info("job %s: %d inputs wait for a placement: %s", job_id, len(atts), exc.message)
             return False
@@ -305,7 +314,15 @@ class JobManager:
                 for a in chunk:
                     a.state, a.site, a.piece_key, a.dispatched_at = "dispatching", share["name"], key, now
                 orders.append((key, share.get("url"), share["name"]))
+                with self._lock:
+                    if len(self._decisions) > 10_000:  # sends that never ended: forget them
+                        self._decisions.clear()
+                        self._decision_failed.clear()
+                    self._decisions[key] = decision_key
             if orders:
+                # the split, as the owner's status shows it (placement): shares and the ranking with scores
+                s.add(JobPlacement(job_id=job_id, decided_at=now,
+                                   record=round_record(answer, [a.index for a in todo])))
                 self.store.touch(s, record)
         for key, url, site in orders:
             self._send_async(job_id, key, site, url)
@@ -368,14 +385,17 @@ class JobManager:
                 self._ok(site)
                 self._dispatched(job_id, key, site, outcome.piece, bool(meta.get("pinned")),  # type: ignore[arg-type]
                                  outcome.warnings)
+                self._report_outcome(key, site, job_id, None)
             elif outcome.refusal is not None:
                 self._ok(site)  # it answered: healthy, and not to be banned
                 log.info("job %s: %s refused its piece: %s", job_id, site, outcome.refusal.get("message"))
                 self._refused(job_id, key, site, outcome.refusal)
+                self._report_outcome(key, site, job_id, str(outcome.refusal.get("message") or "refused"))
             elif outcome.failure is not None:
                 self._failed(site)
                 log.warning("job %s: %s did not take its piece: %s", job_id, site, outcome.failure)
                 self._dispatch_failed(job_id, key, site, outcome.failure, ban=True)
+                self._report_outcome(key, site, job_id, outcome.failure)
             else:
                 self._failed(site)
                 log.warning("job %s: no answer from %s to its piece; it will be sent again", job_id, site)
@@ -408,6 +428,22 @@ class JobManager:
             if changed:
                 self.store.touch(s, record)
         log.info("job %s: piece %s at %s", job_id, piece, site)
+
+    def _report_outcome(self, key: str, site: str, job_id: str, error: str | None) -> None:
+        """Tell the broker how its decision went for this piece (the admins' decision list): who took
+        it, or who failed first.  Best effort, off the manager's loop."""
+        with self._lock:
+            decision = self._decisions.pop(key, None)
+            if decision is None:
+                return
+            if error is not None:
+                self._decision_failed.setdefault(decision, []).append({"name": site, "error": error[:500]})
+                return
+            failed = self._decision_failed.pop(decision, [])
+        try:
+            self.report_placed(decision, site, job_id, failed)
+        except Exception:  # noqa: BLE001 - the broker's list is not worth a failed dispatch
+            log.debug("reporting the placement of %s failed", job_id, exc_info=True)
 
     def _refused(self, job_id: str, key: str, site: str, refusal: dict[str, Any]) -> None:
         """The site refused these inputs for good (quota, "not here"): they wait to be placed again at

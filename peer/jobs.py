@@ -27,7 +27,7 @@ import requests
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from pocketgrid.errors import BadGateway, BadRequest, NotFound, PocketgridError
+from pocketgrid.errors import BadGateway, BadRequest, Conflict, NotFound, PocketgridError
 
 from .db import Database
 from .digests import DigestCache
@@ -51,6 +51,21 @@ class NotYours(NotFound):
         super().__init__(message or f"no such job {job_id!r}")
         self.job_id = job_id
         self.owner = owner
+
+
+#: What ``?history=1`` adds to a piece's status (each proc's past states and reasons): never cached.
+STATUS_EXTRAS = frozenset({"history"})
+
+
+def _counts(states: dict[int, str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for state in states.values():
+        counts[state] = counts.get(state, 0) + 1
+    return counts
+
+
+def _key_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) and 0 < len(value) <= 64 else None
 
 
 def finished_time(statuses: list[ProcStatus]) -> float | None:
@@ -203,6 +218,8 @@ class JobService:
                     warnings=list(parsed.warnings),
                     pinned=bool(meta.get("pinned")),
                     record_id=meta.get("job_id") if isinstance(meta.get("job_id"), str) else None,
+                    # owner + executable, hashed: the run times its procs take are learned under it
+                    history_key=_key_or_none(meta.get("history_key")),
                 )
                 s.add(job)
                 s.flush()
@@ -278,13 +295,23 @@ class JobService:
         """The piece's status, from only the events appended since last time."""
         return self.status_entry(job_id, owner, is_admin=is_admin).body
 
-    def status_entry(self, job_id: str, owner: str | None, *, is_admin: bool = False) -> "_StatusBody":
+    def status_entry(self, job_id: str, owner: str | None, *, is_admin: bool = False,
+                     extras: frozenset[str] = frozenset()) -> "_StatusBody":
         """:meth:`status` with the body already serialised.
 
-        The body only changes when the event log grows, so the last one is kept
-        per piece with the log's size: an unchanged poll costs a ``stat`` and no
-        database read.
+        The body only changes when the event log grows (or what the executor adds to it), so the last
+        one is kept per piece with the log's size: an unchanged poll costs a ``stat`` and no database
+        read.  ``extras`` (:data:`STATUS_EXTRAS`) asks for a larger body, rendered afresh and never
+        cached: ``history`` (each proc's past states and reasons).
         """
+        if extras:
+            with self._reader_lock(job_id):
+                job = self._job(job_id, owner, is_admin)
+                reader = self._reader(job)
+                reader.update()
+                body = self._render_status(job, dict(reader.procs), job.status_version or 0, extras)
+                self._annotate(job, body)
+            return _StatusBody(job.owner, 0, body, json.dumps(body, separators=(",", ":")).encode() + b"\n")
         cached = self._status_bodies.get(job_id)
         stamp = self.executor.annotation_stamp()
         if cached is not None:
@@ -318,7 +345,8 @@ class JobService:
                     self._status_bodies.popitem(last=False)
         return entry
 
-    def _render_status(self, job: Job, statuses: dict[tuple[int, int], ProcStatus], version: int) -> dict[str, Any]:
+    def _render_status(self, job: Job, statuses: dict[tuple[int, int], ProcStatus], version: int,
+                       extras: frozenset[str] = frozenset()) -> dict[str, Any]:
         inputs = []
         counts: dict[str, int] = {}
         ordered = []
@@ -329,7 +357,9 @@ class JobService:
             d: dict[str, Any] = {"index": p.index, "input": p.input_name}
             # Only what is known: an unchanged poll stays small.
             d.update({k: v for k, v in st.to_dict().items()
-                      if v is not None and not (k in ("evictions", "retries") and v == 0)})
+                      if v is not None and k != "history" and not (k in ("evictions", "retries") and v == 0)})
+            if "history" in extras:
+                d["history"] = st.history
             if st.state in (ProcState.FAILED, ProcState.HELD):  # why: its stderr (final once the event is logged)
                 if stderr_names is None:
                     stderr_names = recorded_names(self.stager.job_root(job.id) / META_DIR) or []
@@ -423,17 +453,18 @@ class JobService:
         except FileNotFoundError:
             return 0
 
-    def piece_statuses(self, known: dict[str, int | None]) -> dict[str, Any]:
+    def piece_statuses(self, known: dict[str, int | None], *, history: bool = False) -> dict[str, Any]:
         """Statuses of many pieces for their home: only those whose version differs from ``known``'s.
 
-        ``{"pieces": {id: {"version", "state", "procs": [...]}}, "missing": [ids]}``;
+        ``{"pieces": {id: {"version", "state", "procs": [...], "removal"?}}, "missing": [ids]}``;
         ``missing`` names pieces this site does not have (it lost them, or never made them).
+        ``history``: each proc's past states too (asked when the job's owner asks for them).
         """
         changed: dict[str, Any] = {}
         missing: list[str] = []
         for piece_id, version in known.items():
             try:
-                body = self.status(piece_id, None)
+                body = self.status_entry(piece_id, None, extras=frozenset({"history"}) if history else frozenset()).body
             except NotFound:
                 missing.append(piece_id)
                 continue
@@ -476,6 +507,34 @@ class JobService:
         shutil.rmtree(self.proc_dir(job_id, index), ignore_errors=True)
         log.info("piece %s: input %d removed and its directory deleted (%s)", job_id, index, reason)
         return {"id": job_id, "index": index, "state": "deleted"}
+
+    # ======================================================================
+    # Release
+    # ======================================================================
+    def release(self, job_id: str, owner: str, *, is_admin: bool = False,
+                indexes: list[int] | None = None) -> dict[str, Any]:
+        """Release the job's held inputs (all of them, or those of ``indexes``); same ownership rules as kill.
+
+        Nothing held among them is a 409 that says what they are instead;
+        an index the job does not have is a 400.  Either changes nothing.
+        """
+        job = self._job(job_id, owner, is_admin)
+        have = {p.index for p in job.procs}  # a piece's inputs are numbered as in its job
+        if indexes is not None:
+            bad = sorted({i for i in indexes if i not in have})
+            if bad:
+                raise BadRequest(f"piece {job_id} has inputs {sorted(have)}; no input {', '.join(map(str, bad))}")
+        states = {i["index"]: i["state"] for i in self.status(job_id, owner, is_admin=is_admin)["inputs"]}
+        asked = sorted(set(indexes)) if indexes is not None else sorted(states)
+        held = [i for i in asked if states.get(i) == ProcState.HELD.value]
+        if indexes is not None and len(held) < len(asked):
+            others = ", ".join(f"input {i} is {states.get(i, 'idle')}" for i in asked if i not in held)
+            raise Conflict(f"only held inputs can be released: {others}; nothing was released", held=held)
+        if not held:
+            raise Conflict(f"job {job_id} has no held input: nothing to release", states=_counts(states))
+        released = self.executor.release(job_id, held)
+        log.info("job %s: release of inputs %s requested, %d procs released", job_id, held, released)
+        return {"id": job_id, "released_procs": released, "inputs": held}
 
     # ======================================================================
     # Outputs

@@ -53,6 +53,8 @@ class JobRecord(Base):
     #: The peer managing the job now, and its claim's epoch (the home, 1; a deputy's takeover would raise it).
     manager: Mapped[str] = mapped_column(String(200))
     manager_epoch: Mapped[int] = mapped_column(Integer, default=1)
+    #: Owner + executable SHA-256, hashed (broker/runtimes.py): the split asks for this program's run times.
+    history_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
     #: The member holding a replica of this record (none until replication is built).
     deputy: Mapped[str | None] = mapped_column(String(200), nullable=True)
 
@@ -145,6 +147,9 @@ class Job(Base):
     pinned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     #: The job's ID at its home (None for a job of a release before pieces: it is its own record).
     record_id: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)
+    #: Its job's history key (owner + executable, hashed: broker/runtimes.py): the run times of its procs
+    #: are learned under it (peer/runtime_stats.py).
+    history_key: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
 
     procs: Mapped[list["Proc"]] = relationship(
         back_populates="job", order_by="Proc.index", cascade="all, delete-orphan"
@@ -172,6 +177,22 @@ class Proc(Base):
     restarts: Mapped[int] = mapped_column(Integer, default=0)
 
     job: Mapped[Job] = relationship(back_populates="procs")
+
+
+class JobPlacement(Base):
+    """One dispatch round's split decision for a job, kept at its home (peer/placement_record.py).
+
+    ``record``: ``inputs`` (the input indexes placed), ``policy``, ``decided_at``, ``shares`` (site,
+    count, estimate, reason), ``ranking`` (each candidate's name, score, reason and the estimate's
+    parts), and the broker's decision ``id``.  The job's status shows the latest (``placement``).
+    """
+
+    __tablename__ = "job_placements"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("job_records.id", ondelete="CASCADE"), index=True)
+    decided_at: Mapped[float] = mapped_column(Float, default=time.time)
+    record: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
 class IdempotencyKey(Base):

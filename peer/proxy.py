@@ -1,9 +1,10 @@
 """Relaying a client's request to the job's home, and from the home to the site holding an output.
 
 Every peer is an entry point, and a phone may reach only one of them, so
-status, kill and output requests for a job whose home is another peer are
-relayed there (not redirected); the home in turn relays an output download
-to the site whose piece holds it.  Bodies stream through in 256 KiB pieces, event streams
+status, kill, release and output requests for a job whose home is another peer
+are relayed there (not redirected), a request's small JSON body with them; the
+home in turn relays an output download to the site whose piece holds it.
+Bodies stream through in 256 KiB pieces, event streams
 (``text/event-stream``, peer/api_events.py) piece by piece as they arrive; the
 validators that make polling and resuming cheap (ETag, If-None-Match, Range,
 If-Range, Last-Event-ID) pass through unchanged.
@@ -60,11 +61,15 @@ def relay(http: requests.Session, membership: Membership, peer: str, *,
     target = quote(path if path is not None else request.path)  # re-encode: '#', '?', '%' in a file name
     if path is None and request.query_string:
         target += "?" + request.query_string.decode("latin-1")
+    data = request.get_data() or None  # a small JSON body (e.g. which inputs to release), bounded by MAX_CONTENT_LENGTH
+    if data is not None and request.content_type:
+        headers["Content-Type"] = request.content_type
     try:
         upstream = http.request(
             request.method,
             f"{url}{target}",
             headers=headers,
+            data=data,
             stream=True,
             timeout=timeout,
             allow_redirects=False,

@@ -38,6 +38,10 @@ class PeerConfig:
     agent: bool = True
     agent_interval: float = 15.0
     agent_weights: dict[str, float] = field(default_factory=dict)
+    #: The agent's reports carry the run times of this peer's procs that
+    #: finished within this many seconds (peer/runtime_stats.py), which the
+    #: broker's default policy learns from.
+    runtime_window: float = 86400.0
     #: LocalExecutor: procs run at once (0 = number of CPUs).
     local_slots: int = 0
     #: LocalExecutor: how often a proc lost to a peer crash is re-run.
@@ -113,8 +117,9 @@ class PeerConfig:
     max_evictions: int = 3
     #: Broker: a report older than this many intervals marks a peer stale.
     report_stale_factor: float = 3.0
-    #: Placement policy name: least-expected-load, min-coefficient, round-robin
-    #: or random (see broker/placement.py).
+    #: Placement policy name: least-expected-load, least-expected-load-nominal
+    #: (learns no run times), min-coefficient, round-robin or random (see
+    #: broker/placement.py).
     placement_policy: str = "least-expected-load"
     #: Peers heartbeat the broker this often; when none has been answered for
     #: ``heartbeat_misses`` intervals (and that many failed in a row, retried

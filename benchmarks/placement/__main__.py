@@ -64,6 +64,10 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             values = [r[m] for r in mine]
             row[m] = round(sum(values) / len(values), 3)
             row[f"{m}_range"] = [min(values), max(values)]
+        for program in mine[0].get("programs", {}):  # several programs: each one's responses too
+            for m in ("mean_response_s", "p95_response_s"):
+                values = [r["programs"][program][m] for r in mine]
+                row[f"{program}_{m}"] = round(sum(values) / len(values), 3)
         out[policy] = row
     return out
 

@@ -13,6 +13,12 @@ What is modelled, and why it matches the broker:
   by the peer's next report), plus bandwidth estimates learned from the
   transfers the simulation has completed (``update_bandwidth``, as the
   ``/api/v1/broker/transfers`` route folds real ones).
+* Unless the workload says ``"runtime_reports": false``, each report also
+  carries the peer's learned run times, built by ``broker.runtimes.summarize``
+  as a peer's ``RunTimeCollector`` builds them from its event logs: the wall
+  times of its last ``RUNTIME_SAMPLE`` completed procs (per program too),
+  the ages of its running procs and its queue length (per program); and
+  each placement request carries the job's program as its history key.
 * A placed job first moves the inputs its target lacks, one holder after the
   other at the link's true bandwidth; only then does it join the queue (as a
   pocketgrid target stages before queueing).  Jobs being staged are in
@@ -42,6 +48,7 @@ from broker.placement import (
     peer_state_from_report,
     update_bandwidth,
 )
+from broker.runtimes import RunTimeStats, summarize
 from ema_agent.coefficient import load_coefficient
 from ema_agent.metrics import HostMetrics
 
@@ -51,13 +58,17 @@ from .workload import PeerSpec, SimJob, Workload
 #: ends frees its slot before a report samples the peer or a job arrives.
 FINISH, STAGED, REPORT, ARRIVAL = range(4)
 ORACLE = "oracle"
+#: Completed procs per peer a report's run times are computed from (the most recent).
+RUNTIME_SAMPLE = 500
 
 
 @dataclass
 class _Peer:
     spec: PeerSpec
     running: dict[int, float] = field(default_factory=dict)  #: proc key -> end time
-    queue: deque[tuple[int, int, float]] = field(default_factory=deque)  #: (job, proc, work)
+    started: dict[int, tuple[float, str]] = field(default_factory=dict)  #: proc key -> (start time, program)
+    done: deque[tuple[float, str]] = field(default_factory=lambda: deque(maxlen=RUNTIME_SAMPLE))  #: (wall s, program)
+    queue: deque[tuple[int, int, float, str]] = field(default_factory=deque)  #: (job, proc, work, program)
     in_transit: list[tuple[float, SimJob]] = field(default_factory=list)  #: (staged at, job)
     busy_seconds: float = 0.0
     placed: int = 0
@@ -183,6 +194,25 @@ class Simulation:
             "sampled_at": t,
             "interval": self.workload.report_interval,
         }
+        if self.workload.runtime_reports:
+            by_program: dict[str, list[float]] = {}
+            last: dict[str, int] = {}
+            for k, (seconds, program) in enumerate(peer.done):
+                by_program.setdefault(program, []).append(seconds)
+                last[program] = k
+            # parsed once here, as the broker would on each placement: the simulator asks thousands of times
+            ages: dict[str, list[float]] = {}
+            for start, program in peer.started.values():
+                ages.setdefault(program, []).append(t - start)
+            waiting: dict[str, int] = {}
+            for *_, program in peer.queue:
+                waiting[program] = waiting.get(program, 0) + 1
+            report["runtimes"] = RunTimeStats.parse(summarize(
+                (seconds for seconds, _ in peer.done),
+                by_key={p: by_program[p] for p in sorted(last, key=last.get)},  # latest programs last
+                running_by_key=ages,
+                idle_by_key=waiting,
+            ))
         self.reports[name] = report
         current = peer_state_from_report(name, url, report, t)
         self.backlog[name] = hidden_backlog(previous, current, self.in_flight[name])
@@ -191,7 +221,8 @@ class Simulation:
 
     def _arrive(self, job: SimJob) -> None:
         self.current_job = job
-        request = JobRequest(n_procs=len(job.works), input_bytes=job.input_bytes, entry_peer=job.entry)
+        request = JobRequest(n_procs=len(job.works), input_bytes=job.input_bytes, entry_peer=job.entry,
+                             history_key=job.program or None)
         ranking = self.policy(self.peer_states(self.now), request, self.now)
         target = ranking[0].name
         self.in_flight[target] += len(job.works)
@@ -215,21 +246,24 @@ class Simulation:
         peer = self.peers[target]
         peer.in_transit.remove(next(e for e in peer.in_transit if e[1] is job))
         for k, work in enumerate(job.works):
-            peer.queue.append((job.id, k, work))
+            peer.queue.append((job.id, k, work, job.program))
         self._fill(peer)
 
     def _fill(self, peer: _Peer) -> None:
         while peer.queue and peer.free > 0:
-            job_id, k, work = peer.queue.popleft()
+            job_id, k, work, program = peer.queue.popleft()
             duration = work / peer.spec.speed
             key = job_id * 100_000 + k
             peer.running[key] = self.now + duration
+            peer.started[key] = (self.now, program)
             peer.busy_seconds += duration
             self._push(self.now + duration, FINISH, (peer.spec.name, job_id, key))
 
     def _finish(self, name: str, job_id: int, key: int) -> None:
         peer = self.peers[name]
         del peer.running[key]
+        start, program = peer.started.pop(key)
+        peer.done.append((self.now - start, program))
         self._left[job_id] -= 1
         if self._left[job_id] == 0:
             self.completed[job_id] = self.now
@@ -248,7 +282,7 @@ class Simulation:
             heapq.heappush(slots, end)
             return end
 
-        for _, _, work in peer.queue:
+        for _, _, work, _ in peer.queue:
             run(now, work)
         staged = now + sum(nbytes / self.workload.bandwidth(src, name)
                            for src, nbytes in job.inputs if src != name and nbytes > 0)
@@ -280,7 +314,20 @@ class Simulation:
                 for name, p in self.peers.items()
             },
             "jobs_placed": {name: p.placed for name, p in self.peers.items()},
+            **self._by_program(),
         }
+
+    def _by_program(self) -> dict[str, Any]:
+        """With several programs: each one's jobs, mean and p95 response (``programs``)."""
+        programs = sorted({j.program for j in self.jobs})
+        if len(programs) < 2:
+            return {}
+        out = {}
+        for program in programs:
+            responses = sorted(self.completed[j.id] - j.arrival for j in self.jobs if j.program == program)
+            out[program] = {"jobs": len(responses), "mean_response_s": round(sum(responses) / len(responses), 3),
+                            "p95_response_s": round(_percentile(responses, 0.95), 3)}
+        return {"programs": out}
 
 
 def _metrics(*, cpu: float, clock: float, cores: int, load: float, now: float) -> HostMetrics:

@@ -40,6 +40,8 @@ class SimJob:
     entry: str
     works: tuple[float, ...]  #: per proc, seconds at speed 1.0
     inputs: tuple[tuple[str, int], ...]  #: (holding peer, bytes)
+    #: The executable it runs (the job template's ``program``, else its stream's): the history key.
+    program: str = ""
 
     @property
     def input_bytes(self) -> dict[str, int]:
@@ -59,6 +61,8 @@ class Workload:
     default_bandwidth: float
     links: Mapping[tuple[str, str], float]
     streams: tuple[Mapping[str, Any], ...]
+    #: Reports carry the peers' learned run times (``runtimes``), as peers of this version send them.
+    runtime_reports: bool = True
 
     @property
     def peer_names(self) -> list[str]:
@@ -75,13 +79,14 @@ class Workload:
     def jobs(self, seed: int) -> list[SimJob]:
         """Every job of every stream, by arrival time; a pure function of the seed."""
         rng = random.Random(f"workload:{self.name}:{seed}")
-        raw: list[tuple[float, str, tuple[float, ...], tuple[tuple[str, int], ...]]] = []
+        raw: list[tuple[float, str, tuple[float, ...], tuple[tuple[str, int], ...], str]] = []
         for i, stream in enumerate(self.streams):
             where = f"streams[{i}]"
+            program = str(stream["job"].get("program") or f"stream{i}")
             for t in self._arrivals(stream, rng, where):
-                raw.append((t, *self._job(stream, rng, where)))
+                raw.append((t, *self._job(stream, rng, where), program))
         raw.sort(key=lambda r: r[0])
-        return [SimJob(i, t, entry, works, inputs) for i, (t, entry, works, inputs) in enumerate(raw)]
+        return [SimJob(i, t, entry, works, inputs, program) for i, (t, entry, works, inputs, program) in enumerate(raw)]
 
     # ---- generation ----------------------------------------------------------
     def _arrivals(self, stream: Mapping[str, Any], rng: random.Random, where: str) -> list[float]:
@@ -142,6 +147,9 @@ def sample(spec: Any, rng: random.Random) -> float:
         return rng.lognormvariate(math.log(float(spec["median"])), float(spec["sigma"]))
     if kind == "choice":
         return float(rng.choice(spec["values"]))
+    if kind == "pareto":
+        value = float(spec["scale"]) * rng.paretovariate(float(spec["alpha"]))
+        return min(value, float(spec["max"])) if "max" in spec else value
     raise WorkloadError(f"unknown distribution {kind!r}")
 
 
@@ -157,11 +165,18 @@ def dist_mean(spec: Any) -> float:
         return float(spec["median"]) * math.exp(float(spec["sigma"]) ** 2 / 2)
     if kind == "choice":
         return sum(float(v) for v in spec["values"]) / len(spec["values"])
+    if kind == "pareto":  # E[min(X, max)] = scale + integral of (scale/x)^alpha from scale to max
+        xm, a = float(spec["scale"]), float(spec["alpha"])
+        cap = float(spec.get("max", math.inf))
+        if a == 1.0:
+            return xm + xm * math.log(cap / xm)
+        return xm + xm ** a * (cap ** (1 - a) - xm ** (1 - a)) / (1 - a)
     raise WorkloadError(f"unknown distribution {kind!r}")
 
 
 # ---- loading and validation -------------------------------------------------------
-_DIST_FIELDS = {"exp": ("mean",), "uniform": ("low", "high"), "lognormal": ("median", "sigma"), "choice": ("values",)}
+_DIST_FIELDS = {"exp": ("mean",), "uniform": ("low", "high"), "lognormal": ("median", "sigma"), "choice": ("values",),
+                "pareto": ("scale", "alpha")}
 
 
 def _check_dist(spec: Any, where: str) -> None:
@@ -178,6 +193,12 @@ def _check_dist(spec: Any, where: str) -> None:
             raise WorkloadError(f"{where}: {spec['dist']} needs {key!r}")
     if spec["dist"] == "choice" and not (isinstance(spec["values"], list) and spec["values"]):
         raise WorkloadError(f"{where}: choice needs a non-empty list of values")
+    if spec["dist"] == "pareto":
+        numbers = [spec["scale"], spec["alpha"], spec.get("max", spec["scale"])]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in numbers):
+            raise WorkloadError(f"{where}: pareto needs 'scale' > 0 and 'alpha' > 0 (and 'max' > 0 if given)")
+        if "max" not in spec and spec["alpha"] <= 1:
+            raise WorkloadError(f"{where}: pareto with alpha <= 1 has no mean: give 'max' (a cap) too")
 
 
 def _check_peer_ref(on: Any, names: set[str], where: str, allow_entry: bool) -> None:
@@ -241,6 +262,8 @@ def parse_workload(data: Mapping[str, Any], name: str = "workload") -> Workload:
         job = s.get("job")
         if not isinstance(job, dict) or "work" not in job:
             raise WorkloadError(f"{where}.job: needs at least 'work'")
+        if "program" in job and not (isinstance(job["program"], str) and job["program"]):
+            raise WorkloadError(f"{where}.job.program: a non-empty name")
         _check_dist(job["work"], f"{where}.job.work")
         _check_dist(job.get("procs", 1), f"{where}.job.procs")
         for k, spec in enumerate(job.get("inputs", [])):
@@ -256,6 +279,7 @@ def parse_workload(data: Mapping[str, Any], name: str = "workload") -> Workload:
         default_bandwidth=default_bw,
         links=links,
         streams=tuple(streams),
+        runtime_reports=bool(data.get("runtime_reports", True)),
     )
 
 

@@ -2,7 +2,7 @@
 // new shell and deletes the old caches).  The jobs list and job statuses (GET /api/v1/jobs and
 // GET /api/v1/jobs/<id>): network-first, falling back to the last copy, marked with
 // X-Pocketgrid-Cached-At (ms) so the page can say how old it is.  Everything else: the network.
-const VERSION = "shell-4d8b9a100a6e900c";
+const VERSION = "shell-541d9c9ea2b5f4bb";
 const SHELL_CACHE = `pg-shell-${VERSION}`;
 const DATA_CACHE = "pg-data-v1";
 const SHELL = [

@@ -62,6 +62,14 @@ class Executor(ABC):
         aborted); ``"gone"``: no such proc here.
         """
 
+    def release(self, job_id: str, indexes: Sequence[int]) -> int:
+        """Release the held procs of the job among the inputs ``indexes``; returns how many.
+
+        The caller (the job service) has checked from the event log that they
+        are held; an executor that cannot release answers 0.
+        """
+        return 0
+
     def describe(self) -> dict[str, object]:
         """What ``/healthz`` says about this executor."""
         return {"name": self.name}

@@ -480,6 +480,12 @@ def proc_constraint(job_id: str, cluster: int, proc: int) -> str:
     return condor_cli.join_constraints([job_constraint(job_id, [cluster]), f"ProcId == {int(proc)}"])
 
 
+def release_constraint(job_id: str, clusters: Sequence[int], indexes: Sequence[int]) -> str:
+    """The procs of one pocketgrid job that are held, among the inputs ``indexes`` (``PocketgridIndex``)."""
+    wanted = " || ".join(f"{ATTR_INDEX} == {int(i)}" for i in sorted(set(indexes)))
+    return condor_cli.join_constraints([job_constraint(job_id, clusters), f"JobStatus == {HELD}", wanted or "false"])
+
+
 class PendingSubmissions:
     """Clusters submitted on hold whose transaction has not ended yet.
 
@@ -843,8 +849,8 @@ class CondorExecutor(Executor):
             cluster, proc = row.cluster, row.proc
         constraint = proc_constraint(job_id, cluster, proc)
         if self.health.state == "unreachable":  # quick: the home asks again next round
-            raise Unavailable(f"{self.peer_name}: the HTCondor schedd is not answering; the removal is asked "
-                              "again later", retry_after=10)
+            raise Unavailable(f"{self.peer_name}: the HTCondor schedd did not answer the removal: it is not "
+                              "answering; asked again later", retry_after=10)
         try:
             if not self._query(constraint, ["ProcId"], timeout=self.removal_timeout):
                 return "stopped"  # it left the queue (finished, or removed before)
@@ -854,6 +860,25 @@ class CondorExecutor(Executor):
             raise Unavailable(f"{self.peer_name}: the HTCondor schedd did not answer the removal: {exc}",
                               retry_after=10) from None
         return "stopping"  # removed from the queue; the schedd writes "aborted" to the log once it is gone
+
+    def release(self, job_id: str, indexes: Sequence[int]) -> int:
+        """``Schedd.act(JobAction.Release)`` (or ``condor_release``) on the job's held procs among ``indexes``."""
+        with self.db.sessions() as s:
+            clusters = sorted(set(s.scalars(
+                select(Proc.cluster).where(Proc.job_id == job_id, Proc.executor == self.name))))
+        if not clusters or not indexes:
+            return 0
+        constraint = release_constraint(job_id, clusters, indexes)
+        try:
+            held = self._query(constraint, ["ProcId"])  # as for removal: acting on nothing is an error for some tools
+            if not held:
+                return 0
+            n = self._act("release", constraint, "via pocketgrid (released by its owner)")
+        except CondorUnreachable as exc:
+            self._unreachable(str(exc))
+            raise Unavailable(f"{self.peer_name}: the HTCondor schedd did not answer the release: {exc}",
+                              retry_after=10) from None
+        return len(held) if n is None else n
 
     # ---- reconciliation ----------------------------------------------------
     def reconcile(self, *, grace: float | None = None) -> dict[str, int]:

@@ -33,6 +33,7 @@ import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Sequence
 
 import psutil
 from sqlalchemy import func, select, update
@@ -258,7 +259,7 @@ class LocalExecutor(Executor):
         self._site_cache = None
         super()._site_changed()
 
-    # ---- removal ----------------------------------------------------------
+    # ---- removal and release ------------------------------------------------
     def remove(self, job_id: str) -> int:
         removed = 0
         with self._lock, self.db.session() as s:
@@ -266,8 +267,9 @@ class LocalExecutor(Executor):
             if job is None:
                 return 0
             writer = EventLogWriter(str(self.stage_root / job_id / "job.log"))
+            held, _ = self._held(job)
             for p in job.procs:
-                if p.local_state in ("queued", "unmatchable", "held"):  # HTCondor removes held jobs too
+                if p.local_state in ("queued", "unmatchable", "held") or p.id in held:  # HTCondor removes held jobs too
                     writer.aborted(p.cluster, p.proc, "removed by user")
                     p.local_state = "done"
                     removed += 1
@@ -298,6 +300,71 @@ class LocalExecutor(Executor):
         if changed:
             self._site_changed()
         return "stopped"
+
+    def release(self, job_id: str, indexes: Sequence[int]) -> int:
+        """Queue the held procs among ``indexes`` again, with a *released* event in the log.
+
+        A proc is held when its runner could not start it (see
+        local_runner); released, it starts from the beginning when a slot
+        frees, and is held again if the cause is still there.  A runner
+        that wrote the hold but has not exited yet is waited for (briefly):
+        its exit would otherwise mark the released proc held again.
+        """
+        wanted = set(indexes)
+        deadline = time.monotonic() + 5.0
+        while True:
+            self._reap()
+            with self._lock, self.db.sessions() as s:
+                job = s.get(Job, job_id)
+                if job is None or job.removed_at is not None:
+                    return 0
+                _, exiting = self._held(job)
+                if not any(p.index in wanted and p.id in exiting for p in job.procs):
+                    break
+            if time.monotonic() >= deadline:
+                log.warning("job %s: a held proc's runner has not exited after 5 s; releasing the others", job_id)
+                break
+            time.sleep(0.05)
+        released = 0
+        with self._lock, self.db.session() as s:
+            job = s.get(Job, job_id)
+            if job is None or job.removed_at is not None:
+                return 0
+            writer = EventLogWriter(str(self.stage_root / job_id / "job.log"))
+            held, _ = self._held(job)
+            for p in job.procs:
+                if p.index in wanted and p.id in held:
+                    writer.released(p.cluster, p.proc, "released by its owner (via pocketgrid)")
+                    p.local_state, p.pid, p.pid_started = "queued", None, None
+                    released += 1
+        if released:
+            self._wake.set()
+            self._site_changed()  # no longer held: the load report says so at once
+        return released
+
+    def _held(self, job: Job) -> tuple[set[int], set[int]]:
+        """Row ids of the job's procs on hold: (held, exiting).
+
+        Held: marked so when their runner exited, or (a runner of an earlier
+        version, which exited as if done) held according to the event log.
+        Exiting: still marked running, but the log says held: the runner
+        wrote the hold and is about to exit.
+        """
+        held = {p.id for p in job.procs if p.local_state == "held"}
+        exiting: set[int] = set()
+        if any(p.local_state in ("done", "running") for p in job.procs):
+            reader = EventLogReader(str(self.stage_root / job.id / "job.log"))
+            reader.update()
+            reader.close()
+            for p in job.procs:
+                status = reader.procs.get((p.cluster, p.proc))
+                if status is None or status.state.value != "held":
+                    continue
+                if p.local_state == "done":
+                    held.add(p.id)
+                elif p.local_state == "running":
+                    exiting.add(p.id)
+        return held, exiting
 
     def _signal(self, p: Proc, signum: int) -> bool:
         """Signal a proc's runner, making sure the pid was not reused."""
@@ -373,8 +440,10 @@ class LocalExecutor(Executor):
                     reader.update()
                     readers[p.job_id] = reader
                 status = reader.procs.get((p.cluster, p.proc))
-                if status is not None and (status.state.is_terminal or status.state.value == "held"):
-                    p.local_state = "held" if status.state.value == "held" else "done"
+                if status is not None and status.state.value == "held":
+                    p.local_state = "held"  # until its owner releases (or kills) it
+                elif status is not None and status.state.is_terminal:
+                    p.local_state = "done"
                 elif status is not None and status.evictions > p.restarts and status.state.value == "idle":
                     p.local_state = "queued"  # evicted at shutdown: run again
                     p.restarts = status.evictions
@@ -458,8 +527,12 @@ class LocalExecutor(Executor):
                     p.local_state = "done"
                 elif rc == EXIT_EVICTED:
                     p.local_state = "queued"
+                elif rc == EXIT_HELD and p.job.removed_at is not None:  # killed while it was being held
+                    EventLogWriter(str(self.stage_root / p.job_id / "job.log")).aborted(
+                        p.cluster, p.proc, "removed by user")
+                    p.local_state = "done"
                 elif rc == EXIT_HELD:
-                    p.local_state = "held"  # not about to use a slot (the load report says so)
+                    p.local_state = "held"  # until its owner releases (or kills) it; not about to use a slot
                     held = True
                 elif rc in (EXIT_DONE, None):
                     p.local_state = "done"
@@ -476,7 +549,9 @@ class LocalExecutor(Executor):
         reader = EventLogReader(str(self.stage_root / p.job_id / "job.log"))
         reader.update()
         status = reader.procs.get((p.cluster, p.proc))
-        if status is None or not (status.state.is_terminal or status.state.value == "held"):
+        if status is not None and status.state.value == "held":
+            p.local_state = "held"
+        elif status is None or not status.state.is_terminal:
             p.local_state = "running"  # _lost decides
             self._lost(p, "the local runner vanished without a verdict")
         elif status.state.value == "held":

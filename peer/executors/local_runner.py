@@ -12,7 +12,8 @@ Signals from the peer:
 Exit status: 0 when a final event was written, 3 after an eviction (or when
 the job's policy runs it again: at the proc's exit that is logged as the
 shadow logs it, "Job terminated and was requeued", which readers count as a
-retry, not an eviction), 4 when the proc is held.
+retry, not an eviction), 4 when the proc is held (it runs again when
+released).
 
 The job policy of the submit file (periodic_hold, periodic_remove,
 on_exit_hold, on_exit_remove, max_retries, ...) is evaluated here, with
@@ -252,7 +253,7 @@ class Runner:
         problem = sandbox.exec_problem(iso, spec["executable"])
         if problem:
             self.log.held(self.cluster, self.proc, f"Failed to execute '{spec['executable']}': {problem}", code=6)
-            return EXIT_DONE
+            return EXIT_HELD
         info_r = info_w = None
         try:
             sandbox.hand_over(Path(spec["iwd"]), iso, spec.get("staged_files"))
@@ -283,7 +284,7 @@ class Runner:
                 code=6,
                 subcode=exc.errno or 0,
             )
-            return EXIT_DONE
+            return EXIT_HELD
         finally:
             if info_w is not None:
                 os.close(info_w)

@@ -256,8 +256,13 @@ def test_a_job_no_slot_matches_is_accepted_with_a_warning_and_its_status_says_wh
                         submit_text="executable = sleep.sh\nrequest_memory = 99999999\nqueue\n")
     nope = client.submit("nope", SLEEP_SH, "nope.sub", ["u.txt"], executable_name="sleep.sh",
                          submit_text='executable = sleep.sh\nrequirements = (Arch == "NOPE")\nqueue\n')
-    assert "request_memory = 99999999" in " ".join(big["warnings"])
-    assert 'Arch == "NOPE"' in " ".join(nope["warnings"])
+    def warnings(job: dict) -> str:  # the site's warnings reach the status once it took its piece
+        return wait_until(lambda: " ".join(client.status(job["id"])[0]["warnings"]) if
+                          with_history(client, job["id"])["inputs"][0]["attempts"][-1]["piece"] else None,
+                          timeout=120, interval=1, what="the site's warnings")
+
+    assert "request_memory = 99999999" in warnings(big)
+    assert 'Arch == "NOPE"' in warnings(nope)
     for job, said in ((big, "request_memory = 99999999"), (nope, 'Arch == "NOPE"')):
         i = wait_until(lambda j=job: (x := client.status(j["id"])[0]["inputs"][0]).get("match") and x,
                        timeout=120, interval=1, what="the match hint")
@@ -277,7 +282,7 @@ def test_a_kill_during_a_schedd_outage_is_answered_at_once_and_carried_out_later
     client = Client(condor_peer.url, retries=0)
     job = client.submit("outage", SLEEP_SH, "o.sub", ["o.txt"], executable_name="sleep.sh",
                         submit_text="executable = sleep.sh\nqueue\n")
-    cluster = job["clusters"][0]
+    _, cluster = _piece_cluster(client, job["id"])
     with host_condor():
         env = dict(os.environ)
     off = subprocess.run(["condor_off", "-daemon", "schedd"], capture_output=True, text=True, env=env, timeout=60)
@@ -288,9 +293,9 @@ def test_a_kill_during_a_schedd_outage_is_answered_at_once_and_carried_out_later
         wait_until(lambda: requests.get(f"{condor_peer.url}/healthz", timeout=5).json()["executor"]["schedd"]
                    ["state"] == "unreachable", timeout=120, interval=1, what="the probe to notice")
         r = requests.delete(f"{condor_peer.url}/api/v1/jobs/{job['id']}", timeout=30)
-        assert r.status_code == 202 and r.json()["removal"].startswith("pending:")
+        assert r.status_code == 202 and r.json()["removal"].startswith(f"pending at {condor_peer.name}: the schedd")
         assert len(r.text) < 400  # a short sentence, not condor_q's stderr
-        assert client.status(job["id"])[0]["removal"].startswith("pending:")
+        assert client.status(job["id"])[0]["removal"] == r.json()["removal"]
         condor_peer.stop()  # the pending removal must survive a restart: stop while it is still pending...
     finally:
         subprocess.run(["condor_on", "-daemon", "schedd"], capture_output=True, text=True, env=env, timeout=60)
@@ -300,6 +305,34 @@ def test_a_kill_during_a_schedd_outage_is_answered_at_once_and_carried_out_later
     assert final["state"] == "removed" and "removal" not in final
     wait_until(lambda: all(j["JobStatus"] == 3 for j in _schedd_jobs(cluster)), timeout=TIMEOUT, interval=2,
                what="the cluster to leave the queue")
+
+
+@pytest.mark.condor
+def test_release_through_the_schedd_runs_the_held_input_again(condor_peer):
+    """Held on its first start only (``NumJobStarts == 1``), released through the API
+    (``Schedd.act(Release)``), the input runs again and completes; the status's reason is
+    the current state's, the hold stays in the history."""
+    (condor_peer.publish / "r.txt").write_text("1\n2\n")
+    client = Client(condor_peer.url)
+    job = client.submit(
+        "release-me", COUNT_SH.replace(b'n=$(wc', b'sleep 30\nn=$(wc'), "rel.sub", ["r.txt"], executable_name="count.sh",
+        submit_text='executable = count.sh\narguments = $(input) $(input_index)\nrequest_memory = 64\n'
+                    'periodic_hold = JobStatus == 2 && NumJobStarts == 1\n'
+                    'periodic_hold_reason = "held once by the pocketgrid test"\nqueue\n')
+
+    def held():
+        status, _ = client.status(job["id"])
+        return status["inputs"][0]["state"] == "held" and status
+
+    status = wait_until(held, timeout=TIMEOUT, interval=2, what="the periodic hold")
+    assert status["inputs"][0]["hold_reason"] == "held once by the pocketgrid test"
+    res = client.release(job["id"])
+    assert res["released_procs"] == 1 and res["inputs"] == [0]
+    final = client.wait(job["id"], timeout=TIMEOUT, poll=10)
+    assert final["state"] == "completed" and "hold_reason" not in final["inputs"][0]
+    history, _ = client.status(job["id"], history=True)
+    events = [h["event"] for h in history["inputs"][0]["history"]]
+    assert "job_held" in events and "job_released" in events and events[-1] == "job_terminated"
 
 
 # ---------------------------------------------------------------------------

@@ -70,3 +70,29 @@ def test_job_path_and_restart_on_postgresql(peers, pg_database, site_pki):
     assert err.value.status == 403
     actions = {e["action"] for e in carol.audit(limit=100)}
     assert {"login", "submit", "acl-deny", "logout", "access-denied"} <= actions
+
+
+def test_placement_record_decisions_and_learned_run_times_on_postgresql(peers, pg_database, site_pki):
+    p = peers("pg-learner", extra=["--agent-interval", "0.3", "--database-url", pg_database], site_pki=site_pki)
+    p.publish.mkdir(parents=True, exist_ok=True)
+    for i in range(3):
+        (p.publish / f"x{i}.txt").write_text("1\n")
+    alice, carol = login(p, site_pki, "alice"), login(p, site_pki, "carol")
+    kw = dict(executable_name="w.sh", submit_text="executable = w.sh\narguments = $(input)\nqueue\n")
+    job = alice.submit("pg-learn", b"#!/bin/sh\nwc -l < \"$1\"\n", "s.sub", [f"x{i}.txt" for i in range(3)], **kw)
+    assert alice.wait(job["id"], timeout=60)["state"] == "completed"
+    status, _ = alice.status(job["id"], history=True)
+    assert status["placement"]["chosen"] == "pg-learner"
+    assert [h["event"] for h in status["inputs"][0]["history"]] == ["submit", "execute", "job_terminated"]
+    decisions = carol.placements(limit=5)["placements"]
+    assert decisions[0]["outcome"]["job_id"] == job["id"]
+
+    def learned():
+        row = next((r for r in alice.system()["load"] if r["peer"] == "pg-learner"), {})
+        return (row.get("runtimes") or {}).get("completed", 0) >= 3
+
+    from tests.conftest import wait_until
+    wait_until(learned, 30, what="the agent's report to carry the run times read from the event logs")
+    again = alice.submit("pg-again", b"#!/bin/sh\nwc -l < \"$1\"\n", "s.sub", ["x0.txt"], **kw)
+    status, _ = alice.status(again["id"], placement=True)
+    assert status["placement"]["ranking"][0]["detail"]["run_source"].startswith("learned: median of 3 procs")

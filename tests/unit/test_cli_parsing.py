@@ -141,3 +141,24 @@ def test_a_read_error_is_retried_only_where_sending_twice_is_harmless():
         retry.increment("POST", "/api/v1/admin/acl", error=dropped)
     with pytest.raises(MaxRetryError):  # refused: no retry here, the client moves on to the next peer
         retry.increment("GET", "/healthz", error=NewConnectionError(None, "refused"))
+
+
+def test_placement_in_one_line_and_in_full():
+    p = {"chosen": "site-b", "policy": "least-expected-load", "decided_at": 1_700_000_000.0,
+         "ranking": [{"name": "site-c", "score": None, "reason": "retry"},
+                     {"name": "site-b", "score": 61.0, "reason": "est 61.0 s (wait 0.0 + run 60 + move 1.0); 0/4 in flight",
+                      "detail": {"run_source": "nominal 60 s at speed 1", "wait_source": "learned: 4/4 slots busy"}},
+                     {"name": "site-a", "score": 121.0, "reason": "est 121.0 s (wait 60 + run 60 + move 1.0); 1/4 in flight"},
+                     {"name": "old", "score": 0.4, "reason": "min coefficient"},
+                     {"name": "x", "score": None, "reason": "no fresh report"},
+                     {"name": "y", "score": None, "reason": "no fresh report"}],
+         "failed": [{"name": "site-c", "error": "cannot reach site-c: ConnectError"}]}
+    line = cli.placement_line(p)
+    assert line.startswith("placed on site-b: est 61.0 s (wait 0.0 + run 60 + move 1.0) (after site-c failed); ")
+    assert "; site-a est 121.0 s (wait 60 + run 60 + move 1.0)" in line and "old score 0.4 (min coefficient)" in line
+    assert line.endswith("; 2 more (pocketgrid status --placement)")
+    full = cli.placement_text(p).splitlines()
+    assert full[0].startswith("placement: least-expected-load, decided ") and full[0].endswith("chosen site-b")
+    assert full[2].startswith(" * 2. site-b ") and "est 61.0 s" in full[2]
+    assert full[3:5] == ["        run: nominal 60 s at speed 1", "        wait: learned: 4/4 slots busy"]
+    assert full[-1] == "  failed first: site-c: cannot reach site-c: ConnectError"

@@ -42,6 +42,7 @@ from peer.executors.condor import (
     probe_schedd,
     proc_rows,
     quote_classad_string,
+    release_constraint,
     submission_for,
 )
 from peer.models import Base, Job, Proc
@@ -171,6 +172,16 @@ def test_release_constraint_touches_only_procs_held_since_submit() -> None:
     # held later for a real reason (e.g. code 13, input transfer failed): not ours to release
     assert c.eval(_ad(PocketgridJob="a.1", ClusterId=7, JobStatus=5, HoldReasonCode=13)) is False
     assert c.eval(_ad(PocketgridJob="a.1", ClusterId=7, JobStatus=1)) is False
+
+
+def test_user_release_touches_only_held_procs_of_the_chosen_inputs() -> None:
+    c = classad2.ExprTree(release_constraint("a.1", [7], [0, 2]))
+    assert c.eval(_ad(PocketgridJob="a.1", ClusterId=7, PocketgridIndex=2, JobStatus=5)) is True
+    assert c.eval(_ad(PocketgridJob="a.1", ClusterId=7, PocketgridIndex=1, JobStatus=5)) is False  # not asked for
+    assert c.eval(_ad(PocketgridJob="a.1", ClusterId=7, PocketgridIndex=0, JobStatus=2)) is False  # running
+    assert c.eval(_ad(PocketgridJob="b.2", ClusterId=7, PocketgridIndex=0, JobStatus=5)) is False  # another job
+    assert classad2.ExprTree(release_constraint("a.1", [7], [])).eval(
+        _ad(PocketgridJob="a.1", ClusterId=7, PocketgridIndex=0, JobStatus=5)) is False  # nothing asked: nothing
 
 
 # ---- commit / rollback ordering on a real database ------------------------------

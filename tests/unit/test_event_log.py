@@ -379,7 +379,99 @@ def test_terminal_proc_is_not_flipped_back_except_by_resubmit(log: Path) -> None
 
     w.submit(3, 0, HOST, when=WHEN + 8)
     assert reader.update() is True
-    assert reader.procs[(3, 0)] == ProcStatus(3, 0, ProcState.IDLE, submitted_at=WHEN + 8)
+    assert reader.procs[(3, 0)] == ProcStatus(3, 0, ProcState.IDLE, submitted_at=WHEN + 8,
+                                              history=[{"at": WHEN + 8, "event": "submit", "state": "idle"}])
+
+
+# ---------------------------------------------------------------------------
+# Reasons belong to the current state; the history keeps the earlier ones
+# ---------------------------------------------------------------------------
+
+
+def test_held_then_removed_shows_the_removal_not_the_hold(log: Path) -> None:
+    w = EventLogWriter(log)
+    w.submit(7, 0, HOST, when=WHEN)
+    w.execute(7, 0, HOST, when=WHEN + 1)
+    w.held(7, 0, "held on exit by the submit file", code=3, subcode=42, when=WHEN + 2)
+    reader = EventLogReader(log)
+    reader.update()
+    st = reader.procs[(7, 0)]
+    assert (st.state, st.reason, st.hold_code) == (ProcState.HELD, "held on exit by the submit file", 3)
+
+    w.aborted(7, 0, "removed by user", when=WHEN + 3)
+    assert reader.update() is True
+    st = reader.procs[(7, 0)]
+    assert st.state is ProcState.REMOVED
+    assert (st.hold_reason, st.hold_code, st.hold_subcode) == (None, None, None)
+    assert st.reason == st.note == "removed by user"
+    assert [(h["event"], h["state"], h.get("reason")) for h in st.history] == [
+        ("submit", "idle", None),
+        ("execute", "running", None),
+        ("job_held", "held", "held on exit by the submit file"),
+        ("job_aborted", "removed", "removed by user"),
+    ]
+    assert [h["at"] for h in st.history] == [WHEN, WHEN + 1, WHEN + 2, WHEN + 3]
+
+
+def test_evicted_then_completed_has_no_reason(log: Path) -> None:
+    w = EventLogWriter(log)
+    w.submit(8, 0, HOST, when=WHEN)
+    w.execute(8, 0, HOST, when=WHEN + 1)
+    w.evicted(8, 0, "Startd was shutdown", when=WHEN + 2)
+    reader = EventLogReader(log)
+    reader.update()
+    st = reader.procs[(8, 0)]
+    assert (st.state, st.reason, st.evictions) == (ProcState.IDLE, "Startd was shutdown", 1)
+
+    w.execute(8, 0, HOST, when=WHEN + 3)
+    reader.update()
+    assert (st.state, st.reason) == (ProcState.RUNNING, None)  # running again: the eviction is over
+    w.terminated(8, 0, return_value=0, when=WHEN + 4)
+    reader.update()
+    assert (st.state, st.exit_code, st.note, st.evictions) == (ProcState.COMPLETED, 0, None, 1)
+    assert ("job_evicted", "idle", "Startd was shutdown") in [
+        (h["event"], h["state"], h.get("reason")) for h in st.history]
+    assert st.history[-1] == {"at": WHEN + 4, "event": "job_terminated", "state": "completed"}
+
+
+def test_released_proc_is_idle_without_a_reason_and_the_release_is_history(log: Path) -> None:
+    w = EventLogWriter(log)
+    w.submit(9, 0, HOST, when=WHEN)
+    w.held(9, 0, "interpreter missing", code=6, when=WHEN + 1)
+    w.released(9, 0, "released by its owner", when=WHEN + 2)
+    st = EventLogReader(log)
+    st.update()
+    proc = st.procs[(9, 0)]
+    assert (proc.state, proc.reason) == (ProcState.IDLE, None)
+    assert proc.history[-1] == {"at": WHEN + 2, "event": "job_released", "state": "idle",
+                                "reason": "released by its owner"}
+
+
+def test_history_is_bounded_and_survives_a_resume(log: Path) -> None:
+    from peer.event_log import HISTORY_MAX
+
+    w = EventLogWriter(log)
+    w.submit(4, 0, HOST, when=WHEN)
+    for k in range(HISTORY_MAX):
+        w.execute(4, 0, HOST, when=WHEN + 2 * k + 1)
+        w.evicted(4, 0, f"preempted {k}", when=WHEN + 2 * k + 2)
+    reader = EventLogReader(log)
+    reader.update()
+    history = reader.procs[(4, 0)].history
+    assert len(history) == HISTORY_MAX
+    assert history[-1]["reason"] == f"preempted {HISTORY_MAX - 1}"
+    resumed = EventLogReader.from_state(log, json.loads(json.dumps(reader.state_dict())))
+    assert resumed.procs[(4, 0)].history == history
+
+
+def test_stale_reasons_saved_by_an_older_version_are_dropped_on_load() -> None:
+    old = {"cluster": 1, "proc": 0, "state": "removed", "hold_reason": "held on exit", "hold_code": 3,
+           "note": "removed by user"}
+    st = ProcStatus.from_dict(old)
+    assert (st.hold_reason, st.hold_code, st.reason) == (None, None, "removed by user")
+    done = ProcStatus.from_dict({"cluster": 1, "proc": 1, "state": "completed", "exit_code": 0,
+                                 "note": "Startd was shutdown", "evictions": 1})
+    assert (done.note, done.evictions, done.history) == (None, 1, [])
 
 
 # ---------------------------------------------------------------------------
@@ -404,7 +496,7 @@ def test_missing_log_then_incremental_updates(log: Path) -> None:
     w.execute(9, 1, "<10.0.0.3:9618>", when=WHEN + 3)
     assert reader.update() is True
     st0, st1 = reader.procs[(9, 0)], reader.procs[(9, 1)]
-    assert st0 == ProcStatus(9, 0, submitted_at=WHEN)  # untouched
+    assert st0 == ProcStatus(9, 0, submitted_at=WHEN, history=[{"at": WHEN, "event": "submit", "state": "idle"}])  # untouched
     assert (st1.state, st1.evictions, st1.execute_host) == (ProcState.RUNNING, 1, "<10.0.0.3:9618>")
     assert st1.started_at == WHEN + 3
     assert reader.update() is False

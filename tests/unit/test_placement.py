@@ -273,6 +273,25 @@ def test_simulator_is_deterministic_for_a_seed_and_uses_the_broker_policies():
     assert simulate(workload, "least-expected-load", 6) != first
 
 
+def test_pareto_run_times_and_programs_in_workloads():
+    from benchmarks.placement.workload import dist_mean, sample
+    import random
+
+    capped = {"dist": "pareto", "scale": 300, "alpha": 1.5, "max": 21600}
+    rng = random.Random(1)
+    draws = [sample(capped, rng) for _ in range(20000)]
+    assert min(draws) >= 300 and max(draws) <= 21600
+    assert sum(draws) / len(draws) == pytest.approx(dist_mean(capped), rel=0.05)
+    assert dist_mean({"dist": "pareto", "scale": 10, "alpha": 2}) == pytest.approx(20)
+    data = {**TINY, "streams": [{**TINY["streams"][0], "job": {**TINY["streams"][0]["job"], "program": "sim"}},
+                                TINY["streams"][1]]}
+    jobs = parse_workload(data).jobs(1)
+    assert {j.program for j in jobs} == {"sim", "stream1"}
+    with pytest.raises(WorkloadError, match="alpha <= 1 has no mean"):
+        parse_workload({**TINY, "streams": [{"type": "burst", "count": 1,
+                                             "job": {"work": {"dist": "pareto", "scale": 1, "alpha": 1}}}]})
+
+
 def test_workload_errors_name_the_field():
     bad = {**TINY, "streams": [{"type": "poisson", "duration": 10, "job": {"work": 1}}]}
     with pytest.raises(WorkloadError, match=r"streams\[0\].*rate"):
