@@ -510,7 +510,7 @@ class BrokerRole:
             ranking = self.policy([p for p in states if p.name not in exclude], job, now)
             shares = split_inputs(states, job, now, estimator=self.estimator, avoid=frozenset(avoid),
                                   input_sizes=input_sizes or (), exclude=frozenset(exclude))
-            policy = f"{self.policy_name} (split)"
+            policy = self.policy_name  # a split: its ranking entries say which sites got shares
             decision: dict[str, Any] = {"id": None, "ranking": ranking, "shares": shares, "policy": policy,
                                         "decided_at": now,
                                         "refused_all": bool(exclude) and not shares and bool(states)}

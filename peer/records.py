@@ -346,6 +346,8 @@ def _note(record: JobRecord, atts: Sequence[JobAttempt], state: str, now: float,
             + f"; placed again without {'it' if len(cur.refused) == 1 else 'them'}"
     if cur.state == "failed" and cur.site is None and cur.reason:  # failed before any site ran it
         return cur.reason
+    if state == "removed" and cur.state == "removed" and cur.reason:  # killed, or its own periodic_remove
+        return cur.reason
     if cur.state in ("failed", "removed", "lost") and state == "completed" and cur.retry:
         res = result_of(atts)
         return f"the retry (attempt {cur.number}) ended {cur.state}: {cur.reason}; the result of attempt " \

@@ -1,6 +1,7 @@
-"""Where a job went and why, on real TLS peers: the placement in the owner's status and CLI,
-the broker's recent decisions for administrators (and only them), and run times learned from
-real event logs through the in-process agent's reports."""
+"""Where a job's inputs went and why, on real TLS peers: the placement (each dispatch round's split,
+kept at the job's home) in the owner's status and CLI, the broker's recent decisions for
+administrators (and only them), and run times learned from real event logs through the in-process
+agent's reports, used by the split with the job's own program's history."""
 from __future__ import annotations
 
 import os
@@ -55,6 +56,12 @@ def pair(tmp_path_factory, site_pki):
         p.stop()
 
 
+def placed(client: Client, job_id: str, **kw) -> dict:
+    """The job's status once its home has placed it (the first dispatch round comes right after the 201)."""
+    return wait_until(lambda: (st := client.status(job_id, **kw)[0]).get("placement") and st, 30,
+                      what=f"job {job_id}'s first dispatch round")
+
+
 def submit_to_b(a: PeerProcess, b: PeerProcess, client: Client, name: str, inputs: list[str]) -> dict:
     """Make site-a look busy and site-b idle, then submit through site-a: the broker sends it to site-b."""
     report(a, a, 4.0)  # one slot, two procs ahead: two waves of the nominal 60 s
@@ -66,17 +73,18 @@ def test_the_owner_sees_where_the_job_went_and_why(pair, site_pki, tmp_path):
     a, b = pair
     alice = login_client(a, site_pki, "alice")
     job = submit_to_b(a, b, alice, "placed", ["in0.txt"])
-    assert job["peer"] == "site-b"
+    assert job["peer"] == "site-a"  # its home, which keeps its record and asks the broker to split it
 
-    status, _ = alice.status(job["id"])  # asked at site-a, relayed to site-b, which stored the record
+    status = placed(alice, job["id"])
     p = status["placement"]
-    assert p["chosen"] == "site-b" and p["policy"] == "least-expected-load" and p["failed"] == []
+    assert p["chosen"] == "site-b" and p["policy"] == "least-expected-load" and p["rounds"] == 1
+    assert p["inputs"] == [0] and [(s["site"], s["count"]) for s in p["shares"]] == [("site-b", 1)]
     assert [r["name"] for r in p["ranking"]] == ["site-b", "site-a"]
     best, other = p["ranking"]
     assert best["score"] < other["score"]
     assert re.match(r"est \d+\.\d s \(wait 0\.0 \+ run 60 \+ move 0\.0\)", best["reason"]), best["reason"]
     assert "wait 120" in other["reason"]
-    assert "detail" not in best  # a phone's status stays small
+    assert "detail" not in best and "detail" not in p["shares"][0]  # a phone's status stays small
 
     full, etag = alice.status(job["id"], placement=True)
     detail = full["placement"]["ranking"][0]["detail"]
@@ -148,7 +156,7 @@ def test_reported_run_times_reach_the_ranking(pair, site_pki):
     job = alice.submit("learned", COUNT_SH, "count.sub", ["in0.txt"], executable_name="count.sh",
                        submit_text=COUNT_SUB)
     assert job["peer"] == "site-a"
-    status, _ = alice.status(job["id"], placement=True)
+    status = placed(alice, job["id"], placement=True)
     ranking = {r["name"]: r for r in status["placement"]["ranking"]}
     assert ranking["site-b"]["detail"]["wait_s"] == pytest.approx(800.0)  # 900 s jobs, this one 100 s old
     assert ranking["site-b"]["detail"]["wait_source"].startswith("learned: 1/1 slots busy, oldest 100 s")
@@ -176,15 +184,18 @@ def test_the_agent_learns_run_times_from_the_event_logs(peers, site_pki, tmp_pat
     assert times["running"] == 0 and times["idle"] == 0 and times["median_s"] >= 0
     second = alice.submit("second", COUNT_SH, "count.sub", ["x0.txt"], executable_name="count.sh",
                           submit_text=COUNT_SUB)
-    status, _ = alice.status(second["id"], placement=True)
+    status = placed(alice, second["id"], placement=True)
     detail = status["placement"]["ranking"][0]["detail"]
     assert detail["run_source"] == "learned: median of 3 procs of this executable on learner"
+    # the split that placed it used the same estimate, with the job's own program's history
+    share = status["placement"]["shares"][0]
+    assert share["site"] == "learner" and share["detail"]["run_source"] == detail["run_source"]
     other = alice.submit("other", COUNT_SH + b"# another program\n", "count.sub", ["x0.txt"],
                          executable_name="count.sh", submit_text=COUNT_SUB)
-    status, _ = alice.status(other["id"], placement=True)
+    status = placed(alice, other["id"], placement=True)
     assert status["placement"]["ranking"][0]["detail"]["run_source"].startswith("nominal")
     bob = login_client(p, site_pki, "bob")  # the same program of another user has no history yet
     (p.publish / "y.txt").write_text("1\n")
     theirs = bob.submit("bobs", COUNT_SH, "count.sub", ["y.txt"], executable_name="count.sh", submit_text=COUNT_SUB)
-    status, _ = bob.status(theirs["id"], placement=True)
+    status = placed(bob, theirs["id"], placement=True)
     assert status["placement"]["ranking"][0]["detail"]["run_source"].startswith("nominal")

@@ -1,12 +1,14 @@
-"""Releasing held inputs on real TLS peers: through the CLI on the owning peer, relayed from
-another peer, with the same ownership rules as kill; and the reasons a person reads after a
-hold, a release, a kill.
+"""Releasing held inputs on real TLS peers: through the CLI at the job's home, relayed from
+another peer to the home and from the home to the site holding the piece, with the same
+ownership rules as kill; and the reasons a person reads after a hold, a release, a kill.
 
-The LocalExecutor holds a proc it cannot start (HTCondor's hold code 6), e.g. when the
-executable's ``#!`` interpreter does not exist.  The tests name an interpreter under
-``/usr/local/bin`` (which the job sandbox shows) that is not there, and create it (a link to
-/bin/sh) once the inputs are held: the cause goes away, as when a site installs what was
-missing, and the released inputs complete.
+The job holds itself (its submit file's ``on_exit_hold``, HTCondor's hold code 3: a hold of
+the job's own, which its home leaves held for its owner) when a file it needs is missing: the
+tests name a file under ``/usr/local/bin`` (which the job sandbox shows) that is not there, and
+create it once the inputs are held: the cause goes away, as when a site installs what was
+missing, and the released inputs complete.  (A hold for a *site* reason, e.g. an executable that
+cannot start, is not left held: the home runs the input again elsewhere; see
+tests/integration/test_jobs_across_sites.py.)
 """
 from __future__ import annotations
 
@@ -23,7 +25,9 @@ from tests.integration.test_placement_record import report
 
 pytestmark = pytest.mark.integration
 
-SUB = "executable = fix.sh\narguments = $(input)\noutput = out.txt\nqueue\n"
+def sub(needed: Path) -> str:
+    return ("executable = fix.sh\narguments = $(input)\noutput = out.txt\non_exit_hold = ExitCode != 0\n"
+            f'on_exit_hold_reason = "needs {needed}"\nqueue\n')
 
 
 @pytest.fixture
@@ -38,8 +42,8 @@ def interpreter():
     path.unlink(missing_ok=True)
 
 
-def script(interp: Path) -> bytes:
-    return f"#!{interp}\necho \"done with $1\"\n".encode()
+def script(needed: Path) -> bytes:
+    return f"#!/bin/sh\n[ -e {needed} ] || exit 1\necho \"done with $1\"\n".encode()
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +90,7 @@ def test_release_from_the_cli_after_the_cause_went_away(pair, site_pki, tmp_path
     place_on(a, a, b)
     exe = tmp_path / "fix.sh"
     exe.write_bytes(script(interpreter))
-    (tmp_path / "fix.sub").write_text(SUB)
+    (tmp_path / "fix.sub").write_text(sub(interpreter))
     cli = Cli(tmp_path / "home")
     cli.login(a.url, site_pki)
     out = cli("submit", "--name", "fixable", "--executable", str(exe), "--submit-file", str(tmp_path / "fix.sub"),
@@ -97,9 +101,9 @@ def test_release_from_the_cli_after_the_cause_went_away(pair, site_pki, tmp_path
     alice = login_client(a, site_pki, "alice")
     st = held_everywhere(alice, job, 2)
     reason = st["inputs"][0]["hold_reason"]
-    assert str(interpreter) in reason
+    assert reason == f"needs {interpreter}"
     out = cli("status", job)
-    assert f"  [0] r0.txt: held ({reason})" in out.stdout.splitlines()
+    assert f"  [0] r0.txt: held ({reason}), on site-a" in out.stdout.splitlines()
 
     # released with nothing fixed: it runs again and is held again, and the history says so
     out = cli("release", job, "--input", "0")
@@ -113,6 +117,7 @@ def test_release_from_the_cli_after_the_cause_went_away(pair, site_pki, tmp_path
 
     st = wait_until(held_again, 60, what="input 0 held again after its release")
     assert [h["event"] for h in st["inputs"][1]["history"]] == ["submit", "execute", "job_held"]
+    assert [a["site"] for a in st["inputs"][0]["attempts"]] == ["site-a"]  # released where it is: no new attempt
     assert st["inputs"][0]["history"][-3]["reason"] == "released by its owner (via pocketgrid)"
 
     out = cli("release", job, "--input", "7")
@@ -123,40 +128,44 @@ def test_release_from_the_cli_after_the_cause_went_away(pair, site_pki, tmp_path
     assert out.returncode == 1 and "(HTTP 404)" in out.stderr  # another user's job does not exist for bob
     assert [i["state"] for i in alice.status(job)[0]["inputs"]] == ["held", "held"]  # nothing changed
 
-    interpreter.symlink_to("/bin/sh")  # the site installs what was missing
+    interpreter.write_text("")  # the site installs what was missing
     out = cli("release", job)
     assert out.returncode == 0 and "released 2 of inputs 0, 1" in out.stdout, out.stdout + out.stderr
     final = alice.wait(job, timeout=60)
     assert final["state"] == "completed"
     out = cli("status", job)
-    assert "  [0] r0.txt: completed exit 0" in out.stdout.splitlines()  # no stale hold reason
+    assert "  [0] r0.txt: completed exit 0, on site-a" in out.stdout.splitlines()  # no stale hold reason
     out = cli("release", job)
     assert out.returncode == 1
     assert f"error: job {job} has no held input: nothing to release (HTTP 409)" in out.stderr
 
 
-def test_release_relayed_to_the_owning_peer(pair, site_pki, interpreter):
+def test_release_relayed_to_the_jobs_home_and_on_to_the_site(pair, site_pki, interpreter):
     a, b = pair
-    place_on(b, a, b)
-    alice = login_client(a, site_pki, "alice")
+    place_on(a, a, b)  # site-b's job runs at site-a: its home relays the release there
+    for name in ("r0.txt", "r1.txt"):
+        (b.publish / name).write_text("1\n")
+    alice = login_client(b, site_pki, "alice")
     job = alice.submit("relayed", script(interpreter), "fix.sub", ["r0.txt", "r1.txt"], executable_name="fix.sh",
-                       submit_text=SUB)
-    assert job["peer"] == "site-b"
+                       submit_text=sub(interpreter))
+    assert job["peer"] == "site-b"  # its home
     held_everywhere(alice, job["id"], 2)
-    interpreter.symlink_to("/bin/sh")
+    assert alice.status(job["id"])[0]["sites"] == ["site-a"]
+    interpreter.write_text("")
 
-    res = alice.release(job["id"], [1])  # asked at site-a: the body goes along to site-b
+    at_a = login_client(a, site_pki, "alice")
+    res = at_a.release(job["id"], [1])  # asked at site-a: the body goes along to site-b, then to site-a's piece
     assert res == {"id": job["id"], "released_procs": 1, "inputs": [1]}
     wait_until(lambda: alice.status(job["id"])[0]["inputs"][1]["state"] == "completed", 60,
                what="the released input to complete")
     assert alice.status(job["id"])[0]["inputs"][0]["state"] == "held"  # only input 1 was released
     with pytest.raises(ApiError) as not_held:
-        alice.release(job["id"], [0, 1])
+        at_a.release(job["id"], [0, 1])
     assert not_held.value.status == 409 and "input 1 is completed" in not_held.value.message
     with pytest.raises(ApiError) as other_user:
         login_client(a, site_pki, "bob").release(job["id"])
     assert other_user.value.status == 404
-    assert alice.release(job["id"])["inputs"] == [0]
+    assert at_a.release(job["id"])["inputs"] == [0]
     assert alice.wait(job["id"], timeout=60)["state"] == "completed"
 
 
@@ -165,20 +174,20 @@ def test_a_killed_held_job_is_removed_and_says_so(pair, site_pki, tmp_path, inte
     place_on(a, a, b)
     alice = login_client(a, site_pki, "alice")
     job = alice.submit("stuck", script(interpreter), "fix.sub", ["r0.txt"], executable_name="fix.sh",
-                       submit_text=SUB)
+                       submit_text=sub(interpreter))
     held_everywhere(alice, job["id"], 1)
     assert alice.kill(job["id"])["removed_procs"] == 1
     final = alice.wait(job["id"], timeout=30)
     assert final["state"] == "removed"
     i = final["inputs"][0]
-    assert "hold_reason" not in i and i["note"] == "removed by user"
+    assert "hold_reason" not in i and i["note"] == "removed by its owner"
     cli = Cli(tmp_path / "home")
     cli.login(a.url, site_pki)
     out = cli("status", job["id"], "--history")
     lines = out.stdout.splitlines()
-    assert "  [0] r0.txt: removed (removed by user)" in lines
+    assert "  [0] r0.txt: removed (removed by its owner), on site-a" in lines
     held_line = next(line for line in lines if "job_held" in line)  # the history keeps the hold's reason
-    assert "-> held (" in held_line and str(interpreter) in held_line, out.stdout
+    assert "-> held (" in held_line and f"needs {interpreter}" in held_line, out.stdout
     with pytest.raises(ApiError) as nothing:
         alice.release(job["id"])
     assert nothing.value.status == 409
