@@ -46,8 +46,9 @@ ACTIVE = frozenset({"dispatching", "idle", "running", "held"})
 LIVE = WAITING | ACTIVE
 #: Every attempt state.
 STATES = LIVE | frozenset({"completed", "failed", "removed", "lost", "superseded"})
-#: The proc fields of a site's status shown per input (when known).
-PROC_FIELDS = ("exit_code", "signal", "hold_reason", "hold_code", "hold_subcode", "note", "submitted_at",
+#: The proc fields of a site's status shown per input (when known): its HTCondor cluster and proc at that
+#: site, exit, hold, times, host, stderr, its past states (``history``, shown on request), why it waits.
+PROC_FIELDS = ("cluster", "proc", "exit_code", "signal", "hold_reason", "hold_code", "hold_subcode", "note", "submitted_at",
                "started_at", "finished_at", "execute_host", "memory_mb", "image_size_kb", "evictions", "retries",
                "stderr_file", "stderr_tail", "history", "match")
 #: Cleanup values still to carry out at a site -> what is recorded once done.

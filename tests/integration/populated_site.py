@@ -85,14 +85,25 @@ def populate(peer: PeerProcess, site_pki: SitePki, tmp: Path) -> SiteFacts:
     return facts
 
 
-def assert_same_site(peer: PeerProcess, site_pki: SitePki, facts: SiteFacts, tmp: Path) -> Client:
-    """``peer`` serves everything ``facts`` recorded: jobs, statuses, outputs, tokens, the rule, audit, upload."""
+def assert_same_site(peer: PeerProcess, site_pki: SitePki, facts: SiteFacts, tmp: Path, *,
+                     since_release: bool = False) -> Client:
+    """``peer`` serves everything ``facts`` recorded: jobs, statuses, outputs, tokens, the rule, audit, upload.
+
+    ``since_release``: ``facts`` were recorded by the previous release, whose statuses said less: each
+    input shows every field it showed then, unchanged (this version adds the input's site and attempt).
+    """
     alice = Client(peer.url, ca=site_pki.ca, token=facts.alice_token, retries=0)  # a token from before
     listed = {j["id"] for j in alice.jobs()}
     assert set(facts.statuses) <= listed, f"jobs missing after the move: {set(facts.statuses) - listed}"
     for job_id, before in facts.statuses.items():
         now, _ = alice.status(job_id)
-        assert now["state"] == before["state"] and now["inputs"] == before["inputs"]
+        assert now["state"] == before["state"], f"{job_id}: now {now}, before {before}"
+        if since_release:
+            shown = [{k: i.get(k) for k in b} for i, b in zip(now["inputs"], before["inputs"])]
+            assert shown == before["inputs"], f"{job_id}: now {shown}, before {before['inputs']}"
+            assert len(now["inputs"]) == len(before["inputs"])
+        else:
+            assert now["inputs"] == before["inputs"]
         assert job_outputs(alice, job_id, tmp / "after") == facts.outputs[job_id]
     assert upload_info(alice, facts.upload_id) == facts.upload
     with pytest.raises(ApiError) as err:  # revoked before, still revoked

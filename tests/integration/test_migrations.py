@@ -1,7 +1,12 @@
-"""Schema migrations (peer/migrations/): a database of the release before migrations keeps its history
-when a peer of this version starts on it, on SQLite and PostgreSQL; the migrations create exactly what
-the models declare; a database from a newer pocketgrid is refused with a message; upgrades are all or
-nothing and serialised."""
+"""Schema migrations (peer/migrations/): a database of the previous release keeps its history when a peer
+of this version starts on it, on SQLite and PostgreSQL (its database as that release left it, at its
+last revision, and the same rows in a database of the release before migrations); the migrations create
+exactly what the models declare; a database from a newer pocketgrid is refused with a message; upgrades
+are all or nothing and serialised.
+
+The previous release's site is made by that release's own code: ``git archive`` of its commit
+(:data:`RELEASE_COMMIT`), run as a real peer (jobs ran whole on it, one ``jobs`` row each: this version
+turns each into a record, peer/migrations/versions/0003_job_records.py)."""
 from __future__ import annotations
 
 import os
@@ -15,13 +20,17 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from tests.conftest import ROOT, PeerProcess, SitePki, free_port, secure_args, start_secure, wait_until
+from tests.conftest import ROOT, PeerProcess, SitePki, free_port, secure_args, wait_until
 from tests.integration.populated_site import SiteFacts, assert_same_site, populate
 
 pytestmark = [pytest.mark.integration]
 
 PG_URL = os.environ.get("POCKETGRID_TEST_PG_URL")
 FUTURE = "9999_from_the_future"
+#: The previous release: main before jobs became records at their home and pieces at sites (issue 14).
+RELEASE_COMMIT = "6377e1c62daa811cf47dfaf2ba922901f2270207"
+#: Its last migration.
+RELEASE_REVISION = "0002_jobs_retention"
 
 
 def pg_or_skip() -> str:
@@ -109,16 +118,20 @@ def release_database(url: str) -> None:
 
 
 def copy_rows(src_url: str, dst_url: str) -> int:
-    """Every row of every pocketgrid table from one database into another, in the columns the other
-    database has (an older schema drops the newer columns); the row count."""
+    """Every row of every pocketgrid table from one database into another, in the columns both databases
+    have (an older schema has fewer tables and columns); the row count."""
     src, dst = sa.create_engine(src_url), sa.create_engine(dst_url)
     n = 0
     try:
         with src.connect() as s, dst.begin() as d:
             for metadata in all_metadata():
                 for table in metadata.sorted_tables:
-                    have = {c["name"] for c in sa.inspect(d).get_columns(table.name)}
-                    rows = [{k: v for k, v in r.items() if k in have} for r in s.execute(table.select()).mappings()]
+                    if not sa.inspect(s).has_table(table.name) or not sa.inspect(d).has_table(table.name):
+                        continue
+                    have = ({c["name"] for c in sa.inspect(d).get_columns(table.name)}
+                            & {c["name"] for c in sa.inspect(s).get_columns(table.name)})
+                    read = sa.select(*(table.c[c] for c in table.columns.keys() if c in have))
+                    rows = [dict(r) for r in s.execute(read).mappings()]
                     if rows:
                         shown = sa.Table(table.name, sa.MetaData(),  # the model's types, the columns dst has
                                          *(sa.Column(c.name, c.type) for c in table.columns if c.name in have))
@@ -151,10 +164,49 @@ class ReleaseSite:
                         ignore=shutil.ignore_patterns("pocketgrid.db*", "peer.log"))
 
 
+class ReleasePeer(PeerProcess):
+    """A peer of the previous release: its code from ``git archive``, run from its own tree (cwd and
+    PYTHONPATH: its modules, not this checkout's, for the peer and every process it starts)."""
+
+    def __init__(self, tree: Path, *args, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.tree = tree
+        self.env = {**self.env, "PYTHONPATH": str(tree)}
+
+    def start(self) -> "ReleasePeer":
+        self.state.mkdir(parents=True, exist_ok=True)
+        log = open(self.state / "peer.log", "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pocketgrid.cli", "serve", "--name", self.name, "--port", str(self.port),
+             "--state", str(self.state), *self.args],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env, cwd=self.tree,
+            start_new_session=True,
+        )
+        log.close()
+        wait_until(self.healthy, 60, what=f"the previous release's peer {self.name} to answer /healthz")
+        return self
+
+
+def release_tree(root: Path) -> Path:
+    """The previous release's source tree (``git archive`` of :data:`RELEASE_COMMIT`)."""
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout: the previous release's code cannot be read from the history")
+    tree = root / "release-src"
+    tree.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", RELEASE_COMMIT],
+                             capture_output=True, timeout=120)
+    assert archive.returncode == 0, (f"the previous release {RELEASE_COMMIT} is not in this repository's history: "
+                                     f"{archive.stderr.decode()[:300]}")
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True, timeout=120)
+    return tree
+
+
 @pytest.fixture(scope="module")
 def release_site(tmp_path_factory, site_pki: SitePki) -> ReleaseSite:
     root = tmp_path_factory.mktemp("release")
-    peer = start_secure(root, site_pki, "rel-site")
+    tree = release_tree(root)
+    peer = ReleasePeer(tree, "rel-site", root / "rel-site", free_port(),
+                       secure_args(site_pki, "rel-site", "--threads", "8"), {**os.environ}).start()
     try:
         facts = populate(peer, site_pki, root / "client")
     finally:
@@ -177,8 +229,30 @@ def check_release_database_upgrade(url: str, state: Path, site: ReleaseSite, sit
     assert recorded_revisions(url) is None  # as the release left it: no version table
     peer = start_on(state, site, site_pki, *extra)
     try:
-        assert_same_site(peer, site_pki, site.facts, tmp)
+        assert_same_site(peer, site_pki, site.facts, tmp, since_release=True)
         assert f"stamped {BASELINE}" in peer.log_tail(100_000)
+    finally:
+        peer.stop()
+    assert recorded_revisions(url) == [head()]
+
+
+def test_the_previous_releases_own_database_keeps_every_job(release_site, site_pki, tmp_path):
+    """The release's SQLite database as it left it (at its last revision): upgraded at start, every job of it
+    listed with its status and outputs, now a record at this peer."""
+    from peer.migrations.runner import head
+
+    state = tmp_path / "state"
+    shutil.copytree(release_site.peer.state, state, symlinks=True, ignore=shutil.ignore_patterns("peer.log"))
+    url = f"sqlite:///{state / 'pocketgrid.db'}"
+    assert recorded_revisions(url) == [RELEASE_REVISION]
+    peer = start_on(state, release_site, site_pki)
+    try:
+        alice = assert_same_site(peer, site_pki, release_site.facts, tmp_path, since_release=True)
+        for job_id in release_site.facts.statuses:  # each is a record here now, its one round the old job
+            status = alice.status(job_id, history=True)[0]
+            assert status["peer"] == "rel-site" and {i["site"] for i in status["inputs"]} == {"rel-site"}
+            assert all([a["piece"] for a in i["attempts"]] == [job_id] for i in status["inputs"])
+        assert f"{RELEASE_REVISION} -> {head()}" in peer.log_tail(100_000)
     finally:
         peer.stop()
     assert recorded_revisions(url) == [head()]

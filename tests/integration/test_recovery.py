@@ -223,6 +223,6 @@ def test_restart_removes_staging_left_without_a_job_row(peers):
     other.mkdir()
     p.start()
     assert not orphan.exists() and other.exists()
-    assert (stage / kept["id"] / "0" / "runs.txt").exists()
+    assert (attempt_dir([p], with_history(client(p.url), kept["id"]), 0) / "runs.txt").exists()
     assert client(p.url).outputs(kept["id"])["outputs"][0]["files"]
     assert "no job row" in p.log_tail(20000)
