@@ -1,10 +1,10 @@
 """Releasing a held job from the phone, and where the job went and why.
 
-The LocalExecutor holds an input whose executable names a ``#!`` interpreter that does not
-exist (as HTCondor holds a job it cannot start).  The job screen shows the hold's reason and a
-*Release held inputs* button next to *Kill job*, with the same confirm step.  Released with
-nothing fixed, the input runs again and is held again; once the interpreter exists (a link to
-/bin/sh under /usr/local/bin, which the job sandbox shows), released again, it completes.
+The job holds itself (its submit file's ``on_exit_hold``: a hold of its own, which its home leaves
+held for its owner) when a file it needs does not exist.  The job screen shows the hold's reason
+and a *Release held inputs* button next to *Kill job*, with the same confirm step.  Released with
+nothing fixed, the input runs again and is held again; once the file exists (under
+/usr/local/bin, which the job sandbox shows), released again, it completes.
 """
 from __future__ import annotations
 
@@ -36,9 +36,10 @@ def test_a_held_input_released_from_the_phone_runs_again(paired_page: Any, grid:
                                                           tmp_path: Path, interpreter: Path) -> None:
     page, base = paired_page, grid.a.url
     exe = tmp_path / "fix.sh"
-    exe.write_text(f"#!{interpreter}\necho \"done with $1\" > out.txt\n")
+    exe.write_text(f"#!/bin/sh\n[ -e {interpreter} ] || exit 1\necho \"done with $1\" > out.txt\n")
     sub = tmp_path / "fix.sub"
-    sub.write_text("executable = fix.sh\narguments = $(input)\nqueue\n")
+    sub.write_text("executable = fix.sh\narguments = $(input)\non_exit_hold = ExitCode != 0\n"
+                   f'on_exit_hold_reason = "needs {interpreter}"\nqueue\n')
     job_id = submit_from_phone(page, base, unique("held"), exe, sub, grid.inputs[:1])
     try:
         held = page.get_by_role("listitem", name=re.compile(r"^input 0: held, held: .*" + re.escape(interpreter.name)))
@@ -58,7 +59,7 @@ def test_a_held_input_released_from_the_phone_runs_again(paired_page: Any, grid:
                    what="the released input to run and be held again")
         held.wait_for(timeout=60_000)
 
-        interpreter.symlink_to("/bin/sh")  # the cause goes away
+        interpreter.write_text("")  # the cause goes away
         page.get_by_role("button", name="Release held inputs").click()
         page.get_by_role("alertdialog").get_by_role("button", name="Release").click()
         page.get_by_role("listitem", name="input 0: completed, exit 0").wait_for(timeout=60_000)
