@@ -1,6 +1,6 @@
 """Requests that park a server thread while they wait: long-polls and event streams.
 
-A peer is one worker process with ``threads`` threads (peer/server.py).  A
+The app is one worker process with ``threads`` threads (peer/server.py).  A
 status long-poll (``?wait=``) or a live event stream holds its thread for up
 to a minute, on the entry peer and, when relayed, on the owner too.  Left
 alone, a few dozen phones watching jobs would hold every thread and stall
