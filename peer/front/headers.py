@@ -43,6 +43,15 @@ HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "proxy-a
                         "te", "trailer", "transfer-encoding", "upgrade", "expect", "content-length"})
 
 
+def header_text(raw: bytes) -> str:
+    """A header's bytes as text that aiohttp writes back as the same bytes (it encodes UTF-8) when they are UTF-8
+    (ASCII included: nearly always); other bytes are read as Latin-1 (and then change: never seen in practice)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
 def is_front_header(name: str) -> bool:
     """A header only the front may set (any spelling WSGI would map onto the same variable)."""
     return name.lower().replace("_", "-").startswith(_PREFIX)
@@ -60,7 +69,7 @@ def request_headers(raw: Iterable[tuple[bytes, bytes]], secret: str, address: st
             connection_named.update(t.strip().lower() for t in value_b.decode("latin-1").split(","))
         if lower in HOP_BY_HOP or is_front_header(lower):
             continue
-        out.append((name, value_b.decode("latin-1")))
+        out.append((name, header_text(value_b)))
     if connection_named:
         out = [(k, v) for k, v in out if k.lower() not in connection_named]
     out.append((SECRET, secret))

@@ -52,7 +52,7 @@ from yarl import URL
 from peer.request_ids import accept as accept_request_id
 
 from .connection import ClientConnection
-from .headers import HOP_BY_HOP, request_headers
+from .headers import HOP_BY_HOP, header_text, request_headers
 from .limits import EventLog
 
 log = logging.getLogger("pocketgrid.front")
@@ -269,7 +269,11 @@ class Proxy:
                 upstream.close()  # the client left, or the app broke off: never reuse that connection
 
     async def _relay(self, request: web.BaseRequest, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
-        headers = CIMultiDict((k, v) for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP)
+        headers: CIMultiDict[str] = CIMultiDict()
+        for name_b, value_b in upstream.raw_headers:  # the app's own spelling (ETag, not Etag) and order
+            name = name_b.decode("latin-1")
+            if name.lower() not in HOP_BY_HOP:
+                headers.add(name, header_text(value_b))
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
         has_body = request.method != "HEAD" and upstream.status not in _NO_BODY_STATUSES
         length = upstream.content_length
