@@ -240,6 +240,7 @@ class Front:
             sock.close()
         for task in list(self._handshakes):
             task.cancel()
+        self.web_server.pre_shutdown()  # idle keep-alive connections close now, busy ones after their request
         await self.web_server.shutdown(self.config.front_shutdown_seconds)
         stop.cancel()
         await self.proxy.close()  # its idle connections would keep the app's worker waiting for them
