@@ -145,6 +145,10 @@ class Proxy:
         connection.request_started()
         try:
             return await self._handle(request, connection)
+        except ConnectionError:
+            # The client went away (mid-body, mid-answer): nothing to answer.  Returning (not raising) keeps
+            # aiohttp from logging a disconnection as a server error; writing this fails quietly.
+            return web.Response(status=499)
         finally:
             connection.request_finished()
 
@@ -281,8 +285,18 @@ class Proxy:
             response.content_length = length
         await response.prepare(request)
         if has_body:
-            async for chunk in upstream.content.iter_any():
-                await response.write(chunk)  # waits while the client is slower than the app
+            sent = 0
+            try:
+                async for chunk in upstream.content.iter_any():
+                    await response.write(chunk)  # waits while the client is slower than the app
+                    sent += len(chunk)
+            except ConnectionError:
+                raise  # the client went away (aiohttp's write error is a ClientError too)
+            except aiohttp.ClientError as exc:  # the app broke off (its worker died): the client must see a cut
+                log.warning("front: the app broke off its answer to %s %s after %d bytes (%s)", request.method,
+                            request.path[:200], sent, exc)
+                request.protocol.force_close()
+                return response
         await response.write_eof()
         return response
 
