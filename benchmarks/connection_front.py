@@ -57,13 +57,16 @@ class Peer(servers.Running):
 
     def roles(self) -> dict[int, str]:
         out: dict[int, str] = {}
-        front = self.procs[0].pid
+        root = self.procs[0].pid
         for pid in self.pids():
             try:
                 parent = psutil.Process(pid).ppid()
             except psutil.Error:
                 continue
-            out[pid] = "front" if pid == front else ("app-master" if parent == front else "app-worker")
+            if self.name == "baseline":  # before the front: the serve process is gunicorn's master
+                out[pid] = "gunicorn-master" if pid == root else "gunicorn-worker"
+            else:
+                out[pid] = "front" if pid == root else ("app-master" if parent == root else "app-worker")
         return out
 
 

@@ -10,5 +10,6 @@ docs/architecture.md ("Processes and the process model") tells why.
 * :mod:`.limits` -- how many connections, per address and in all; the connection-level log;
 * :mod:`.proxy` -- one request: its body (deadline, size), the app's answer streamed back;
 * :mod:`.headers` -- what the front tells the app about a request, and how the app trusts it;
+* :mod:`.asyncio_tls` -- two adjustments of asyncio's TLS transport (the handshake alert, its buffer);
 * :mod:`.app_process` -- the app as the front's child: started, watched, stopped, never left behind.
 """

@@ -43,7 +43,7 @@ from .app_process import AppProcess
 from .connection import ClientConnection
 from .limits import ConnectionLimits, EventLog, Lease, Refusal
 from .proxy import Proxy
-from .tls_alert import install as send_tls_alerts
+from .asyncio_tls import install as adjust_asyncio_tls
 
 log = logging.getLogger("pocketgrid.front")
 
@@ -281,7 +281,7 @@ def run(config: PeerConfig) -> int:
         finally:
             await front.app.stop()  # whatever happened, never leave the app behind
 
-    send_tls_alerts()
+    adjust_asyncio_tls()
     if config.front_uvloop:
         import uvloop  # optional (pip install uvloop); the front runs on asyncio's own loop without it
 
