@@ -1,7 +1,7 @@
 """The app (gunicorn master + one gthread worker, peer/server.py) as the front's child process.
 
-* **Start**: ``peer.server.main`` in a new Python process, in a process group of its own (a Ctrl-C
-  on the terminal reaches the front only, which then stops the app in order).
+* **Start**: ``peer.server.main`` in a new Python process, in a session of its own (a Ctrl-C or a
+  hangup on the terminal reaches the front only, which then stops the app in order).
   Its configuration, socket path and the front's secret come through a pipe
   on its standard input, never its command line or environment (which other
   accounts, and the jobs the app starts, could read).
@@ -79,7 +79,7 @@ class AppProcess:
         spec = AppSpec(dataclasses.asdict(self.config), self.socket_path, self.secret, os.getpid())
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-c", "import sys, peer.server; sys.exit(peer.server.main())",
-            stdin=asyncio.subprocess.PIPE, process_group=0)
+            stdin=asyncio.subprocess.PIPE, start_new_session=True)
         assert self.proc.stdin is not None
         self.proc.stdin.write(json.dumps(dataclasses.asdict(spec)).encode())
         await self.proc.stdin.drain()

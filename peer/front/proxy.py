@@ -59,6 +59,8 @@ log = logging.getLogger("pocketgrid.front")
 
 #: Body bytes kept in memory; beyond, the body goes to an unnamed file in the run directory.
 MEMORY_BYTES = 1024 * 1024
+#: Answers up to this size are read whole and sent with their headers in one write; larger ones are streamed.
+SMALL_BODY_BYTES = 64 * 1024
 #: tus: a chunk that was cut or stalled is still worth the bytes that arrived.
 TUS_CHUNK_TYPE = "application/offset+octet-stream"
 #: aiohttp's client must add nothing the client did not send.
@@ -278,9 +280,13 @@ class Proxy:
             name = name_b.decode("latin-1")
             if name.lower() not in HOP_BY_HOP:
                 headers.add(name, header_text(value_b))
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
         has_body = request.method != "HEAD" and upstream.status not in _NO_BODY_STATUSES
         length = upstream.content_length
+        if has_body and length is not None and length <= SMALL_BODY_BYTES and "Content-Type" in headers:
+            # Most answers (a status, a 304's sibling, an error): headers and body leave in one TLS record.
+            return web.Response(status=upstream.status, reason=upstream.reason, headers=headers,
+                                body=await upstream.read())
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
         if length is not None and upstream.status not in _NO_BODY_STATUSES:
             response.content_length = length
         await response.prepare(request)

@@ -218,7 +218,11 @@ class Front:
         loop.add_signal_handler(signal.SIGHUP, self._reload)
         self.web_server = web.Server(self.proxy.handle, loop=loop)
         await self.proxy.start()
-        await self.app.start()
+        try:
+            await self.app.start()
+        except BaseException:
+            await self.proxy.close()
+            raise
         accepting = [loop.create_task(self._accept(s)) for s in self.listeners]
         flushing = loop.create_task(self._flush_events())
         log.info("front listening on %s (%s); max %d connections, %s per address; the app on unix:%s",
