@@ -71,7 +71,7 @@ class Peer(servers.Running):
 
 
 def start_peer(fx: dict[str, Any], work: Path, tree: Path | None = None) -> Peer:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "POCKETGRID_FRONT_MAX_CONNECTIONS_PER_ADDRESS": "0"}  # noqa
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "POCKETGRID_FRONT_MAX_CONNECTIONS_PER_ADDRESS": "0"}
     if tree is not None:
         env["PYTHONPATH"] = str(tree)
     log = work / f"peer-{'baseline' if tree else 'front'}.log"
