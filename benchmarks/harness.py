@@ -137,7 +137,7 @@ def write_probe(directory: Path, mib: int = 200) -> dict[str, Any]:
 
 # ---- peers ------------------------------------------------------------------
 class Peer:
-    """One real peer process (gunicorn master + one gthread worker)."""
+    """One real peer: the front (the ``serve`` process) and its app (gunicorn master + one gthread worker)."""
 
     def __init__(self, name: str, state: Path, *, join: str | None = None, threads: int = 8,
                  log_level: str = "INFO", extra: Sequence[str] = ()) -> None:
@@ -194,7 +194,7 @@ class Peer:
         return requests.get(f"{self.url}/healthz", timeout=2).ok
 
     def worker_pid(self) -> int | None:
-        """The pid of the gunicorn worker (where requests are served), if psutil can tell."""
+        """The pid of the app's gunicorn worker (where requests are served), if psutil can tell."""
         if self.proc is None:
             return None
         try:
@@ -202,10 +202,11 @@ class Peer:
         except ImportError:
             return None
         try:
-            kids = psutil.Process(self.proc.pid).children()
+            masters = psutil.Process(self.proc.pid).children()  # the front's child: the app's gunicorn master
+            workers = masters[0].children() if masters else []
         except psutil.Error:
             return None
-        return kids[0].pid if kids else None
+        return workers[0].pid if workers else None
 
     def busy_children(self) -> int:
         """Processes the worker has started and not yet reaped (job runners, submit-file checkers)."""
@@ -239,7 +240,7 @@ class Peer:
             return ""
 
     def stop(self, timeout: float = 25.0) -> None:
-        """SIGTERM (gunicorn's graceful stop); SIGKILL the process group after ``timeout``."""
+        """SIGTERM (the front's graceful stop); SIGKILL the process group after ``timeout`` (the app dies with it)."""
         if self.proc is None or self.proc.poll() is not None:
             return
         self.proc.send_signal(signal.SIGTERM)

@@ -1,6 +1,6 @@
 """Requests that park a server thread while they wait: long-polls and event streams.
 
-A peer is one worker process with ``threads`` threads (peer/server.py).  A
+The app is one worker process with ``threads`` threads (peer/server.py).  A
 status long-poll (``?wait=``) or a live event stream holds its thread for up
 to a minute, on the entry peer and, when relayed, on the owner too.  Left
 alone, a few dozen phones watching jobs would hold every thread and stall
@@ -10,9 +10,10 @@ the threads are kept for short requests.  A waiting request beyond the limit
 answers 429 with ``Retry-After`` at once (the clients back off and poll
 again); a plain status poll without ``wait`` is never refused.
 
-This bounds the damage of the thread-per-request model; it does not make
-thousands of idle connections cheap (that is the connection-model work of
-the hardening issue: an event-loop front).
+This bounds the damage of the thread-per-request model for *waiting*
+requests.  Idle and slow connections no longer reach the app at all: the
+front (peer/front/) holds them on its event loop and hands the app complete
+requests only.  Waiting itself moves into the front in a later step.
 """
 from __future__ import annotations
 

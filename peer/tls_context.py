@@ -13,15 +13,17 @@ by the name the client asks for in the TLS handshake (SNI):
 
 Client certificates are checked against the site CA on both (mutual TLS
 between peers, certificate login from a desktop browser), so nothing about
-authentication changes.  The context is built once per worker process and
-reused for every connection (gunicorn's default factory would build it per
-connection).
+authentication changes.  A presented certificate must verify, or the
+handshake fails; presenting none is allowed (phones log in with tokens).
+
+The front (peer/front/server.py) builds one context at start and a new one on
+SIGHUP (renewed certificates): new connections get the new context, open ones
+keep the one they were made with.
 """
 from __future__ import annotations
 
 import logging
 import ssl
-from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from pocketgrid.config import PeerConfig
@@ -43,26 +45,22 @@ def web_context(config: PeerConfig, template: ssl.SSLContext) -> ssl.SSLContext:
     return ctx
 
 
-def make_hook(config: PeerConfig) -> Callable[[Any, Callable[[], ssl.SSLContext]], ssl.SSLContext]:
-    """gunicorn's ``ssl_context`` server hook for this peer."""
-    built: list[ssl.SSLContext] = []
+def server_context(config: PeerConfig) -> ssl.SSLContext:
+    """The peer's TLS server context: the site certificate, client certificates optional but verified, SNI."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=config.tls_ca)
+    ctx.load_cert_chain(certfile=config.tls_cert, keyfile=config.tls_key)
+    # CERT_OPTIONAL: peers and agents present host certificates (mutual TLS); phones and browsers present
+    # none and log in with a bearer token instead (docs/security.md).
+    ctx.verify_mode = ssl.CERT_OPTIONAL
+    if config.web_tls_cert:
+        web = web_context(config, ctx)
+        own = site_names(config)
 
-    def ssl_context(_conf: Any, default_factory: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
-        if built:
-            return built[0]
-        ctx = default_factory()
-        if config.web_tls_cert:
-            web = web_context(config, ctx)
-            own = site_names(config)
+        def choose(sslobj: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext) -> None:
+            if server_name and server_name.lower() not in own:
+                sslobj.context = web
 
-            def choose(sslobj: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext) -> None:
-                if server_name and server_name.lower() not in own:
-                    sslobj.context = web
-
-            ctx.sni_callback = choose
-            log.info("web-facing certificate %s for names other than %s", config.web_tls_cert,
-                     ", ".join(sorted(own)) or "(none)")
-        built.append(ctx)
-        return ctx
-
-    return ssl_context
+        ctx.sni_callback = choose
+        log.info("web-facing certificate %s for names other than %s", config.web_tls_cert,
+                 ", ".join(sorted(own)) or "(none)")
+    return ctx

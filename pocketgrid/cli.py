@@ -183,7 +183,8 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 #: Commands that run server code: they need ``pip install "pocketgrid[server]"``.
 SERVER_COMMANDS = frozenset({"serve", "agent", "demo", "doctor", *db_cli.COMMANDS})
 #: What ``pocketgrid[server]`` adds, by import name.
-SERVER_PACKAGES = ("flask", "werkzeug", "sqlalchemy", "alembic", "psutil", "htcondor2", "gunicorn", "psycopg", "yaml", "jwt")
+SERVER_PACKAGES = ("flask", "werkzeug", "sqlalchemy", "alembic", "psutil", "htcondor2", "gunicorn", "aiohttp", "psycopg", "yaml",
+                   "jwt")
 SERVER_EXTRA = 'pip install "pocketgrid[server]"'
 
 

@@ -1,9 +1,12 @@
 """The verified TLS client certificate of the current request (server side, all roles).
 
-gunicorn's handshake already checked the certificate's chain to the site CA
-and its dates; this reads it from the connection (never from a header) and
-says whose it is.  Shared by the peer and the broker role, which must not
-import peer internals.  Imports Flask: server code only.
+The front's TLS handshake already checked the certificate's chain to the site
+CA and its dates (peer/front/); the front passes it to the app, which puts it
+into the request's environ only when the front's per-start secret came with it
+(peer/front/headers.py, ``TrustFront``).  A certificate header from anyone else
+is dropped, never read.  This says whose certificate it is.  Shared by the peer
+and the broker role, which must not import peer internals.  Imports Flask:
+server code only.
 """
 from __future__ import annotations
 
@@ -16,6 +19,10 @@ from flask import current_app, request
 
 from .errors import Forbidden
 from .pki import common_name, identity_of, is_host_certificate
+
+
+#: Where the app finds the verified certificate (DER) of a request: put there by peer/front/headers.py's TrustFront.
+ENVIRON_CERTIFICATE = "pocketgrid.client_certificate"
 
 
 @dataclass(frozen=True)
@@ -33,10 +40,7 @@ _cert_lock = threading.Lock()
 
 def tls_client_certificate() -> CertIdentity | None:
     """The verified TLS client certificate of this request's connection, if any."""
-    sock = request.environ.get("gunicorn.socket")
-    if not isinstance(sock, ssl.SSLSocket):
-        return None
-    der = sock.getpeercert(binary_form=True)
+    der = request.environ.get(ENVIRON_CERTIFICATE)
     if not der:
         return None
     found = _cert_cache.get(der)

@@ -98,8 +98,26 @@ class PeerConfig:
     #: Directory of the web app's files served at / (empty: the installed
     #: package's ``mobile_client/webapp``).
     webapp_dir: str = ""
-    #: Server threads (one worker process, see docs/architecture.md).
+    #: Server threads of the app process (one gunicorn worker, see docs/architecture.md).
     threads: int = 32
+    # ---- the front (peer/front/: the process that owns the peer's connections) ----
+    #: Client connections held at once, and from one address (0: no per-address
+    #: limit; raise it when many users reach the peer through one NAT or proxy).
+    #: Beyond either, a new connection is closed at once, before its TLS handshake.
+    front_max_connections: int = 4096
+    front_max_connections_per_address: int = 256
+    #: How long an idle keep-alive connection stays open between requests.
+    front_keepalive_seconds: float = 75.0
+    #: Deadlines: the TLS handshake; a complete request head (from a new
+    #: connection, or from the first byte of the next request); the longest
+    #: silence while a request body arrives (408 after it).
+    front_handshake_timeout: float = 10.0
+    front_header_timeout: float = 10.0
+    front_body_timeout: float = 10.0
+    #: On SIGTERM: how long requests in flight may still run before the app stops.
+    front_shutdown_seconds: float = 10.0
+    #: Run the front on uvloop (``pip install uvloop``) instead of asyncio's own loop.
+    front_uvloop: bool = False
     #: Chunk size used when this peer downloads inputs from another peer.
     transfer_chunk_bytes: int = 1024 * 1024
     #: Timeout of peer-to-peer calls.

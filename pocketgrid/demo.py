@@ -1,7 +1,7 @@
 """``pocketgrid demo``: the whole path on loopback, verified end to end.
 
 Creates a site PKI (CA, a host certificate per peer, a user certificate),
-starts a broker-peer and two more peers (real gunicorn servers with TLS and
+starts a broker-peer and two more peers (real `pocketgrid serve` processes: the TLS front and its app, with
 mutual TLS between them, each with its EMA agent thread), logs the user in by
 challenge-response, publishes sample data, submits a histogram analysis (one
 proc per input) through a peer that is not the broker, pairs a "phone" with a

@@ -74,10 +74,12 @@ def check_certificate(config: PeerConfig, now: dt.datetime | None = None) -> lis
     end = cert.not_valid_after_utc
     if end <= now:
         out.append(Check("certificate expiry", FAIL, f"{cert_path} expired on {end:%Y-%m-%d %H:%M} UTC",
-                         f"issue a new one (pocketgrid pki issue-host {config.name}) and restart the peer"))
+                         f"issue a new one (pocketgrid pki issue-host {config.name}) and reload the peer "
+                         "(SIGHUP: systemctl reload pocketgrid-peer)"))
     elif end - now < EXPIRY_WARNING:
         out.append(Check("certificate expiry", WARN, f"{cert_path} expires on {end:%Y-%m-%d}",
-                         f"renew it soon (pocketgrid pki issue-host {config.name}) and restart the peer"))
+                         f"renew it soon (pocketgrid pki issue-host {config.name}) and reload the peer "
+                         "(SIGHUP: systemctl reload pocketgrid-peer)"))
     else:
         out.append(Check("certificate expiry", OK, f"{cert_path} valid until {end:%Y-%m-%d}"))
     key_path = Path(config.tls_key)

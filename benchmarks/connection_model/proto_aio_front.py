@@ -3,7 +3,7 @@
     python -m benchmarks.connection_model.proto_aio_front --fixture DIR --port P --backend /path/backend.sock
         [--loop-wait] [--uvloop] [--max-waiting-per-address N]
 
-* TLS: the product's own context (``peer.tls_context.make_hook``: site certificate, client certificates
+* TLS: the product's own context (``peer.tls_context.server_context``: site certificate, client certificates
   verified against the site CA with CERT_OPTIONAL, the web chain chosen by SNI).  Handshakes run on the event
   loop with ``ssl_handshake_timeout`` (a half-sent ClientHello costs a socket and a timer, no thread).
 * The verified client certificate comes from the connection (``request.transport.get_extra_info("ssl_object")
@@ -36,7 +36,7 @@ import aiohttp
 from aiohttp import web
 
 from pocketgrid.config import PeerConfig
-from peer.tls_context import make_hook
+from peer.tls_context import server_context
 
 from .fixture import load
 
@@ -182,13 +182,7 @@ async def serve(args: argparse.Namespace) -> None:
                                         "pki_dir": fx["pki"], "public_url": f"https://127.0.0.1:{args.port}"})
     config.resolve_tls()
 
-    def site_context() -> ssl.SSLContext:
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=config.tls_ca)
-        ctx.load_cert_chain(config.tls_cert, config.tls_key)
-        ctx.verify_mode = ssl.CERT_OPTIONAL
-        return ctx
-
-    ctx = make_hook(config)(None, site_context)  # the product's context: SNI choice included
+    ctx = server_context(config)  # the product's context: SNI choice included
     front = Front(args, config)
     await front.start()
     app = web.Application(client_max_size=config.max_body_bytes)

@@ -33,7 +33,7 @@ from cryptography import x509
 from pocketgrid.config import PeerConfig
 from pocketgrid.logging_setup import configure_logging
 from peer.server import PeerServer
-from peer.tls_context import make_hook
+from peer.tls_context import server_context
 
 from .fixture import load
 
@@ -79,7 +79,7 @@ def install_trusted_cert_header() -> None:
 class ProtoServer(PeerServer):
     def __init__(self, config: PeerConfig, args: argparse.Namespace) -> None:
         self.args = args
-        super().__init__(config)
+        super().__init__(config, socket_path="", secret="")  # not behind the product's front: see load()
 
     def load_config(self) -> None:
         c, a = self.peer_config, self.args
@@ -93,15 +93,18 @@ class ProtoServer(PeerServer):
         }
         if not a.bind:
             settings.update(certfile=c.tls_cert, keyfile=c.tls_key, ca_certs=c.tls_ca, cert_reqs=ssl.CERT_OPTIONAL,
-                            ssl_context=make_hook(c))
+                            ssl_context=lambda _conf, _factory: server_context(c))
         for key, value in settings.items():
             if key in self.cfg.settings:
                 self.cfg.set(key, value)
 
     def load(self):
+        from peer.app import create_app
+
         if self.args.trusted_cert_header:
             install_trusted_cert_header()
-        app = super().load()
+        app = create_app(self.peer_config)  # without the product front's TrustFront: this prototype has its own
+        PeerServer.current_services = app.extensions["pocketgrid"]
         if self.args.trusted_cert_header:
             from werkzeug.middleware.proxy_fix import ProxyFix
 

@@ -600,7 +600,7 @@ def test_dockerfiles_copy_every_package_that_exists() -> None:
 
 #: What ``pocketgrid[server]`` adds, by import name, and the server-side packages of the distribution.
 SERVER_IMPORTS = ("flask", "werkzeug", "sqlalchemy", "psutil", "htcondor", "htcondor2", "classad2", "gunicorn",
-                  "psycopg", "yaml", "jwt", "segno", "peer", "broker", "ema_agent")
+                  "aiohttp", "psycopg", "yaml", "jwt", "segno", "peer", "broker", "ema_agent")
 
 
 def _pip_targets(dockerfile: str) -> list[str]:

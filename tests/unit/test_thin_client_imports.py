@@ -24,7 +24,7 @@ from tests.conftest import ROOT, free_port
 
 #: Top-level names no client path may import (server packages and server code).
 SERVER_CODE = {"flask", "werkzeug", "sqlalchemy", "alembic", "psutil", "htcondor", "htcondor2", "classad2", "gunicorn",
-               "psycopg", "yaml", "jwt", "peer", "broker", "ema_agent"}
+               "aiohttp", "psycopg", "yaml", "jwt", "peer", "broker", "ema_agent"}
 
 
 def client_commands() -> list[str]:

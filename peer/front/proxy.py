@@ -1,0 +1,320 @@
+"""One request through the front: read it whole, hand it to the app, stream the answer back.
+
+**The body** is read by the front before the app sees anything, so a slow or
+stalled client costs a coroutine and a buffer, never one of the app's
+threads:
+
+* a ``Content-Length`` over ``max_body_bytes`` is answered 413 at once, unread;
+  a chunked body is counted as it comes and answered 413 when it passes the limit;
+* ``front_body_timeout`` is the longest silence allowed while a body arrives
+  (nginx's ``client_body_timeout``): a body that stalls that long is answered
+  408 and the connection closed; a slow but steady upload (a phone on a bad
+  link) is never cut;
+* up to :data:`MEMORY_BYTES` stay in memory, the rest goes to an unnamed file in
+  the peer's private run directory (``<state>/run``), so a 64 MiB upload does not
+  sit in memory;
+* a resumable-upload chunk (tus ``PATCH`` with ``application/offset+octet-stream``)
+  whose client went away or stalled is still handed to the app with the bytes
+  that did arrive (a shorter PATCH): tus keeps what arrived, and the client
+  resumes from the peer's offset, as it did when the app read the socket itself.
+
+**The answer** is streamed back as the app sends it: ``Content-Length`` kept,
+chunks relayed as they come (Server-Sent Events are flushed event by event),
+and each write waits for the client to take it (backpressure), so a large
+download never sits in the front's memory, and a slow reader slows the app's
+sending down instead.
+
+**The app** is reached through a pool of keep-alive connections on its Unix
+socket, as many as it has threads: requests beyond wait here, on the event
+loop.  The app never sees the client's hop-by-hop headers nor anything the
+client claims to be the front's (peer/front/headers.py).
+
+**Waiting requests** (status long-polls with ``?wait=``, event streams) are
+forwarded like any other: the app parks a thread for each, bounded by
+peer/parking.py.  :meth:`Proxy.hold` is where a later step holds them on the
+event loop instead (the app telling the front when a job changes).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
+from multidict import CIMultiDict
+from yarl import URL
+
+from peer.request_ids import accept as accept_request_id
+
+from .connection import ClientConnection
+from .headers import HOP_BY_HOP, header_text, request_headers
+from .limits import EventLog
+
+log = logging.getLogger("pocketgrid.front")
+
+#: Body bytes kept in memory; beyond, the body goes to an unnamed file in the run directory.
+MEMORY_BYTES = 1024 * 1024
+#: Answers up to this size are read whole and sent with their headers in one write; larger ones are streamed.
+SMALL_BODY_BYTES = 64 * 1024
+#: tus: a chunk that was cut or stalled is still worth the bytes that arrived.
+TUS_CHUNK_TYPE = "application/offset+octet-stream"
+#: aiohttp's client must add nothing the client did not send.
+_NO_AUTO_HEADERS = ("User-Agent", "Accept-Encoding", "Content-Type", "Accept")
+_NO_BODY_STATUSES = frozenset({204, 304})
+
+
+class Body:
+    """A request body as it arrives: in memory up to MEMORY_BYTES, then in an unnamed temporary file."""
+
+    def __init__(self, spool_dir: Path) -> None:
+        self.size = 0
+        self._spool_dir = spool_dir
+        self._memory = bytearray()
+        self._file: Any = None
+
+    def add(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self._file is None:
+            if self.size <= MEMORY_BYTES:
+                self._memory += chunk
+                return
+            self._file = tempfile.TemporaryFile(dir=self._spool_dir)
+            self._file.write(self._memory)
+            self._memory = bytearray()
+        self._file.write(chunk)
+
+    def payload(self) -> Any:
+        if self._file is None:
+            return self._memory
+        self._file.flush()
+        self._file.seek(0)
+        return self._file
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+class BodyIncomplete(Exception):
+    def __init__(self, why: str, body: Body) -> None:
+        super().__init__(why)
+        self.why = why  # "stalled" | "gone"
+        self.body = body
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class AppUnavailable(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class Proxy:
+    def __init__(self, *, app_socket: str, secret: str, app_connections: int, max_body_bytes: int,
+                 body_timeout: float, spool_dir: Path, events: EventLog) -> None:
+        self.app_socket = app_socket
+        self.secret = secret
+        self.app_connections = app_connections
+        self.max_body_bytes = max_body_bytes
+        self.body_timeout = body_timeout
+        self.spool_dir = spool_dir
+        self.events = events
+        self.session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.UnixConnector(path=self.app_socket, limit=self.app_connections, keepalive_timeout=30)
+        self.session = aiohttp.ClientSession(
+            connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
+            timeout=aiohttp.ClientTimeout(total=None, connect=10, sock_connect=10, sock_read=None),
+            skip_auto_headers=_NO_AUTO_HEADERS, read_bufsize=256 * 1024, max_field_size=65536, max_line_size=65536)
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    # ---- one request ----------------------------------------------------------------------------
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        connection: ClientConnection = request.protocol  # type: ignore[assignment]
+        connection.request_started()
+        try:
+            return await self._handle(request, connection)
+        except ConnectionError:
+            # The client went away (mid-body, mid-answer): nothing to answer.  Returning (not raising) keeps
+            # aiohttp from logging a disconnection as a server error; writing this fails quietly.
+            return web.Response(status=499)
+        finally:
+            connection.request_finished()
+
+    async def _handle(self, request: web.BaseRequest, connection: ClientConnection) -> web.StreamResponse:
+        address = connection.lease.address
+        announced = request.content_length
+        if announced is not None and announced > self.max_body_bytes:
+            self.events.note("body-too-large", address, f"{request.method} {request.path[:100]}: {announced} bytes")
+            return self._error(request, 413, f"the body ({announced} bytes) is over this peer's limit of "
+                               f"{self.max_body_bytes} bytes (max_body_bytes): send less, or in chunks",
+                               close=True, max_body_bytes=self.max_body_bytes)
+        if request.body_exists and request.headers.get("Expect", "").lower() == "100-continue":
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        try:
+            body = await self._read_body(request)
+        except BodyTooLarge:
+            self.events.note("body-too-large", address, f"{request.method} {request.path[:100]}: chunked body")
+            return self._error(request, 413, f"the body is over this peer's limit of {self.max_body_bytes} bytes "
+                               "(max_body_bytes): send less, or in chunks", close=True,
+                               max_body_bytes=self.max_body_bytes)
+        except RequestPayloadError as exc:
+            return self._error(request, 400, f"malformed request body: {exc}", close=True)
+        except BodyIncomplete as cut:
+            return await self._incomplete(request, connection, cut)
+        try:
+            held = await self.hold(request)
+            if held is not None:
+                return held
+            return await self._forward_and_relay(request, connection, body)
+        finally:
+            if body is not None:
+                body.close()
+
+    async def hold(self, request: web.BaseRequest) -> web.StreamResponse | None:
+        """Where a waiting request (a long-poll, an event stream) could be held on the event loop.
+
+        Not yet: every request is forwarded, and the app parks a thread for a waiting one
+        (peer/parking.py).  The next step answers waiting requests here, asking the app
+        with ``wait=0`` and waiting for its word that the job changed.
+        """
+        return None
+
+    async def _read_body(self, request: web.BaseRequest) -> Body | None:
+        if not request.body_exists:
+            return None
+        body = Body(self.spool_dir)
+        content = request.content
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(self.body_timeout):
+                        chunk = await content.readany()
+                except TimeoutError:
+                    raise BodyIncomplete("stalled", body) from None
+                if not chunk:
+                    return body
+                if body.size + len(chunk) > self.max_body_bytes:
+                    raise BodyTooLarge()
+                body.add(chunk)
+        except BodyIncomplete:
+            raise  # it carries the body: _incomplete closes it
+        except ConnectionError:
+            raise BodyIncomplete("gone", body) from None
+        except BaseException:
+            body.close()
+            raise
+
+    async def _incomplete(self, request: web.BaseRequest, connection: ClientConnection,
+                          cut: BodyIncomplete) -> web.StreamResponse:
+        body = cut.body
+        try:
+            if (request.method == "PATCH" and request.content_type == TUS_CHUNK_TYPE and body.size > 0):
+                try:  # tus keeps what arrived: the app stores it, the client resumes from the peer's offset
+                    upstream = await self._forward(request, connection, body)
+                    upstream.close()
+                except AppUnavailable:
+                    pass
+        finally:
+            body.close()
+        if cut.why == "gone":
+            raise ConnectionResetError("the client closed the connection while sending its body")
+        self.events.note("body-timeout", connection.lease.address,
+                         f"{request.method} {request.path[:100]}: {body.size} of {request.content_length or '?'} bytes")
+        return self._error(request, 408, f"the request body stalled for {self.body_timeout:g} s "
+                           f"({body.size} bytes arrived): send it again", close=True)
+
+    # ---- the app ------------------------------------------------------------------------------
+    async def _forward(self, request: web.BaseRequest, connection: ClientConnection,
+                       body: Body | None) -> aiohttp.ClientResponse:
+        assert self.session is not None
+        headers = request_headers(request.raw_headers, self.secret, connection.lease.address,
+                                  connection.client_certificate())
+        if body is not None:
+            headers.append(("Content-Length", str(body.size)))
+        try:
+            return await self.session.request(request.method, URL("http://app" + request.raw_path, encoded=True),
+                                              headers=headers, data=None if body is None else body.payload(),
+                                              allow_redirects=False)
+        except aiohttp.ClientConnectorError:
+            raise AppUnavailable(503, "this peer is starting or restarting: retry in a moment") from None
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+            raise AppUnavailable(502, f"this peer's app process dropped the request ({exc}): retry") from None
+
+    async def _forward_and_relay(self, request: web.BaseRequest, connection: ClientConnection,
+                                 body: Body | None) -> web.StreamResponse:
+        try:
+            upstream = await self._forward(request, connection, body)
+        except AppUnavailable as exc:
+            self.events.note("app-unavailable", connection.lease.address, exc.message)
+            return self._error(request, exc.status, exc.message, retry_after=1)
+        except ValueError as exc:  # a header aiohttp will not send on (a control character)
+            return self._error(request, 400, f"malformed request header: {exc}", close=True)
+        complete = False
+        try:
+            response = await self._relay(request, upstream)
+            complete = True
+            return response
+        finally:
+            if complete:
+                upstream.release()
+            else:
+                upstream.close()  # the client left, or the app broke off: never reuse that connection
+
+    async def _relay(self, request: web.BaseRequest, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+        headers: CIMultiDict[str] = CIMultiDict()
+        for name_b, value_b in upstream.raw_headers:  # the app's own spelling (ETag, not Etag) and order
+            name = name_b.decode("latin-1")
+            if name.lower() not in HOP_BY_HOP:
+                headers.add(name, header_text(value_b))
+        has_body = request.method != "HEAD" and upstream.status not in _NO_BODY_STATUSES
+        length = upstream.content_length
+        if has_body and length is not None and length <= SMALL_BODY_BYTES and "Content-Type" in headers:
+            # Most answers (a status, a 304's sibling, an error): headers and body leave in one TLS record.
+            return web.Response(status=upstream.status, reason=upstream.reason, headers=headers,
+                                body=await upstream.read())
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+        if length is not None and upstream.status not in _NO_BODY_STATUSES:
+            response.content_length = length
+        await response.prepare(request)
+        if has_body:
+            sent = 0
+            try:
+                async for chunk in upstream.content.iter_any():
+                    await response.write(chunk)  # waits while the client is slower than the app
+                    sent += len(chunk)
+            except ConnectionError:
+                raise  # the client went away (aiohttp's write error is a ClientError too)
+            except aiohttp.ClientError as exc:  # the app broke off (its worker died): the client must see a cut
+                log.warning("front: the app broke off its answer to %s %s after %d bytes (%s)", request.method,
+                            request.path[:200], sent, exc)
+                request.protocol.force_close()
+                return response
+        await response.write_eof()
+        return response
+
+    # ---- the front's own answers ------------------------------------------------------------
+    def _error(self, request: web.BaseRequest, status: int, message: str, *, close: bool = False,
+               retry_after: int | None = None, **details: Any) -> web.Response:
+        headers = {"X-Request-ID": accept_request_id(request.headers.get("X-Request-ID")),
+                   "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+        if retry_after is not None:
+            headers["Retry-After"] = str(retry_after)
+        response = web.Response(status=status, headers=headers, content_type="application/json",
+                                text=json.dumps({"error": message, "status": status, **details}))
+        if close:
+            response.force_close()
+        return response
