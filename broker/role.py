@@ -60,8 +60,11 @@ class BrokerRole:
         on_change: Callable[[dict[str, Any]], None] | None = None,
         dead_after: float | None = None,
         cert: str | None = None,
+        on_place: Callable[[str], None] | None = None,
     ) -> None:
         self.sessions = sessions
+        #: Told the chosen peer's name after each placement decision (the holding peer's metrics).
+        self.on_place = on_place
         #: The holding peer's own host certificate (PEM), listed in the membership like everyone's.
         self.cert = cert
         #: A peer not heard from (heartbeat, report) for this long is dead to placement.
@@ -406,6 +409,8 @@ class BrokerRole:
                         decided_at=self.clock(),
                     )
                 )
+        if self.on_place is not None:
+            self.on_place(chosen.name)
         return ranking
 
 

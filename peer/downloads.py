@@ -53,4 +53,5 @@ def send_ranged(path: Path, *, sha256: str | None = None) -> Response:
     response.headers["Accept-Ranges"] = "bytes"
     if sha256:
         response.headers["X-Checksum-Sha256"] = sha256
+    current_app.extensions["pocketgrid"].metrics.file_response(response)  # bytes downloaded (peer/metrics.py)
     return response
