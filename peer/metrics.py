@@ -118,9 +118,10 @@ class Metrics:
                                   "their Content-Length; a transfer cut short counts whole): published files and "
                                   "uploads (file), job outputs (output), executables (executable), inputs read by "
                                   "a peer staging a job (staging)", ["what"], registry=r)
+        # registered by watch(), after the collectors: a scrape shows its own failures
         self.collector_errors = Counter(f"{PREFIX}_metrics_collector_errors", "Scrapes in which a collector "
                                         "failed (its metrics were left out; the log says why)", ["collector"],
-                                        registry=r)
+                                        registry=None)
         for outcome in ("created", "replayed"):  # every bounded label set from the start: rates work at once
             self.submits.labels(outcome=outcome)
         for method in ("certificate", "pairing"):
@@ -144,6 +145,7 @@ class Metrics:
                               ("jobs", lambda: _job_families(job_counts())),
                               ("broker", lambda: _broker_families(services))):
             self.registry.register(_Guarded(name, collect, self.collector_errors))
+        self.registry.register(self.collector_errors)
 
     def install(self, app: Flask) -> None:
         """The request hooks (register before check_access: refused requests count too) and ``/metrics``."""
