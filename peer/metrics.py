@@ -314,20 +314,38 @@ def _broker_families(svc: "PeerServices") -> Iterator[Metric]:
 def jobs_table_counts(services: "PeerServices") -> Callable[[], JobCounts]:
     """Jobs and inputs by state for the ``jobs``/``procs`` model (a job = one site's cluster).
 
-    Each job's state comes from the job service's own status path (the
-    cached body when its event log did not grow, else the new events only),
-    as a poll would see it.  A job whose state is final never changes again:
-    it is remembered here and not asked again while its row exists, so a
-    scrape costs a query of job IDs plus a status lookup per unfinished job.
+    A job's state is what its status would say (peer/jobs.py ``_render_status``: each proc's state from the
+    event log, ``idle`` until it has one; peer/event_log.py ``overall_state``), taken
+
+    * from the reader state saved in its row while that state covers the whole log (its offset is the
+      log's size): no log read, and the status cache the phones' polls use is left alone;
+    * else from the job service's status path, which reads only the new events (and saves the new
+      reader state), exactly as a poll would.
+
+    A job whose state is final never changes again: it is remembered here while its row exists.  So a
+    scrape costs a query of job IDs, one batched query and a ``stat`` per unfinished job, and a log read
+    per job whose log grew since anyone looked (benchmarks/metrics_scrape.py).
     """
     from sqlalchemy import select
 
     from pocketgrid.errors import PocketgridError
 
-    from .models import Job
+    from .event_log import ProcStatus, overall_state
+    from .models import Job, Proc
 
     final: dict[str, tuple[str, dict[str, int]]] = {}
     lock = threading.Lock()
+
+    def saved(state: object, procs: list[tuple[int, int]], log_size: int) -> tuple[str, dict[str, int]] | None:
+        if not isinstance(state, dict) or state.get("offset") != log_size:
+            return None  # never read, or the log grew since: the status path reads the new events
+        try:
+            by_proc = {(st.cluster, st.proc): st.state.value
+                       for st in (ProcStatus.from_dict(item) for item in state.get("procs", []))}
+        except (KeyError, TypeError, ValueError):  # a reader state of another version
+            return None
+        states = [by_proc.get(key, "idle") for key in procs]
+        return overall_state(states), dict(Tally(states))
 
     def counts() -> JobCounts:
         with services.db.sessions() as s:
@@ -335,20 +353,37 @@ def jobs_table_counts(services: "PeerServices") -> Callable[[], JobCounts]:
         jobs: Tally[str] = Tally()
         inputs: Tally[str] = Tally()
         with lock:  # two scrapers at once: one walk at a time
-            for job_id in ids:
-                known = final.get(job_id)
-                if known is None:
-                    try:
-                        body = services.jobs.status(job_id, "", is_admin=True)
-                    except PocketgridError:  # removed since the query (retention, purge)
-                        continue
-                    known = (str(body["state"]), dict(body["counts"]))
-                    if known[0] in FINAL_STATES:
-                        final[job_id] = known
-                jobs[known[0]] += 1
-                inputs.update(known[1])
             for gone in set(final) - set(ids):
                 del final[gone]
+            pending = [job_id for job_id in ids if job_id not in final]
+            current: dict[str, tuple[str, dict[str, int]]] = {}
+            for start in range(0, len(pending), 500):
+                batch = pending[start:start + 500]
+                procs: dict[str, list[tuple[int, int]]] = {job_id: [] for job_id in batch}
+                with services.db.sessions() as s:
+                    states = {job_id: state for job_id, state in
+                              s.execute(select(Job.id, Job.reader_state).where(Job.id.in_(batch)))}
+                    for job_id, cluster, proc in s.execute(select(Proc.job_id, Proc.cluster, Proc.proc)
+                                                           .where(Proc.job_id.in_(batch)).order_by(Proc.index)):
+                        procs[job_id].append((cluster, proc))
+                for job_id in batch:
+                    if job_id not in states:
+                        continue  # removed since the first query (retention, purge)
+                    known = saved(states[job_id], procs[job_id], services.jobs.log_size(job_id))
+                    if known is None:
+                        try:
+                            body = services.jobs.status(job_id, "", is_admin=True)
+                        except PocketgridError:  # removed meanwhile
+                            continue
+                        known = (str(body["state"]), dict(body["counts"]))
+                    current[job_id] = known
+                    if known[0] in FINAL_STATES:
+                        final[job_id] = known
+            for job_id in ids:
+                known = final.get(job_id) or current.get(job_id)
+                if known is not None:
+                    jobs[known[0]] += 1
+                    inputs.update(known[1])
         return JobCounts(jobs=dict(jobs), inputs=dict(inputs))
 
     return counts

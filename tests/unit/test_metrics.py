@@ -172,3 +172,55 @@ def test_routes_are_rules_and_unknown_methods_are_other(app):
     assert not any("site.123abc" in r or "/no/such" in r for r in requests)
     methods = {dict(labels)["method"] for name, labels in samples if name == "pocketgrid_http_requests_total"}
     assert "BREW" not in methods and "other" in methods
+
+
+def test_jobs_and_inputs_by_state_follow_the_event_logs(tmp_path):
+    """jobs_table_counts on real rows and real HTCondor user logs: unread logs, saved reader states, new
+    events nobody polled, finished jobs remembered and forgotten with their rows."""
+    from peer.app import build_services
+    from peer.event_log import EventLogWriter
+    from peer.metrics import jobs_table_counts
+    from peer.models import Job, Proc
+
+    svc = build_services(PeerConfig(name="counts", state_dir=str(tmp_path), insecure_http=True, agent=False,
+                                    executor="local"))
+    try:
+        logs = {}
+        with svc.db.session() as s:
+            for n, inputs in ((1, 2), (2, 3)):
+                job_id = f"counts.{n:04x}"
+                svc.stager.job_root(job_id).mkdir(parents=True)
+                logs[job_id] = EventLogWriter(svc.stager.job_root(job_id) / "job.log")
+                s.add(Job(id=job_id, name="j", owner="CN=x", executor="local", executable_name="run.sh",
+                          submit_name="job.sub", submit_text="", input_names=[f"in{i}" for i in range(inputs)],
+                          entry_peer="counts", origin_key=job_id))
+                for i in range(inputs):
+                    s.add(Proc(job_id=job_id, index=i, input_name=f"in{i}", executor="local", cluster=n, proc=i))
+        counts = jobs_table_counts(svc)
+
+        a, b = logs["counts.0001"], logs["counts.0002"]
+        a.submit(1, 0, "<h>")
+        a.execute(1, 0, "<h>")  # job 1: one input running, one idle (no event yet)
+        got = counts()
+        assert got.jobs == {"running": 1, "idle": 1}
+        assert got.inputs == {"running": 1, "idle": 4}
+
+        a.terminated(1, 0, return_value=0)
+        a.terminated(1, 1, return_value=3)
+        b.execute(2, 2, "<h>")
+        got = counts()  # nobody polled: the new events are read by the scrape itself
+        assert got.jobs == {"failed": 1, "running": 1}
+        assert got.inputs == {"completed": 1, "failed": 1, "running": 1, "idle": 2}
+        assert svc.jobs.status("counts.0001", "", is_admin=True)["counts"] == {"completed": 1, "failed": 1}
+
+        with svc.db.session() as s:  # the finished job goes (retention, purge): so does its count
+            s.delete(s.get(Job, "counts.0001"))
+
+        def no_status(*args, **kwargs):
+            raise AssertionError("a log that did not grow is counted from its saved reader state")
+
+        svc.jobs.status = no_status  # (the status cache the phones' polls use is left alone)
+        got = counts()
+        assert got.jobs == {"running": 1} and got.inputs == {"running": 1, "idle": 2}
+    finally:
+        svc.stop()
