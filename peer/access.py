@@ -172,6 +172,8 @@ def check_scrape(svc: Any) -> None:
         if decision.allowed:
             return
         why = decision.reason
-    svc.security.audit.record("access-denied", dn=who.dn, source=who.source, outcome="denied",
-                              detail=f"{request.method} {request.path}: {setting}: {why}")
+    # rate-limited per address (audit_refusals_per_minute): a misconfigured scraper retries for ever
+    svc.security.audit.refused("access-denied", dn=who.dn, source=who.source, outcome="denied",
+                               what="refused scrapes of /metrics", detail=f"{request.method} {request.path}: "
+                                                                          f"{setting}: {why}")
     raise Forbidden(f"{setting}: /metrics needs an administrator's credentials ({why})")

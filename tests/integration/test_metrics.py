@@ -171,6 +171,9 @@ def test_who_may_scrape(peer, site_pki):
     # an administrator's token: yes
     admin = user_session(peer, site_pki, "carol")
     assert value(scrape(peer, admin), "pocketgrid_broker_role_held") == 1
+    events = admin.get(f"{peer.url}/api/v1/admin/audit", params={"action": "access-denied", "local": 1},
+                       timeout=10).json()["events"]
+    assert any(e["dn"] == site_pki.dn("alice") and "GET /metrics: metrics_access" in e["detail"] for e in events)
     # an administrator's certificate on the connection (how a Prometheus elsewhere scrapes: no token expires)
     carol = site_pki.users["carol"]
     assert value(scrape(peer, Session(verify=site_pki.ca, cert=(str(carol.cert_path), str(carol.key_path)))),
