@@ -7,6 +7,8 @@ collector leaves the rest of the scrape standing.
 """
 from __future__ import annotations
 
+import os
+import secrets
 import time
 
 import jwt
@@ -174,7 +176,28 @@ def test_routes_are_rules_and_unknown_methods_are_other(app):
     assert "BREW" not in methods and "other" in methods
 
 
-def test_jobs_and_inputs_by_state_follow_the_event_logs(tmp_path):
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request):
+    """SQLite (the default: empty URL), and a fresh database on the PostgreSQL server .ci/run starts."""
+    if request.param == "sqlite":
+        yield ""
+        return
+    url = os.environ.get("POCKETGRID_TEST_PG_URL")
+    if not url:
+        pytest.skip("POCKETGRID_TEST_PG_URL is not set: no PostgreSQL server (bash .ci/run starts one)")
+    import sqlalchemy as sa
+
+    name = f"pocketgrid_{secrets.token_hex(4)}"
+    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    yield url.rsplit("/", 1)[0] + f"/{name}"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def test_jobs_and_inputs_by_state_follow_the_event_logs(tmp_path, database_url):
     """jobs_table_counts on real rows and real HTCondor user logs: unread logs, saved reader states, new
     events nobody polled, finished jobs remembered and forgotten with their rows."""
     from peer.app import build_services
@@ -183,7 +206,7 @@ def test_jobs_and_inputs_by_state_follow_the_event_logs(tmp_path):
     from peer.models import Job, Proc
 
     svc = build_services(PeerConfig(name="counts", state_dir=str(tmp_path), insecure_http=True, agent=False,
-                                    executor="local"))
+                                    executor="local", database_url=database_url))
     try:
         logs = {}
         with svc.db.session() as s:
