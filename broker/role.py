@@ -65,8 +65,11 @@ class BrokerRole:
         on_change: Callable[[dict[str, Any]], None] | None = None,
         dead_after: float | None = None,
         cert: str | None = None,
+        on_place: Callable[[str], None] | None = None,
     ) -> None:
         self.sessions = sessions
+        #: Told the chosen peer's name after each placement decision (the holding peer's metrics).
+        self.on_place = on_place
         #: The holding peer's own host certificate (PEM), listed in the membership like everyone's.
         self.cert = cert
         #: A peer not heard from (heartbeat, report) for this long is dead to placement.
@@ -439,6 +442,8 @@ class BrokerRole:
                 if row.id % 100 == 0:  # now and then: keep the most recent decisions only
                     s.execute(delete(PlacementOutcome).where(PlacementOutcome.placement_id <= row.id - self.keep_placements))
                     s.execute(delete(Placement).where(Placement.id <= row.id - self.keep_placements))
+        if self.on_place is not None:
+            self.on_place(chosen.name)
         return decision
 
     def record_outcome(self, job_key: str, accepted_by: str, *, job_id: str | None = None,
@@ -541,6 +546,9 @@ class BrokerRole:
                 if row.id % 100 == 0:  # now and then: keep the most recent decisions only
                     s.execute(delete(PlacementOutcome).where(PlacementOutcome.placement_id <= row.id - self.keep_placements))
                     s.execute(delete(Placement).where(Placement.id <= row.id - self.keep_placements))
+        if self.on_place is not None:
+            for share in shares:
+                self.on_place(share.name)
         return decision
 
 

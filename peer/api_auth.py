@@ -27,6 +27,10 @@ def _security():
     return svc.security
 
 
+def _metrics():
+    return current_app.extensions["pocketgrid"].metrics
+
+
 def _body(*fields: str) -> dict[str, Any]:
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
@@ -60,9 +64,11 @@ def login():
     except PocketgridError as exc:  # recorded, then answered by the error handlers
         sec.audit.record("login", dn=_claimed_dn(body["certificate"]), source=source, outcome="failed",
                          detail=exc.message)
+        _metrics().login("certificate", ok=False)
         raise
     new = sec.tokens.issue(user.dn, user.vo)
     sec.audit.record("login", dn=user.dn, source=source, detail=f"token {new.claims.jti}")
+    _metrics().login("certificate", ok=True)
     return jsonify(_token_answer(new))
 
 
@@ -136,10 +142,12 @@ def pair():
     except PocketgridError as exc:
         sec.audit.record("pair", dn="(unknown)", source=source, outcome="failed",
                          detail=exc.message)
+        _metrics().login("pairing", ok=False)
         raise
     new = sec.tokens.issue(grant.dn, grant.vo, kind="device", device=device)
     sec.audit.record("pair", dn=grant.dn, source=source, detail=f"device {device!r} token {new.claims.jti}"
                      + (f" (code issued by peer {grant.home})" if grant.home else ""))
+    _metrics().login("pairing", ok=True)
     if body.get("cookie") is True:  # a browser: the token goes into the cookie, never into script's reach
         return _cookie_answer(new)
     return jsonify(_token_answer(new)), 201
@@ -211,3 +219,4 @@ def _revoke(jti: str, expires_at: float) -> None:
     svc = current_app.extensions["pocketgrid"]
     svc.security.tokens.revoke(jti, expires_at)
     svc.security.sync.push_revocation(jti, expires_at)
+    svc.metrics.revocations.inc()

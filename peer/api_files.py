@@ -105,4 +105,5 @@ def upload(path: str):
     svc.quotas.check(identity().dn, request.content_length, f"the upload {path!r}")  # 413 with the numbers
     real = svc.publishing.save_upload(f"{upload_dir(identity().dn)}/{path}", request.stream, svc.config.max_body_bytes,
                                       shown=path)
+    svc.metrics.uploaded_bytes("put", real.stat().st_size)
     return jsonify({"path": svc.publishing.relative(real), "size": real.stat().st_size, "sha256": svc.digests.sha256(real)}), 201

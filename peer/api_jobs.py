@@ -122,6 +122,7 @@ def submit():
     if not replayed:
         svc.security.audit.record("submit", dn=who.dn, source=who.source,
                                   detail=f"job {summary['id']} ({req.name!r}, {len(req.inputs)} inputs)")
+    svc.metrics.submitted(replayed)
     response = jsonify(summary)
     response.status_code = 200 if replayed else 201
     if replayed:

@@ -52,7 +52,7 @@ def init_app(app: Flask) -> ResumableUploads:
     store = ResumableUploads(
         svc.db, svc.publishing, svc.digests, svc.config.state_path / "uploads-incoming",
         max_upload_bytes=svc.config.max_upload_bytes, expiry_seconds=svc.config.upload_expiry_seconds,
-        quotas=svc.quotas,
+        quotas=svc.quotas, on_write=lambda nbytes: svc.metrics.uploaded_bytes("tus", nbytes),
     )
     store.sweep()
     app.extensions[EXTENSION_KEY] = store

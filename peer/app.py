@@ -51,6 +51,7 @@ from .jobs import JobService, NotYours
 from .membership import Membership
 from .record_store import RecordStore
 from .records import Limits
+from .metrics import Metrics, records_counts
 from .models import Base
 from .parking import Parking, default_limit
 from .publishing import PublishingArea
@@ -83,6 +84,8 @@ class PeerServices:
     in_use: InUse
     quotas: Quotas
     retention: Retention
+    #: Prometheus metrics: this app's registry, counters and collectors (peer/metrics.py).
+    metrics: Metrics
     agent: Any = None
     elector: Any = None
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -158,17 +161,19 @@ class PeerServices:
             if epoch <= self.membership.epoch and not self.membership.is_broker:
                 log.info("not claiming epoch %d: a claim for epoch %d arrived meanwhile", epoch, self.membership.epoch)
                 return
-            role = _new_broker_role(self.config, self.db, self.http, self.membership, epoch)
+            role = _new_broker_role(self.config, self.db, self.http, self.membership, epoch, self.metrics)
             role.seed(self.membership.members(with_certs=True))  # keep everyone's certificate
             self.membership.become_broker(epoch)
             self.broker_role = role
             role.announce()
+        self.metrics.role_changed("taken")
         log.warning("holding the broker role, epoch %d", epoch)
 
     def step_down(self, new_broker: dict[str, str]) -> None:
         """A better claim arrived: become a plain peer and register with the new broker."""
         with self._role_lock:
             self.broker_role = None
+        self.metrics.role_changed("stepped_down")
         self._join_async([new_broker["url"]])
 
     def stop(self) -> None:
@@ -223,7 +228,8 @@ class PeerServices:
         raise Unavailable("could not find the broker")
 
 
-def _new_broker_role(config: PeerConfig, db: Database, http: requests.Session, membership: Membership, epoch: int) -> BrokerRole:
+def _new_broker_role(config: PeerConfig, db: Database, http: requests.Session, membership: Membership, epoch: int,
+                     metrics: Metrics) -> BrokerRole:
     return BrokerRole(
         db.sessions,
         name=config.name,
@@ -235,6 +241,7 @@ def _new_broker_role(config: PeerConfig, db: Database, http: requests.Session, m
         on_change=membership.apply,
         dead_after=config.heartbeat_interval * (config.heartbeat_misses + 1),
         cert=None if config.insecure_http else Path(config.tls_cert).read_text(),
+        on_place=metrics.placed,
     )
 
 
@@ -325,10 +332,12 @@ def build_services(config: PeerConfig) -> PeerServices:
         log.warning("SECRET EXPOSED: %s", warning)
     db = Database(config.sqlalchemy_url)
     db.upgrade_schema()  # Alembic, to head, before anything uses the database (peer/migrations/)
+    metrics = Metrics(peer=config.name)  # this app's own registry: several peers may share a process
     http = _http_session(config)
     publishing = PublishingArea(config.publish_path)
     digests = DigestCache(db)
-    stager = Stager(config.stage_path, http=http, chunk_bytes=config.transfer_chunk_bytes)
+    stager = Stager(config.stage_path, http=http, chunk_bytes=config.transfer_chunk_bytes,
+                    on_staged=metrics.staged_bytes)
     stager.sweep_incomplete()
     stager.sweep_orphans(_job_rows(db), peer_name=config.name)  # before any request: nothing is committing
     executor = choose_executor(
@@ -355,7 +364,7 @@ def build_services(config: PeerConfig) -> PeerServices:
             log.warning("broker is %s (epoch %s): joining it as a plain peer", view["broker"]["name"], view["epoch"])
             membership.follow(view["broker"], int(view["epoch"]))
         else:
-            broker_role = _new_broker_role(config, db, http, membership, max(membership.epoch, 1))
+            broker_role = _new_broker_role(config, db, http, membership, max(membership.epoch, 1), metrics)
             broker_role.seed(membership.members(with_certs=True))
             broker_role.ensure_self_registered()
             membership.become_broker(max(membership.epoch, 1))
@@ -466,7 +475,10 @@ def build_services(config: PeerConfig) -> PeerServices:
         in_use=in_use,
         quotas=quotas,
         retention=retention,
+        metrics=metrics,
     )
+    # jobs and inputs by state: from the records of the jobs whose home is here
+    metrics.watch(services, records_counts(services))
     return services
 
 
@@ -499,6 +511,7 @@ def create_app(config: PeerConfig | None = None, *, start_services: bool = True)
     services = build_services(config)
     app.extensions["pocketgrid"] = services
     request_ids.install(app)  # first: every later hook's log lines carry the request's ID
+    services.metrics.install(app)  # before check_access: refused requests are counted and timed too
     if config.access_log:
         access_log.install(app)
     for bp in (api_system.bp, api_auth.bp, api_admin.bp, api_files.bp, api_jobs.bp, api_events.bp, api_peer.bp,

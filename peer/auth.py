@@ -133,6 +133,7 @@ def _audit_refusal(svc: Any, exc: Unauthorized) -> None:
     presented = (request.headers.get(TOKEN_HEADER) or (header.partition(" ")[2] if header else "")
                  or request.cookies.get(COOKIE_NAME) or "")
     claimed = _claimed_subject(presented.strip())
+    svc.metrics.token_refused(presented.strip(), svc.security.tokens.is_revoked)
     svc.security.audit.refused(
         "token-refused", dn=claimed or "-", source=request.remote_addr or "", what="refused credentials",
         detail=f"{request.method} {request.path[:200]}: {exc.message}" + (" (the DN is the token's claim)" if claimed else ""))

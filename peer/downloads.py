@@ -53,4 +53,7 @@ def send_ranged(path: Path, *, sha256: str | None = None) -> Response:
     response.headers["Accept-Ranges"] = "bytes"
     if sha256:
         response.headers["X-Checksum-Sha256"] = sha256
+    services = current_app.extensions.get("pocketgrid")  # a peer's app (not a bare Flask app)
+    if services is not None:
+        services.metrics.file_response(response)  # bytes downloaded (peer/metrics.py)
     return response

@@ -39,7 +39,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
 from sqlalchemy import delete, select
 
@@ -189,7 +189,10 @@ class ResumableUploads:
         max_upload_bytes: int,
         expiry_seconds: float,
         quotas: Quotas | None = None,
+        on_write: Callable[[int], None] | None = None,
     ) -> None:
+        #: Told how many bytes each PATCH stored (also when its body was cut short): the peer's metrics.
+        self.on_write = on_write or (lambda nbytes: None)
         self.db = db
         self.quotas = quotas
         self.publishing = publishing
@@ -385,6 +388,7 @@ class ResumableUploads:
                 os.close(fd)
             if position != recorded:
                 self._record(upload_id, position)
+            self.on_write(position - offset)
         return position
 
     def _record(self, upload_id: str, offset: int) -> None:

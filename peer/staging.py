@@ -91,8 +91,12 @@ class StagedJob:
 
 class Stager:
     def __init__(
-        self, stage_root: Path, *, http: requests.Session, chunk_bytes: int = 1024 * 1024, parallel_downloads: int = 4
+        self, stage_root: Path, *, http: requests.Session, chunk_bytes: int = 1024 * 1024, parallel_downloads: int = 4,
+        on_staged: Callable[[str, int], None] | None = None,
     ) -> None:
+        #: Told ``("local", bytes)`` for each input copied from this peer's publishing area and
+        #: ``("peer", bytes)`` for each input downloaded from the entry peer (the peer's metrics).
+        self.on_staged = on_staged or (lambda source, nbytes: None)
         self.parallel_downloads = max(1, parallel_downloads)
         self.root = stage_root
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -183,6 +187,7 @@ class Stager:
                     # A copy, not a link: a job that writes to its input must
                     # not change the published file.
                     shutil.copyfile(source.local_path, dest)
+                    self.on_staged("local", dest.stat().st_size)
                 else:
                     assert source.url is not None
                     uses[source.url] -= 1
@@ -224,6 +229,7 @@ class Stager:
             src = urls[url]
             download(self.http, url, targets[url], expected_sha256=src.sha256, expected_size=src.size,
                      chunk_bytes=self.chunk_bytes, fsync=False)
+            self.on_staged("peer", targets[url].stat().st_size)
 
         with ThreadPoolExecutor(max_workers=min(self.parallel_downloads, len(urls))) as pool:
             # in copies of the caller's context: the downloads carry the request's X-Request-ID

@@ -283,6 +283,9 @@ class TokenService:
         except jwt.InvalidTokenError as exc:
             raise Unauthorized(f"invalid token ({exc}): log in again") from None
 
+    def is_revoked(self, jti: str) -> bool:
+        return jti in self._revoked
+
     # ---- revoking -------------------------------------------------------------
     def revoke(self, jti: str, expires_at: float) -> None:
         """Revoke a token ID here (callers push it to the other peers)."""

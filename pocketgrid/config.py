@@ -200,6 +200,11 @@ class PeerConfig:
     log_backups: int = 5
     #: One access-log line per request (logger ``pocketgrid.access``).
     access_log: bool = True
+    #: Who may read the Prometheus metrics at ``/metrics`` (peer/access.py):
+    #: ``loopback-or-admin`` (requests from 127.0.0.0/8 or ::1 without
+    #: credentials, and administrators), ``admin`` (administrators only) or
+    #: ``open`` (anyone who reaches the peer).
+    metrics_access: str = "loopback-or-admin"
 
     # ---- derived ----------------------------------------------------------
     @property
@@ -279,7 +284,17 @@ class PeerConfig:
         config = cls()
         for key, value in values.items():
             setattr(config, key, _coerce(fields[key], value))
+        config.check_choices()
         return config
+
+    #: Fields whose value is one of a few words.
+    CHOICES = {"metrics_access": ("loopback-or-admin", "admin", "open")}
+
+    def check_choices(self) -> None:
+        """ValueError naming the field and the words it takes, for a value that is none of them."""
+        for name, allowed in self.CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}: expected one of {', '.join(allowed)}, got {getattr(self, name)!r}")
 
 
 def _coerce(f: dataclasses.Field, value: Any) -> Any:

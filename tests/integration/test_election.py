@@ -12,6 +12,7 @@ import threading
 import time
 
 import pytest
+import requests
 
 from mobile_client import ApiError, Client
 from mobile_client import Client as _Client
@@ -35,6 +36,15 @@ def load(broker, peer, coefficient: float) -> None:
 def user(peer, site_pki, name: str = "alice") -> str:
     issued = site_pki.users[name]
     return Client(peer.url, ca=site_pki.ca).login(issued.cert_path, issued.key_path)["token"]
+
+
+def metrics(peer) -> dict[str, float]:
+    """The peer's metrics (/metrics from loopback, parsed by prometheus_client): ``name`` or ``name{k=v}``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = requests.get(f"{peer.url}/metrics", verify=peer.site_pki.ca, timeout=5).text
+    return {s.name + ("{" + ",".join(f"{k}={v}" for k, v in sorted(s.labels.items())) + "}" if s.labels else ""):
+            s.value for f in text_string_to_metric_families(text) for s in f.samples}
 
 
 def agreed(live, broker: str, epoch: int) -> bool:
@@ -84,6 +94,12 @@ def test_broker_failover_end_to_end(peers, site_pki):
     t.start()
     live = [b, c, d]
     wait_until(lambda: agreed(live, "site-b", 2), timeout=20, what="site-b to be agreed broker with epoch 2")
+    # the election as the metrics tell it: site-b started one and took the role, epoch 2 everywhere
+    new = metrics(b)
+    assert (new["pocketgrid_broker_epoch"], new["pocketgrid_broker_role_held"]) == (2, 1)
+    assert new["pocketgrid_elections_total"] >= 1
+    assert new["pocketgrid_broker_role_changes_total{change=taken}"] == 1
+    assert (metrics(d)["pocketgrid_broker_epoch"], metrics(d)["pocketgrid_broker_role_held"]) == (2, 0)
     t.join(30)
     assert "job" in during, during.get("error")  # recorded at once at its home; run once a broker splits it
     assert Client(d.url).wait(during["job"]["id"], timeout=30)["state"] == "completed"
