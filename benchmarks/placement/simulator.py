@@ -508,10 +508,7 @@ class Simulation:
             "delay_s": round(self.now - down_at, 3), "why": reason,
             "inputs": len(lost), "results": sum(1 for a in lost if a.result),
             "jobs": sorted({a.job.id for a in lost}),
-            "indexes": {a.job.id: [] for a in lost},
         })
-        for a in lost:
-            self.losses[-1]["indexes"][a.job.id].append(a.index)
         self._lose(lost, reason)
 
     # ---- the peers ---------------------------------------------------------------
@@ -559,8 +556,10 @@ class Simulation:
 
     # ---- the oracle's crystal ball -------------------------------------------------
     def completion_if_placed(self, name: str, job: SimJob, now: float) -> float:
-        """When ``job`` would finish if placed on ``name`` now (true state, FIFO replay)."""
+        """When ``job`` would finish if placed on ``name`` now (true state, FIFO replay; never on a site down)."""
         peer = self.peers[name]
+        if not peer.alive:
+            return math.inf
         speed = peer.spec.speed
         slots = list(peer.running.values()) + [now] * peer.free
         heapq.heapify(slots)
@@ -609,7 +608,7 @@ class Simulation:
             out["inputs_placed"] = {name: p.inputs_placed for name, p in self.peers.items()}
         if self.failures:
             out["failures"] = [{"site": s, "at": t} for s, t in self.failures]
-            out["losses"] = [{k: v for k, v in loss.items() if k != "indexes"} for loss in self.losses]
+            out["losses"] = list(self.losses)
             out["failed_inputs"] = sum(1 for job_atts in self.attempts.values() for atts in job_atts
                                        if atts[-1].state == "lost")
         if per_job:

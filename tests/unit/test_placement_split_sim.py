@@ -13,7 +13,7 @@ import pytest
 
 from benchmarks.placement import SimJob, Simulation, WorkloadError, parse_workload
 from benchmarks.placement.__main__ import main
-from benchmarks.placement.simulator import Manager
+from benchmarks.placement.simulator import ORACLE, Manager
 
 MB = 10**6
 
@@ -121,6 +121,16 @@ def test_an_input_lost_max_attempts_times_fails_and_the_job_still_ends() -> None
     # b down at 5 s, lost at the first round more than 20 s after its last answer (4 s): 26 s; a and home
     # were done at 10 s, so the job ends at 26 s with b's four inputs failed
     assert late["per_job"][0]["failed_inputs"] == 4 and late["per_job"][0]["makespan_s"] == pytest.approx(26.0)
+
+
+def test_the_oracle_knows_a_site_is_down() -> None:
+    later = SimJob(1, 40.0, "home", (60.0,) * 4, (), "prog", ((),) * 4)
+    sim = Simulation(three_sites(), ORACLE, 1, jobs=[job_of((60.0,) * 2), later], failures=[("b", 30.0)])
+    run = sim.run(per_job=True)
+    # b, idle and down, would look soonest to an oracle that did not know (4 free slots: done at 100 s).  The
+    # first job holds 2 of a's slots until 60 s: a runs two at once from 40 s and two from 60 s, done at 120 s.
+    assert run["per_job"][1]["shares"] == [{"a": 4}]
+    assert run["per_job"][1]["makespan_s"] == pytest.approx(80.0)
 
 
 def test_the_home_s_detection_rounds_and_backoff_follow_the_job_manager() -> None:
