@@ -8,8 +8,10 @@ the inputs this split already gave it, against its slots, in whole waves of
 the run time divided by its speed; plus the time to move the bytes given to
 it from the peer that holds them.  Calling ``score`` (not a copy of it), with
 the job's own request (``dataclasses.replace``: every field it carries, only
-the procs and bytes changed), keeps the split and the ranking in step when the
-estimate changes (learned run times, issue 13).
+the procs and bytes changed) and the same usable peers (whose learned run
+times of the job's program count where the site has none of its own), keeps
+the split and the ranking in step when the estimate changes (learned run
+times, issue 13).
 
 Consequences, by construction:
 
@@ -87,6 +89,8 @@ def split_inputs(peers: Sequence[PeerState], job: JobRequest, now: float, *, est
     if n <= 0 or not tiers:
         return []
     candidates = tiers[0]
+    # whose learned run times count for the job's own (its program's history elsewhere): the ranking's
+    usable = _split(peers, now, estimator.stale_factor)[0]
     holder = _holder(job)
     default_size = sum(job.input_bytes.values()) // n if job.input_bytes else 0
     sizes = [int(input_sizes[i]) if i < len(input_sizes) else default_size for i in range(n)]
@@ -98,7 +102,7 @@ def split_inputs(peers: Sequence[PeerState], job: JobRequest, now: float, *, est
         best = None
         for p in candidates:
             request = replace(job, n_procs=given[p.name] + 1, input_bytes={holder: moved[p.name] + size})
-            scored = estimator.score(p, request)
+            scored = estimator.score(p, request, usable)
             # A site already given inputs of this job keeps the next one unless another is clearly sooner.
             key = (scored.score - (margin if given[p.name] else 0.0), p.name)
             if best is None or key < best[0]:
@@ -110,7 +114,7 @@ def split_inputs(peers: Sequence[PeerState], job: JobRequest, now: float, *, est
         last[peer.name] = scored
     # Whole on one site when one can finish it all about as soon as the split would.
     makespan = max(scored.score for scored in last.values())
-    whole = min(((estimator.score(p, replace(job, n_procs=n, input_bytes={holder: sum(sizes)})), p)
+    whole = min(((estimator.score(p, replace(job, n_procs=n, input_bytes={holder: sum(sizes)}), usable), p)
                  for p in candidates),
                 key=lambda sp: (sp[0].score, sp[1].name))
     if whole[0].score <= makespan + margin:

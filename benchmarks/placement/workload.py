@@ -39,17 +39,33 @@ class SimJob:
     arrival: float
     entry: str
     works: tuple[float, ...]  #: per proc, seconds at speed 1.0
-    inputs: tuple[tuple[str, int], ...]  #: (holding peer, bytes)
+    inputs: tuple[tuple[str, int], ...]  #: (holding peer, bytes): files of the whole job (every proc reads them)
     #: The executable it runs (the job template's ``program``, else its stream's): the history key.
     program: str = ""
+    #: Per proc, its own input files (``"each_proc": true`` in the template): (holding peer, bytes).
+    proc_inputs: tuple[tuple[tuple[str, int], ...], ...] = ()
+
+    @property
+    def all_inputs(self) -> tuple[tuple[str, int], ...]:
+        """Every file the whole job reads: the job's, then each proc's own."""
+        return self.inputs + tuple(f for files in self.proc_inputs for f in files)
 
     @property
     def input_bytes(self) -> dict[str, int]:
         """Bytes per holding peer, as the broker's JobRequest carries them."""
         out: dict[str, int] = {}
-        for holder, nbytes in self.inputs:
+        for holder, nbytes in self.all_inputs:
             out[holder] = out.get(holder, 0) + nbytes
         return out
+
+    def own_inputs(self, index: int) -> tuple[tuple[str, int], ...]:
+        """The files proc ``index`` reads alone (a one-proc job: all of the job's)."""
+        own = self.proc_inputs[index] if self.proc_inputs else ()
+        return own + (self.inputs if len(self.works) == 1 else ())
+
+    def shared_inputs(self) -> tuple[tuple[str, int], ...]:
+        """The files every proc of a job of several procs reads (moved to every site running a part)."""
+        return self.inputs if len(self.works) > 1 else ()
 
 
 @dataclass(frozen=True)
@@ -79,14 +95,16 @@ class Workload:
     def jobs(self, seed: int) -> list[SimJob]:
         """Every job of every stream, by arrival time; a pure function of the seed."""
         rng = random.Random(f"workload:{self.name}:{seed}")
-        raw: list[tuple[float, str, tuple[float, ...], tuple[tuple[str, int], ...], str]] = []
+        raw: list[tuple[Any, ...]] = []
         for i, stream in enumerate(self.streams):
             where = f"streams[{i}]"
             program = str(stream["job"].get("program") or f"stream{i}")
             for t in self._arrivals(stream, rng, where):
-                raw.append((t, *self._job(stream, rng, where), program))
+                entry, works, inputs, per_proc = self._job(stream, rng, where)
+                raw.append((t, entry, works, inputs, program, per_proc))
         raw.sort(key=lambda r: r[0])
-        return [SimJob(i, t, entry, works, inputs, program) for i, (t, entry, works, inputs, program) in enumerate(raw)]
+        return [SimJob(i, t, entry, works, inputs, program, per_proc)
+                for i, (t, entry, works, inputs, program, per_proc) in enumerate(raw)]
 
     # ---- generation ----------------------------------------------------------
     def _arrivals(self, stream: Mapping[str, Any], rng: random.Random, where: str) -> list[float]:
@@ -118,10 +136,13 @@ class Workload:
         procs = max(1, round(sample(job.get("procs", 1), rng)))
         works = tuple(max(0.001, sample(job["work"], rng)) for _ in range(procs))
         inputs = []
+        per_proc: list[list[tuple[str, int]]] = [[] for _ in works]
         for spec in job.get("inputs", []):
-            holder = self._pick_peer(spec.get("on", "entry"), rng, entry)
-            inputs.append((holder, max(0, int(sample(spec["bytes"], rng)))))
-        return entry, works, tuple(inputs)
+            for files in (per_proc if spec.get("each_proc") else [inputs]):
+                holder = self._pick_peer(spec.get("on", "entry"), rng, entry)
+                files.append((holder, max(0, int(sample(spec["bytes"], rng)))))
+        proc_inputs = tuple(tuple(files) for files in per_proc) if any(per_proc) else ()
+        return entry, works, tuple(inputs), proc_inputs
 
     def _pick_peer(self, on: str | Sequence[str], rng: random.Random, entry: str | None) -> str:
         if on == "entry" and entry is not None:
@@ -269,6 +290,8 @@ def parse_workload(data: Mapping[str, Any], name: str = "workload") -> Workload:
         for k, spec in enumerate(job.get("inputs", [])):
             if not isinstance(spec, dict) or "bytes" not in spec:
                 raise WorkloadError(f"{where}.job.inputs[{k}]: needs 'bytes'")
+            if not isinstance(spec.get("each_proc", False), bool):
+                raise WorkloadError(f"{where}.job.inputs[{k}].each_proc: true (one such file per proc) or false")
             _check_dist(spec["bytes"], f"{where}.job.inputs[{k}].bytes")
             _check_peer_ref(spec.get("on", "entry"), names, f"{where}.job.inputs[{k}].on", allow_entry=True)
     return Workload(

@@ -9,6 +9,7 @@ from sqlalchemy.orm import sessionmaker
 from broker.models import BrokerBase
 from broker.placement import JobRequest, LeastExpectedLoad, PeerState, peer_state_from_report
 from broker.role import BrokerRole
+from broker.runtimes import summarize
 from broker.split import split_inputs
 
 NOW = 1_000_000.0
@@ -91,6 +92,37 @@ def test_moving_big_inputs_keeps_them_at_home_unless_waiting_there_is_longer() -
     small = split_inputs(peers, JobRequest(n_procs=4, input_bytes={"home": 4000}, entry_peer="home"), NOW,
                          estimator=est, input_sizes=[1000] * 4)
     assert {s.name: s.count for s in small} == {"far": 4}  # small: one wave at the big site beats two at home
+
+
+def test_a_program_s_run_times_learned_elsewhere_count_as_in_the_ranking() -> None:
+    """Sites that never ran the program use its history on the others (scaled by speed), as the ranking does.
+
+    ``prog`` ran twenty times for 900 s on ``lab`` (speed 1, busy with a long queue).  Two 1 GB inputs
+    (80 s each to move): at the nominal 60 s the slow home (speed 0.5: 120 s, nothing to move) would
+    keep them; at 900 s they take 1800 s there and 900 + 160 s on ``fast`` (speed 1), which the
+    ranking's first is too.
+    """
+    gb = 10**9
+
+    def host(name: str, clock: float, runtimes: dict[str, Any] | None = None, busy: int = 0) -> PeerState:
+        report = {"coefficient": 0.1, "pool": None, "interval": 15, "sampled_at": NOW - 1.0,
+                  "metrics": {"cores": 4, "clock_mhz": clock, "cpu_percent": 25.0 * busy, "load1": float(busy)},
+                  "runtimes": runtimes}
+        return peer_state_from_report(name, f"https://{name}", report, NOW)
+
+    lab = host("lab", 2000.0, summarize([900.0] * 20, by_key={"prog": [900.0] * 20},
+                                        running_by_key={"prog": [10.0] * 4}, idle_by_key={"prog": 20}), busy=4)
+    peers = [host("home", 1000.0), host("fast", 2000.0), lab]
+    est = LeastExpectedLoad(seed=1)
+    request = JobRequest(n_procs=2, input_bytes={"home": 2 * gb}, entry_peer="home", history_key="prog")
+    shares = split_inputs(peers, request, NOW, estimator=est, input_sizes=[gb] * 2)
+    assert {s.name: s.count for s in shares} == {"fast": 2}
+    assert "learned" in shares[0].detail["run_source"] and shares[0].detail["run_s"] == 900.0
+    assert est(peers, request, NOW)[0].name == "fast"
+    # the same job of a program nobody has run: nominal 60 s, and the slow home keeps it
+    unknown = split_inputs(peers, JobRequest(n_procs=2, input_bytes={"home": 2 * gb}, entry_peer="home",
+                                             history_key="new"), NOW, estimator=est, input_sizes=[gb] * 2)
+    assert {s.name: s.count for s in unknown} == {"home": 2}
 
 
 def test_nothing_to_split() -> None:
