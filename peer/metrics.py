@@ -14,8 +14,8 @@ Two kinds of metric:
   (the broker role), broker role changes, bytes staged, uploaded and
   downloaded.
 * **State**, read at scrape time by the collectors below: jobs and inputs
-  by state (from the database, through a function the job model provides:
-  :func:`jobs_table_counts` for today's ``jobs``/``procs`` tables), the
+  by state (the summaries of the job records whose home is this peer:
+  :func:`records_counts`), the
   broker epoch and role, the members, parked requests, elections started,
   and while this peer holds the broker role each peer's in-flight procs,
   load-report age, coefficient and liveness from the role's tables.
