@@ -57,7 +57,7 @@ class PeerProcess:
             start_new_session=True,
         )
         log.close()
-        wait_until(self.healthy, 30, what=f"peer {self.name} to answer /healthz")
+        wait_until(self.healthy, 90, what=f"peer {self.name} to answer /healthz")
         return self
 
     def healthy(self) -> bool:
