@@ -295,5 +295,7 @@ def test_a_kill_is_carried_out_at_a_silent_site_when_it_answers_again(grid):
     attempt = with_history(alice, job["id"])["inputs"][0]["attempts"][0]
     assert attempt["state"] == "removed" and attempt["cleanup"] == "removed"
     after = alice.status(job["id"])[0]
-    assert "removal" not in after and "removal" not in after["inputs"][0] and "note" not in after["inputs"][0]
+    # nothing pending any more: the input says only why it is removed
+    assert "removal" not in after and "removal" not in after["inputs"][0]
+    assert after["inputs"][0].get("note") == "removed by its owner"
     assert not (proc_dir / "index.txt").exists()  # it never went past its gate
