@@ -6,7 +6,9 @@ with their sites, times and verdicts (``GET /api/v1/jobs/<id>?history=1``, fetch
 retry the peer refuses (409) is shown with the peer's own message; a history asked for while the
 link is down says so and loads when the link returns.  A long job (30 inputs at a
 peer with a long name) is summarised by state, filtered and shown 25 rows at a time, can be
-pinned and unpinned, and the screen never scrolls sideways at 390 px.
+pinned and unpinned, and the screen never scrolls sideways at 390 px.  A site that stops
+answering: a kill pending there and the outputs it holds are said in plain words, and the page
+notices by itself when the site has carried the kill out.
 
 The executables fail until a file the test creates exists under /usr/local/bin (which the job
 sandbox shows): the test decides when an input can succeed, no timing involved.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -26,7 +29,9 @@ from mobile_client import Client
 from pocketgrid.demo import make_sample_data
 from tests.browser.conftest import pair, unique
 from tests.browser.test_webapp_flows import check_layout, snap, sub_text, submit_from_phone
-from tests.conftest import PeerProcess, free_port, secure_args, wait_until
+from pocketgrid.loopback import report_load
+from tests.conftest import PeerProcess, free_port, host_session, login_client, secure_args, wait_until
+from tests.job_processes import attempt_dir, job_pids
 
 #: A peer name as long as a host certificate allows, with nowhere to break a line.
 LONG_SITE = "computing-centre_physics-department_university-of-example-site"
@@ -166,6 +171,22 @@ def test_an_inputs_history_asked_for_with_the_link_down_loads_when_it_comes_back
     assert panel.get_by_text("Offline").count() == 0
 
 
+def test_an_idle_input_says_why_it_waits(paired_page: Any, grid: Any, alice: Any) -> None:
+    page, base = paired_page, grid.a.url
+    sub = sub_text("ok.sh", "$(input)").replace("queue\n", "request_memory = 100000000\nqueue\n")  # MB: no slot has it
+    job = alice.submit(unique("waits"), b"#!/bin/sh\necho ok\n", "waits.sub", grid.inputs[:1],
+                       executable_name="ok.sh", submit_text=sub)
+    try:
+        page.goto(f"{base}/#job/{job['id']}")
+        row = page.get_by_role("listitem", name="input 0: idle")
+        why = row.get_by_text(re.compile(r"^Why it waits: no slot matches \(of \d+\): \S"))
+        why.wait_for(timeout=60_000)
+        site = alice.status(job["id"])[0]["inputs"][0]["site"]
+        assert site and row.get_by_text(f"on {site}", exact=True).count() == 1
+    finally:
+        alice.kill(job["id"])
+
+
 # ---- a long job at a peer with a long name ----------------------------------------------------------
 
 #: Every element of the page that reaches past the screen's right edge (inside elements that scroll
@@ -202,27 +223,25 @@ def test_a_long_job_is_summarised_filtered_paged_pinned_and_fits_a_phone_with_lo
     exe = b"#!/bin/sh\ncase \"$2\" in *[13579]) echo \"refused-input-$1-with-a-very-long-reason\" >&2; exit 1;; esac\necho ok\n"
     job = alice.submit(unique("long"), exe, "long.sub", inputs, executable_name="long.sh",
                        submit_text=sub_text("long.sh", "$(input) $(input_index)"))
-    import time; t0 = time.monotonic()
     assert alice.wait(job["id"], timeout=120)["state"] == "failed"
-    print(f"30 inputs took {time.monotonic() - t0:.1f} s")
 
     pair(page, far_site.url, alice.pairing_code()["code"])
     page.goto(f"{far_site.url}/#job/{job['id']}")
     rows = page.locator("#job-inputs > li")
-    page.get_by_role("button", name="Show failed inputs (15)").wait_for()
+    page.get_by_role("button", name="failed 15", exact=True).wait_for()
     assert rows.count() == 25  # not 30 rows at once
     page.get_by_text("25 of 30 shown").wait_for()
     page.get_by_role("button", name="Show 5 more").click()
     wait_until(lambda: rows.count() == 30, 10, what="the last 5 rows")
 
-    page.get_by_role("button", name="Show failed inputs (15)").click()
-    assert page.get_by_role("button", name="Show failed inputs (15)").get_attribute("aria-pressed") == "true"
+    page.get_by_role("button", name="failed 15", exact=True).click()
+    assert page.get_by_role("button", name="failed 15", exact=True).get_attribute("aria-pressed") == "true"
     wait_until(lambda: rows.count() == 15, 10, what="the failed inputs only")
     assert all(re.match(r"^input \d*[13579]: failed, exit 1$", rows.nth(k).get_attribute("aria-label")) for k in range(15))
     assert page.get_by_role("button", name="Retry failed inputs").count() == 1
     history_of(page, 29).get_by_role("listitem", name=f"attempt 1 on {LONG_SITE}: failed, exit code 1").wait_for()
 
-    page.get_by_role("button", name="Show all 30 inputs").click()
+    page.get_by_role("button", name="All 30", exact=True).click()
     page.get_by_role("listitem", name="input 20: completed, exit 0").get_by_text(f"on {LONG_SITE}").wait_for()
     assert page.locator("#job-sites").inner_text() == LONG_SITE
 
@@ -243,6 +262,92 @@ def test_a_long_job_is_summarised_filtered_paged_pinned_and_fits_a_phone_with_lo
     check_layout(page, "the outputs of a long job at a long-named site")
     assert page.evaluate(OVERFLOWING) == []
     page.goto(f"{far_site.url}/#job/{job['id']}")
-    page.get_by_role("button", name="Show failed inputs (15)").click()
+    page.get_by_role("button", name="failed 15", exact=True).click()
     page.locator("#inputs-title").evaluate("(el) => el.scrollIntoView()")
     snap(page, "job-long")
+
+
+# ---- a site that stops answering ---------------------------------------------------------------------
+
+#: Input 0 waits at a gate nobody opens (until it is killed); every other input is done at once.
+WAITS_SH = b"""#!/bin/sh
+if [ "$2" = 0 ]; then while [ ! -e gate ]; do sleep 0.2; done; fi
+echo "done with $1" > out.txt
+"""
+SLOTS = 4
+
+
+@pytest.fixture(scope="module")
+def home_and_site(tmp_path_factory: pytest.TempPathFactory, site_pki: Any) -> Iterator[tuple[PeerProcess, PeerProcess]]:
+    """A job's home (the broker) and one site with a long name that joined it; no agents: the test
+    says what each has free, so that the inputs go to the site (which the test then silences)."""
+    root = tmp_path_factory.mktemp("silent")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "POCKETGRID_MONITOR_INTERVAL": "0.5"}
+    started: list[PeerProcess] = []
+
+    def start(name: str, *join: str) -> PeerProcess:
+        args = secure_args(site_pki, name, "--no-agent", "--threads", "16", "--slots", str(SLOTS), *join)
+        p = PeerProcess(name, root / name, free_port(), args, env)
+        started.append(p)
+        return p.start()
+
+    try:
+        home = start("home-h")
+        site = start(LONG_SITE, "--join", home.url)
+        carol = login_client(home, site_pki, "carol")
+        wait_until(lambda: len(carol.system()["members"]) == 2, 30, what="the site to join")
+        make_sample_data(home.publish, 2, n_values=10)
+        yield home, site
+    finally:
+        for p in started:
+            for proc_dir in (p.state / "stage").glob("*/0"):  # never leave a waiting proc behind
+                (proc_dir / "gate").touch()
+            p.stop()
+
+
+def test_a_kill_pending_at_a_silent_site_and_its_unreachable_outputs_are_said_in_plain_words(
+        page: Any, home_and_site: tuple[PeerProcess, PeerProcess], site_pki: Any) -> None:
+    home, site = home_and_site
+    for peer, free in ((home, 0), (site, SLOTS)):  # only the site has room
+        report_load(home.url, peer, 0.1, session=host_session(site_pki, peer.name),
+                    metrics={"cores": SLOTS, "cpu_percent": 100.0 * (SLOTS - free) / SLOTS, "load1": SLOTS - free,
+                             "clock_mhz": 2000.0})
+    alice = login_client(home, site_pki, "alice")
+    job = alice.submit(unique("silent"), WAITS_SH, "waits.sub", ["samples/run000.txt", "samples/run001.txt"],
+                       executable_name="waits.sh", submit_text=sub_text("waits.sh", "$(input) $(input_index)"))
+    pair(page, home.url, alice.pairing_code()["code"])
+    page.goto(f"{home.url}/#job/{job['id']}")
+    page.get_by_role("listitem", name="input 0: running").get_by_text(f"on {LONG_SITE}").wait_for(timeout=60_000)
+    page.get_by_role("listitem", name="input 1: completed, exit 0").wait_for(timeout=60_000)
+    proc_dir = attempt_dir([home, site], alice.status(job["id"], history=True)[0], 0)
+    assert job_pids(proc_dir)
+
+    site.stop(signal.SIGKILL)  # its runner lives on, waiting at its gate
+    try:
+        page.get_by_role("button", name="Kill job").click()
+        page.get_by_role("alertdialog").get_by_role("button", name="Kill job").click()
+        # First "under way" (the home is trying), then, once the site did not answer, why it waits:
+        page.locator("#job-removal").get_by_text(
+            f"Kill pending at {LONG_SITE}: it does not answer; it will be carried out when it does.",
+            exact=True).wait_for(timeout=40_000)
+        page.get_by_role("listitem", name=re.compile(r"^input 0: removed")).get_by_text(
+            f"Kill pending at {LONG_SITE}: it does not answer", exact=False).wait_for()
+        page.get_by_role("status").filter(has_text="a kill still waits for a site").wait_for()
+        check_layout(page, "a kill pending at a long-named silent site")
+        assert page.evaluate(OVERFLOWING) == []
+
+        page.get_by_role("link", name="Outputs").click()
+        said = page.locator("#outputs-unreachable")
+        said.get_by_text(f"{LONG_SITE} does not answer now: the outputs kept there (inputs 0, 1) cannot be "
+                         "listed or fetched until it does. They are not lost.").wait_for(timeout=30_000)
+        page.get_by_role("region", name="outputs of input 1").get_by_text(f"Not listed: {LONG_SITE} does not answer now.").wait_for()
+        assert page.evaluate(OVERFLOWING) == []
+        page.get_by_role("link", name="Status").click()
+        page.locator("#job-removal").wait_for()
+    finally:
+        site.start()
+    # The site answers again: the kill is carried out there, and the page (a finished job, no live
+    # stream) notices by itself.
+    wait_until(lambda: not job_pids(proc_dir), 90, 0.5, what=f"the kill to be carried out at {LONG_SITE}")
+    page.locator("#job-removal").wait_for(state="detached", timeout=40_000)
+    page.get_by_role("status").filter(has_text="Finished: no more changes").wait_for()

@@ -64,7 +64,7 @@ function info(i, many) {
  * row's *Retry* button (``slot``: where the row's confirm step goes).
  */
 export function inputsList(container, ctx, { onRetry }) {
-  const summary = h("div", { class: "counts", role: "group", "aria-label": "Show inputs by state", id: "job-filter" });
+  const summary = h("div", { class: "counts", role: "group", "aria-label": "Show only the inputs in a state", id: "job-filter" });
   const list = h("ul", { class: "list", id: "job-inputs", "aria-label": "Inputs" });
   const more = h("div", { class: "row" });
   container.append(summary, list, more);
@@ -146,9 +146,9 @@ export function inputsList(container, ctx, { onRetry }) {
     if (!stopped) for (const index of open) drawPanel(index);
   }
 
-  function chip(state, label, n) {
+  // Named by what they show ("failed 15"): the group says what they do (what a voice user says is what is seen).
+  function chip(state, label) {
     return h("button", { type: "button", class: "chip", "aria-pressed": String(filter === state),
-      "aria-label": state === "all" ? `Show all ${n} inputs` : `Show ${state} inputs (${n})`,
       onclick: () => { filter = state; shown = PAGE; draw(); } }, label);
   }
 
@@ -158,8 +158,8 @@ export function inputsList(container, ctx, { onRetry }) {
     const counts = st.counts || {};
     const states = [...ORDER.filter((s) => counts[s]), ...Object.keys(counts).filter((s) => !ORDER.includes(s))];
     if (filter !== "all" && !states.includes(filter)) states.push(filter); // chosen, none left now: say so
-    fill(summary, inputs.length > 1 ? [chip("all", `All ${inputs.length}`, inputs.length),
-      states.map((s) => chip(s, `${s} ${counts[s] || 0}`, counts[s] || 0))] : null);
+    fill(summary, inputs.length > 1 ? [chip("all", `All ${inputs.length}`),
+      states.map((s) => chip(s, `${s} ${counts[s] || 0}`))] : null);
     const matching = filter === "all" ? inputs : inputs.filter((i) => i.state === filter);
     const visible = matching.slice(0, shown);
     const wanted = visible.length ? visible.map(row)

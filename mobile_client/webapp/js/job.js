@@ -12,7 +12,9 @@ import * as histogram from "./histogram.js";
 
 const TABS = [["status", "Status"], ["outputs", "Outputs"], ["plot", "Plot"]];
 const MODES = { live: "Live (pushed by the peer)", polling: "Live (checking with long polls)",
-  offline: "Offline: waiting for the link", done: "Finished: no more changes", error: "Not updating", stale: "Stale" };
+  offline: "Offline: waiting for the link", done: "Finished: no more changes", error: "Not updating", stale: "Stale",
+  pending: "Finished; a kill still waits for a site (checking again every 10 s)" };
+const PENDING_RECHECK_MS = 10000;
 
 function shortReason(r) {
   const head = (r.reason || "").split(";")[0].trim();
@@ -111,6 +113,13 @@ export function mount(main, { id, tab }) {
     for (const fn of listeners) fn(st);
   }
 
+  /** A final state; while a kill still waits for a silent site, look again now and then until it is done. */
+  function finished(st) {
+    mode.textContent = st.removal ? MODES.pending : MODES.done;
+    clearTimeout(retry);
+    if (st.removal) retry = setTimeout(start, PENDING_RECHECK_MS);
+  }
+
   async function start() {
     if (gone) return;
     stop?.();
@@ -125,11 +134,11 @@ export function mount(main, { id, tab }) {
         return;
       }
       staleTries = 0;
-      if (isFinal(data)) { mode.textContent = MODES.done; return; }
+      if (isFinal(data)) { finished(data); return; }
       stop = watchJob(id, {
         version: data.version,
         onStatus: (st) => { showFresh(); publish(st); },
-        onMode: (m) => { mode.textContent = MODES[m] || m; },
+        onMode: (m) => { if (m === "done" && current) finished(current); else mode.textContent = MODES[m] || m; },
       });
     } catch (err) {
       mode.textContent = err.offline ? "Offline, and this phone knows nothing about this job yet." : err.message;
