@@ -128,11 +128,14 @@ def test_retry_from_an_inputs_row_and_a_refused_retry_says_why(
         page.get_by_role("button", name="Retry input 0").click()
         row_dialog = page.locator("#job-inputs").get_by_role("alertdialog")  # the confirm stands in the row
         row_dialog.get_by_role("button", name="Retry").click()
+        page.get_by_role("button", name="History of input 0").focus()
         # Still not ready: the new attempt fails too, and the open history shows both, with their sites.
         wait_until(lambda: [a["state"] for a in attempts_of(alice, job_id)] == ["failed", "failed"], 60,
                    what="the second attempt to fail")
         sites = [a["site"] for a in attempts_of(alice, job_id)]
         panel.get_by_role("listitem", name=f"attempt 2 on {sites[1]}: failed, exit code 1").wait_for()
+        # The row changed under it (failed, idle, running, failed), live: the focus stayed where it was.
+        assert page.evaluate("document.activeElement.getAttribute('aria-label')") == "History of input 0"
         assert panel.get_by_role("listitem", name=f"attempt 1 on {sites[0]}: failed, exit code 1").count() == 1
 
         # The dialog is open while the input is retried elsewhere (the CLI, another phone) and succeeds:

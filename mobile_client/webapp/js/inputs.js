@@ -66,7 +66,7 @@ function info(i, many) {
 export function inputsList(container, ctx, { onRetry }) {
   const summary = h("div", { class: "counts", role: "group", "aria-label": "Show only the inputs in a state", id: "job-filter" });
   const list = h("ul", { class: "list", id: "job-inputs", "aria-label": "Inputs" });
-  const more = h("div", { class: "row" });
+  const more = h("div", { class: "row", hidden: true });
   container.append(summary, list, more);
   const rows = new Map(); // index -> {li, body, history, retry, panel, sig}
   const open = new Set(); // inputs whose history is shown
@@ -147,9 +147,26 @@ export function inputsList(container, ctx, { onRetry }) {
   }
 
   // Named by what they show ("failed 15"): the group says what they do (what a voice user says is what is seen).
+  // Kept per state and changed in place, so a live update does not take the focus away from one.
+  const chips = new Map();
   function chip(state, label) {
-    return h("button", { type: "button", class: "chip", "aria-pressed": String(filter === state),
-      onclick: () => { filter = state; shown = PAGE; draw(); } }, label);
+    let b = chips.get(state);
+    if (!b) {
+      b = h("button", { type: "button", class: "chip", onclick: () => { filter = state; shown = PAGE; draw(); } });
+      chips.set(state, b);
+    }
+    if (b.textContent !== label) b.textContent = label;
+    b.setAttribute("aria-pressed", String(filter === state));
+    return b;
+  }
+  const moreButton = h("button", { type: "button", onclick: () => { shown += PAGE; draw(); } });
+  const moreText = h("span", { class: "muted grow" });
+  more.append(moreText, moreButton);
+
+  /** Make ``parent``'s children ``wanted``, moving only what moved (a node taken out of the page loses the focus). */
+  function place(parent, wanted) {
+    wanted.forEach((el, k) => { if (parent.children[k] !== el) parent.insertBefore(el, parent.children[k] || null); });
+    while (parent.children.length > wanted.length) parent.lastElementChild.remove();
   }
 
   function draw() {
@@ -158,18 +175,16 @@ export function inputsList(container, ctx, { onRetry }) {
     const counts = st.counts || {};
     const states = [...ORDER.filter((s) => counts[s]), ...Object.keys(counts).filter((s) => !ORDER.includes(s))];
     if (filter !== "all" && !states.includes(filter)) states.push(filter); // chosen, none left now: say so
-    fill(summary, inputs.length > 1 ? [chip("all", `All ${inputs.length}`),
-      states.map((s) => chip(s, `${s} ${counts[s] || 0}`))] : null);
+    place(summary, inputs.length > 1 ? [chip("all", `All ${inputs.length}`), ...states.map((s) => chip(s, `${s} ${counts[s] || 0}`))] : []);
     const matching = filter === "all" ? inputs : inputs.filter((i) => i.state === filter);
     const visible = matching.slice(0, shown);
     const wanted = visible.length ? visible.map(row)
       : [h("li", { class: "empty" }, inputs.length ? `No input is ${filter} now.` : "No inputs.")];
-    // Move only what moved (a node taken out of the page loses the focus).
-    wanted.forEach((el, k) => { if (list.children[k] !== el) list.insertBefore(el, list.children[k] || null); });
-    while (list.children.length > wanted.length) list.lastElementChild.remove();
+    place(list, wanted);
     const left = matching.length - visible.length;
-    fill(more, left > 0 ? [h("span", { class: "muted grow" }, `${visible.length} of ${matching.length} shown`),
-      h("button", { type: "button", onclick: () => { shown += PAGE; draw(); } }, `Show ${Math.min(PAGE, left)} more`)] : null);
+    more.hidden = left <= 0;
+    moreText.textContent = `${visible.length} of ${matching.length} shown`;
+    moreButton.textContent = `Show ${Math.min(PAGE, left)} more`;
   }
 
   return {
