@@ -2,7 +2,7 @@
 // new shell and deletes the old caches).  The jobs list and job statuses (GET /api/v1/jobs and
 // GET /api/v1/jobs/<id>): network-first, falling back to the last copy, marked with
 // X-Pocketgrid-Cached-At (ms) so the page can say how old it is.  Everything else: the network.
-const VERSION = "shell-541d9c9ea2b5f4bb";
+const VERSION = "shell-ef82a01d02e61ad0";
 const SHELL_CACHE = `pg-shell-${VERSION}`;
 const DATA_CACHE = "pg-data-v1";
 const SHELL = [
@@ -10,6 +10,7 @@ const SHELL = [
   "/js/main.js", "/js/api.js", "/js/dom.js", "/js/session.js", "/js/pair.js", "/js/files.js", "/js/draft.js",
   "/js/submit.js", "/js/upload.js", "/js/jobs.js", "/js/job.js", "/js/live.js", "/js/outputs.js",
   "/js/download.js", "/js/store.js", "/js/histogram.js", "/js/offline.js", "/js/account.js",
+  "/js/inputs.js", "/js/attempts.js", "/js/job_actions.js",
 ];
 const NETWORK_TIMEOUT_MS = 10000;
 const DATA_PATH = /^\/api\/v1\/jobs(\/[^/]+)?$/;

@@ -1,8 +1,10 @@
-// One job: state, where it runs and why, per-input states (live), kill, release, run again;
+// One job: state, where it runs and why, how long it is kept, its inputs (inputs.js: live,
+// filtered by state, each with its site and attempts) and what can be done (job_actions.js);
 // tabs for outputs and the plot.
-import { getJSON, jobPath, request } from "./api.js";
-import * as draft from "./draft.js";
-import { confirmStep, fill, formatTime, h, stateBadge, toast } from "./dom.js";
+import { jobPath } from "./api.js";
+import { fill, formatTime, h, stateBadge } from "./dom.js";
+import { inputLabel, inputsList } from "./inputs.js";
+import { jobActions } from "./job_actions.js";
 import { isFinal, watchJob } from "./live.js";
 import { getFresh, onReconnect, showFresh, staleRetryDelay } from "./offline.js";
 import * as outputs from "./outputs.js";
@@ -10,25 +12,9 @@ import * as histogram from "./histogram.js";
 
 const TABS = [["status", "Status"], ["outputs", "Outputs"], ["plot", "Plot"]];
 const MODES = { live: "Live (pushed by the peer)", polling: "Live (checking with long polls)",
-  offline: "Offline: waiting for the link", done: "Finished: no more changes", error: "Not updating", stale: "Stale" };
-
-/** Why an input is in its current state (the peer keeps the current state's reason only). */
-export function currentReason(i) {
-  if (i.state === "held") return i.hold_reason || null;
-  // a peer of an older version may send a stale note: leave out what a state never has
-  if (i.state === "completed") return null;
-  if (i.state === "running" && i.note && !/^(disconnected|reconnected)/.test(i.note)) return null;
-  return i.note || null;
-}
-
-/** What a person (and a screen reader) should know about one input. */
-export function inputLabel(i) {
-  let s = `input ${i.index}: ${i.state}`;
-  if (i.exit_code !== undefined && i.exit_code !== null) s += `, exit ${i.exit_code}`;
-  if (i.signal) s += `, signal ${i.signal}`;
-  if (i.state === "held" && i.hold_reason) s += `, held: ${i.hold_reason}`;
-  return s;
-}
+  offline: "Offline: waiting for the link", done: "Finished: no more changes", error: "Not updating", stale: "Stale",
+  pending: "Finished; a kill still waits for a site (checking again every 10 s)" };
+const PENDING_RECHECK_MS = 10000;
 
 function shortReason(r) {
   const head = (r.reason || "").split(";")[0].trim();
@@ -55,69 +41,21 @@ export function placementLine(p) {
   return s;
 }
 
-/** Why an idle input waits (its site's ``match``). */
-function matchText(m) {
-  if (!m) return null;
-  if (m.slots) return `${m.slots} of ${m.of ?? "?"} slots match: waiting for one to be free`;
-  return `no slot matches (of ${m.of ?? "?"}): ${m.failing || "no reason given"}`;
-}
-
-function inputRow(i) {
-  const reason = currentReason(i);
-  return h("li", { class: "input-row", "aria-label": inputLabel(i), "data-index": i.index },
-    h("div", { class: "head" }, h("span", { class: "name" }, `${i.index}. ${i.input}`), stateBadge(i.state)),
-    i.site ? h("div", { class: "muted site" }, `on ${i.site}${i.attempt > 1 ? ` (attempt ${i.attempt})` : ""}`) : null,
-    i.exit_code !== undefined && i.exit_code !== null ? h("div", { class: "muted" }, `exit code ${i.exit_code}`) : null,
-    i.signal ? h("div", { class: "muted" }, `killed by signal ${i.signal}`) : null,
-    reason ? h("div", { class: i.state === "held" ? "note" : "muted" }, i.state === "held" ? `Held: ${reason}` : reason) : null,
-    i.state === "idle" && i.match ? h("div", { class: "muted match" }, matchText(i.match)) : null,
-    i.removal ? h("div", { class: "note removal" }, `Removal ${i.removal}`) : null,
-    i.stderr_tail ? h("details", { open: i.state === "failed" },
-      h("summary", {}, `stderr${i.stderr_file ? ` (${i.stderr_file})` : ""}, last lines`),
-      h("pre", { class: "stderr", "aria-label": `stderr of input ${i.index}` }, i.stderr_tail)) : null);
+/** How long the job is kept: pinned, or until when (retention), in words. */
+export function keptText(st) {
+  if (st.pinned) return "pinned: kept until you unpin it";
+  if (st.expires_at) return `until ${formatTime(st.expires_at)}, then removed with its outputs`;
+  if (st.finished_at) return "for as long as this site keeps jobs (no expiry set)";
+  return "while it runs; then for the site's retention time";
 }
 
 function statusTab(body, ctx) {
   const summary = h("div", { id: "job-summary" });
-  const list = h("ul", { class: "list", id: "job-inputs", "aria-label": "Inputs" });
-  const actions = h("div", { class: "row", id: "job-actions" });
-  const confirmArea = h("div");
-
-  async function kill() {
-    const yes = await confirmStep(confirmArea, { question: "Kill this job? Running inputs stop; finished outputs stay.",
-      yes: "Kill job", no: "Keep running" });
-    if (!yes) return;
-    try {
-      const r = await (await request(jobPath(ctx.id), { method: "DELETE" })).json();
-      toast(`Kill sent: ${r.removed_procs} input${r.removed_procs === 1 ? "" : "s"} stopped`);
-    } catch (err) {
-      toast(`Kill failed: ${err.message}`);
-    }
-  }
-
-  async function release() {
-    const held = (ctx.status?.inputs || []).filter((i) => i.state === "held").length;
-    const yes = await confirmStep(confirmArea, {
-      question: `Release ${held === 1 ? "the held input" : `the ${held} held inputs`}? ${held === 1 ? "It runs" : "They run"} again from the start.`,
-      yes: "Release", no: "Keep held", danger: false });
-    if (!yes) return;
-    try {
-      const r = await (await request(jobPath(ctx.id, "/release"), { method: "POST" })).json();
-      toast(`Released: ${r.released_procs} input${r.released_procs === 1 ? "" : "s"} queued again`);
-    } catch (err) {
-      toast(`Release failed: ${err.message}`);
-    }
-  }
-
-  async function runAgain() {
-    try {
-      const spec = await getJSON(jobPath(ctx.id, "/spec"));
-      draft.fromJob(ctx.id, spec);
-      location.hash = "#submit";
-    } catch (err) {
-      toast(`Could not load the job's spec: ${err.message}`);
-    }
-  }
+  const actions = jobActions(body, ctx);
+  const inputsArea = h("section", { "aria-labelledby": "inputs-title" }, h("h2", { id: "inputs-title" }, "Inputs"));
+  body.prepend(summary);
+  body.append(inputsArea);
+  const inputs = inputsList(inputsArea, ctx, { onRetry: actions.retryOne });
 
   function render(st) {
     fill(summary,
@@ -125,20 +63,18 @@ function statusTab(body, ctx) {
         h("dt", {}, "State"), h("dd", {}, stateBadge(st.state)),
         h("dt", {}, "Inputs"), h("dd", {}, Object.entries(st.counts || {}).map(([k, n]) => `${n} ${k}`).join(", ")),
         h("dt", {}, "Home"), h("dd", {}, st.peer),
-        st.sites?.length ? [h("dt", {}, "Sites"), h("dd", {}, st.sites.join(", "))] : null,
+        st.sites?.length ? [h("dt", {}, "Sites"), h("dd", { id: "job-sites" }, st.sites.join(", "))] : null,
         st.placement ? [h("dt", {}, "Placed on"), h("dd", { id: "job-placement" }, placementLine(st.placement))] : null,
         h("dt", {}, "Submitted"), h("dd", {}, st.created_at ? formatTime(st.created_at) : ""),
+        st.pinned === undefined ? null : [h("dt", {}, "Kept"), h("dd", { id: "job-retention" }, keptText(st))],
         h("dt", {}, "ID"), h("dd", {}, h("code", {}, st.id))),
+      st.removal ? h("p", { class: "note", id: "job-removal" }, `Kill ${st.removal}.`) : null,
       (st.warnings || []).map((w) => h("p", { class: "note" }, w)));
-    fill(list, (st.inputs || []).map(inputRow));
-    fill(actions,
-      isFinal(st) ? null : h("button", { type: "button", class: "danger", onclick: kill }, "Kill job"),
-      (st.inputs || []).some((i) => i.state === "held")
-        ? h("button", { type: "button", onclick: release }, "Release held inputs") : null,
-      h("button", { type: "button", onclick: runAgain }, "Run again with other inputs"));
+    actions.update(st);
+    inputs.update(st);
   }
-  body.append(summary, actions, confirmArea, h("h2", {}, "Inputs"), list);
-  return ctx.subscribe(render);
+  const unsubscribe = ctx.subscribe(render);
+  return () => { unsubscribe(); inputs.stop(); };
 }
 
 export function mount(main, { id, tab }) {
@@ -163,6 +99,7 @@ export function mount(main, { id, tab }) {
   const ctx = {
     id,
     get status() { return current; },
+    reload() { start(); }, // after an action: a finished job may run again (retry) or change (pin)
     subscribe(fn) { listeners.add(fn); if (current) fn(current); return () => listeners.delete(fn); },
   };
   function publish(st) {
@@ -174,6 +111,13 @@ export function mount(main, { id, tab }) {
     title.textContent = st.name || id;
     document.title = `${st.name || id} — pocketgrid`;
     for (const fn of listeners) fn(st);
+  }
+
+  /** A final state; while a kill still waits for a silent site, look again now and then until it is done. */
+  function finished(st) {
+    mode.textContent = st.removal ? MODES.pending : MODES.done;
+    clearTimeout(retry);
+    if (st.removal) retry = setTimeout(start, PENDING_RECHECK_MS);
   }
 
   async function start() {
@@ -190,11 +134,11 @@ export function mount(main, { id, tab }) {
         return;
       }
       staleTries = 0;
-      if (isFinal(data)) { mode.textContent = MODES.done; return; }
+      if (isFinal(data)) { finished(data); return; }
       stop = watchJob(id, {
         version: data.version,
         onStatus: (st) => { showFresh(); publish(st); },
-        onMode: (m) => { mode.textContent = MODES[m] || m; },
+        onMode: (m) => { if (m === "done" && current) finished(current); else mode.textContent = MODES[m] || m; },
       });
     } catch (err) {
       mode.textContent = err.offline ? "Offline, and this phone knows nothing about this job yet." : err.message;

@@ -21,11 +21,13 @@ export function mount(body, ctx) {
   let timer = 0;
   let tailTimer = 0;
   let lastList = [];
+  let silent = new Set(); // sites holding outputs that did not answer (unreachable_sites)
   const downloads = new Map(); // key -> the card of a running/finished download (survives re-renders)
 
   async function refresh() {
     try {
       const r = await getJSON(jobPath(ctx.id, "/outputs"));
+      silent = new Set(r.unreachable_sites || []);
       render(r.outputs);
     } catch (err) {
       fill(groups, h("p", { class: "error" }, err.offline ? "Offline: outputs cannot be listed now." : err.message));
@@ -34,10 +36,19 @@ export function mount(body, ctx) {
 
   function render(list) {
     lastList = list;
-    fill(groups, list.length ? list.map((o) => h("section", { class: "output-group", "aria-label": `outputs of input ${o.index}` },
-      h("h3", {}, `Input ${o.index}: ${o.input} `, h("span", { class: `state state-${o.state}` }, o.state)),
-      o.files.length ? h("ul", { class: "list" }, o.files.map((f) => fileRow(o, f)))
-        : h("p", { class: "muted" }, "No outputs yet."))) : h("p", { class: "muted" }, "No outputs."));
+    const unreachable = [...silent].map((site) => {
+      const which = list.filter((o) => o.site === site).map((o) => o.index);
+      return h("p", { class: "note", role: "status" }, `${site} does not answer now: the outputs kept there`
+        + `${which.length ? ` (${which.length === 1 ? "input" : "inputs"} ${which.join(", ")})` : ""} cannot be listed or fetched`
+        + " until it does. They are not lost.");
+    });
+    fill(groups, h("div", { id: "outputs-unreachable" }, unreachable),
+      list.length ? list.map((o) => h("section", { class: "output-group", "aria-label": `outputs of input ${o.index}` },
+        h("h3", {}, `Input ${o.index}: ${o.input} `, h("span", { class: `state state-${o.state}` }, o.state)),
+        o.site ? h("p", { class: "muted site" }, `on ${o.site}`) : null,
+        o.files.length ? h("ul", { class: "list" }, o.files.map((f) => fileRow(o, f)))
+          : h("p", { class: "muted" }, silent.has(o.site) ? `Not listed: ${o.site} does not answer now.` : "No outputs yet.")))
+        : h("p", { class: "muted" }, "No outputs."));
   }
 
   function fileRow(o, f) {
