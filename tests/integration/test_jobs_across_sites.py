@@ -170,7 +170,10 @@ def test_the_site_back_with_stale_state_gives_no_second_result_and_its_copies_ar
     victim.start()  # same state directory: it knows its old pieces and their (late) results
     wait_until(lambda: not any(d.exists() for d in dirs.values()), 90, 0.5,
                what="the home to have the late copies deleted at the returning site")
-    history = with_history(alice, job_id)
+    # the site deletes the copies, then answers the home, which records it: wait for the record to say so
+    history = wait_until(lambda: (h := with_history(alice, job_id)) and all(
+        h["inputs"][i]["attempts"][0]["cleanup"] == "deleted" for i in grid["lost"]) and h, 60, 0.5,
+        what="the home to record the late copies as deleted")
     assert history["state"] == "completed" and history["counts"] == {"completed": 40}
     now = {i["index"]: [(h["site"], h["attempt"]) for h in i["attempts"] if h["result"]] for i in history["inputs"]}
     assert now == grid["results"]  # still one result per input, the same ones
