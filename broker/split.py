@@ -97,6 +97,7 @@ def room(peer: PeerState, estimator: LeastExpectedLoad, waves_ahead: float) -> i
 #: twice its estimated move: before that the site is likely still staging it, and its report cannot
 #: show it (a late-binding split asks again after every report and would fill the site twice).
 UNSEEN_GRACE_S = 5.0
+HORIZON = 0.0
 
 
 def visible_at(decided_at: float, share: Share) -> float:
@@ -171,18 +172,20 @@ def split_inputs(peers: Sequence[PeerState], job: JobRequest, now: float, *, est
     def without_move(p: PeerState) -> Any:
         """The site's estimate for its next input, less moving the bytes (the only part an input's size
         changes): one score per input given, not one per input and site."""
-        return estimator.score(p, replace(job, n_procs=given[p.name] + 1, input_bytes={}), usable).score
+        return estimator.score(p, replace(job, n_procs=given[p.name] + 1, input_bytes={}), usable)
 
     def full_score(p: PeerState, count: int) -> Any:
         return estimator.score(p, replace(job, n_procs=count, input_bytes={holder: moved[p.name][count]}), usable)
 
     base = {p.name: without_move(p) for p in candidates}
+    #: per site, the estimated wait for a slot of each input given to it
+    waits: dict[str, list[float]] = {p.name: [] for p in candidates}
     margin = estimator.tie_margin
     for size in sizes:
         best = None
         for p in candidates:
             move, _ = estimator.move_seconds(p, JobRequest(n_procs=1, input_bytes={holder: moved[p.name][-1] + size}))
-            end = base[p.name] + move
+            end = base[p.name].score + move
             # A site already given inputs of this job keeps the next one unless another is clearly sooner.
             key = (end - (margin if given[p.name] else 0.0), p.name)
             if best is None or key < best[0]:
@@ -192,6 +195,7 @@ def split_inputs(peers: Sequence[PeerState], job: JobRequest, now: float, *, est
         given[peer.name] += 1
         moved[peer.name].append(moved[peer.name][-1] + size)
         ends[peer.name].append(end)
+        waits[peer.name].append(base[peer.name].detail["wait_s"])
         base[peer.name] = without_move(peer)
     # Whole on one site when one can finish it all about as soon as the split would.
     makespan = max(e[-1] for e in ends.values() if e)
@@ -200,7 +204,9 @@ def split_inputs(peers: Sequence[PeerState], job: JobRequest, now: float, *, est
                 key=lambda sp: (sp[0].score, sp[1].name))
     planned = dict(given)
     if waves_ahead is not None:  # late binding: what each site can start soon, the rest unassigned
-        given = {name: min(count, rooms[name]) for name, count in given.items()}
+        # ... or those its estimate says start before its next report (when more could be given anyway)
+        soon = {p.name: sum(1 for w in waits[p.name] if w <= HORIZON * p.interval) for p in candidates}
+        given = {name: min(count, max(rooms[name], soon[name])) for name, count in given.items()}
     last = {p.name: full_score(p, given[p.name]) for p in candidates if given[p.name]}
     if whole[0].score <= makespan + margin:
         w, p = whole

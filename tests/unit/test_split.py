@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.orm import sessionmaker
 
@@ -11,6 +12,7 @@ from broker.placement import JobRequest, LeastExpectedLoad, PeerState, peer_stat
 from broker.role import BrokerRole
 from broker.runtimes import summarize
 from broker.split import split_inputs
+from pocketgrid.config import PeerConfig
 
 NOW = 1_000_000.0
 
@@ -254,3 +256,10 @@ def test_the_broker_role_reports_the_unassigned_inputs_and_gives_them_out_as_slo
     eager = BrokerRole(sessionmaker(engine), name="home", url="https://home", seed=3, clock=lambda: clock[0])
     decision = eager.split_decision("job-2/0.1", job(20), input_sizes=[1000] * 20)
     assert sum(s["count"] for s in decision["shares"]) == 20 and decision["unassigned"] == 0
+
+
+def test_the_peer_setting_takes_a_number_of_waves_or_minus_one_for_no_late_binding() -> None:
+    assert PeerConfig.load(None, environ={}).split_waves_ahead == -1  # off by default (see the README)
+    assert PeerConfig.load(None, environ={"POCKETGRID_SPLIT_WAVES_AHEAD": "0.5"}).split_waves_ahead == 0.5
+    with pytest.raises(ValueError, match="split_waves_ahead"):
+        PeerConfig.load(None, environ={"POCKETGRID_SPLIT_WAVES_AHEAD": "-2"})
