@@ -97,7 +97,6 @@ def room(peer: PeerState, estimator: LeastExpectedLoad, waves_ahead: float) -> i
 #: twice its estimated move: before that the site is likely still staging it, and its report cannot
 #: show it (a late-binding split asks again after every report and would fill the site twice).
 UNSEEN_GRACE_S = 5.0
-HORIZON = 0.0
 
 
 def visible_at(decided_at: float, share: Share) -> float:
@@ -178,8 +177,6 @@ def split_inputs(peers: Sequence[PeerState], job: JobRequest, now: float, *, est
         return estimator.score(p, replace(job, n_procs=count, input_bytes={holder: moved[p.name][count]}), usable)
 
     base = {p.name: without_move(p) for p in candidates}
-    #: per site, the estimated wait for a slot of each input given to it
-    waits: dict[str, list[float]] = {p.name: [] for p in candidates}
     margin = estimator.tie_margin
     for size in sizes:
         best = None
@@ -195,7 +192,6 @@ def split_inputs(peers: Sequence[PeerState], job: JobRequest, now: float, *, est
         given[peer.name] += 1
         moved[peer.name].append(moved[peer.name][-1] + size)
         ends[peer.name].append(end)
-        waits[peer.name].append(base[peer.name].detail["wait_s"])
         base[peer.name] = without_move(peer)
     # Whole on one site when one can finish it all about as soon as the split would.
     makespan = max(e[-1] for e in ends.values() if e)
@@ -204,9 +200,7 @@ def split_inputs(peers: Sequence[PeerState], job: JobRequest, now: float, *, est
                 key=lambda sp: (sp[0].score, sp[1].name))
     planned = dict(given)
     if waves_ahead is not None:  # late binding: what each site can start soon, the rest unassigned
-        # ... or those its estimate says start before its next report (when more could be given anyway)
-        soon = {p.name: sum(1 for w in waits[p.name] if w <= HORIZON * p.interval) for p in candidates}
-        given = {name: min(count, max(rooms[name], soon[name])) for name, count in given.items()}
+        given = {name: min(count, rooms[name]) for name, count in given.items()}
     last = {p.name: full_score(p, given[p.name]) for p in candidates if given[p.name]}
     if whole[0].score <= makespan + margin:
         w, p = whole
