@@ -101,8 +101,9 @@ class BrokerRole:
         self._backlog: dict[str, float] = {}
         #: Each peer's own procs that are not about to use a slot (the report's ``site``: held, unmatchable).
         self._site: dict[str, dict[str, int]] = {}
-        #: Split shares per peer that its reports probably do not show yet, (visible_at, procs): they stay
-        #: in flight past its next report (broker/split.py ``still_unseen``).  Soft state, like in_flight.
+        #: With late binding: split shares per peer that its reports probably do not show yet, (visible_at,
+        #: procs): they stay in flight past its next report (broker/split.py ``still_unseen``).  Soft state,
+        #: like in_flight.
         self._unseen: dict[str, list[tuple[float, int]]] = {}
 
     # ---- membership -------------------------------------------------------
@@ -547,8 +548,9 @@ class BrokerRole:
                         .where(LoadReport.peer == share.name)
                         .values(in_flight=LoadReport.in_flight + share.count)
                     )
-                    unseen = [u for u in self._unseen.get(share.name, []) if u[0] > now - 3600]  # a silent peer's
-                    self._unseen[share.name] = [*unseen, (visible_at(now, share), share.count)]
+                    if self.split_waves_ahead is not None:  # late binding asks again after every report
+                        unseen = [u for u in self._unseen.get(share.name, []) if u[0] > now - 3600]  # a silent peer's
+                        self._unseen[share.name] = [*unseen, (visible_at(now, share), share.count)]
                 row = Placement(
                     job_key=job_key,
                     chosen=",".join(share.name for share in shares)[:200],

@@ -93,9 +93,9 @@ def room(peer: PeerState, estimator: LeastExpectedLoad, waves_ahead: float) -> i
     return room
 
 
-#: A share is counted in flight on its site until a report sampled this long after it was decided, plus
-#: twice its estimated move: before that the site is likely still staging it, and its report cannot
-#: show it (a late-binding split asks again after every report and would fill the site twice).
+#: With late binding, a share is counted in flight on its site until a report sampled this long after it
+#: was decided, plus twice its estimated move: before that the site is likely still staging it, and its
+#: report cannot show it (a late-binding split asks again after every report and would fill it twice).
 UNSEEN_GRACE_S = 5.0
 
 

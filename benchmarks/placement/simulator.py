@@ -455,7 +455,8 @@ class Simulation:
             start += len(chunk)
             if chunk:
                 self.in_flight[share.name] += share.count
-                self.unseen[share.name].append((visible_at(self.now, share), share.count))
+                if self.manager.waves_ahead is not None:  # as BrokerRole does with late binding
+                    self.unseen[share.name].append((visible_at(self.now, share), share.count))
                 out.append((share.name, chunk))
         return out
 

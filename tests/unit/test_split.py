@@ -263,3 +263,36 @@ def test_the_peer_setting_takes_a_number_of_waves_or_minus_one_for_no_late_bindi
     assert PeerConfig.load(None, environ={"POCKETGRID_SPLIT_WAVES_AHEAD": "0.5"}).split_waves_ahead == 0.5
     with pytest.raises(ValueError, match="split_waves_ahead"):
         PeerConfig.load(None, environ={"POCKETGRID_SPLIT_WAVES_AHEAD": "-2"})
+
+
+def test_with_late_binding_a_report_sampled_while_a_share_is_staged_does_not_free_its_slots(tmp_path) -> None:
+    """A site still staging a share reports none of it: a report sampled right after the split keeps the
+    share in flight, so the next round does not fill the site twice; a later report counts it itself."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'broker.db'}")
+    BrokerBase.metadata.create_all(engine)
+    clock = [NOW]
+    role = BrokerRole(sessionmaker(engine), name="home", url="https://home", seed=3, clock=lambda: clock[0],
+                      split_waves_ahead=0)
+    role.ensure_self_registered()
+
+    def report(busy: int) -> None:
+        role.ingest_report({"peer": "b", "url": "https://b", "coefficient": 0.1, "interval": 15,
+                            "sampled_at": clock[0], "metrics": {"cores": 4, "clock_mhz": 2000.0,
+                                                                "cpu_percent": 25.0 * busy, "load1": float(busy)}})
+
+    report(0)
+    exclude = frozenset({"home"})
+    first = role.split_decision("j/0.1", job(10), input_sizes=[1000] * 10, exclude=exclude)
+    assert [(s["name"], s["count"]) for s in first["shares"]] == [("b", 4)]
+    clock[0] += 1
+    report(0)  # sampled while b still stages its four: they are not in it
+    assert {r["peer"]: r["in_flight"] for r in role.load_table()}["b"] == 4
+    assert role.split_decision("j/4.1", job(6), input_sizes=[1000] * 6, exclude=exclude)["shares"] == []
+    clock[0] += 15
+    report(4)  # now running there: the report shows them, nothing is in flight any more
+    assert {r["peer"]: r["in_flight"] for r in role.load_table()}["b"] == 0
+    assert role.split_decision("j/4.1", job(6), input_sizes=[1000] * 6, exclude=exclude)["shares"] == []
+    clock[0] += 15
+    report(1)  # three of them finished
+    again = role.split_decision("j/4.1", job(6), input_sizes=[1000] * 6, exclude=exclude)
+    assert [(s["name"], s["count"]) for s in again["shares"]] == [("b", 3)] and again["unassigned"] == 3
