@@ -558,8 +558,8 @@ class Simulation:
 
     # ---- the peers ---------------------------------------------------------------
     def _staged(self, piece: _Piece) -> None:
-        if piece.lost:
-            return
+        if piece.lost or piece not in self.peers[piece.site].in_transit:
+            return  # its site went down while it was being sent: the home finds out at its next round
         target = piece.site
         for src, nbytes, seconds in piece.moves:
             key = (src, target)
