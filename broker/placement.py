@@ -530,6 +530,13 @@ class LeastExpectedLoad:
         stats = peer.runtimes
         return float(stats.running + stats.idle) if stats is not None else 0.0
 
+    def ahead(self, peer: PeerState) -> float:
+        """Procs running or waiting at the peer as this estimate counts them: its known queue (a host
+        reporting its procs' states) or what its report shows (plus a host's hidden backlog), plus the
+        procs placed there since the report."""
+        busy = self.known_busy(peer) if self.knows_queue(peer) else busy_procs(peer) or 0.0
+        return busy + peer.in_flight
+
     def learned(self, peer: PeerState) -> RunTimeStats | None:
         """The peer's reported run times, when learning is on and there are enough of them."""
         stats = peer.runtimes
@@ -573,7 +580,7 @@ class LeastExpectedLoad:
     def score(self, peer: PeerState, job: JobRequest, peers: Sequence[PeerState] = ()) -> _Scored:
         slots = peer.slots or 1
         speed = peer.speed or 1.0
-        ahead = (self.known_busy(peer) if self.knows_queue(peer) else busy_procs(peer) or 0.0) + peer.in_flight
+        ahead = self.ahead(peer)
         run, run_source = self.job_run(peer, job, peers)
         stats = self.learned(peer)
         if stats is None:

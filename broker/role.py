@@ -32,7 +32,7 @@ from .placement import (
     peer_state_from_report,
     update_bandwidth,
 )
-from .split import Share, split_inputs
+from .split import Share, split_inputs, still_unseen, visible_at
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +66,14 @@ class BrokerRole:
         dead_after: float | None = None,
         cert: str | None = None,
         on_place: Callable[[str], None] | None = None,
+        split_waves_ahead: float | None = None,
     ) -> None:
         self.sessions = sessions
+        if split_waves_ahead is not None and split_waves_ahead < 0:
+            raise ValueError("split_waves_ahead must be >= 0, or None (every input given at once)")
+        #: Late binding (broker/split.py): a split gives a site its free slots plus at most this many waves
+        #: of queue; the rest stay unassigned, pending at the job's home until a later split.  None: no cap.
+        self.split_waves_ahead = split_waves_ahead
         #: Told the chosen peer's name after each placement decision (the holding peer's metrics).
         self.on_place = on_place
         #: The holding peer's own host certificate (PEM), listed in the membership like everyone's.
@@ -95,6 +101,10 @@ class BrokerRole:
         self._backlog: dict[str, float] = {}
         #: Each peer's own procs that are not about to use a slot (the report's ``site``: held, unmatchable).
         self._site: dict[str, dict[str, int]] = {}
+        #: With late binding: split shares per peer that its reports probably do not show yet, (visible_at,
+        #: procs): they stay in flight past its next report (broker/split.py ``still_unseen``).  Soft state,
+        #: like in_flight.
+        self._unseen: dict[str, list[tuple[float, int]]] = {}
 
     # ---- membership -------------------------------------------------------
     def register(self, name: str, url: str, cert: str | None = None) -> dict[str, Any]:
@@ -216,7 +226,8 @@ class BrokerRole:
 
     # ---- load reports -----------------------------------------------------
     def ingest_report(self, report: dict[str, Any]) -> None:
-        """Store a peer's latest load report; it resets that peer's in-flight count.
+        """Store a peer's latest load report; it resets that peer's in-flight count to the split shares
+        it probably does not show yet (decided too shortly before it was sampled to be staged there).
 
         For a peer without pool figures, the procs it probably still holds
         queued (invisible in host metrics) are carried over as its backlog
@@ -243,7 +254,12 @@ class BrokerRole:
             row.sampled_at = float(report.get("sampled_at") or now)
             row.received_at = now
             row.interval = float(report.get("interval") or 15.0)
-            row.in_flight = 0
+            unseen = still_unseen(self._unseen.pop(name, []), row.sampled_at)
+            if unseen:
+                self._unseen[name] = unseen
+            carried = min(placed, sum(n for _, n in unseen))
+            placed -= carried  # the rest is in the report now (or, for a host, in its hidden backlog)
+            row.in_flight = carried
             site = report.get("site")
             self._site[name] = dict(site) if isinstance(site, dict) else {}
             current = peer_state_from_report(name, row.url, _report_of(row, self._site[name]), now)
@@ -501,8 +517,9 @@ class BrokerRole:
     def split_decision(self, job_key: str, job: JobRequest, *, input_sizes: list[int] | None = None,
                        avoid: frozenset[str] = frozenset(), exclude: frozenset[str] = frozenset()) -> dict[str, Any]:
         """:meth:`split` as the home keeps it: ``id``, ``ranking`` (dicts, with each candidate's score
-        parts), ``shares``, ``policy``, ``decided_at``, and ``refused_all`` (the split is empty because
-        every live site is excluded: no site will take these inputs)."""
+        parts), ``shares``, ``policy``, ``decided_at``, ``unassigned`` (inputs given to no site now: late
+        binding holds them back for a later split, or no site can take them) and ``refused_all`` (the split
+        is empty because every live site is excluded: no site will take these inputs)."""
         decision = self._split(job_key, job, input_sizes=input_sizes, avoid=avoid, exclude=exclude)
         return {**decision, "ranking": [asdict(r) for r in decision["ranking"]],
                 "shares": [asdict(share) for share in decision["shares"]]}
@@ -514,10 +531,12 @@ class BrokerRole:
             states = self.peer_states()
             ranking = self.policy([p for p in states if p.name not in exclude], job, now)
             shares = split_inputs(states, job, now, estimator=self.estimator, avoid=frozenset(avoid),
-                                  input_sizes=input_sizes or (), exclude=frozenset(exclude))
+                                  input_sizes=input_sizes or (), exclude=frozenset(exclude),
+                                  waves_ahead=self.split_waves_ahead)
             policy = self.policy_name  # a split: its ranking entries say which sites got shares
             decision: dict[str, Any] = {"id": None, "ranking": ranking, "shares": shares, "policy": policy,
                                         "decided_at": now,
+                                        "unassigned": max(0, job.n_procs - sum(share.count for share in shares)),
                                         "refused_all": bool(exclude) and not shares and bool(states)}
             if not shares:
                 return decision
@@ -529,6 +548,9 @@ class BrokerRole:
                         .where(LoadReport.peer == share.name)
                         .values(in_flight=LoadReport.in_flight + share.count)
                     )
+                    if self.split_waves_ahead is not None:  # late binding asks again after every report
+                        unseen = [u for u in self._unseen.get(share.name, []) if u[0] > now - 3600]  # a silent peer's
+                        self._unseen[share.name] = [*unseen, (visible_at(now, share), share.count)]
                 row = Placement(
                     job_key=job_key,
                     chosen=",".join(share.name for share in shares)[:200],

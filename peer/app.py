@@ -193,7 +193,8 @@ class PeerServices:
         """Ask the broker to split ``n_procs`` inputs (held here) over the sites.
 
         The broker's decision: ``{"id", "shares": [...], "ranking": [...], "policy", "decided_at",
-        "refused_all"}``; ``exclude``: sites that refused these inputs for good; ``history_key``: the
+        "unassigned", "refused_all"}`` (the shares may hold fewer inputs than asked: the rest,
+        ``unassigned``, stay pending here and are split again next round); ``exclude``: sites that refused these inputs for good; ``history_key``: the
         job's (owner + executable), so the estimate uses this program's learned run times.
         Unavailable when no broker answers (an election): the job manager tries again next round.
         """
@@ -224,6 +225,7 @@ class PeerServices:
             return {"id": answer.get("id"), "shares": answer.get("shares") or [],
                     "ranking": answer.get("ranking") or [], "policy": answer.get("policy"),
                     "decided_at": answer.get("decided_at") or time.time(),
+                    "unassigned": int(answer.get("unassigned") or 0),
                     "refused_all": bool(answer.get("refused_all"))}
         raise Unavailable("could not find the broker")
 
@@ -242,6 +244,7 @@ def _new_broker_role(config: PeerConfig, db: Database, http: requests.Session, m
         dead_after=config.heartbeat_interval * (config.heartbeat_misses + 1),
         cert=None if config.insecure_http else Path(config.tls_cert).read_text(),
         on_place=metrics.placed,
+        split_waves_ahead=None if config.split_waves_ahead < 0 else config.split_waves_ahead,
     )
 
 

@@ -165,6 +165,8 @@ class JobManager:
         #: piece key -> the broker's decision key it came from, and the sites that failed that decision
         #: so far (for the outcome the broker shows administrators; in memory, best effort)
         self._decisions: dict[str, str] = {}
+        #: Jobs whose last split held inputs back (late binding): asked again no sooner than this.
+        self._held: dict[str, float] = {}
         self._decision_failed: dict[str, list[dict[str, str]]] = {}
         self._success_codes: dict[str, int | None] = {}
 
@@ -250,7 +252,10 @@ class JobManager:
         for a in pending:
             key = (a.job_id, tuple(sorted(a.avoid or [])), tuple(sorted(a.refused or {})))
             groups.setdefault(key, []).append(a)
+        self._held = {j: t for j, t in self._held.items() if t > now}
         for (job_id, avoid, refused), atts in groups.items():
+            if job_id in self._held:
+                continue
             if not self._split_and_send(job_id, list(avoid), atts, now, exclude=list(refused)):
                 break  # no broker answers (an election?): the other jobs wait for the next round too
         resend: dict[str, list[JobAttempt]] = {}
@@ -289,12 +294,15 @@ class JobManager:
             log.info("job %s: %d inputs wait for a placement: %s", job_id, len(atts), exc.message)
             return False
         shares = answer.get("shares") or []
+        if answer.get("unassigned"):  # held back until sites free slots: not every tick, every monitor round
+            self._held[job_id] = now + self.monitor_interval
         if not shares and answer.get("refused_all"):  # every live site refused them for good
             self._fail_inputs(job_id, {a.index: refused_everywhere(a.refused or {}) for a in atts}, now,
                               details={a.index: _quota_details(a.refused or {}) for a in atts})
             return True
-        if not shares:
-            log.info("job %s: no site can take its %d pending inputs yet", job_id, len(atts))
+        if not shares:  # (late binding: the usual wait for free slots, logged at debug level)
+            log.log(logging.DEBUG if answer.get("unassigned") else logging.INFO,
+                    "job %s: no site can take its %d pending inputs yet", job_id, len(atts))
             return True
         orders: list[tuple[str, str | None, str]] = []
         with self.store.session() as s:

@@ -14,8 +14,13 @@ went and why, in its status (``placement``)::
 
 The status shows the latest round, without each candidate's ``detail`` (the
 estimate's parts: wait, run, move, their sources) unless asked
-(``?placement=1``, which adds every earlier round too, as ``earlier``): a
-phone's status stays small.
+(``?placement=1``, which adds the earlier rounds too, as ``earlier``: the
+most recent ``MAX_EARLIER`` of them, ``earlier_omitted`` saying how many
+older ones are left out), and ``placed``, the inputs each site was given
+over all rounds: a phone's status stays small.  Late binding (broker/split.py)
+sends a large job's inputs over many rounds, one whenever sites report free
+slots: a round is recorded only when it sent something, so a job has at most
+one round per input sent.
 """
 from __future__ import annotations
 
@@ -26,6 +31,9 @@ from typing import Any, Sequence
 MAX_RECORD_BYTES = 64 * 1024
 _RANKED_KEYS = ("name", "score", "reason", "detail")
 _SHARE_KEYS = ("count", "est_seconds", "reason", "detail")
+#: Earlier rounds ``?placement=1`` shows (the most recent): a 200-input job sent over a hundred rounds
+#: stays readable.
+MAX_EARLIER = 20
 
 
 def round_record(decision: dict[str, Any], inputs: Sequence[int]) -> dict[str, Any]:
@@ -66,7 +74,19 @@ def placement_view(rounds: Sequence[dict[str, Any]], *, detail: bool = False) ->
     and the earlier rounds as ``earlier``.  None before the first round."""
     if not rounds:
         return None
-    view = {**_view(rounds[-1], len(rounds), detail=detail), "rounds": len(rounds)}
+    view = {**_view(rounds[-1], len(rounds), detail=detail), "rounds": len(rounds), "placed": placed(rounds)}
     if detail and len(rounds) > 1:
-        view["earlier"] = [_view(r, n, detail=True) for n, r in enumerate(rounds[:-1], start=1)]
+        first = max(0, len(rounds) - 1 - MAX_EARLIER)
+        view["earlier"] = [_view(r, n, detail=True) for n, r in enumerate(rounds[first:-1], start=first + 1)]
+        if first:
+            view["earlier_omitted"] = first
     return view
+
+
+def placed(rounds: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """Inputs each site was given over all the rounds, most first (an input sent again counts again)."""
+    out: dict[str, int] = {}
+    for record in rounds:
+        for share in record.get("shares") or []:
+            out[share["site"]] = out.get(share["site"], 0) + int(share.get("count") or 0)
+    return dict(sorted(out.items(), key=lambda kv: (-kv[1], kv[0])))

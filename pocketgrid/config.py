@@ -133,6 +133,11 @@ class PeerConfig:
     retry_backoff: float = 5.0
     #: An attempt evicted this many times at its site is lost (and runs elsewhere).
     max_evictions: int = 3
+    #: Broker, late binding (broker/split.py): a split of a job's inputs gives each site its free slots
+    #: plus at most this many waves of its slots of queue; the rest wait at the job's home and are split
+    #: again as sites report free slots.  -1: every input is given at once (no late binding): the default,
+    #: as late binding did not shorten issue 14's 200-input job (benchmarks/placement/README.md).
+    split_waves_ahead: float = -1.0
     #: Broker: a report older than this many intervals marks a peer stale.
     report_stale_factor: float = 3.0
     #: Placement policy name: least-expected-load, least-expected-load-nominal
@@ -285,6 +290,9 @@ class PeerConfig:
         for key, value in values.items():
             setattr(config, key, _coerce(fields[key], value))
         config.check_choices()
+        if config.split_waves_ahead < 0 and config.split_waves_ahead != -1:
+            raise ValueError(f"split_waves_ahead: expected a number >= 0, or -1 (no late binding), "
+                             f"got {config.split_waves_ahead}")
         return config
 
     #: Fields whose value is one of a few words.

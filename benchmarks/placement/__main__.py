@@ -42,6 +42,18 @@ def _failure(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"{text!r}: expected SITE@SECONDS, e.g. campus-pool@180") from None
 
 
+def _waves(text: str) -> float | None:
+    if text.strip().lower() == "none":
+        return None
+    try:
+        value = float(text)
+        if value < 0:
+            raise ValueError
+        return value
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number >= 0, or none") from None
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.placement", description=__doc__.splitlines()[0])
     p.add_argument("--scenario", choices=[*SCENARIOS, "all"],
@@ -62,6 +74,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"seconds a home waits for a silent site (default {Manager.site_lost_after:g})")
     p.add_argument("--monitor-interval", type=float, default=Manager.monitor_interval,
                    help=f"seconds between a home's status rounds (default {Manager.monitor_interval:g})")
+    p.add_argument("--waves-ahead", type=_waves, default=Manager.waves_ahead, metavar="N|none",
+                   help=f"late binding: a split gives a site its free slots plus at most N waves of queue, the "
+                        f"rest later (default {Manager.waves_ahead}; none: every input at once)")
     p.add_argument("--keep-results", action="store_true",
                    help="a site going down keeps the results it held (default: lost while their job is unfinished)")
     p.add_argument("--per-job", action="store_true", help="each job's makespan, shares and losses too")
@@ -71,7 +86,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--repeat must be >= 1")
     try:
         args.manager = Manager(monitor_interval=args.monitor_interval, site_lost_after=args.site_lost_after,
-                               lose_results=not args.keep_results)
+                               lose_results=not args.keep_results, waves_ahead=args.waves_ahead)
     except ValueError as exc:
         p.error(str(exc))
     if args.scenario:
@@ -123,9 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
         results = []
         for name in names:
-            kwargs: dict[str, Any] = {"seeds": seeds}
-            if name == "site-loss":
-                kwargs["manager"] = args.manager
+            kwargs: dict[str, Any] = {"seeds": seeds, "manager": args.manager}
             results.append(SCENARIOS[name](**kwargs))
         if args.json:
             print(json.dumps(results if len(results) > 1 else results[0], indent=2))
@@ -142,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         options["placement"] = args.placement
     if args.fail:
         options["failures"] = args.fail
+    if args.fail or args.placement == "split":
         options["manager"] = args.manager
     try:
         runs = [simulate(workload, policy, seed, per_job=args.per_job, **options)

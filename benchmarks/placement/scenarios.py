@@ -30,13 +30,14 @@ DEFAULT_SEEDS = range(1, 21)
 
 
 # ---- split against whole ---------------------------------------------------------------
-def split_vs_whole(seeds: range = DEFAULT_SEEDS, policy: str = POLICY) -> dict[str, Any]:
+def split_vs_whole(seeds: range = DEFAULT_SEEDS, policy: str = POLICY, manager: Manager | None = None) -> dict[str, Any]:
+    manager = manager or Manager()
     one = load_workload("burst-job-200")
     many = load_workload("burst-200")
     rows = []
     for seed in seeds:
         whole = Simulation(one, policy, seed, placement="whole").run(per_job=True)
-        split = Simulation(one, policy, seed, placement="split").run(per_job=True)
+        split = Simulation(one, policy, seed, placement="split", manager=manager).run(per_job=True)
         w, s = whole["per_job"][0], split["per_job"][0]
         works = one.jobs(seed)[0].works
         capacity = one.capacity()
@@ -47,17 +48,20 @@ def split_vs_whole(seeds: range = DEFAULT_SEEDS, policy: str = POLICY) -> dict[s
             "whole_s": w["makespan_s"],
             "whole_on": ", ".join(w["shares"][0]),
             "split_s": s["makespan_s"],
-            "shares": s["shares"][0],
+            "shares": s["placed"],
+            "first_round": s["shares"][0],
+            "rounds": len(s["shares"]),
             "ratio": round(w["makespan_s"] / s["makespan_s"], 3),
         })
     context = {}
     for placement in ("whole", "split"):
-        runs = [Simulation(many, policy, seed, placement=placement).run() for seed in seeds]
+        runs = [Simulation(many, policy, seed, placement=placement, manager=manager).run() for seed in seeds]
         context[placement] = {"makespan_s": round(statistics.mean(r["makespan_s"] for r in runs), 3),
                               "mean_response_s": round(statistics.mean(r["mean_response_s"] for r in runs), 3)}
     ratios = [r["ratio"] for r in rows]
     return {
         "scenario": "split-vs-whole", "workload": one.name, "policy": policy, "seeds": [seeds[0], seeds[-1]],
+        "waves_ahead": manager.waves_ahead,
         "rows": rows,
         "summary": {
             "whole_mean_s": round(statistics.mean(r["whole_s"] for r in rows), 3),
@@ -73,13 +77,15 @@ def split_vs_whole(seeds: range = DEFAULT_SEEDS, policy: str = POLICY) -> dict[s
 
 
 # ---- a site going down -------------------------------------------------------------------
-def lost_alone(workload: Workload, policy: str, seed: int, job: SimJob, dead: str, indexes: list[int]) -> float:
+def lost_alone(workload: Workload, policy: str, seed: int, job: SimJob, dead: str, indexes: list[int],
+               manager: Manager | None = None) -> float:
     """Makespan of the inputs ``indexes`` of ``job`` as a job of their own, split over the sites other
-    than ``dead`` while these are idle: what running them again costs with nothing in the way."""
+    than ``dead`` while these are idle (with ``manager``'s split setting): what running them again costs
+    with nothing in the way."""
     survivors = replace(workload, peers=tuple(p for p in workload.peers if p.name != dead))
     part = SimJob(0, job.arrival, job.entry, tuple(job.works[k] for k in indexes), job.shared_inputs(),
                   job.program, tuple(job.own_inputs(k) for k in indexes))
-    run = Simulation(survivors, policy, seed, placement="split", jobs=[part]).run(per_job=True)
+    run = Simulation(survivors, policy, seed, placement="split", jobs=[part], manager=manager).run(per_job=True)
     return run["per_job"][0]["makespan_s"]
 
 
@@ -97,7 +103,7 @@ def site_loss_run(workload: Workload, seed: int, site: str, *, policy: str = POL
     delays = [loss["delay_s"] for loss in run["losses"]]
     lost = hit.get("lost_indexes", [])
     longest = hit.get("lost_longest_rerun_s", 0.0)
-    alone = lost_alone(workload, policy, seed, job, site, lost) if lost else 0.0
+    alone = lost_alone(workload, policy, seed, job, site, lost, manager) if lost else 0.0
     cost = round(hit["makespan_s"] - clean["makespan_s"], 3)
     delay = max(delays, default=None)  # None: the site held nothing of the job any more
     return {
@@ -107,8 +113,10 @@ def site_loss_run(workload: Workload, seed: int, site: str, *, policy: str = POL
         "detection_s": delay,
         "lost_inputs": hit["lost_inputs"], "lost_results": sum(loss["results"] for loss in run["losses"]),
         "failed_inputs": hit["failed_inputs"],
-        "had": clean["shares"][0].get(site, 0),
-        "resplit": hit["shares"][1:],
+        "had": clean["placed"].get(site, 0),
+        "rounds": len(clean["shares"]),
+        # where the lost inputs ran again (their last attempts)
+        "resplit": _count_sites(sim.attempts[job.id][k][-1].site for k in lost),
         "longest_rerun_s": longest, "alone_s": alone,
         "bound_strict_s": round(delay + longest, 3) if lost else None,
         "bound_alone_s": round(delay + alone, 3) if lost else None,
@@ -171,11 +179,12 @@ def render(result: dict[str, Any]) -> str:
     if result["scenario"] == "split-vs-whole":
         s = result["summary"]
         out = [f"split-vs-whole: {result['workload']}, {result['policy']}, seeds {result['seeds'][0]}-"
-               f"{result['seeds'][1]} (makespan: submission to the last input's end)", ""]
+               f"{result['seeds'][1]}, split_waves_ahead {_waves(result['waves_ahead'])} (makespan: submission "
+               f"to the last input's end)", ""]
         out.append(_table(["seed", "whole (s)", "whole on", "split (s)", "whole / split", "bound (s)",
-                           "split's shares"],
+                           "split's rounds", "split's inputs per site"],
                           [[r["seed"], f"{r['whole_s']:.1f}", r["whole_on"], f"{r['split_s']:.1f}",
-                            f"{r['ratio']:.2f}", f"{r['bound_s']:.1f}", _shares(r["shares"])]
+                            f"{r['ratio']:.2f}", f"{r['bound_s']:.1f}", r["rounds"], _shares(r["shares"])]
                            for r in result["rows"]]))
         out += ["", f"means: whole {s['whole_mean_s']:.1f} s, split {s['split_mean_s']:.1f} s = "
                     f"{s['ratio_of_means']:.2f} x; per seed median {s['ratio_median']:.2f} x, range "
@@ -185,7 +194,8 @@ def render(result: dict[str, Any]) -> str:
                 f"whole {result['burst-200']['whole']['makespan_s']:.1f} s, split "
                 f"{result['burst-200']['split']['makespan_s']:.1f} s"]
         return "\n".join(out)
-    out = [f"site-loss: {result['workload']}, split, {result['policy']}, home {result['home']}; a site goes down "
+    out = [f"site-loss: {result['workload']}, split (split_waves_ahead {_waves(result['manager']['waves_ahead'])}), "
+           f"{result['policy']}, home {result['home']}; a site goes down "
            f"halfway through the run without a failure (site_lost_after {result['manager']['site_lost_after']:g} s, "
            f"monitor_interval {result['manager']['monitor_interval']:g} s, backoff "
            f"{result['manager']['retry_backoff']:g} s)", ""]
@@ -201,7 +211,7 @@ def render(result: dict[str, Any]) -> str:
           f"{r['with_failure_s']:.1f}", f"{r['cost_s']:.1f}", _num(r["detection_s"]),
           f"{r['lost_inputs']} ({r['lost_results']})", f"{r['longest_rerun_s']:.1f}", f"{r['alone_s']:.1f}",
           _verdict(r["met_strict"], r["bound_strict_s"]), _verdict(r["met_alone"], r["bound_alone_s"]),
-          "; ".join(_shares(x) for x in r["resplit"])] for r in rows]))
+          _shares(r["resplit"])] for r in rows]))
     n = result["seeds"][1] - result["seeds"][0] + 1
     out += ["", f"seeds {result['seeds'][0]}-{result['seeds'][1]}, means (ranges); the last five columns over the "
                 f"seeds where the site still held inputs of the job:", ""]
@@ -219,6 +229,17 @@ def render(result: dict[str, Any]) -> str:
           f"{r['met_alone_seeds']} of {r['seeds_with_losses']}, {r['worst_margin_alone_s']:+.1f} s"]
          for r in result["summary"]]))
     return "\n".join(out)
+
+
+def _waves(value: int | None) -> str:
+    return "none (no cap)" if value is None else str(value)
+
+
+def _count_sites(sites: Any) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for site in sites:
+        out[site or "-"] = out.get(site or "-", 0) + 1
+    return dict(sorted(out.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def _num(value: float | None) -> str:

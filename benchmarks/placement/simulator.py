@@ -67,7 +67,7 @@ from broker.placement import (
     update_bandwidth,
 )
 from broker.runtimes import RunTimeStats, summarize
-from broker.split import split_inputs
+from broker.split import split_inputs, still_unseen, visible_at
 from ema_agent.coefficient import load_coefficient
 from ema_agent.metrics import HostMetrics
 
@@ -88,6 +88,9 @@ SITE_LOST_AFTER = 120.0
 MAX_ATTEMPTS = 4
 RETRY_BACKOFF = 5.0
 LOCAL_TICK = 0.5
+#: Late binding: a site is given its free slots plus at most this many waves of queue per split
+#: (PeerConfig.split_waves_ahead; None: every input given at once, as before late binding).
+WAVES_AHEAD: float | None = None
 #: Attempt states a site holds (or is being sent) and that may still change (peer/records.py ACTIVE).
 ACTIVE = frozenset({"staging", "queued", "running"})
 _EPS = 1e-9
@@ -103,10 +106,15 @@ class Manager:
     retry_backoff: float = RETRY_BACKOFF
     #: Lose the results a lost site held while their job is unfinished (records.lose_site does).
     lose_results: bool = True
+    #: The broker's split gives a site its free slots plus at most this many waves of queue; the rest
+    #: stay pending at the home and are split again at its next rounds (None: no cap).
+    waves_ahead: float | None = WAVES_AHEAD
 
     def __post_init__(self) -> None:
         if self.monitor_interval <= 0 or self.site_lost_after < 0 or self.max_attempts < 1 or self.retry_backoff < 0:
             raise ValueError("monitor_interval > 0, site_lost_after >= 0, max_attempts >= 1, retry_backoff >= 0")
+        if self.waves_ahead is not None and self.waves_ahead < 0:
+            raise ValueError("waves_ahead >= 0, or None (no cap)")
 
     @property
     def tick(self) -> float:
@@ -242,6 +250,7 @@ class Simulation:
         # the broker's view
         self.reports: dict[str, dict[str, Any]] = {}
         self.in_flight = {name: 0 for name in self.peers}
+        self.unseen: dict[str, list[tuple[float, int]]] = {name: [] for name in self.peers}
         self.backlog = {name: 0.0 for name in self.peers}
         self.bandwidth_estimates: dict[tuple[str, str], float] = {}
         # the jobs' homes: each one's status rounds and loop ticks have their own phase
@@ -253,6 +262,11 @@ class Simulation:
         self._left: dict[int, int] = {}
         self.attempts: dict[int, list[list[_Attempt]]] = {}  #: job id -> per input, its attempts in order
         self.shares: dict[int, list[dict[str, int]]] = {}  #: job id -> per dispatch round, inputs per site
+        self.round_times: dict[int, list[float]] = {}  #: job id -> when each of those rounds was
+        #: jobs with due attempts a split left unassigned -> the home's next round that splits them again
+        self._unassigned: dict[int, float | None] = {}
+        #: such a job's home asks again no sooner than this (peer/job_manager.py holds it a monitor interval)
+        self._held_until: dict[int, float] = {}
         self.losses: list[dict[str, Any]] = []
         self.completed: dict[int, float] = {}
         self.bytes_moved = 0
@@ -360,19 +374,42 @@ class Simulation:
             ))
         self.reports[name] = report
         current = peer_state_from_report(name, url, report, t)
-        self.backlog[name] = hidden_backlog(previous, current, self.in_flight[name])
-        self.in_flight[name] = 0
+        # the split shares it probably does not show yet stay in flight (BrokerRole.ingest_report)
+        unseen = self.unseen[name] = still_unseen(self.unseen[name], t)
+        carried = min(self.in_flight[name], sum(n for _, n in unseen))
+        self.backlog[name] = hidden_backlog(previous, current, self.in_flight[name] - carried)
+        self.in_flight[name] = carried
         self._push(t + self.workload.report_interval, REPORT, name)
+        self._resplit_after_report()
+
+    def _resplit_after_report(self) -> None:
+        """Homes holding unassigned inputs split them again at their next loop tick.
+
+        The job manager asks again at its first tick a monitor interval after a split left inputs
+        unassigned; between two reports the broker's view only shrinks (its own placements count in
+        flight), so asking before the next report gives nothing new: the simulator asks at the first
+        such tick after each report (and after each loss) instead.
+        """
+        for job_id, when in self._unassigned.items():
+            if when is not None and when >= self.now - _EPS:
+                continue  # already due at a tick that sees this report
+            job = self.jobs[job_id] if self.jobs[job_id].id == job_id else next(j for j in self.jobs if j.id == job_id)
+            t = self.manager.next_tick(self.home_phase[job.entry],
+                                       max(self.now + _EPS, self._held_until.get(job_id, 0.0)))
+            self._unassigned[job_id] = t
+            self._push(t, DISPATCH, job)
 
     def _arrive(self, job: SimJob) -> None:
         self.attempts[job.id] = [[_Attempt(job, k, 1, job.arrival)] for k in range(len(job.works))]
         self._left[job.id] = len(job.works)
         self.shares[job.id] = []
+        self.round_times[job.id] = []
         self._dispatch(job)  # the home's manager wakes on a submit
 
     # ---- the job's home ------------------------------------------------------------
     def _dispatch(self, job: SimJob) -> None:
         """Send the job's pending attempts that are due: per set of sites to avoid, placed whole or split."""
+        self._unassigned.pop(job.id, None)
         if job.id in self.completed:
             return
         due: dict[tuple[str, ...], list[_Attempt]] = {}
@@ -382,7 +419,13 @@ class Simulation:
                 due.setdefault(a.avoid, []).append(a)
         for avoid, atts in due.items():
             placed = self._split(job, atts, avoid) if self.placement == "split" else self._whole(job, atts, avoid)
+            if sum(len(chunk) for _, chunk in placed) < len(atts):
+                self._unassigned.setdefault(job.id, None)  # split again after the next report
+                self._held_until[job.id] = self.now + self.manager.monitor_interval
+            if not placed:
+                continue  # the home records no round that sent nothing (peer/job_manager.py)
             self.shares[job.id].append({site: len(chunk) for site, chunk in placed})
+            self.round_times[job.id].append(round(self.now, 3))
             for site, chunk in placed:
                 self._send(job, site, chunk)
 
@@ -405,13 +448,15 @@ class Simulation:
                              history_key=job.program or None)
         sizes = [sum(nbytes for _, nbytes in job.own_inputs(a.index)) for a in atts]
         shares = split_inputs(self.peer_states(self.now), request, self.now, estimator=self.estimator,
-                              avoid=frozenset(avoid), input_sizes=sizes)
+                              avoid=frozenset(avoid), input_sizes=sizes, waves_ahead=self.manager.waves_ahead)
         out, start = [], 0
         for share in shares:
             chunk = atts[start:start + share.count]
             start += len(chunk)
             if chunk:
                 self.in_flight[share.name] += share.count
+                if self.manager.waves_ahead is not None:  # as BrokerRole does with late binding
+                    self.unseen[share.name].append((visible_at(self.now, share), share.count))
                 out.append((share.name, chunk))
         return out
 
@@ -513,8 +558,8 @@ class Simulation:
 
     # ---- the peers ---------------------------------------------------------------
     def _staged(self, piece: _Piece) -> None:
-        if piece.lost:
-            return
+        if piece.lost or piece not in self.peers[piece.site].in_transit:
+            return  # its site went down while it was being sent: the home finds out at its next round
         target = piece.site
         for src, nbytes, seconds in piece.moves:
             key = (src, target)
@@ -628,6 +673,8 @@ class Simulation:
             "submitted_at": round(job.arrival, 3),
             "makespan_s": round(self.completed[job_id] - job.arrival, 3) if job_id in self.completed else None,
             "shares": self.shares.get(job_id, []),
+            "round_times": self.round_times.get(job_id, []),
+            "placed": _totals(self.shares.get(job_id, [])),
             "attempts": sum(len(history) for history in atts),
             "lost_inputs": len(lost),
             "failed_inputs": sum(1 for history in atts if history[-1].state == "lost"),
@@ -651,6 +698,15 @@ class Simulation:
             out[program] = {"jobs": len(responses), "mean_response_s": round(sum(responses) / len(responses), 3),
                             "p95_response_s": round(_percentile(responses, 0.95), 3)}
         return {"programs": out}
+
+
+def _totals(rounds: Iterable[dict[str, int]]) -> dict[str, int]:
+    """Inputs per site over dispatch rounds, most first."""
+    out: dict[str, int] = {}
+    for shares in rounds:
+        for site, n in shares.items():
+            out[site] = out.get(site, 0) + n
+    return dict(sorted(out.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def _part(job: SimJob, indexes: Sequence[int]) -> SimJob:

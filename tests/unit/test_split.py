@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.orm import sessionmaker
 
@@ -11,6 +12,7 @@ from broker.placement import JobRequest, LeastExpectedLoad, PeerState, peer_stat
 from broker.role import BrokerRole
 from broker.runtimes import summarize
 from broker.split import split_inputs
+from pocketgrid.config import PeerConfig
 
 NOW = 1_000_000.0
 
@@ -146,3 +148,151 @@ def test_the_broker_role_counts_each_share_in_flight_on_its_site(tmp_path) -> No
     # the next split sees them: home's slots are taken now
     _, again = role.split("job-2", job(2), input_sizes=[1000] * 2)
     assert {s.name: s.count for s in again} == {"b": 2}
+
+
+# ---- late binding (waves_ahead): a site is given what it can start soon, the rest stays unassigned ----
+def pool(name: str, *, slots: int, claimed: int, idle_jobs: int, ours_idle: int | None = None,
+         in_flight: int = 0) -> PeerState:
+    """A Condor pool's fresh report: ``idle_jobs`` waiting in it, ``ours_idle`` of them this grid's
+    (its peer's event logs count them; None: the peer reports no run times)."""
+    report = {"coefficient": 0.1, "interval": 15, "sampled_at": NOW - 1.0,
+              "metrics": {"cores": 4, "clock_mhz": 2000.0, "cpu_percent": 5.0, "load1": 0.2},
+              "pool": {"total_slots": slots, "claimed_slots": claimed, "idle_slots": slots - claimed,
+                       "idle_jobs": idle_jobs, "running_jobs": claimed}}
+    if ours_idle is not None:
+        report["runtimes"] = summarize([], idle=ours_idle)
+    return peer_state_from_report(name, f"https://{name}", report, NOW, in_flight=in_flight)
+
+
+def test_late_binding_gives_each_site_its_free_slots_plus_the_waves_ahead_and_leaves_the_rest() -> None:
+    peers = [site("home", cores=10, busy=4), site("b", cores=10), site("c", cores=4)]
+    planned = {s.name: s.count for s in split(peers, 100)}  # no cap: every input given
+    assert sum(planned.values()) == 100
+    for waves, expected in ((0, {"home": 6, "b": 10, "c": 4}), (1, {"home": 16, "b": 20, "c": 8})):
+        shares = split(peers, 100, waves_ahead=waves)
+        counts = {s.name: s.count for s in shares}
+        assert counts == expected  # free slots + waves x slots, each below its planned share
+        assert all(counts[n] < planned[n] for n in counts)
+        assert all("planned, the rest wait for its slots to free" in s.reason for s in shares)
+
+
+def test_late_binding_gives_a_planned_share_smaller_than_the_room_whole() -> None:
+    """The cap only holds inputs back: what fits in the free slots goes out as planned."""
+    peers = [site("home", cores=10, busy=4), site("b", cores=10), site("c", cores=4)]
+    assert ({s.name: s.count for s in split(peers, 12, waves_ahead=0)}
+            == {s.name: s.count for s in split(peers, 12)})
+    # a site with the free slots for all of it still takes the whole job
+    assert [(s.name, s.count) for s in split([site("a", cores=10), site("big", cores=64)], 20,
+                                             waves_ahead=0)] == [("big", 20)]
+
+
+def test_late_binding_holds_inputs_for_the_best_site_rather_than_sending_them_to_a_worse_one() -> None:
+    """Big inputs: waiting for the home's slots beats moving them (as without late binding), so the
+    inputs beyond its free slots wait at the home instead of going to the far site."""
+    gb = 10**9
+    peers = [site("home", cores=2), site("far", cores=16)]
+    request = JobRequest(n_procs=4, input_bytes={"home": 4 * gb}, entry_peer="home")
+    shares = split_inputs(peers, request, NOW, estimator=LeastExpectedLoad(seed=1), input_sizes=[gb] * 4,
+                          waves_ahead=0)
+    assert {s.name: s.count for s in shares} == {"home": 2}
+
+
+def test_a_full_site_gets_nothing_until_it_frees_slots() -> None:
+    assert split([site("a", cores=4, busy=4)], 10, waves_ahead=0) == []
+    assert {s.name: s.count for s in split([site("a", cores=4, busy=4)], 10, waves_ahead=1)} == {"a": 4}
+    # the procs placed since its report count: no overfilling between two reports
+    assert split([site("a", cores=4, busy=2, in_flight=2)], 10, waves_ahead=0) == []
+
+
+def test_without_a_fresh_report_anywhere_late_binding_holds_nothing_back() -> None:
+    """Stale sites (their agents are silent) will not be seen to free slots: holding inputs for them could
+    hold them for ever, so they get every input, as before late binding; a fresh site still comes first."""
+    stale = site("stale", cores=4, busy=4, fresh=False, in_flight=4)
+    assert {s.name: s.count for s in split([stale], 10, waves_ahead=0)} == {"stale": 10}
+    assert {s.name: s.count for s in split([stale, site("ok", cores=2)], 10, waves_ahead=0)} == {"ok": 2}
+
+
+def test_a_full_pool_with_other_users_idle_jobs_still_gets_up_to_its_slots() -> None:
+    """Other users' idle jobs may wait for ever: the grid's inputs queue with them, up to the pool's
+    slots (less the grid's own waiting or in flight there), not never."""
+    full = pool("pool", slots=8, claimed=8, idle_jobs=30, ours_idle=2)
+    assert {s.name: s.count for s in split([full], 20, waves_ahead=0)} == {"pool": 6}
+    placed = pool("pool", slots=8, claimed=8, idle_jobs=30, ours_idle=2, in_flight=6)
+    assert split([placed], 20, waves_ahead=0) == []
+    # run times not reported: its idle jobs count as others'
+    assert {s.name: s.count for s in split([pool("pool", slots=8, claimed=8, idle_jobs=30)], 20,
+                                           waves_ahead=0)} == {"pool": 8}
+    # its queue is all the grid's own: it waits for its slots like any site
+    assert split([pool("pool", slots=8, claimed=8, idle_jobs=5, ours_idle=5)], 20, waves_ahead=0) == []
+
+
+def test_the_broker_role_reports_the_unassigned_inputs_and_gives_them_out_as_slots_free(tmp_path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'broker.db'}")
+    BrokerBase.metadata.create_all(engine)
+    clock = [NOW]
+    role = BrokerRole(sessionmaker(engine), name="home", url="https://home", seed=3, clock=lambda: clock[0],
+                      split_waves_ahead=0)
+    role.ensure_self_registered()
+
+    def report(name: str, busy: int) -> None:
+        role.ingest_report({"peer": name, "url": f"https://{name}", "coefficient": 0.1, "interval": 15,
+                            "sampled_at": clock[0], "metrics": {"cores": 4, "clock_mhz": 2000.0,
+                                                                "cpu_percent": 25.0 * busy, "load1": float(busy)}})
+
+    for name in ("home", "b"):
+        report(name, 0)
+    first = role.split_decision("job-1/0.1", job(20), input_sizes=[1000] * 20)
+    assert {s["name"]: s["count"] for s in first["shares"]} == {"home": 4, "b": 4}
+    assert first["unassigned"] == 12 and first["id"] is not None
+    # the next round, before any report: the shares are in flight, nothing more goes out, nothing recorded
+    again = role.split_decision("job-1/8.1", job(12), input_sizes=[1000] * 12)
+    assert again["shares"] == [] and again["unassigned"] == 12 and again["id"] is None
+    # b reports two slots free: it gets two
+    clock[0] += 15
+    report("b", 2)
+    later = role.split_decision("job-1/8.1", job(12), input_sizes=[1000] * 12)
+    assert {s["name"]: s["count"] for s in later["shares"]} == {"b": 2} and later["unassigned"] == 10
+    # without late binding every input is given at once
+    eager = BrokerRole(sessionmaker(engine), name="home", url="https://home", seed=3, clock=lambda: clock[0])
+    decision = eager.split_decision("job-2/0.1", job(20), input_sizes=[1000] * 20)
+    assert sum(s["count"] for s in decision["shares"]) == 20 and decision["unassigned"] == 0
+
+
+def test_the_peer_setting_takes_a_number_of_waves_or_minus_one_for_no_late_binding() -> None:
+    assert PeerConfig.load(None, environ={}).split_waves_ahead == -1  # off by default (see the README)
+    assert PeerConfig.load(None, environ={"POCKETGRID_SPLIT_WAVES_AHEAD": "0.5"}).split_waves_ahead == 0.5
+    with pytest.raises(ValueError, match="split_waves_ahead"):
+        PeerConfig.load(None, environ={"POCKETGRID_SPLIT_WAVES_AHEAD": "-2"})
+
+
+def test_with_late_binding_a_report_sampled_while_a_share_is_staged_does_not_free_its_slots(tmp_path) -> None:
+    """A site still staging a share reports none of it: a report sampled right after the split keeps the
+    share in flight, so the next round does not fill the site twice; a later report counts it itself."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'broker.db'}")
+    BrokerBase.metadata.create_all(engine)
+    clock = [NOW]
+    role = BrokerRole(sessionmaker(engine), name="home", url="https://home", seed=3, clock=lambda: clock[0],
+                      split_waves_ahead=0)
+    role.ensure_self_registered()
+
+    def report(busy: int) -> None:
+        role.ingest_report({"peer": "b", "url": "https://b", "coefficient": 0.1, "interval": 15,
+                            "sampled_at": clock[0], "metrics": {"cores": 4, "clock_mhz": 2000.0,
+                                                                "cpu_percent": 25.0 * busy, "load1": float(busy)}})
+
+    report(0)
+    exclude = frozenset({"home"})
+    first = role.split_decision("j/0.1", job(10), input_sizes=[1000] * 10, exclude=exclude)
+    assert [(s["name"], s["count"]) for s in first["shares"]] == [("b", 4)]
+    clock[0] += 1
+    report(0)  # sampled while b still stages its four: they are not in it
+    assert {r["peer"]: r["in_flight"] for r in role.load_table()}["b"] == 4
+    assert role.split_decision("j/4.1", job(6), input_sizes=[1000] * 6, exclude=exclude)["shares"] == []
+    clock[0] += 15
+    report(4)  # now running there: the report shows them, nothing is in flight any more
+    assert {r["peer"]: r["in_flight"] for r in role.load_table()}["b"] == 0
+    assert role.split_decision("j/4.1", job(6), input_sizes=[1000] * 6, exclude=exclude)["shares"] == []
+    clock[0] += 15
+    report(1)  # three of them finished
+    again = role.split_decision("j/4.1", job(6), input_sizes=[1000] * 6, exclude=exclude)
+    assert [(s["name"], s["count"]) for s in again["shares"]] == [("b", 3)] and again["unassigned"] == 3
