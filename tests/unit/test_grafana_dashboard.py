@@ -43,7 +43,7 @@ def exported(tmp_path_factory, site_pki) -> dict[str, set[str]]:
         client.get("/api/v1/jobs", headers={"Authorization": "Bearer not-a-token"})  # a refused token
         svc.broker_role.ingest_report({"peer": "dash", "url": svc.config.url, "coefficient": 0.2,
                                        "sampled_at": time.time(), "interval": 15})
-        svc.place("dashboard-test", 1, 0)  # a placement decision
+        svc.split("dashboard-test", 1, [0], [])  # a placement decision (a split of one input)
         r = client.get("/metrics")
         assert r.status_code == 200
         series: dict[str, set[str]] = {}
