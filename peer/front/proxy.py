@@ -29,10 +29,20 @@ socket, as many as it has threads: requests beyond wait here, on the event
 loop.  The app never sees the client's hop-by-hop headers nor anything the
 client claims to be the front's (peer/front/headers.py).
 
-**Waiting requests** (status long-polls with ``?wait=``, event streams) are
-forwarded like any other: the app parks a thread for each, bounded by
-peer/parking.py.  :meth:`Proxy.hold` is where a later step holds them on the
-event loop instead (the app telling the front when a job changes).
+**Waiting status long-polls** (``GET /api/v1/jobs/<id>?wait=N`` with
+``If-None-Match``) are held here, on the event loop, not in an app thread
+(:meth:`Proxy.hold`).  Every ``GET`` goes to the app with
+``X-Pocketgrid-Front-Waits``; for a long-poll of a job whose home is this
+peer, the app authorises it and answers at once: the status (200) if it
+changed, else 304 with ``X-Pocketgrid-Front-Wait`` (the job, the version the
+client has, a digest of the user, the wait granted).  The front then takes a
+place among the waits (peer/front/waits.py: per user, per address, in all;
+429 + ``Retry-After`` beyond), waits for the app's change feed
+(peer/front/changes.py) to name the job at another version, the deadline, or
+the client to leave, and asks the app again -- which authorises it again --
+until it answers something other than 304 or the deadline has passed; that
+answer goes to the client.  A long-poll relayed to the job's home, and event
+streams, still park an app thread (peer/parking.py).
 """
 from __future__ import annotations
 
@@ -52,8 +62,9 @@ from yarl import URL
 from peer.request_ids import accept as accept_request_id
 
 from .connection import ClientConnection
-from .headers import HOP_BY_HOP, header_text, request_headers
+from .headers import HOP_BY_HOP, WAIT, header_text, is_front_header, parse_wait_header, request_headers
 from .limits import EventLog
+from .waits import WaitRefusal, Waits
 
 log = logging.getLogger("pocketgrid.front")
 
@@ -66,6 +77,8 @@ TUS_CHUNK_TYPE = "application/offset+octet-stream"
 #: aiohttp's client must add nothing the client did not send.
 _NO_AUTO_HEADERS = ("User-Agent", "Accept-Encoding", "Content-Type", "Accept")
 _NO_BODY_STATUSES = frozenset({204, 304})
+#: What a long-poll refused for the limits on waits tells the client to wait before it asks again.
+WAIT_RETRY_AFTER = 5
 
 
 class Body:
@@ -120,7 +133,7 @@ class AppUnavailable(Exception):
 
 class Proxy:
     def __init__(self, *, app_socket: str, secret: str, app_connections: int, max_body_bytes: int,
-                 body_timeout: float, spool_dir: Path, events: EventLog) -> None:
+                 body_timeout: float, spool_dir: Path, events: EventLog, waits: Waits | None = None) -> None:
         self.app_socket = app_socket
         self.secret = secret
         self.app_connections = app_connections
@@ -128,6 +141,7 @@ class Proxy:
         self.body_timeout = body_timeout
         self.spool_dir = spool_dir
         self.events = events
+        self.waits = waits
         self.session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -176,22 +190,51 @@ class Proxy:
         except BodyIncomplete as cut:
             return await self._incomplete(request, connection, cut)
         try:
-            held = await self.hold(request)
-            if held is not None:
-                return held
             return await self._forward_and_relay(request, connection, body)
         finally:
             if body is not None:
                 body.close()
 
-    async def hold(self, request: web.BaseRequest) -> web.StreamResponse | None:
-        """Where a waiting request (a long-poll, an event stream) could be held on the event loop.
-
-        Not yet: every request is forwarded, and the app parks a thread for a waiting one
-        (peer/parking.py).  The next step answers waiting requests here, asking the app
-        with ``wait=0`` and waiting for its word that the job changed.
-        """
-        return None
+    async def hold(self, request: web.BaseRequest, connection: ClientConnection,
+                   upstream: aiohttp.ClientResponse, wait_value: str) -> aiohttp.ClientResponse | web.StreamResponse:
+        """A waiting long-poll the app answered 304 + ``X-Pocketgrid-Front-Wait``: wait here, on the loop, and
+        ask the app again on a change or at the deadline.  Returns the app's final answer (to relay), or the
+        front's own (429)."""
+        assert self.waits is not None
+        waits = self.waits
+        started = asyncio.get_running_loop().time()
+        place = None
+        try:
+            while True:
+                spec = parse_wait_header(wait_value)
+                if spec is None:
+                    log.error("front: the app sent a malformed %s header (%r): answering as it is", WAIT,
+                              wait_value[:200])
+                    return upstream
+                if place is None:
+                    admitted = waits.admit(spec.user, connection.lease.address)
+                    if isinstance(admitted, WaitRefusal):
+                        upstream.release()
+                        self.events.note("wait-refused", connection.lease.address, admitted.why)
+                        return self._error(request, 429, f"{admitted.why}: retry in {WAIT_RETRY_AFTER} s, or poll "
+                                           "without waiting", retry_after=WAIT_RETRY_AFTER)
+                    place = admitted
+                    deadline = started + spec.seconds
+                left = deadline - asyncio.get_running_loop().time()
+                if left <= 0:
+                    return upstream  # asked again at (or after) the deadline: unchanged, say so
+                upstream.release()
+                generation = waits.generation
+                await waits.wait(spec.job_id, spec.version, left, generation, connection.gone())
+                if connection.transport is None:  # the client left: nobody to answer
+                    raise ConnectionResetError("the client closed the connection while its long-poll waited")
+                upstream = await self._forward(request, connection, None, front_waits=True)
+                wait_value = upstream.headers.get(WAIT, "")
+                if upstream.status != 304 or not wait_value:
+                    return upstream
+        finally:
+            if place is not None:
+                place.release()
 
     async def _read_body(self, request: web.BaseRequest) -> Body | None:
         if not request.body_exists:
@@ -239,10 +282,12 @@ class Proxy:
 
     # ---- the app ------------------------------------------------------------------------------
     async def _forward(self, request: web.BaseRequest, connection: ClientConnection,
-                       body: Body | None) -> aiohttp.ClientResponse:
+                       body: Body | None, *, front_waits: bool = False) -> aiohttp.ClientResponse:
         assert self.session is not None
         headers = request_headers(request.raw_headers, self.secret, connection.lease.address,
-                                  connection.client_certificate())
+                                  connection.client_certificate(), front_waits=front_waits,
+                                  waits_held=self.waits.held if self.waits is not None and request.path == "/healthz"
+                                  else None)
         if body is not None:
             headers.append(("Content-Length", str(body.size)))
         try:
@@ -256,13 +301,26 @@ class Proxy:
 
     async def _forward_and_relay(self, request: web.BaseRequest, connection: ClientConnection,
                                  body: Body | None) -> web.StreamResponse:
+        front_waits = (self.waits is not None and body is None and request.method in ("GET", "HEAD")
+                       and "wait" in request.query)
+        upstream: aiohttp.ClientResponse | None = None
         try:
-            upstream = await self._forward(request, connection, body)
+            upstream = await self._forward(request, connection, body, front_waits=front_waits)
+            wait_value = upstream.headers.get(WAIT) if front_waits and upstream.status == 304 else None
+            if wait_value:
+                held = await self.hold(request, connection, upstream, wait_value)
+                if isinstance(held, web.StreamResponse):
+                    return held  # the front's own answer (429): the app's was released
+                upstream = held
         except AppUnavailable as exc:
             self.events.note("app-unavailable", connection.lease.address, exc.message)
             return self._error(request, exc.status, exc.message, retry_after=1)
         except ValueError as exc:  # a header aiohttp will not send on (a control character)
             return self._error(request, 400, f"malformed request header: {exc}", close=True)
+        except BaseException:
+            if upstream is not None:
+                upstream.close()
+            raise
         complete = False
         try:
             response = await self._relay(request, upstream)
@@ -278,7 +336,7 @@ class Proxy:
         headers: CIMultiDict[str] = CIMultiDict()
         for name_b, value_b in upstream.raw_headers:  # the app's own spelling (ETag, not Etag) and order
             name = name_b.decode("latin-1")
-            if name.lower() not in HOP_BY_HOP:
+            if name.lower() not in HOP_BY_HOP and not is_front_header(name):  # the app's word to the front only
                 headers.add(name, header_text(value_b))
         has_body = request.method != "HEAD" and upstream.status not in _NO_BODY_STATUSES
         length = upstream.content_length

@@ -1,8 +1,9 @@
 """Waiting requests never take the threads kept for short ones (peer/parking.py).
 
-A peer with 4 threads lets 2 requests park (long-polls and event streams
-together); a third waiting request answers 429 with Retry-After at once,
-while /healthz, plain polls and logins keep being served.
+A peer with 4 threads lets 2 requests park (event streams, and long-polls
+relayed to the job's home); a third answers 429 with Retry-After at once,
+while /healthz, plain polls, logins and status long-polls (held by the front,
+tests/integration/test_front_waits.py) keep being served.
 """
 from __future__ import annotations
 
@@ -38,33 +39,32 @@ def test_waiting_requests_beyond_the_limit_get_429_and_short_requests_still_pass
     health = s.get(f"{a.url}/healthz", timeout=10).json()
     assert health["max_parked_requests"] == 2 and health["parked_requests"] == 0
 
-    answers: list[int] = []
+    streams = [user_session(a, site_pki, "alice").get(f"{a.url}/api/v1/jobs/{job}/events", timeout=30, stream=True)
+               for _ in range(2)]
+    assert [r.status_code for r in streams] == [200, 200]
+    wait_until(lambda: parked(a, s) == 2, 30, what="two event streams to park")
 
-    def long_poll() -> None:
-        r = user.get(f"{a.url}/api/v1/jobs/{job}?wait=60", headers={"If-None-Match": etag}, timeout=90)
-        answers.append(r.status_code)
-
-    user = user_session(a, site_pki, "alice")
-    pollers = [threading.Thread(target=long_poll) for _ in range(2)]
-    for t in pollers:
-        t.start()
-    wait_until(lambda: parked(a, s) == 2, 30, what="two long-polls to park")
-
-    third = s.get(f"{a.url}/api/v1/jobs/{job}?wait=60", headers={"If-None-Match": etag}, timeout=30)
+    third = s.get(f"{a.url}/api/v1/jobs/{job}/events", timeout=30, stream=True)
     assert third.status_code == 429 and int(third.headers["Retry-After"]) > 0
     assert "retry in" in third.json()["error"]
-    stream = s.get(f"{a.url}/api/v1/jobs/{job}/events", timeout=30, stream=True)  # a stream parks too
-    assert stream.status_code == 429
-    stream.close()
+    third.close()
+    # A status long-poll takes no thread (the front holds it, peer/front/waits.py): not refused.
+    answers: list[int] = []
+    poller = threading.Thread(target=lambda: answers.append(user_session(a, site_pki, "alice").get(
+        f"{a.url}/api/v1/jobs/{job}?wait=60", headers={"If-None-Match": etag}, timeout=90).status_code))
+    poller.start()
+    wait_until(lambda: s.get(f"{a.url}/healthz", timeout=10).json()["front_waits"] == 1, 30,
+               what="the long-poll to be held by the front")
     # Short requests are still served: health, a plain poll, a new login.
     assert s.get(f"{a.url}/healthz", timeout=10).status_code == 200
     assert s.get(f"{a.url}/api/v1/jobs/{job}", timeout=10).status_code == 200
     assert user_session(a, site_pki, "bob").get(f"{a.url}/api/v1/jobs", timeout=10).status_code == 200
 
-    assert s.delete(f"{a.url}/api/v1/jobs/{job}", timeout=30).status_code == 200  # the change wakes the polls
-    for t in pollers:
-        t.join(timeout=90)
-    assert answers == [200, 200]
+    assert s.delete(f"{a.url}/api/v1/jobs/{job}", timeout=30).status_code == 200  # the change ends them all
+    for stream in streams:
+        assert b"event: end" in stream.content
+    poller.join(timeout=90)
+    assert answers == [200]
     wait_until(lambda: parked(a, s) == 0, 30, what="the parked places to be given back")
 
 
@@ -88,7 +88,9 @@ def test_relayed_waits_give_their_places_back(peers, site_pki):
     poller = threading.Thread(target=lambda: answers.append(
         s.get(f"{b.url}/api/v1/jobs/{job}?wait=60", headers={"If-None-Match": etag}, timeout=90).status_code))
     poller.start()
-    wait_until(lambda: parked(b, s) == 1 and parked(a, s) == 1, 30, what="the relayed long-poll to park at both")
+    # the entry peer parks a thread for the relay; the home's front holds the wait (no thread there)
+    wait_until(lambda: parked(b, s) == 1 and s.get(f"{a.url}/healthz", timeout=10).json()["front_waits"] == 1, 30,
+               what="the relayed long-poll to park at the entry and wait in the home's front")
     assert s.delete(f"{b.url}/api/v1/jobs/{job}", timeout=30).status_code == 200  # the change answers it
     poller.join(timeout=90)
     assert answers == [200]
