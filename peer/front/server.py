@@ -143,11 +143,13 @@ class Front:
         self.socket, self._own_socket_dir = socket_path(self.run_dir)
         self.secret = secrets.token_urlsafe(32)
         self.changes = os.path.join(os.path.dirname(self.socket), "changes.sock")
-        self.waits = Waits(config.front_max_waits, config.front_max_waits_per_user, config.front_max_waits_per_address)
+        self.waits = Waits(config.front_max_waits, config.front_max_waits_per_user, config.front_max_waits_per_address,
+                           streams_per_user=config.sse_max_streams_per_user)
         self.app = AppProcess(config, self.socket, self.secret, changes=self.changes)
         self.proxy = Proxy(app_socket=self.socket, secret=self.secret, app_connections=config.threads,
                            max_body_bytes=config.max_body_bytes, body_timeout=config.front_body_timeout,
-                           spool_dir=self.run_dir, events=self.events, waits=self.waits)
+                           spool_dir=self.run_dir, events=self.events, waits=self.waits,
+                           keepalive_seconds=config.sse_keepalive_seconds)
         self.listeners: list[socket.socket] = []
         self._handshakes: set[asyncio.Task[Any]] = set()
         self._stopping = asyncio.Event()

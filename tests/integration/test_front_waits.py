@@ -128,3 +128,64 @@ def test_a_client_that_leaves_gives_its_wait_back(peer, site_pki):
     r = s.get(f"{peer.url}/api/v1/jobs/{job}?wait=1", headers={"If-None-Match": etag}, timeout=30)
     assert r.status_code == 304
     s.delete(f"{peer.url}/api/v1/jobs/{job}", timeout=30)
+
+
+class Events:
+    """Server-Sent Events blocks of a streamed response, read as they come (one reader for the stream's whole
+    life: dropping a half-read iterator would close the connection)."""
+
+    def __init__(self, response: requests.Response) -> None:
+        self.response = response
+        self._chunks = response.iter_content(chunk_size=None)
+        self._buffer = b""
+
+    def until(self, done) -> list[dict]:
+        blocks: list[dict] = []
+        while True:
+            while b"\n\n" not in self._buffer:
+                self._buffer += next(self._chunks)  # StopIteration: the stream ended first (a test failure)
+            raw, self._buffer = self._buffer.split(b"\n\n", 1)
+            block: dict = {}
+            for line in raw.decode().split("\n"):
+                name, _, value = line.partition(": ")
+                block[name] = value
+            blocks.append(block)
+            if done(block):
+                return blocks
+
+
+def test_many_more_event_streams_than_threads_are_held_by_the_front(peer, site_pki):
+    s = user_session(peer, site_pki, "alice")
+    job = running_job(peer, s, "waits-4")
+    limit = 4  # sse_max_streams_per_user: counted by the front now
+    streams = [user_session(peer, site_pki, "alice") for _ in range(limit)]
+    opened = [Events(st.get(f"{peer.url}/api/v1/jobs/{job}/events", timeout=30, stream=True)) for st in streams]
+    firsts = [r.until(lambda b: b.get("event") == "status") for r in opened]
+    assert all(f[-1]["id"] and json.loads(f[-1]["data"])["state"] == "running" for f in firsts)
+    assert all(r.response.headers["Content-Type"].startswith("text/event-stream") for r in opened)
+    assert all(not any(k.lower().startswith("x-pocketgrid-front") for k in r.response.headers) for r in opened)
+    # 4 streams of one user on a peer with 4 threads: health, polls and logins still answer, nothing parks
+    health = s.get(f"{peer.url}/healthz", timeout=10).json()
+    assert health["parked_requests"] == 0 and health["front_waits"] == limit
+    assert s.get(f"{peer.url}/api/v1/jobs/{job}", timeout=10).status_code == 200
+    fifth = s.get(f"{peer.url}/api/v1/jobs/{job}/events", timeout=30, stream=True)
+    assert fifth.status_code == 429 and int(fifth.headers["Retry-After"]) > 0
+    assert "close one" in fifth.json()["error"]
+    bob = user_session(peer, site_pki, "bob")  # another user's streams are not alice's
+    assert bob.get(f"{peer.url}/api/v1/jobs/{job}/events", timeout=30).status_code in (403, 404)
+
+    assert s.delete(f"{peer.url}/api/v1/jobs/{job}", timeout=30).status_code == 200  # the change
+    for r, first in zip(opened, firsts):
+        rest = r.until(lambda b: b.get("event") == "end")  # the removed job's status, then the end
+        statuses = [b for b in rest if b.get("event") == "status"]
+        assert rest[-1]["event"] == "end", rest
+        assert statuses and int(statuses[-1]["id"]) > int(first[-1]["id"])
+        assert json.loads(statuses[-1]["data"])["state"] == "removed"
+        r.response.close()
+    final = s.get(f"{peer.url}/api/v1/jobs/{job}", timeout=10)
+    wait_until(lambda: s.get(f"{peer.url}/healthz", timeout=10).json()["front_waits"] == 0, 30,
+               what="the streams' places to come back")
+    # a reconnect with the final version gets no repeated status, only the end
+    again = s.get(f"{peer.url}/api/v1/jobs/{job}/events", timeout=30, stream=True,
+                  headers={"Last-Event-ID": final.headers["ETag"].strip('"')})
+    assert [b.get("event") for b in Events(again).until(lambda b: b.get("event") == "end")] == ["end"]
