@@ -217,11 +217,11 @@ class Proxy:
             if body is not None:
                 body.close()
 
-    async def hold(self, request: web.BaseRequest, connection: ClientConnection,
-                   upstream: aiohttp.ClientResponse, wait_value: str) -> aiohttp.ClientResponse | web.StreamResponse:
+    async def hold(self, request: web.BaseRequest, connection: ClientConnection, upstream: aiohttp.ClientResponse,
+                   wait_value: str, generation: int) -> aiohttp.ClientResponse | web.StreamResponse:
         """A waiting long-poll the app answered 304 + ``X-Pocketgrid-Front-Wait``: wait here, on the loop, and
         ask the app again on a change or at the deadline.  Returns the app's final answer (to relay), or the
-        front's own (429)."""
+        front's own (429).  ``generation``: the change feed's when the app was asked (peer/front/waits.py)."""
         assert self.waits is not None
         waits = self.waits
         started = asyncio.get_running_loop().time()
@@ -246,10 +246,10 @@ class Proxy:
                 if left <= 0:
                     return upstream  # asked again at (or after) the deadline: unchanged, say so
                 upstream.release()
-                generation = waits.generation
                 await waits.wait(spec.job_id, spec.version, left, generation, connection.gone())
                 if connection.transport is None:  # the client left: nobody to answer
                     raise ConnectionResetError("the client closed the connection while its long-poll waited")
+                generation = waits.generation
                 upstream = await self._forward(request, connection, None, front_waits=True)
                 wait_value = upstream.headers.get(WAIT, "")
                 if upstream.status != 304 or not wait_value:
@@ -259,7 +259,7 @@ class Proxy:
                 place.release()
 
     async def hold_stream(self, request: web.BaseRequest, connection: ClientConnection,
-                          upstream: aiohttp.ClientResponse, wait_value: str) -> web.StreamResponse:
+                          upstream: aiohttp.ClientResponse, wait_value: str, generation: int) -> web.StreamResponse:
         """An event stream (peer/api_events.py) the app answered with the events due and
         ``X-Pocketgrid-Front-Wait``: send them, then hold the stream here -- keepalives, the app's change feed --
         and ask the app again (``Last-Event-ID``: the version sent) for the next events, until the job is final,
@@ -297,13 +297,13 @@ class Proxy:
                 if now >= keepalive_at:
                     await response.write(b": keepalive\n\n")  # also how a closed connection is noticed
                     keepalive_at = now + self.keepalive_seconds
-                generation = self.waits.generation
                 changed = await self.waits.wait(spec.job_id, spec.version, min(deadline, keepalive_at) - now,
                                                 generation, connection.gone())
                 if connection.transport is None:
                     raise ConnectionResetError("the client closed its event stream")
                 if not changed:
                     continue
+                generation = self.waits.generation
                 events, wait_value = await self._next_events(request, connection, spec.version)
                 if events:
                     await response.write(events)
@@ -418,13 +418,14 @@ class Proxy:
         front_waits = (self.waits is not None and body is None and request.method in ("GET", "HEAD")
                        and ("wait" in request.query or request.path.endswith("/events")))
         upstream: aiohttp.ClientResponse | None = None
+        generation = self.waits.generation if self.waits is not None else 0  # before the app is asked
         try:
             upstream = await self._forward(request, connection, body, front_waits=front_waits)
             wait_value = upstream.headers.get(WAIT) if front_waits else None
             if wait_value and upstream.status == 200 and upstream.content_type == "text/event-stream":
-                return await self.hold_stream(request, connection, upstream, wait_value)
+                return await self.hold_stream(request, connection, upstream, wait_value, generation)
             if wait_value and upstream.status == 304:
-                held = await self.hold(request, connection, upstream, wait_value)
+                held = await self.hold(request, connection, upstream, wait_value, generation)
                 if isinstance(held, web.StreamResponse):
                     return held  # the front's own answer (429): the app's was released
                 upstream = held
