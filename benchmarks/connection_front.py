@@ -1,6 +1,7 @@
 """The peer with its front (peer/front/) under idle and slow connections: printed, never asserted.
 
     python -m benchmarks.connection_front [--fixture DIR] [--seconds 8] [--runs 2] [--baseline-tree DIR]
+        [--held idle,longpoll]
 
 One real peer (``pocketgrid serve --pki ... --threads 32 --no-agent``: the front and the app) on the state of
 benchmarks/connection_model/fixture.py (a logged-in non-admin user, a completed job, its ETag).  Measured
@@ -8,11 +9,15 @@ twice, each time with wrk (8 keep-alive TLS connections, 1 thread, the Lua repor
 benchmarks/auth_throughput.py) and with 5 new TLS connections one after another:
 
 * **base**: nothing else held open;
-* **held**: 1,000 idle keep-alive TLS connections (one ``GET /healthz`` each, then silence: phones between
-  polls) and 100 slow-body connections (``POST /api/v1/auth/login``, ``Content-Length: 1000``, 3 bytes, then
-  silence: the attack of issue 10 §2) held by benchmarks/connection_model/holders.py in other processes.
-  The slow bodies are answered 408 after ``front_body_timeout`` and re-opened by the holder at once, so
-  100 of them are always open.
+* **held idle** (``--held idle``): 1,000 idle keep-alive TLS connections (one ``GET /healthz`` each, then
+  silence: phones between polls) and 100 slow-body connections (``POST /api/v1/auth/login``,
+  ``Content-Length: 1000``, 3 bytes, then silence: the attack of issue 10 §2) held by
+  benchmarks/connection_model/holders.py in other processes.  The slow bodies are answered 408 after
+  ``front_body_timeout`` and re-opened by the holder at once, so 100 of them are always open;
+* **held long-polls** (``--held longpoll``): 1,000 waiting status long-polls (the fixture user's
+  ``GET /api/v1/jobs/<id>?wait=60`` with the job's ETag: nothing changes, each waits its whole minute in the
+  front, peer/front/waits.py, and is asked again when answered 304) and the same 100 slow bodies.  The
+  peer runs with ``front_max_waits_per_user = 2000`` here: all of them are one user's.
 
 For each: ``/healthz`` req/s and p50/p99 latency, authenticated status polls per second (``Authorization:
 Bearer`` + ``If-None-Match``: 304, the phone's usual poll; and without ``If-None-Match``: 200 with the body),
@@ -49,7 +54,9 @@ from .harness import ROOT
 
 #: Clarens' authenticated requests per second (the paper's reference; docs/benchmarks in benchmarks/README.md).
 CLARENS_RPS = 1450
-HELD = [("idle", 1000), ("slow_body", 100)]
+HELD = {"idle": [("idle", 1000), ("slow_body", 100)],
+        "longpoll": [("longpoll", 1000), ("slow_body", 100)]}
+HELD_LABEL = {"idle": "1000 idle + 100 slow bodies held", "longpoll": "1000 waiting long-polls + 100 slow bodies held"}
 
 
 class Peer(servers.Running):
@@ -71,7 +78,8 @@ class Peer(servers.Running):
 
 
 def start_peer(fx: dict[str, Any], work: Path, tree: Path | None = None) -> Peer:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "POCKETGRID_FRONT_MAX_CONNECTIONS_PER_ADDRESS": "0"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "POCKETGRID_FRONT_MAX_CONNECTIONS_PER_ADDRESS": "0",
+           "POCKETGRID_FRONT_MAX_WAITS_PER_USER": "2000", "POCKETGRID_FRONT_MAX_WAITS_PER_ADDRESS": "0"}
     if tree is not None:
         env["PYTHONPATH"] = str(tree)
     log = work / f"peer-{'baseline' if tree else 'front'}.log"
@@ -97,12 +105,13 @@ def measure(peer: Peer, fx: dict[str, Any], seconds: float, lua: Path) -> dict[s
 
 
 def held(peer: Peer, fx_root: Path, fx: dict[str, Any], seconds: float, lua: Path, work: Path,
-         ramp: float) -> dict[str, Any]:
-    procs, files, status = cm.hold(peer, fx_root, HELD, ramp + 3 * seconds + 90, work, ramp)
+         ramp: float, kinds: list[tuple[str, int]]) -> dict[str, Any]:
+    procs, files, status = cm.hold(peer, fx_root, kinds, ramp + 3 * seconds + 90, work, ramp)
     try:
         m = measure(peer, fx, seconds, lua)
         m["holders_at_start"] = status
-        m["holders_at_end"] = {k: json.loads(f.read_text()) for (k, _), f in zip(HELD, files) if f.exists()}
+        m["front_waits"] = requests.get(f"{peer.url}/healthz", verify=fx["ca"], timeout=10).json().get("front_waits")
+        m["holders_at_end"] = {k: json.loads(f.read_text()) for (k, _), f in zip(kinds, files) if f.exists()}
     finally:
         for pr in procs:
             pr.send_signal(signal.SIGTERM)
@@ -141,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quiet-timeout", type=float, default=30.0,
                    help="before each wrk run, wait up to this long for other processes to use < 0.3 cores")
     p.add_argument("--baseline-tree", type=Path, help="also measure base runs of this source tree's peer")
+    p.add_argument("--held", default="idle,longpoll",
+                   help="the held loads, each measured after the base run: idle, longpoll (default both)")
     p.add_argument("--out", type=Path, help="append the results as JSON lines")
     args = p.parse_args(argv)
     cm.QUIET_TIMEOUT[0] = args.quiet_timeout
@@ -165,9 +176,10 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((f"front, base (run {run + 1})", {**measure(peer, fx, args.seconds, lua),
                                                           "load_avg": cm.loadavg()}))
             print(f"  {rows[-1][0]}: {json.dumps(rows[-1][1])}", file=sys.stderr, flush=True)
-            m = held(peer, fx_root, fx, args.seconds, lua, work, args.ramp)
-            rows.append((f"front, 1000 idle + 100 slow bodies held (run {run + 1})", {**m, "load_avg": cm.loadavg()}))
-            print(f"  {rows[-1][0]}: {json.dumps(rows[-1][1])}", file=sys.stderr, flush=True)
+            for load_name in [h for h in args.held.split(",") if h]:
+                m = held(peer, fx_root, fx, args.seconds, lua, work, args.ramp, HELD[load_name])
+                rows.append((f"front, {HELD_LABEL[load_name]} (run {run + 1})", {**m, "load_avg": cm.loadavg()}))
+                print(f"  {rows[-1][0]}: {json.dumps(rows[-1][1])}", file=sys.stderr, flush=True)
         finally:
             peer.stop()
     uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
@@ -181,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         print(_row(label, m))
         if "holders_at_end" in m:
             ends = {k: {"up": s.get("up"), **s.get("counts", {})} for k, s in m["holders_at_end"].items()}
-            print(f"|  held at the end: {json.dumps(ends)} | | | | | | | |")
+            waits = f", long-polls held by the front: {m['front_waits']}" if m.get("front_waits") else ""
+            print(f"|  held at the end: {json.dumps(ends)}{waits} | | | | | | | |")
     if args.out:
         with open(args.out, "a") as fh:
             for label, m in rows:

@@ -14,20 +14,29 @@ every ``sse_keepalive_seconds``; after ``sse_stream_seconds`` the stream
 sends ``retry: 1000`` and closes, and the browser's EventSource reconnects
 with ``Last-Event-ID``, missing nothing.
 
-The watching reuses the long-poll's machinery (peer/api_jobs.py::status): it
-waits on the job record's version (peer/record_store.py: a condition the
-job manager's commits notify), waking at most every 0.25 s to notice a
-client that left, and renders the record again only when the version moved.
-Jobs whose home is another peer are relayed there (peer/proxy.py passes the
-events through as they arrive).
+**Through the front** (every request in production) the front holds the
+stream of a job whose home is this peer on its event loop
+(peer/front/proxy.py): the app answers at once with the events due
+(:func:`events_now`) and ``X-Pocketgrid-Front-Wait``; the front sends them,
+writes the keepalives, waits for the app's change feed (peer/front/changes.py)
+and asks the app again with ``Last-Event-ID`` -- authorised afresh each time --
+for the next events; it counts the streams per user
+(``sse_max_streams_per_user``, 429 beyond) and closes each after
+``sse_stream_seconds``.  No app thread is held.
 
-Cost: each open stream parks one server thread (one worker process with
-``--threads`` threads, peer/server.py) -- on the entry peer and, when
-relayed, on the job's home too.  Hence at most ``sse_max_streams_per_user``
-streams per user on each peer (429 with Retry-After beyond), a place among
-the peer's parked requests (peer/parking.py: long-polls and streams together
-never take the threads kept for short requests), and a bounded duration so
-a forgotten tab frees its thread (docs/architecture.md).
+**Otherwise** -- a stream of a job whose home is another peer (relayed there,
+peer/proxy.py passes the events through as they arrive; the home's front
+holds the stream there), or a request that did not come through the front --
+the stream is served here from a thread: it waits on the job record's version
+(peer/record_store.py: a condition the job manager's commits notify), waking
+at most every 0.25 s to notice a client that left, and renders the record
+again only when the version moved.  Each such stream parks one server thread
+(one worker process with ``--threads`` threads, peer/server.py).  Hence at
+most ``sse_max_streams_per_user`` streams per user on each peer (429 with
+Retry-After beyond), a place among the peer's parked requests
+(peer/parking.py: relayed long-polls and streams together never take the
+threads kept for short requests), and a bounded duration so a forgotten tab
+frees its thread (docs/architecture.md).
 """
 from __future__ import annotations
 
@@ -41,6 +50,7 @@ from flask import Blueprint, Response, current_app, request
 from pocketgrid.errors import PocketgridError, TooManyRequests
 
 from .auth import identity
+from .front.headers import ENVIRON_FRONT_WAITS, WAIT, wait_header
 from .job_home import JobHome
 from .jobs import peer_of
 from .proxy import relay
@@ -149,12 +159,35 @@ def status_events(home: JobHome, job_id: str, owner: str, *, is_admin: bool, las
             home.wait(job_id, int(version), min(POLL_SECONDS, deadline - now, max(0.0, keepalive_at - now)))
 
 
+def events_now(home: JobHome, job_id: str, owner: str, *, is_admin: bool, last_event_id: str | None,
+               history: bool, stream_seconds: float) -> Response:
+    """The stream through the front, which holds it (peer/front/proxy.py): the events due now, and unless the
+    job is final, ``X-Pocketgrid-Front-Wait`` telling the front to ask again (with ``Last-Event-ID``) when the
+    job changes.  No thread is held, so no place among the parked requests: the front counts streams."""
+    entry = home.status(job_id, owner, is_admin=is_admin, history=history)  # 404 / 403 now
+    version = str(entry.version)
+    body = b"" if last_event_id else f"retry: {RETRY_MS}\n\n".encode()  # a reconnecting EventSource has it
+    if version != last_event_id:
+        body += _event(version, entry.json)
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    if entry.body["state"] in FINAL_STATES:
+        body += b"event: end\ndata: {}\n\n"
+    else:
+        headers[WAIT] = wait_header(job_id, entry.version, owner, stream_seconds)
+    return Response(body, mimetype="text/event-stream", headers=headers)
+
+
 @bp.get("/api/v1/jobs/<job_id>/events")
 def job_events(job_id: str):
     svc = current_app.extensions["pocketgrid"]
     config = svc.config
     who = identity()
     owner_peer = peer_of(job_id)
+    if owner_peer == config.name and request.environ.get(ENVIRON_FRONT_WAITS):
+        return events_now(svc.home, job_id, who.dn, is_admin=who.is_admin,
+                          last_event_id=request.headers.get("Last-Event-ID"),
+                          history=request.args.get("history", "0").lower() in {"1", "true", "yes"},
+                          stream_seconds=config.sse_stream_seconds)
     limiter = _limiter()
     if not limiter.acquire(who.dn):
         raise TooManyRequests(

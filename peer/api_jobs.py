@@ -21,6 +21,7 @@ from pocketgrid.errors import BadRequest, PocketgridError
 
 from .auth import identity, relay_headers
 from .downloads import send_ranged
+from .front.headers import ENVIRON_FRONT_WAITS, WAIT, wait_header
 from .in_use import file_key, job_key
 from .job_home import SubmitRequest
 from .jobs import peer_of
@@ -191,7 +192,8 @@ def _etag(version: int, extras: frozenset[str] = frozenset()) -> str:
 
 @bp.get("/<job_id>")
 def status(job_id: str):
-    """The job's status from its record.  ``If-None-Match`` + ``?wait=N`` long-polls until it changes;
+    """The job's status from its record.  ``If-None-Match`` + ``?wait=N`` long-polls until it changes (in the
+    front, which asks again on a change, when the request came through it; else parking this thread);
     ``?history=1`` adds each input's attempts and its current proc's past states; ``?placement=1`` every
     dispatch round's split in detail."""
     wait = _wait_arg()
@@ -211,6 +213,8 @@ def status(job_id: str):
         return response
     who = identity()
     extras = _extras()
+    if wait and inm is not None and request.environ.get(ENVIRON_FRONT_WAITS):
+        return _status_now(job_id, who, extras, inm, wait)
     deadline = time.monotonic() + wait
     parked = False
     entry = None
@@ -237,6 +241,22 @@ def status(job_id: str):
     if etag == inm:
         return Response(status=304, headers={"ETag": etag, "Cache-Control": "no-cache"})
     return Response(entry.json, mimetype="application/json", headers={"ETag": etag, "Cache-Control": "no-cache"})
+
+
+def _status_now(job_id: str, who, extras: frozenset[str], inm: str, wait: float) -> Response:
+    """A long-poll through the front, which holds the waiting itself (peer/front/proxy.py): answer at once,
+    and when nothing changed say how to wait (the job, the version the client has, whose wait, how long)."""
+    svc = _svc()
+    known = svc.home.known_version(job_id, who.dn, who.is_admin)  # None unless ``who`` may see it
+    if known is None or _etag(known, extras) != inm:
+        entry = svc.home.status(job_id, who.dn, is_admin=who.is_admin, history="history" in extras,
+                                placement="placement" in extras)  # 404 / 403 for anyone else's job
+        known = entry.version
+        if _etag(known, extras) != inm:
+            return Response(entry.json, mimetype="application/json",
+                            headers={"ETag": _etag(known, extras), "Cache-Control": "no-cache"})
+    return Response(status=304, headers={"ETag": inm, "Cache-Control": "no-cache",
+                                         WAIT: wait_header(job_id, known, who.dn, wait)})
 
 
 # ---- kill -----------------------------------------------------------------

@@ -13,6 +13,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from pocketgrid.errors import BadRequest, Unavailable
 
 from .auth import identity
+from .front.headers import ENVIRON_WAITS_HELD
 from .proxy import relay
 
 bp = Blueprint("system", __name__)
@@ -35,8 +36,10 @@ def healthz():
             "is_broker": svc.broker_role is not None,
             "max_body_bytes": svc.config.max_body_bytes,
             "tls": not svc.config.insecure_http,
-            "parked_requests": svc.parking.parked,  # long-polls and event streams holding a thread now
+            "parked_requests": svc.parking.parked,  # event streams and relayed long-polls holding a thread now
             "max_parked_requests": svc.parking.limit,
+            # status long-polls the front holds on its event loop (None: the request did not come through it)
+            "front_waits": request.environ.get(ENVIRON_WAITS_HELD),
             "time": time.time(),  # this peer's clock: `pocketgrid doctor` compares it with its own (tokens expire)
         }
     )

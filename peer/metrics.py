@@ -272,7 +272,7 @@ def _peer_families(svc: "PeerServices") -> Iterator[Metric]:
     yield CounterMetricFamily(f"{PREFIX}_elections", "Elections this peer started (the broker missed its "
                               "heartbeats)", value=elections)
     yield GaugeMetricFamily(f"{PREFIX}_parked_requests", "Requests holding a server thread while they wait "
-                            "(status long-polls, event streams)", value=svc.parking.parked)
+                            "(long-polls and event streams relayed to the job's home)", value=svc.parking.parked)
     yield GaugeMetricFamily(f"{PREFIX}_parked_requests_limit", "Most requests that may park at once (429 "
                             "beyond)", value=svc.parking.limit)
 

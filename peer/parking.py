@@ -1,8 +1,12 @@
-"""Requests that park a server thread while they wait: long-polls and event streams.
+"""Requests that park a server thread while they wait: long-polls and event streams relayed to the job's home.
 
-The app is one worker process with ``threads`` threads (peer/server.py).  A
-status long-poll (``?wait=``) or a live event stream holds its thread for up
-to a minute, on the entry peer and, when relayed, on the owner too.  Left
+The app is one worker process with ``threads`` threads (peer/server.py).
+Status long-polls and event streams of a job whose home is this peer wait in
+the front (peer/front/waits.py) and hold no thread.  One for a job whose home
+is another peer is relayed there by a blocking call and holds its thread on
+this, the entry peer, for up to a minute (the home's front holds it there
+without a thread); so does any waiting request that reaches the app without
+the front (none in production).  Left
 alone, a few dozen phones watching jobs would hold every thread and stall
 ``/healthz``, logins, submits and the peer-to-peer calls the whole grid
 depends on.  So at most ``limit`` requests may park at once; the rest of
@@ -10,10 +14,10 @@ the threads are kept for short requests.  A waiting request beyond the limit
 answers 429 with ``Retry-After`` at once (the clients back off and poll
 again); a plain status poll without ``wait`` is never refused.
 
-This bounds the damage of the thread-per-request model for *waiting*
-requests.  Idle and slow connections no longer reach the app at all: the
-front (peer/front/) holds them on its event loop and hands the app complete
-requests only.  Waiting itself moves into the front in a later step.
+This bounds the damage of the thread-per-request model for the waiting
+requests that still park.  Idle and slow connections never reach the app:
+the front (peer/front/) holds them on its event loop and hands the app
+complete requests only.
 """
 from __future__ import annotations
 

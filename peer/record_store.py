@@ -3,7 +3,9 @@
 A record's ``version`` is its status ETag: every change of what the user
 sees bumps it (:meth:`RecordStore.touch`, inside the transaction that made
 the change).  After the commit the new version is published in memory and
-every waiter is woken (:meth:`RecordStore.wait`), so a long-poll or an event
+every waiter is woken (:meth:`RecordStore.wait`) and every listener is told
+(the front's change feed, peer/front/changes.py: the front holds the waiting
+long-polls), so a long-poll or an event
 stream waits on a condition, not on a file, and an unchanged poll is
 answered from memory (the owner is kept with the version: nobody learns of
 another's job).  One process per peer (docs/architecture.md), so memory is
@@ -11,17 +13,20 @@ the peer's.
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import OrderedDict
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 from sqlalchemy.orm import Session
 
 from .db import Database
 from .models import JobRecord
 from . import records
+
+log = logging.getLogger(__name__)
 
 
 class RecordStore:
@@ -35,6 +40,9 @@ class RecordStore:
         #: ``max_known``: a forgotten one is read from the database again).
         self._versions: OrderedDict[str, tuple[str, int]] = OrderedDict()
         self.max_known = 100_000
+        #: Called after each commit that changed records, with job ID -> (owner, version), outside every lock
+        #: (the app's change feed to the front, peer/front/changes.py).  Must not block.
+        self.listeners: list[Callable[[dict[str, tuple[str, int]]], None]] = []
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -49,6 +57,11 @@ class RecordStore:
                 for job_id, seen in touched.items():
                     self._keep(job_id, seen)
                 self._cond.notify_all()
+            for listener in self.listeners:
+                try:
+                    listener(touched)
+                except Exception:  # noqa: BLE001 - a listener's failure must not fail a committed change
+                    log.exception("record store listener failed")
 
     def _keep(self, job_id: str, seen: tuple[str, int]) -> None:
         self._versions[job_id] = seen

@@ -8,8 +8,9 @@ master and ONE ``gthread`` worker on a private Unix socket, no TLS.
 Why one app process: the LocalExecutor's scheduler, the event-log readers, the
 in-process EMA agent, the election and join timers and about twenty in-memory
 structures must exist once per peer (benchmarks/connection_model/INVENTORY.md).
-gunicorn's ``gthread`` worker gives concurrency with threads (long-polls park a
-thread each, peer/parking.py), and the master restarts the worker if it dies;
+gunicorn's ``gthread`` worker gives concurrency with threads (status
+long-polls wait in the front, peer/front/waits.py; event streams and relayed
+long-polls park a thread each, peer/parking.py), and the master restarts the worker if it dies;
 the worker rebuilds its state from the database (see LocalExecutor recovery).
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pocketgrid.config import PeerConfig
 from pocketgrid.logging_setup import configure_logging, gunicorn_logconfig_dict
 
 from .front.app_process import AppSpec, die_with_parent
+from .front.changes import ChangeSender
 from .front.headers import TrustFront
 
 log = logging.getLogger(__name__)
@@ -33,10 +35,11 @@ log = logging.getLogger(__name__)
 class PeerServer(BaseApplication):
     """The app: gunicorn master + one gthread worker on the front's Unix socket."""
 
-    def __init__(self, config: PeerConfig, socket_path: str, secret: str) -> None:
+    def __init__(self, config: PeerConfig, socket_path: str, secret: str, changes: str = "") -> None:
         self.peer_config = config
         self.socket_path = socket_path
         self.secret = secret
+        self.changes = changes
         self.services = None
         super().__init__()
 
@@ -78,7 +81,11 @@ class PeerServer(BaseApplication):
         from .app import create_app
 
         app = create_app(self.peer_config)
-        PeerServer.current_services = app.extensions["pocketgrid"]
+        services = PeerServer.current_services = app.extensions["pocketgrid"]
+        if self.changes:  # tell the front when a job's status changes: it holds the waiting long-polls
+            sender = ChangeSender(self.changes)
+            services.home.store.listeners.append(sender)
+            sender.everything()  # a new worker: whatever the front holds, ask again
         app.wsgi_app = TrustFront(app.wsgi_app, self.secret, "http" if self.peer_config.insecure_http else "https")
         return app
 
@@ -121,5 +128,5 @@ def main() -> int:
     os.umask(0o077)
     configure_logging(config.log_level, config.log_format, config.log_file or None,
                       config.log_max_bytes, config.log_backups, name=config.name)
-    PeerServer(config, spec.socket, spec.secret).run()
+    PeerServer(config, spec.socket, spec.secret, spec.changes).run()
     return 0

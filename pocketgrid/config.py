@@ -82,7 +82,7 @@ class PeerConfig:
     grep_max_matches: int = 1000
     #: Most input files one job may name (each is a proc; 400 beyond).
     max_inputs_per_job: int = 1000
-    #: Longest ``?wait=`` a status long-poll may hold a server thread.
+    #: Longest ``?wait=`` of a status long-poll.
     max_wait_seconds: float = 60.0
     #: Live job status (Server-Sent Events, peer/api_events.py): each open
     #: stream parks a server thread, so at most this many per user and peer
@@ -91,8 +91,9 @@ class PeerConfig:
     sse_max_streams_per_user: int = 4
     sse_stream_seconds: float = 60.0
     sse_keepalive_seconds: float = 15.0
-    #: Requests that may hold a server thread while they wait (long-polls and
-    #: event streams together, peer/parking.py); 0: all threads but a reserve
+    #: Requests that may hold a server thread while they wait (event streams
+    #: and long-polls relayed to the job's home, peer/parking.py; a long-poll of
+    #: a job whose home is here waits in the front); 0: all threads but a reserve
     #: of a quarter (at least 2) kept for health checks, logins and peer calls.
     max_parked_requests: int = 0
     #: Directory of the web app's files served at / (empty: the installed
@@ -116,6 +117,12 @@ class PeerConfig:
     front_body_timeout: float = 10.0
     #: On SIGTERM: how long requests in flight may still run before the app stops.
     front_shutdown_seconds: float = 10.0
+    #: Status long-polls the front holds at once (peer/front/waits.py: a coroutine
+    #: each, no thread), from one user and from one address (0: no limit); 429
+    #: with Retry-After beyond any of them.
+    front_max_waits: int = 10000
+    front_max_waits_per_user: int = 64
+    front_max_waits_per_address: int = 256
     #: Run the front on uvloop (``pip install uvloop``) instead of asyncio's own loop.
     front_uvloop: bool = False
     #: Chunk size used when this peer downloads inputs from another peer.

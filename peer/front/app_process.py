@@ -54,6 +54,7 @@ class AppSpec:
     socket: str
     secret: str
     parent: int
+    changes: str = ""  # the front's change feed (peer/front/changes.py); empty: none
 
     @classmethod
     def read(cls, stream: Any) -> "AppSpec":
@@ -64,8 +65,10 @@ class AppSpec:
 
 
 class AppProcess:
-    def __init__(self, config: PeerConfig, socket_path: str, secret: str, stop_timeout: float = 60.0) -> None:
+    def __init__(self, config: PeerConfig, socket_path: str, secret: str, stop_timeout: float = 60.0,
+                 changes: str = "") -> None:
         self.config = config
+        self.changes = changes
         self.socket_path = socket_path
         self.secret = secret
         self.stop_timeout = stop_timeout
@@ -76,7 +79,7 @@ class AppProcess:
         return self.proc.pid if self.proc is not None else None
 
     async def start(self) -> None:
-        spec = AppSpec(dataclasses.asdict(self.config), self.socket_path, self.secret, os.getpid())
+        spec = AppSpec(dataclasses.asdict(self.config), self.socket_path, self.secret, os.getpid(), self.changes)
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-c", "import sys, peer.server; sys.exit(peer.server.main())",
             stdin=asyncio.subprocess.PIPE, start_new_session=True)

@@ -25,7 +25,7 @@ from .limits import EventLog, Lease
 
 
 class ClientConnection(RequestHandler):
-    __slots__ = ("lease", "_header_timeout", "_header_handle", "_in_request", "_events", "_certificate")
+    __slots__ = ("lease", "_header_timeout", "_header_handle", "_in_request", "_events", "_certificate", "_gone")
 
     def __init__(self, manager: Any, *, lease: Lease, header_timeout: float, events: EventLog, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
@@ -35,6 +35,7 @@ class ClientConnection(RequestHandler):
         self._in_request = False
         self._events = events
         self._certificate: bytes | None | bool = False  # False: not looked at yet
+        self._gone: asyncio.Future[None] | None = None
 
     # ---- asyncio.Protocol ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -49,6 +50,8 @@ class ClientConnection(RequestHandler):
     def connection_lost(self, exc: BaseException | None) -> None:
         self._disarm()
         self.lease.release()
+        if self._gone is not None and not self._gone.done():
+            self._gone.set_result(None)
         super().connection_lost(exc)
 
     # ---- called by the proxy around each request -------------------------------------------------
@@ -58,6 +61,14 @@ class ClientConnection(RequestHandler):
 
     def request_finished(self) -> None:
         self._in_request = False
+
+    def gone(self) -> "asyncio.Future[None]":
+        """Done when the client's connection closes (a waiting long-poll stops waiting for nobody)."""
+        if self._gone is None:
+            self._gone = self._loop.create_future()
+            if self.transport is None:
+                self._gone.set_result(None)
+        return self._gone
 
     def client_certificate(self) -> bytes | None:
         """The client's certificate (DER) if it presented one: the handshake verified it against the site CA."""

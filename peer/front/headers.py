@@ -11,7 +11,15 @@ the front passes on what only the connection knows:
   or a user's certificate;
 * ``X-Pocketgrid-Front``: a random secret made at each start of the peer and
   handed to the app through a pipe (never the command line or the
-  environment), proving the request came through the front.
+  environment), proving the request came through the front;
+* ``X-Pocketgrid-Front-Waits``: on a ``GET`` or ``HEAD``, "the front holds waiting long-polls itself":
+  the app answers a status long-poll at once instead of parking a thread
+  (peer/api_jobs.py, peer/front/waits.py);
+* ``X-Pocketgrid-Front-Waits-Held``: on ``/healthz``, how many long-polls the front holds now.
+
+The app's answer may carry ``X-Pocketgrid-Front-Wait`` (how the front should
+wait: :func:`wait_header`); the front takes every header of the family out of
+the answers it relays, so a client never sees one.
 
 The front removes every header of that family (``X-Pocketgrid-Front*``, also
 spelt with ``_``) that a client sent before adding its own.  The app
@@ -24,8 +32,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac
 import logging
+import math
+from dataclasses import dataclass
+from urllib.parse import quote, unquote
 from typing import Any, Callable, Iterable
 
 from pocketgrid.client_certificate import ENVIRON_CERTIFICATE
@@ -35,6 +47,13 @@ log = logging.getLogger(__name__)
 SECRET = "X-Pocketgrid-Front"
 ADDRESS = "X-Pocketgrid-Front-Address"
 CERTIFICATE = "X-Pocketgrid-Front-Certificate"
+WAITS = "X-Pocketgrid-Front-Waits"
+WAIT = "X-Pocketgrid-Front-Wait"
+WAITS_HELD = "X-Pocketgrid-Front-Waits-Held"
+#: In the app's WSGI environ: how many long-polls the front holds (on /healthz only).
+ENVIRON_WAITS_HELD = "pocketgrid.front_waits_held"
+#: In the app's WSGI environ: the request came through the front, which holds waiting long-polls itself.
+ENVIRON_FRONT_WAITS = "pocketgrid.front_waits"
 _PREFIX = "x-pocketgrid-front"
 _ENVIRON_PREFIX = "HTTP_X_POCKETGRID_FRONT"
 
@@ -58,7 +77,8 @@ def is_front_header(name: str) -> bool:
 
 
 def request_headers(raw: Iterable[tuple[bytes, bytes]], secret: str, address: str,
-                    certificate_der: bytes | None) -> list[tuple[str, str]]:
+                    certificate_der: bytes | None, *, front_waits: bool = False,
+                    waits_held: int | None = None) -> list[tuple[str, str]]:
     """The client's headers as the app gets them: hop-by-hop and front headers dropped, the front's added."""
     connection_named: set[str] = set()
     out: list[tuple[str, str]] = []
@@ -76,7 +96,36 @@ def request_headers(raw: Iterable[tuple[bytes, bytes]], secret: str, address: st
     out.append((ADDRESS, address))
     if certificate_der:
         out.append((CERTIFICATE, base64.b64encode(certificate_der).decode("ascii")))
+    if front_waits:
+        out.append((WAITS, "1"))
+    if waits_held is not None:
+        out.append((WAITS_HELD, str(waits_held)))
     return out
+
+
+@dataclass(frozen=True)
+class WaitSpec:
+    """What the app's 304 tells the front: the job, the version the client has, whose wait it is, how long."""
+
+    job_id: str
+    version: int
+    user: str
+    seconds: float
+
+
+def wait_header(job_id: str, version: int, owner_dn: str, seconds: float) -> str:
+    """``X-Pocketgrid-Front-Wait`` for a 304: the user is a digest of their DN (a counting key, nothing more)."""
+    user = hashlib.sha256(owner_dn.encode("utf-8")).hexdigest()[:24]
+    return f"{seconds:g} {int(version)} {user} {quote(job_id, safe='')}"
+
+
+def parse_wait_header(value: str) -> WaitSpec | None:
+    try:
+        seconds, version, user, job = value.split(" ")
+        spec = WaitSpec(unquote(job), int(version), user, float(seconds))
+    except ValueError:
+        return None
+    return spec if math.isfinite(spec.seconds) and spec.seconds >= 0 else None
 
 
 class TrustFront:
@@ -91,14 +140,22 @@ class TrustFront:
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         given = environ.get("HTTP_X_POCKETGRID_FRONT", "")
+        front_waits = environ.get("HTTP_X_POCKETGRID_FRONT_WAITS", "") == "1"
+        waits_held = environ.get("HTTP_X_POCKETGRID_FRONT_WAITS_HELD", "")
         address = environ.get("HTTP_X_POCKETGRID_FRONT_ADDRESS", "")
         certificate = environ.get("HTTP_X_POCKETGRID_FRONT_CERTIFICATE", "")
         for key in [k for k in environ if k.startswith(_ENVIRON_PREFIX)]:
             del environ[key]
-        environ.pop(ENVIRON_CERTIFICATE, None)  # only this middleware puts it there
+        environ.pop(ENVIRON_CERTIFICATE, None)  # only this middleware puts them there
+        environ.pop(ENVIRON_FRONT_WAITS, None)
+        environ.pop(ENVIRON_WAITS_HELD, None)
         if given and hmac.compare_digest(given.encode("latin-1"), self._secret):
             environ["REMOTE_ADDR"] = address
             environ["wsgi.url_scheme"] = self.scheme
+            if front_waits:
+                environ[ENVIRON_FRONT_WAITS] = True
+            if waits_held.isdigit():
+                environ[ENVIRON_WAITS_HELD] = int(waits_held)
             if certificate:
                 try:
                     environ[ENVIRON_CERTIFICATE] = base64.b64decode(certificate, validate=True)

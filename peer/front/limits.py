@@ -12,7 +12,8 @@ few); a peer behind a NAT or a reverse proxy that gathers many users on one
 address raises the per-address limit (0 turns it off).
 
 The front logs connection-level events only (refusals, handshake, header and
-body timeouts, bodies over the limit): the app logs every request it serves.
+body timeouts, bodies over the limit, long-polls refused for the limits on
+waits, peer/front/waits.py): the app logs every request it serves.
 Under a flood those events come in thousands, so :class:`EventLog` writes the
 first of each kind at once and then one summary line per kind and interval.
 """
@@ -93,6 +94,8 @@ EVENTS = {
     "body-too-large": ("request answered 413: body over max_body_bytes", "requests answered 413: body over max_body_bytes"),
     "app-unavailable": ("request answered 503/502: the app process did not answer",
                         "requests answered 503/502: the app process did not answer"),
+    "wait-refused": ("long-poll answered 429: a limit on waits (front_max_waits*) reached",
+                     "long-polls answered 429: a limit on waits (front_max_waits*) reached"),
 }
 
 #: A client that connects and goes (a port probe, a phone losing its link) is no warning.

@@ -29,14 +29,36 @@ socket, as many as it has threads: requests beyond wait here, on the event
 loop.  The app never sees the client's hop-by-hop headers nor anything the
 client claims to be the front's (peer/front/headers.py).
 
-**Waiting requests** (status long-polls with ``?wait=``, event streams) are
-forwarded like any other: the app parks a thread for each, bounded by
-peer/parking.py.  :meth:`Proxy.hold` is where a later step holds them on the
-event loop instead (the app telling the front when a job changes).
+**Waiting status long-polls** (``GET /api/v1/jobs/<id>?wait=N`` with
+``If-None-Match``) are held here, on the event loop, not in an app thread
+(:meth:`Proxy.hold`).  A ``GET`` with ``wait`` in its query (or to a path
+ending in ``/events``) goes to the app with ``X-Pocketgrid-Front-Waits``; for a long-poll of a job whose home is this
+peer, the app authorises it and answers at once: the status (200) if it
+changed, else 304 with ``X-Pocketgrid-Front-Wait`` (the job, the version the
+client has, a digest of the user, the wait granted).  The front then takes a
+place among the waits (peer/front/waits.py: per user, per address, in all;
+429 + ``Retry-After`` beyond), waits for the app's change feed
+(peer/front/changes.py) to name the job at another version, the deadline, or
+the client to leave, and asks the app again -- which authorises it again --
+until it answers something other than 304 or the deadline has passed; that
+answer goes to the client.
+
+**Event streams** (``GET /api/v1/jobs/<id>/events``) of a job whose home is
+this peer are held the same way (:meth:`Proxy.hold_stream`): the app answers
+at once with the events due and the wait header; the front sends them, writes
+a keepalive comment every ``sse_keepalive_seconds``, and on each change asks
+the app again with ``Last-Event-ID`` for the next events, until the job is
+final (the app's ``event: end``), ``sse_stream_seconds`` pass (``retry:``,
+the browser reconnects) or the client leaves.  An answer other than events
+on a re-ask (the token expired: 401) ends the stream with ``event: error``.
+
+A long-poll or a stream relayed to the job's home still parks an app thread
+here, at the entry peer (peer/parking.py); the home's front holds it there.
 """
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import tempfile
@@ -52,8 +74,9 @@ from yarl import URL
 from peer.request_ids import accept as accept_request_id
 
 from .connection import ClientConnection
-from .headers import HOP_BY_HOP, header_text, request_headers
+from .headers import HOP_BY_HOP, WAIT, header_text, is_front_header, parse_wait_header, request_headers
 from .limits import EventLog
+from .waits import WaitRefusal, Waits
 
 log = logging.getLogger("pocketgrid.front")
 
@@ -66,6 +89,16 @@ TUS_CHUNK_TYPE = "application/offset+octet-stream"
 #: aiohttp's client must add nothing the client did not send.
 _NO_AUTO_HEADERS = ("User-Agent", "Accept-Encoding", "Content-Type", "Accept")
 _NO_BODY_STATUSES = frozenset({204, 304})
+#: What a long-poll refused for the limits on waits tells the client to wait before it asks again.
+WAIT_RETRY_AFTER = 5
+#: ... and a refused event stream (as the app said when it held them).
+STREAM_RETRY_AFTER = 10
+#: What a held event stream tells the browser to wait before it reconnects (peer/api_events.py's RETRY_MS).
+STREAM_RETRY_MS = 1000
+
+
+def _error_event(message: str) -> bytes:
+    return b"event: error\ndata: " + message.encode("utf-8", "replace")[:500].replace(b"\n", b" ") + b"\n\n"
 
 
 class Body:
@@ -120,7 +153,8 @@ class AppUnavailable(Exception):
 
 class Proxy:
     def __init__(self, *, app_socket: str, secret: str, app_connections: int, max_body_bytes: int,
-                 body_timeout: float, spool_dir: Path, events: EventLog) -> None:
+                 body_timeout: float, spool_dir: Path, events: EventLog, waits: Waits | None = None,
+                 keepalive_seconds: float = 15.0) -> None:
         self.app_socket = app_socket
         self.secret = secret
         self.app_connections = app_connections
@@ -128,6 +162,8 @@ class Proxy:
         self.body_timeout = body_timeout
         self.spool_dir = spool_dir
         self.events = events
+        self.waits = waits
+        self.keepalive_seconds = keepalive_seconds
         self.session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -176,22 +212,140 @@ class Proxy:
         except BodyIncomplete as cut:
             return await self._incomplete(request, connection, cut)
         try:
-            held = await self.hold(request)
-            if held is not None:
-                return held
             return await self._forward_and_relay(request, connection, body)
         finally:
             if body is not None:
                 body.close()
 
-    async def hold(self, request: web.BaseRequest) -> web.StreamResponse | None:
-        """Where a waiting request (a long-poll, an event stream) could be held on the event loop.
+    async def hold(self, request: web.BaseRequest, connection: ClientConnection, upstream: aiohttp.ClientResponse,
+                   wait_value: str, generation: int) -> aiohttp.ClientResponse | web.StreamResponse:
+        """A waiting long-poll the app answered 304 + ``X-Pocketgrid-Front-Wait``: wait here, on the loop, and
+        ask the app again on a change or at the deadline.  Returns the app's final answer (to relay), or the
+        front's own (429).  ``generation``: the change feed's when the app was asked (peer/front/waits.py)."""
+        assert self.waits is not None
+        waits = self.waits
+        started = asyncio.get_running_loop().time()
+        place = None
+        try:
+            while True:
+                spec = parse_wait_header(wait_value)
+                if spec is None:
+                    log.error("front: the app sent a malformed %s header (%r): answering as it is", WAIT,
+                              wait_value[:200])
+                    return upstream
+                if place is None:
+                    admitted = waits.admit(spec.user, connection.lease.address)
+                    if isinstance(admitted, WaitRefusal):
+                        upstream.release()
+                        self.events.note("wait-refused", connection.lease.address, admitted.why)
+                        return self._error(request, 429, f"{admitted.why}: retry in {WAIT_RETRY_AFTER} s, or poll "
+                                           "without waiting", retry_after=WAIT_RETRY_AFTER)
+                    place = admitted
+                    deadline = started + spec.seconds
+                left = deadline - asyncio.get_running_loop().time()
+                if left <= 0:
+                    return upstream  # asked again at (or after) the deadline: unchanged, say so
+                upstream.release()
+                await waits.wait(spec.job_id, spec.version, left, generation, connection.gone())
+                if connection.transport is None:  # the client left: nobody to answer
+                    raise ConnectionResetError("the client closed the connection while its long-poll waited")
+                generation = waits.generation
+                upstream = await self._forward(request, connection, None, front_waits=True)
+                wait_value = upstream.headers.get(WAIT, "")
+                if upstream.status != 304 or not wait_value:
+                    return upstream
+        finally:
+            if place is not None:
+                place.release()
 
-        Not yet: every request is forwarded, and the app parks a thread for a waiting one
-        (peer/parking.py).  The next step answers waiting requests here, asking the app
-        with ``wait=0`` and waiting for its word that the job changed.
-        """
-        return None
+    async def hold_stream(self, request: web.BaseRequest, connection: ClientConnection,
+                          upstream: aiohttp.ClientResponse, wait_value: str, generation: int) -> web.StreamResponse:
+        """An event stream (peer/api_events.py) the app answered with the events due and
+        ``X-Pocketgrid-Front-Wait``: send them, then hold the stream here -- keepalives, the app's change feed --
+        and ask the app again (``Last-Event-ID``: the version sent) for the next events, until the job is final,
+        the stream's time (``sse_stream_seconds``) is up, or the client leaves."""
+        assert self.waits is not None
+        loop = asyncio.get_running_loop()
+        spec = parse_wait_header(wait_value)
+        if spec is None:
+            log.error("front: the app sent a malformed %s header (%r)", WAIT, wait_value[:200])
+            upstream.close()
+            return self._error(request, 502, "this peer's app process answered the event stream badly: retry")
+        admitted = self.waits.admit(spec.user, connection.lease.address, stream=True)
+        if isinstance(admitted, WaitRefusal):
+            upstream.close()
+            self.events.note("wait-refused", connection.lease.address, admitted.why)
+            return self._error(request, 429, f"{admitted.why}, or poll GET /api/v1/jobs/<id>?wait=25 instead: "
+                               f"retry in {STREAM_RETRY_AFTER} s", retry_after=STREAM_RETRY_AFTER)
+        try:
+            headers = self._answer_headers(upstream)
+            response = web.StreamResponse(status=200, headers=headers)
+            try:
+                first = await upstream.read()
+            finally:
+                upstream.release()
+            await response.prepare(request)
+            await response.write(first)
+            now = loop.time()
+            deadline = now + spec.seconds
+            keepalive_at = now + self.keepalive_seconds
+            while True:
+                now = loop.time()
+                if now >= deadline:
+                    await response.write(f"retry: {STREAM_RETRY_MS}\n\n".encode())  # the browser reconnects
+                    break
+                if now >= keepalive_at:
+                    await response.write(b": keepalive\n\n")  # also how a closed connection is noticed
+                    keepalive_at = now + self.keepalive_seconds
+                changed = await self.waits.wait(spec.job_id, spec.version, min(deadline, keepalive_at) - now,
+                                                generation, connection.gone())
+                if connection.transport is None:
+                    raise ConnectionResetError("the client closed its event stream")
+                if not changed:
+                    continue
+                generation = self.waits.generation
+                events, wait_value = await self._next_events(request, connection, spec.version)
+                if events:
+                    await response.write(events)
+                if wait_value is None:
+                    break  # the job is final (its end event is sent), or the app could not answer
+                next_spec = parse_wait_header(wait_value)
+                if next_spec is None:
+                    break
+                spec = dataclasses.replace(next_spec, seconds=spec.seconds)
+            await response.write_eof()
+            return response
+        finally:
+            admitted.release()
+
+    async def _next_events(self, request: web.BaseRequest, connection: ClientConnection,
+                           version: int) -> tuple[bytes, str | None]:
+        """Ask the app for the events after ``version``: (the events, its next wait or None when the stream ends)."""
+        try:
+            upstream = await self._forward(request, connection, None, front_waits=True, last_event_id=str(version))
+        except AppUnavailable as exc:
+            return _error_event(exc.message), None
+        try:
+            body = await upstream.read()
+        except aiohttp.ClientError as exc:
+            upstream.close()
+            return _error_event(f"this peer's app process broke off ({exc}): reconnect"), None
+        upstream.release()
+        if upstream.status != 200 or upstream.content_type != "text/event-stream":
+            try:  # e.g. 401 (the token expired meanwhile), 404 (the job was purged): the browser reconnects
+                message = json.loads(body)["error"]
+            except (ValueError, KeyError, TypeError):
+                message = f"the peer answered {upstream.status}"
+            return _error_event(str(message)), None
+        return body, upstream.headers.get(WAIT)
+
+    def _answer_headers(self, upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
+        headers: CIMultiDict[str] = CIMultiDict()
+        for name_b, value_b in upstream.raw_headers:  # the app's own spelling (ETag, not Etag) and order
+            name = name_b.decode("latin-1")
+            if name.lower() not in HOP_BY_HOP and not is_front_header(name):  # the app's word to the front only
+                headers.add(name, header_text(value_b))
+        return headers
 
     async def _read_body(self, request: web.BaseRequest) -> Body | None:
         if not request.body_exists:
@@ -239,10 +393,15 @@ class Proxy:
 
     # ---- the app ------------------------------------------------------------------------------
     async def _forward(self, request: web.BaseRequest, connection: ClientConnection,
-                       body: Body | None) -> aiohttp.ClientResponse:
+                       body: Body | None, *, front_waits: bool = False,
+                       last_event_id: str | None = None) -> aiohttp.ClientResponse:
         assert self.session is not None
         headers = request_headers(request.raw_headers, self.secret, connection.lease.address,
-                                  connection.client_certificate())
+                                  connection.client_certificate(), front_waits=front_waits,
+                                  waits_held=self.waits.held if self.waits is not None and request.path == "/healthz"
+                                  else None)
+        if last_event_id is not None:  # a held event stream asks for the events after the ones it sent
+            headers = [(k, v) for k, v in headers if k.lower() != "last-event-id"] + [("Last-Event-ID", last_event_id)]
         if body is not None:
             headers.append(("Content-Length", str(body.size)))
         try:
@@ -256,13 +415,29 @@ class Proxy:
 
     async def _forward_and_relay(self, request: web.BaseRequest, connection: ClientConnection,
                                  body: Body | None) -> web.StreamResponse:
+        front_waits = (self.waits is not None and body is None and request.method in ("GET", "HEAD")
+                       and ("wait" in request.query or request.path.endswith("/events")))
+        upstream: aiohttp.ClientResponse | None = None
+        generation = self.waits.generation if self.waits is not None else 0  # before the app is asked
         try:
-            upstream = await self._forward(request, connection, body)
+            upstream = await self._forward(request, connection, body, front_waits=front_waits)
+            wait_value = upstream.headers.get(WAIT) if front_waits else None
+            if wait_value and upstream.status == 200 and upstream.content_type == "text/event-stream":
+                return await self.hold_stream(request, connection, upstream, wait_value, generation)
+            if wait_value and upstream.status == 304:
+                held = await self.hold(request, connection, upstream, wait_value, generation)
+                if isinstance(held, web.StreamResponse):
+                    return held  # the front's own answer (429): the app's was released
+                upstream = held
         except AppUnavailable as exc:
             self.events.note("app-unavailable", connection.lease.address, exc.message)
             return self._error(request, exc.status, exc.message, retry_after=1)
         except ValueError as exc:  # a header aiohttp will not send on (a control character)
             return self._error(request, 400, f"malformed request header: {exc}", close=True)
+        except BaseException:
+            if upstream is not None:
+                upstream.close()
+            raise
         complete = False
         try:
             response = await self._relay(request, upstream)
@@ -275,11 +450,7 @@ class Proxy:
                 upstream.close()  # the client left, or the app broke off: never reuse that connection
 
     async def _relay(self, request: web.BaseRequest, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
-        headers: CIMultiDict[str] = CIMultiDict()
-        for name_b, value_b in upstream.raw_headers:  # the app's own spelling (ETag, not Etag) and order
-            name = name_b.decode("latin-1")
-            if name.lower() not in HOP_BY_HOP:
-                headers.add(name, header_text(value_b))
+        headers = self._answer_headers(upstream)
         has_body = request.method != "HEAD" and upstream.status not in _NO_BODY_STATUSES
         length = upstream.content_length
         if has_body and length is not None and length <= SMALL_BODY_BYTES and "Content-Type" in headers:

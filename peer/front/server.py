@@ -42,7 +42,9 @@ from ..tls_context import server_context
 from .app_process import AppProcess
 from .connection import ClientConnection
 from .limits import ConnectionLimits, EventLog, Lease, Refusal
+from .changes import bind_receiver
 from .proxy import Proxy
+from .waits import Waits
 from .asyncio_tls import install as adjust_asyncio_tls
 
 log = logging.getLogger("pocketgrid.front")
@@ -62,9 +64,9 @@ def run_directory(config: PeerConfig) -> Path:
 
 
 def socket_path(run_dir: Path) -> tuple[str, str | None]:
-    """The app's socket path; a private temporary directory when the state directory's path is too long."""
+    """The app's socket path (the change feed's, ``changes.sock``, is beside it); a private temporary directory when the state directory's path is too long."""
     path = run_dir / "app.sock"
-    if len(os.fsencode(path)) <= _SUN_PATH_MAX:
+    if len(os.fsencode(run_dir / "changes.sock")) <= _SUN_PATH_MAX:  # the front's change feed lives beside it
         return str(path), None
     own = tempfile.mkdtemp(prefix="pocketgrid-")  # 0700
     log.info("the state directory's path is too long for a Unix socket: the app's socket is in %s", own)
@@ -140,10 +142,14 @@ class Front:
         self.run_dir = run_directory(config)
         self.socket, self._own_socket_dir = socket_path(self.run_dir)
         self.secret = secrets.token_urlsafe(32)
-        self.app = AppProcess(config, self.socket, self.secret)
+        self.changes = os.path.join(os.path.dirname(self.socket), "changes.sock")
+        self.waits = Waits(config.front_max_waits, config.front_max_waits_per_user, config.front_max_waits_per_address,
+                           streams_per_user=config.sse_max_streams_per_user)
+        self.app = AppProcess(config, self.socket, self.secret, changes=self.changes)
         self.proxy = Proxy(app_socket=self.socket, secret=self.secret, app_connections=config.threads,
                            max_body_bytes=config.max_body_bytes, body_timeout=config.front_body_timeout,
-                           spool_dir=self.run_dir, events=self.events)
+                           spool_dir=self.run_dir, events=self.events, waits=self.waits,
+                           keepalive_seconds=config.sse_keepalive_seconds)
         self.listeners: list[socket.socket] = []
         self._handshakes: set[asyncio.Task[Any]] = set()
         self._stopping = asyncio.Event()
@@ -218,9 +224,11 @@ class Front:
         loop.add_signal_handler(signal.SIGHUP, self._reload)
         self.web_server = web.Server(self.proxy.handle, loop=loop)
         await self.proxy.start()
+        stop_changes = bind_receiver(self.changes, self.waits.heard)
         try:
             await self.app.start()
         except BaseException:
+            stop_changes()
             await self.proxy.close()
             raise
         accepting = [loop.create_task(self._accept(s)) for s in self.listeners]
@@ -252,6 +260,7 @@ class Front:
             app_exit.cancel()
             code = await self.app.stop()
             log.info("the app process stopped (status %s)", code)
+        stop_changes()
         flushing.cancel()
         self.events.flush(force=True)
         self._cleanup()

@@ -85,9 +85,11 @@ def test_counters_move_with_real_traffic(peer, site_pki, tmp_path, monkeypatch):
     polls: Tally[int] = Tally()
     status, etag = c.status(job["id"])
     polls[200] += 1
+    long_polls = 0
     while status["state"] not in FINAL:
         new, etag = c.status(job["id"], wait=10, etag=etag)
         polls[200 if new is not None else 304] += 1
+        long_polls += 1
         status = new or status
     assert status["state"] == "completed", status
     assert c.status(job["id"], etag=etag) == (None, etag)  # unchanged: 304
@@ -124,11 +126,15 @@ def test_counters_move_with_real_traffic(peer, site_pki, tmp_path, monkeypatch):
     assert moved(before, after, "pocketgrid_jobs", state="completed") == 1
     assert moved(before, after, "pocketgrid_job_inputs", state="completed") == 2
     assert moved(before, after, "pocketgrid_downloaded_bytes_total", what="output") == 150_000
-    for code in (200, 304):
-        assert moved(before, after, "pocketgrid_http_requests_total", method="GET", route=STATUS_ROUTE,
-                     status=str(code)) == polls[code], (code, polls)
+    # The app counts what it answers: every 200 the client got, and besides each 304 the client got, up to one
+    # more per long-poll -- the 304 "unchanged, wait" the front holds a long-poll on (peer/front/proxy.py),
+    # after which the app is asked again and gives the answer the client sees.
+    assert moved(before, after, "pocketgrid_http_requests_total", method="GET", route=STATUS_ROUTE,
+                 status="200") == polls[200], polls
+    app_304 = moved(before, after, "pocketgrid_http_requests_total", method="GET", route=STATUS_ROUTE, status="304")
+    assert polls[304] <= app_304 <= polls[304] + long_polls, (app_304, polls, long_polls)
     assert moved(before, after, "pocketgrid_http_request_duration_seconds_count", method="GET",
-                 route=STATUS_ROUTE) == polls[200] + polls[304]
+                 route=STATUS_ROUTE) == polls[200] + app_304
     assert moved(before, after, "pocketgrid_http_requests_total", method="POST", route="/api/v1/jobs",
                  status="201") == 1
     assert moved(before, after, "pocketgrid_token_refusals_total", credential="bearer", reason="invalid") == 1

@@ -6,8 +6,11 @@ import logging
 
 import pytest
 
-from peer.front.headers import CERTIFICATE, SECRET, TrustFront, is_front_header, request_headers
+from peer.front.changes import DATAGRAM_BYTES, ChangeSender, decode, encode
+from peer.front.headers import (CERTIFICATE, ENVIRON_FRONT_WAITS, ENVIRON_WAITS_HELD, SECRET, WAIT, WAITS, WAITS_HELD,
+                                TrustFront, is_front_header, parse_wait_header, request_headers, wait_header)
 from peer.front.limits import ConnectionLimits, EventLog, Lease, Refusal
+from peer.front.waits import WaitPlace, WaitRefusal, Waits
 from pocketgrid.client_certificate import ENVIRON_CERTIFICATE
 
 
@@ -101,3 +104,107 @@ def test_trust_front_refuses_an_empty_secret():
 def test_header_names_of_the_contract_are_front_headers():
     assert is_front_header(SECRET) and is_front_header(CERTIFICATE) and is_front_header("X_POCKETGRID_FRONT_ADDRESS")
     assert not is_front_header("X-Pocketgrid-User") and not is_front_header("X-Request-ID")
+
+
+# ---- waiting in the front (peer/front/waits.py, changes.py) ----------------------------------------
+def test_trust_front_believes_front_waits_only_with_the_secret():
+    def seen_with(secret: str) -> dict:
+        seen: dict = {}
+        TrustFront(lambda env, sr: seen.update(env) or [], "s3cret", "https")(
+            _environ(x_pocketgrid_front=secret, x_pocketgrid_front_waits="1", x_pocketgrid_front_waits_held="7"),
+            lambda *a: None)
+        return seen
+
+    good = seen_with("s3cret")
+    assert good[ENVIRON_FRONT_WAITS] is True and good[ENVIRON_WAITS_HELD] == 7
+    bad = seen_with("guess")  # a client on the socket claiming the front waits: the app parks as before
+    assert ENVIRON_FRONT_WAITS not in bad and ENVIRON_WAITS_HELD not in bad
+    assert is_front_header(WAIT) and is_front_header(WAITS) and is_front_header(WAITS_HELD)
+
+
+def test_wait_header_round_trip_names_no_dn_and_rejects_garbage():
+    value = wait_header("peer a.job 1", 12, "CN=Alice,O=x", 25.0)
+    assert "Alice" not in value
+    spec = parse_wait_header(value)
+    assert spec is not None and (spec.job_id, spec.version, spec.seconds) == ("peer a.job 1", 12, 25.0)
+    assert spec.user == parse_wait_header(wait_header("other", 1, "CN=Alice,O=x", 1)).user
+    assert spec.user != parse_wait_header(wait_header("other", 1, "CN=Bob,O=x", 1)).user
+    for bad in ("", "25 12 u", "x 12 u j", "25 x u j", "nan 1 u j", "-1 1 u j", "1 2 3 4 5"):
+        assert parse_wait_header(bad) is None, bad
+
+
+def test_change_datagrams_round_trip_and_split_under_the_size():
+    pairs = [(f"peer.job {i}%", i) for i in range(3000)]
+    payloads = encode(pairs)
+    assert len(payloads) > 1 and all(len(p) <= DATAGRAM_BYTES for p in payloads)
+    decoded = [pair for p in payloads for pair in decode(p)[1]]
+    assert decoded == pairs
+    assert decode(b"*\nj 3\nbroken\nk x\n") == (True, [("j", 3)])
+
+
+def test_change_sender_says_everything_first_and_after_a_refusal(tmp_path):
+    import socket
+
+    path = str(tmp_path / "changes.sock")
+    sender = ChangeSender(path)
+    sender({"a.1": ("alice", 1)})  # nobody listens yet: refused, remembered
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(path)
+    receiver.settimeout(5)
+    try:
+        sender({"a.1": ("alice", 2)})
+        assert decode(receiver.recv(65536)) == (True, [("a.1", 2)])  # "*": the first one was lost
+        sender({"a.1": ("alice", 3), "b.2": ("bob", 1)})
+        assert decode(receiver.recv(65536)) == (False, [("a.1", 3), ("b.2", 1)])
+    finally:
+        receiver.close()
+        sender.close()
+
+
+def test_waits_limits_per_user_per_kind_per_address_and_in_all():
+    waits = Waits(total=5, per_user=2, per_address=4, streams_per_user=1)
+    polls = [waits.admit("alice", "10.0.0.1") for _ in range(2)]
+    assert all(isinstance(p, WaitPlace) for p in polls)
+    assert isinstance(waits.admit("alice", "10.0.0.1"), WaitRefusal)
+    stream = waits.admit("alice", "10.0.0.1", stream=True)  # streams count apart
+    assert isinstance(stream, WaitPlace)
+    assert "streams" in waits.admit("alice", "10.0.0.2", stream=True).why
+    assert isinstance(waits.admit("bob", "10.0.0.1"), WaitPlace)
+    assert "address" in waits.admit("carol", "10.0.0.1").why  # 4 from 10.0.0.1
+    assert isinstance(waits.admit("carol", "10.0.0.2"), WaitPlace)
+    assert "front_max_waits" in waits.admit("dave", "10.0.0.3").why  # 5 in all
+    polls[0].release()
+    polls[0].release()  # idempotent
+    assert waits.held == 4 and isinstance(waits.admit("alice", "10.0.0.2"), WaitPlace)
+
+
+def test_a_wait_wakes_on_another_version_of_its_job_only():
+    import asyncio
+
+    async def main() -> None:
+        waits = Waits(total=10, per_user=0, per_address=0)
+        gen = waits.generation
+        task = asyncio.create_task(waits.wait("j", 3, 10, gen))
+        other = asyncio.create_task(waits.wait("k", 1, 0.2, gen))
+        await asyncio.sleep(0)
+        waits.heard(b"k 1\n")  # the version the waiter has: no change for it
+        waits.heard(b"x 9\n")
+        assert not task.done()
+        waits.heard(b"j 4\n")
+        assert await task is True
+        assert await other is False  # timed out
+        # a change heard between the app's answer and the wait is not missed
+        assert await waits.wait("j", 3, 10, gen) is True
+        # "*" (notifications lost, a new worker): everyone asks again, also a waiter who asked before it
+        late = asyncio.create_task(waits.wait("q", 1, 10, gen))
+        await asyncio.sleep(0)
+        waits.heard(b"*\n")
+        assert await late is True
+        assert await waits.wait("z", 1, 10, gen) is True
+        gone = asyncio.get_running_loop().create_future()
+        leaving = asyncio.create_task(waits.wait("z", 1, 10, waits.generation, gone))
+        await asyncio.sleep(0)
+        gone.set_result(None)
+        assert await leaving is False and not waits._waiters
+
+    asyncio.run(main())
