@@ -2,7 +2,8 @@
 
 The peer a job is submitted to is its home (peer/job_home.py): a job ID
 names it (``<home>.<id>``), and any other peer relays requests for the job
-there.  The home answers from the job's record; an output is served here
+there, or to its manager or another holder of its record when the home is
+silent (peer/job_routes.py).  The home answers from the job's record; an output is served here
 when its piece is here, else relayed from the home to the site that holds
 it, with the user's proof.
 """
@@ -21,9 +22,9 @@ from pocketgrid.errors import BadRequest, PocketgridError
 
 from .auth import identity, relay_headers
 from .downloads import send_ranged
+from . import job_routes
 from .in_use import file_key, job_key
 from .job_home import SubmitRequest
-from .jobs import peer_of
 from .on_close import call_on_close
 from .proxy import relay
 from .uploads import check_visible
@@ -34,15 +35,11 @@ def _svc():
     return current_app.extensions["pocketgrid"]
 
 
-def _remote(job_id: str) -> str | None:
-    """The job's home if it is not this peer."""
-    peer = peer_of(job_id)
-    return None if peer == _svc().config.name else peer
-
-
-def _relay(peer: str, extra_timeout: float = 0.0) -> Response:
+def _forward(job_id: str, extra_timeout: float = 0.0) -> Response | None:
+    """Relay this request to the peer answering for the job (its manager, its home, a holder of its
+    record: peer/job_routes.py); None: answer here."""
     svc = _svc()
-    return relay(svc.http, svc.membership, peer, timeout=svc.config.peer_timeout + extra_timeout)
+    return job_routes.forward(svc, job_id, timeout=svc.config.peer_timeout + extra_timeout)
 
 
 def _wait_arg() -> float:
@@ -195,20 +192,24 @@ def status(job_id: str):
     ``?history=1`` adds each input's attempts and its current proc's past states; ``?placement=1`` every
     dispatch round's split in detail."""
     wait = _wait_arg()
-    peer = _remote(job_id)
     svc = _svc()
     inm = request.headers.get("If-None-Match")
-    if peer:
-        if not (wait and inm):
-            return _relay(peer)
+    if not (wait and inm and job_routes.remote(svc, job_id)):
+        forwarded = _forward(job_id)
+        if forwarded is not None:
+            return forwarded
+    else:
         svc.parking.enter("a relayed status long-poll")  # the relay holds this thread while the home waits
         try:
-            response = _relay(peer, extra_timeout=wait)
+            forwarded = _forward(job_id, extra_timeout=wait)
         except BaseException:
             svc.parking.leave()
             raise
-        call_on_close(response, svc.parking.leave)  # a relayed body: Response.call_on_close would never run
-        return response
+        if forwarded is None:
+            svc.parking.leave()  # answered here after all (the manager is silent: our replica answers)
+        else:
+            call_on_close(forwarded, svc.parking.leave)  # a relayed body: Response.call_on_close never runs
+            return forwarded
     who = identity()
     extras = _extras()
     deadline = time.monotonic() + wait
@@ -243,9 +244,9 @@ def status(job_id: str):
 @bp.delete("/<job_id>")
 def kill(job_id: str):
     """Remove every active attempt of the job at its site (now, or when a silent site answers)."""
-    peer = _remote(job_id)
-    if peer:
-        return _relay(peer)
+    forwarded = _forward(job_id)
+    if forwarded is not None:
+        return forwarded
     who = identity()
     svc = _svc()
     result = svc.home.kill(job_id, who.dn, is_admin=who.is_admin)
@@ -263,9 +264,9 @@ def kill(job_id: str):
 @bp.post("/<job_id>/retry")
 def retry(job_id: str):
     """Run finished inputs again: ``{"inputs": [i, ...]}`` or ``{"failed": true}``."""
-    peer = _remote(job_id)
-    if peer:
-        return _relay(peer)
+    forwarded = _forward(job_id)
+    if forwarded is not None:
+        return forwarded
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
         raise BadRequest('send a JSON object: {"inputs": [0, 3]} or {"failed": true}')
@@ -306,9 +307,9 @@ def _release_indexes() -> list[int] | None:
 @bp.post("/<job_id>/release")
 def release(job_id: str):
     """Release held inputs (all, or ``{"inputs": [...]}``); a job with none held is a 409."""
-    peer = _remote(job_id)
-    if peer:
-        return _relay(peer)
+    forwarded = _forward(job_id)
+    if forwarded is not None:
+        return forwarded
     who = identity()
     svc = _svc()
     result = svc.home.release(job_id, who.dn, is_admin=who.is_admin, indexes=_release_indexes())
@@ -320,9 +321,9 @@ def release(job_id: str):
 # ---- outputs --------------------------------------------------------------
 @bp.get("/<job_id>/outputs")
 def outputs(job_id: str):
-    peer = _remote(job_id)
-    if peer:
-        return _relay(peer)
+    forwarded = _forward(job_id)
+    if forwarded is not None:
+        return forwarded
     who = identity()
     return jsonify(_svc().home.outputs(job_id, who.dn, is_admin=who.is_admin,
                                        proof=lambda site: relay_headers(who, site)))
@@ -330,9 +331,9 @@ def outputs(job_id: str):
 
 @bp.get("/<job_id>/outputs/<int:index>/<path:name>")
 def output_file(job_id: str, index: int, name: str):
-    peer = _remote(job_id)
-    if peer:
-        return _relay(peer)  # the read timeout applies per chunk, not to the whole file
+    forwarded = _forward(job_id)  # the read timeout applies per chunk, not to the whole file
+    if forwarded is not None:
+        return forwarded
     who = identity()
     svc = _svc()
     site, piece, owner = svc.home.output_location(job_id, who.dn, index, is_admin=who.is_admin)
@@ -349,9 +350,9 @@ def output_file(job_id: str, index: int, name: str):
 @bp.get("/<job_id>/spec")
 def spec(job_id: str):
     """What the job was submitted with (name, executable and submit file names, submit text, inputs)."""
-    peer = _remote(job_id)
-    if peer:
-        return _relay(peer)
+    forwarded = _forward(job_id)
+    if forwarded is not None:
+        return forwarded
     who = identity()
     return jsonify(_svc().home.spec(job_id, who.dn, is_admin=who.is_admin))
 
@@ -359,9 +360,9 @@ def spec(job_id: str):
 @bp.get("/<job_id>/executable")
 def executable(job_id: str):
     """The job's executable, byte for byte (to submit it again)."""
-    peer = _remote(job_id)
-    if peer:
-        return _relay(peer)
+    forwarded = _forward(job_id)
+    if forwarded is not None:
+        return forwarded
     who = identity()
     svc = _svc()
 
@@ -377,9 +378,9 @@ def executable(job_id: str):
 @bp.post("/<job_id>/pin")
 def pin(job_id: str):
     """Keep a job (and its outputs) until it is unpinned: the retention sweeper passes it by."""
-    peer = _remote(job_id)
-    if peer:
-        return _relay(peer)
+    forwarded = _forward(job_id)
+    if forwarded is not None:
+        return forwarded
     who = identity()
     return jsonify(_svc().retention.pin(job_id, who.dn, is_admin=who.is_admin, pinned=True))
 
@@ -387,9 +388,9 @@ def pin(job_id: str):
 @bp.delete("/<job_id>/pin")
 def unpin(job_id: str):
     """Let a job expire again (job_retention_seconds after it finished)."""
-    peer = _remote(job_id)
-    if peer:
-        return _relay(peer)
+    forwarded = _forward(job_id)
+    if forwarded is not None:
+        return forwarded
     who = identity()
     return jsonify(_svc().retention.pin(job_id, who.dn, is_admin=who.is_admin, pinned=False))
 
@@ -397,9 +398,9 @@ def unpin(job_id: str):
 @bp.post("/<job_id>/purge")
 def purge(job_id: str):
     """Remove a finished job, its files and its record now (to free space: see the quota)."""
-    peer = _remote(job_id)
-    if peer:
-        return _relay(peer)
+    forwarded = _forward(job_id)
+    if forwarded is not None:
+        return forwarded
     who = identity()
     svc = _svc()
     result = svc.retention.purge(job_id, who.dn, is_admin=who.is_admin)

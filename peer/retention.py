@@ -96,8 +96,9 @@ class Retention:
                  in_use: InUse, job_seconds: float, upload_seconds: float, idempotency_seconds: float,
                  interval: float = 300.0, clock: Callable[[], float] = time.time,
                  quotas: Any = None, store: Any = None, records_root: Path | None = None,
-                 wake: Callable[[], None] = lambda: None) -> None:
+                 wake: Callable[[], None] = lambda: None, site_lost_after: float = 120.0) -> None:
         self.name = name
+        self.site_lost_after = site_lost_after
         self.store = store  # the job records (peer/record_store.py): None on a peer without a home side
         self.records_root = records_root
         self.wake = wake  # the job manager: pieces at other sites to remove, pins to pass on
@@ -191,6 +192,7 @@ class Retention:
         with self.db.sessions() as s:
             rows = list(s.execute(select(JobRecord.id, JobRecord.owner, JobRecord.finished_at, JobRecord.pinned).where(
                 JobRecord.purged_at.is_(None), JobRecord.finished_at.is_not(None),
+                JobRecord.manager == self.name,  # a replica goes when its manager removes the record
                 JobRecord.finished_at <= now - self.job_seconds).order_by(JobRecord.finished_at)))
         items = []
         for job_id, owner, finished, pinned in rows:
@@ -479,6 +481,10 @@ class Retention:
 
                 raise NotYours(job_id, record.owner)
             record.attempts  # load while the session is open
+            if record.manager != self.name:  # a replica kept here for another manager
+                from .replicas import not_managed_here
+
+                raise not_managed_here(record, self.name, self.site_lost_after)
             return record
 
     def pin(self, job_id: str, owner: str, *, is_admin: bool, pinned: bool) -> dict[str, Any]:
