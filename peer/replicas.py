@@ -80,7 +80,7 @@ def apply_document(s: Any, doc: dict[str, Any]) -> JobRecord:
                          .options(selectinload(JobRecord.attempts))).first()
     attempts = []
     for a in incoming.attempts:
-        values = {k: getattr(a, k) for k in _attempt_keys() if k != "id"}
+        values = {k: getattr(a, k) for k in _attempt_keys() if k != "id" and getattr(a, k) is not None}
         attempts.append(JobAttempt(**values))
     incoming.attempts.clear()
     if existing is None:
@@ -91,13 +91,18 @@ def apply_document(s: Any, doc: dict[str, Any]) -> JobRecord:
         return incoming
     keep = existing.replica_version
     for key in _record_keys():
-        if key not in ("id", "replica_version"):
-            setattr(existing, key, getattr(incoming, key))
+        value = getattr(incoming, key)
+        if key not in ("id", "replica_version") and (value is not None or _nullable(key)):
+            setattr(existing, key, value)
     existing.replica_version = keep
     existing.attempts.clear()
     s.flush()  # the old attempts go before the new ones take their (job, input, number)
     existing.attempts.extend(attempts)
     return existing
+
+
+def _nullable(key: str) -> bool:
+    return bool(JobRecord.__table__.columns[key].nullable)
 
 
 def _record_keys() -> list[str]:
@@ -151,6 +156,9 @@ class Replicas:
         self._manager_ok: dict[str, float] = {}  # manager of replicas here -> when it last answered
         #: Copies verified complete (job ID): not looked at again.
         self._copied: set[str] = set()
+        #: deputy -> since when pushes to it fail (a deputy silent for ``site_lost_after`` is replaced)
+        self._deputy_failing: dict[str, float] = {}
+        self._probe_next: dict[str, int] = {}  # manager -> which of its replicas the next probe names
 
     # ---- the manager's side ---------------------------------------------------------------
     def deputy_for(self, exclude: set[str] = frozenset()) -> str | None:  # type: ignore[assignment]
@@ -174,7 +182,11 @@ class Replicas:
                               timeout=timeout or self.peer_timeout)
         except requests.RequestException as exc:
             log.info("job %s: its deputy %s did not take the replica: %s", job_id, deputy, type(exc).__name__)
+            with self._lock:
+                self._deputy_failing.setdefault(deputy, self.clock())
             return False
+        with self._lock:
+            self._deputy_failing.pop(deputy, None)
         if r.status_code == 409:
             try:
                 theirs = r.json().get("document")
@@ -389,11 +401,14 @@ class Replicas:
         with self.store.db.sessions() as s:
             mine = s.execute(select(JobRecord.id, JobRecord.deputy, JobRecord.version, JobRecord.replica_version)
                              .where(JobRecord.manager == self.name)).all()
-            theirs = s.execute(select(JobRecord.id, JobRecord.manager).where(
+            theirs = s.execute(select(JobRecord.id, JobRecord.manager, JobRecord.deputy, JobRecord.home).where(
                 JobRecord.manager != self.name, JobRecord.purged_at.is_(None))).all()
-        no_deputy = [job_id for job_id, deputy, _, _ in mine if deputy is None]
-        if no_deputy and remote:
-            self._choose_deputies(no_deputy)
+        if remote:
+            with self._lock:
+                gone = {d for d, since in self._deputy_failing.items() if now - since > self.site_lost_after}
+            again = [job_id for job_id, deputy, _, _ in mine if deputy is None or deputy in gone]
+            if again:
+                self._choose_deputies(again, exclude=gone)
         for job_id, deputy, version, acked in mine:
             if deputy is None or (acked is not None and acked >= version):
                 continue
@@ -405,17 +420,22 @@ class Replicas:
         if not remote:
             return
         managers: dict[str, list[str]] = {}
-        for job_id, manager in theirs:
+        deputy_of: dict[str, list[str]] = {}  # manager -> the replicas here this peer is the deputy of
+        for job_id, manager, deputy, home in theirs:
             managers.setdefault(manager, []).append(job_id)
-            if job_id not in self._copied and self._claim(("copy", job_id)):
+            if deputy != self.name:
+                continue  # a replica kept by a home that yielded: shown, relayed for, never taken over
+            deputy_of.setdefault(manager, []).append(job_id)
+            if home != self.name and job_id not in self._copied and self._claim(("copy", job_id)):
                 self._run(submit, ("copy", job_id), self._fetch_copies, job_id)
         for manager, jobs in managers.items():
             silent = now - self._manager_ok.setdefault(manager, now)
-            if silent > self.site_lost_after:
-                self.take_over(manager, jobs, f"its manager {manager} did not answer for {silent:.0f} s")
+            if silent > self.site_lost_after and deputy_of.get(manager):
+                self.take_over(manager, deputy_of[manager], f"its manager {manager} did not answer for {silent:.0f} s")
                 self._manager_ok.pop(manager, None)
             elif self._claim(("probe", manager)):
-                self._run(submit, ("probe", manager), self._probe, manager, jobs[0])
+                self._probe_next[manager] = (self._probe_next.get(manager, 0) + 1) % len(jobs)
+                self._run(submit, ("probe", manager), self._probe, manager, jobs[self._probe_next[manager]])
 
     def _claim(self, key: tuple[str, str]) -> bool:
         with self._lock:
@@ -437,14 +457,16 @@ class Replicas:
             with self._lock:
                 self._busy.discard(key)
 
-    def _choose_deputies(self, job_ids: list[str]) -> None:
-        """Records managed here without a deputy (taken over, or submitted while alone): choose one."""
-        silent = {m for m, t in self._manager_ok.items() if self.clock() - t > self.site_lost_after}
+    def _choose_deputies(self, job_ids: list[str], exclude: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+        """Records managed here without a deputy (taken over, submitted while alone) or whose deputy is
+        silent: choose one (not a silent peer, nor the job's home when it was taken over from it)."""
+        now = self.clock()
+        silent = {m for m, t in self._manager_ok.items() if now - t > self.site_lost_after} | set(exclude)
         with self.store.db.session() as s:
             for record in s.scalars(select(JobRecord).where(JobRecord.id.in_(job_ids))):
                 deputy = self.deputy_for(exclude={record.home, *silent} if record.home != self.name else silent)
-                deputy = deputy or self.deputy_for()
-                if deputy is not None:
+                if deputy is not None and deputy != record.deputy:
+                    log.info("job %s: %s is its deputy now", record.id, deputy)
                     record.deputy, record.replica_version = deputy, None
 
     def _probe(self, manager: str, job_id: str) -> None:
@@ -457,6 +479,9 @@ class Replicas:
             return
         if r.status_code < 500:
             self._manager_ok[manager] = self.clock()
+        if r.status_code == 404:  # the manager removed the record (expired, purged): the replica goes too
+            log.info("job %s: its manager %s no longer has it; its replica here goes", job_id, manager)
+            self.drop(job_id)
 
     def take_over(self, manager: str, job_ids: list[str], reason: str) -> None:
         now = self.clock()
