@@ -158,12 +158,13 @@ def list_jobs():
                         unreachable.append(name)
                     else:
                         jobs.extend(result)
-    seen: set[str] = set()
-    unique = []
-    for j in jobs:  # one entry per job, whichever peers answered for it
-        if j.get("id") not in seen:
-            seen.add(j.get("id"))
-            unique.append(j)
+    best: dict[str, dict] = {}
+    for j in jobs:  # one entry per job, whichever peers answered for it: the copy with the highest claim
+        claim = (int(j.get("manager_epoch") or 1), int(j.get("version") or 0))
+        held = best.get(j.get("id"))
+        if held is None or claim > (int(held.get("manager_epoch") or 1), int(held.get("version") or 0)):
+            best[j.get("id")] = j
+    unique = list(best.values())
     unique.sort(key=lambda j: j.get("created_at", 0), reverse=True)
     return jsonify({"jobs": unique, "unreachable_peers": unreachable})
 

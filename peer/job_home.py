@@ -361,8 +361,11 @@ class JobHome:
             q = select(JobRecord).where(JobRecord.purged_at.is_(None)).order_by(JobRecord.created_at.desc()).limit(limit)
             if not is_admin:
                 q = q.where(JobRecord.owner == owner)
+            # a replica here is listed too (its manager may be silent); the list keeps, per job, the copy
+            # with the highest claim (manager_epoch, then version)
             return [{"id": r.id, "name": r.name, "peer": r.home, "state": (r.summary or {}).get("state", "idle"),
-                     "counts": (r.summary or {}).get("counts", {}), "created_at": r.created_at}
+                     "counts": (r.summary or {}).get("counts", {}), "created_at": r.created_at,
+                     "manager": r.manager, "manager_epoch": r.manager_epoch, "version": r.version}
                     for r in s.scalars(q)]
 
     # ======================================================================

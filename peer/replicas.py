@@ -348,7 +348,7 @@ class Replicas:
         meta = record.inputs[index]
         path = self._input_copy(record.id, index, meta["name"])
         try:
-            if path.stat().st_size == meta["size"] and self.digests.sha256(path) == meta["sha256"]:
+            if path.stat().st_size == meta.get("size") and self.digests.sha256(path) == meta.get("sha256"):
                 return None
         except OSError:
             pass
@@ -383,7 +383,8 @@ class Replicas:
                     continue
                 dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
                 download(self.http, f"{url}/api/v1/peer/records/{job_id}/inputs/{i}", dest,
-                         expected_sha256=meta["sha256"], expected_size=meta["size"], chunk_bytes=self.chunk_bytes,
+                         expected_sha256=meta.get("sha256"), expected_size=meta.get("size"),
+                         chunk_bytes=self.chunk_bytes,
                          timeout=self.peer_timeout, max_stalls=2)
             self._copied.add(job_id)
             log.info("job %s: executable and %d inputs copied from %s", job_id, len(inputs), manager)
@@ -400,8 +401,9 @@ class Replicas:
         background (the job manager's call pool)."""
         with self.store.db.sessions() as s:
             mine = s.execute(select(JobRecord.id, JobRecord.deputy, JobRecord.version, JobRecord.replica_version)
-                             .where(JobRecord.manager == self.name)).all()
-            theirs = s.execute(select(JobRecord.id, JobRecord.manager, JobRecord.deputy, JobRecord.home).where(
+                             .where(JobRecord.manager == self.name, JobRecord.purged_at.is_(None))).all()
+            theirs = s.execute(select(JobRecord.id, JobRecord.manager, JobRecord.deputy, JobRecord.home,
+                                      JobRecord.finished_at).where(
                 JobRecord.manager != self.name, JobRecord.purged_at.is_(None))).all()
         if remote:
             with self._lock:
@@ -421,12 +423,15 @@ class Replicas:
             return
         managers: dict[str, list[str]] = {}
         deputy_of: dict[str, list[str]] = {}  # manager -> the replicas here this peer is the deputy of
-        for job_id, manager, deputy, home in theirs:
+        for job_id, manager, deputy, home, finished_at in theirs:
             managers.setdefault(manager, []).append(job_id)
             if deputy != self.name:
                 continue  # a replica kept by a home that yielded: shown, relayed for, never taken over
             deputy_of.setdefault(manager, []).append(job_id)
-            if home != self.name and job_id not in self._copied and self._claim(("copy", job_id)):
+            # inputs are copied while the job may still need them (a finished job's are not: a retry
+            # after a takeover fails them, saying so)
+            if home != self.name and finished_at is None and job_id not in self._copied \
+                    and self._claim(("copy", job_id)):
                 self._run(submit, ("copy", job_id), self._fetch_copies, job_id)
         for manager, jobs in managers.items():
             silent = now - self._manager_ok.setdefault(manager, now)

@@ -130,6 +130,8 @@ def test_kill_9_of_the_home_mid_run_the_job_stays_visible_and_completes_at_its_d
     print(f"\nkill -9 of the home -> takeover {took:.1f} s (site_lost_after {LOST_AFTER} s), "
           f"-> completed {done:.1f} s")
     assert taken["peer"] == "site-b"  # still the job's home by its ID
+    listed = [j for j in alice.jobs() if j["id"] == job_id]  # the list too: once, the manager's copy
+    assert len(listed) == 1 and listed[0]["manager"] == "site-c" and listed[0]["state"] == "completed"
     assert final["counts"] == {"completed": INPUTS}
     history = with_history(alice, job_id)
     for i in history["inputs"]:
@@ -168,6 +170,8 @@ def test_the_home_back_with_its_stale_record_yields_to_the_deputy(trio):
     now = {i["index"]: [(h["site"], h["attempt"]) for h in i["attempts"] if h["result"]] for i in history["inputs"]}
     assert now == trio["results"]  # no second result: the late ones were lost for good
     assert with_history(alice, job_id)["manager"] == "site-c"
+    listed = [j for j in at_home.jobs() if j["id"] == job_id]  # the home's own list: the manager's copy
+    assert len(listed) == 1 and listed[0]["manager"] == "site-c" and listed[0]["state"] == "completed"
     # only the manager changes the job: a change asked at the home is relayed there and done
     assert at_home.pin(job_id)["pinned"] is True
     assert alice.status(job_id)[0]["pinned"] is True
