@@ -184,6 +184,8 @@ class JobManager:
         if self._thread is not None:
             self._thread.join(timeout)
         self._pool.close()
+        if self.replicas is not None:
+            self.replicas.close()
 
     def watch_local(self) -> None:
         """Fold the statuses of this site's own pieces into their records now (at start-up, before the
@@ -228,7 +230,7 @@ class JobManager:
     def _replicas(self, now: float, remote: bool) -> None:
         """Replicas (peer/replicas.py): push changes to deputies, copy inputs, watch other managers."""
         if self.replicas is not None:
-            self.replicas.tick(now, remote, self._pool.submit)
+            self.replicas.tick(now, remote)
 
     # ---- what the status shows about sites -----------------------------------------
     def unreachable_sites(self) -> frozenset[str]:

@@ -39,6 +39,7 @@ from pocketgrid.transfer import download
 
 from . import records
 from .digests import DigestCache
+from .job_manager import _Calls
 from .membership import Membership
 from .models import JobAttempt, JobRecord
 from .publishing import PublishingArea
@@ -159,6 +160,8 @@ class Replicas:
         #: deputy -> since when pushes to it fail (a deputy silent for ``site_lost_after`` is replaced)
         self._deputy_failing: dict[str, float] = {}
         self._probe_next: dict[str, int] = {}  # manager -> which of its replicas the next probe names
+        self._quick = _Calls(4)  # pushes and probes: small requests
+        self._slow = _Calls(2)  # copies of executables and inputs
 
     # ---- the manager's side ---------------------------------------------------------------
     def deputy_for(self, exclude: set[str] = frozenset()) -> str | None:  # type: ignore[assignment]
@@ -274,6 +277,7 @@ class Replicas:
                 purged = applied.purged_at is not None
             else:
                 purged = False
+        self._manager_ok[str(doc["record"].get("manager"))] = self.clock()  # its manager pushed it: alive
         if purged:
             self.drop(job_id)
         self.wake()
@@ -395,10 +399,16 @@ class Replicas:
                 self._busy.discard(("copy", job_id))
 
     # ---- every round of the job manager -------------------------------------------------------
-    def tick(self, now: float, remote: bool, submit: Callable[..., Any]) -> None:
+    def close(self) -> None:
+        self._quick.close()
+        self._slow.close()
+
+    def tick(self, now: float, remote: bool) -> None:
         """Push what changed to deputies, copy what replicas lack, watch the managers of replicas here
-        and take over from one silent for ``site_lost_after``.  ``submit(fn, *args)``: run in the
-        background (the job manager's call pool)."""
+        and take over from one silent for ``site_lost_after``.  Calls run in the background, in pools of
+        their own: a job manager busy sending pieces never delays a probe (a probe that could not run
+        would look like a silent manager)."""
+        quick, slow = self._quick.submit, self._slow.submit
         with self.store.db.sessions() as s:
             mine = s.execute(select(JobRecord.id, JobRecord.deputy, JobRecord.version, JobRecord.replica_version)
                              .where(JobRecord.manager == self.name, JobRecord.purged_at.is_(None))).all()
@@ -418,7 +428,7 @@ class Replicas:
                 continue
             if self._claim(("push", job_id)):
                 self._pushed_at[job_id] = now
-                self._run(submit, ("push", job_id), self.push, job_id)
+                self._run(quick, ("push", job_id), self.push, job_id)
         if not remote:
             return
         managers: dict[str, list[str]] = {}
@@ -432,7 +442,7 @@ class Replicas:
             # after a takeover fails them, saying so)
             if home != self.name and finished_at is None and job_id not in self._copied \
                     and self._claim(("copy", job_id)):
-                self._run(submit, ("copy", job_id), self._fetch_copies, job_id)
+                self._run(slow, ("copy", job_id), self._fetch_copies, job_id)
         for manager, jobs in managers.items():
             silent = now - self._manager_ok.setdefault(manager, now)
             if silent > self.site_lost_after and deputy_of.get(manager):
@@ -440,7 +450,7 @@ class Replicas:
                 self._manager_ok.pop(manager, None)
             elif self._claim(("probe", manager)):
                 self._probe_next[manager] = (self._probe_next.get(manager, 0) + 1) % len(jobs)
-                self._run(submit, ("probe", manager), self._probe, manager, jobs[self._probe_next[manager]])
+                self._run(quick, ("probe", manager), self._probe, manager, jobs[self._probe_next[manager]])
 
     def _claim(self, key: tuple[str, str]) -> bool:
         with self._lock:
