@@ -134,3 +134,35 @@ def test_a_document_becomes_a_replica_and_a_newer_one_replaces_its_attempts(tmp_
     got = sorted((a.index, a.number, a.state, a.site, bool(a.result)) for a in held.attempts)
     assert got == [(0, 1, "lost", "site-x", False), (0, 2, "pending", None, False), (1, 1, "completed", "site-y", True)]
     assert len(load(st, "here.9").attempts) == 2  # nothing of another record touched
+
+
+# ---- the deputy's copies of the inputs ----------------------------------------------------------------------
+def test_an_input_runs_from_the_deputys_copy_only_when_it_is_the_file_submitted(tmp_path) -> None:
+    import hashlib
+
+    from pocketgrid.errors import NotFound
+    from peer.digests import DigestCache
+    from peer.publishing import PublishingArea
+    from peer.replicas import Replicas
+
+    st = store(tmp_path)
+    deputy = Replicas(name="dep", url="https://dep", store=st, membership=None, http=None,  # type: ignore[arg-type]
+                      records_root=tmp_path / "records", publishing=PublishingArea(tmp_path / "publish"),
+                      digests=DigestCache(st.db), limits=LIMITS)
+    r = record(2)
+    body = b"input 0\n"
+    r.inputs = [{"name": "in0.txt", "path": "in0.txt", "size": len(body), "sha256": hashlib.sha256(body).hexdigest()},
+                {"name": "in1.txt", "path": "in1.txt", "size": 3, "sha256": "0" * 64}]
+    with st.session() as s:
+        apply_document(s, records.to_document(r))
+    held = load(st)
+    copy = tmp_path / "records" / "home.1" / "inputs" / "0" / "in0.txt"
+    copy.parent.mkdir(parents=True)
+    copy.write_bytes(body)
+    assert deputy.check_copy(held, 0) is None and deputy.input_path("home.1", 0) == copy
+    assert "input lost with the job's home home" in deputy.check_copy(held, 1)  # never copied
+    with pytest.raises(NotFound):
+        deputy.input_path("home.1", 1)
+    copy.write_bytes(b"input 0 but changed\n")  # not what was submitted: it does not run
+    assert deputy.check_copy(held, 0) is not None
+    assert deputy.describe("home.1")["copies"] == {"executable": False, "inputs": 1, "of": 2}
