@@ -10,7 +10,9 @@ be dead, so the rule is (docs/architecture.md, *The home dies*):
    answer, answer here from the replica (a change is refused with 503 by peer/job_home.py).
 3. Otherwise relay to the home by the ID; when it does not answer, ask the other members who holds
    the record (``GET /api/v1/peer/records/<id>``) and relay to the best holder (the manager, else the
-   highest claim).  Nobody: the home's 502 "unreachable" stands.
+   highest claim), and remember that holder for a while (``LOCATED_SECONDS``): the next requests go
+   there first, without waiting on the silent home again.  Nobody: the home's 502 "unreachable"
+   stands.
 """
 from __future__ import annotations
 
@@ -43,6 +45,14 @@ def forward(svc: Any, job_id: str, *, timeout: float | tuple[float, float]) -> R
     home = peer_of(job_id)
     if home == me:
         return None  # no record here: the job service says 404
+    holder = None if hops else svc.replicas.located(job_id)
+    if holder is not None:  # the home did not answer lately: go to the holder found then, first
+        try:
+            return relay(svc.http, svc.membership, holder, timeout=timeout)
+        except BadGateway as exc:
+            if not exc.details.get("unreachable"):
+                raise
+            svc.replicas.forget_located(job_id)
     try:
         return relay(svc.http, svc.membership, home, timeout=timeout)
     except BadGateway as exc:

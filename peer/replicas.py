@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 
 #: Least time between two pushes of one record (its changes in between travel together).
 PUSH_INTERVAL = 1.0
+#: How long a peer relays a job's requests first to the holder it found when the job's home did not answer.
+LOCATED_SECONDS = 30.0
 
 
 def not_managed_here(record: JobRecord, me: str, site_lost_after: float) -> Unavailable:
@@ -160,6 +162,8 @@ class Replicas:
         #: deputy -> since when pushes to it fail (a deputy silent for ``site_lost_after`` is replaced)
         self._deputy_failing: dict[str, float] = {}
         self._probe_next: dict[str, int] = {}  # manager -> which of its replicas the next probe names
+        #: job ID -> (holder of its record found by asking the members, until when to go there first)
+        self._located: dict[str, tuple[str, float]] = {}
         self._quick = _Calls(4)  # pushes and probes: small requests
         self._slow = _Calls(2)  # copies of executables and inputs
 
@@ -514,7 +518,20 @@ class Replicas:
             self.wake()
 
     # ---- finding a record's holder (a job whose home does not answer) -----------------------------
-    def locate(self, job_id: str, skip: set[str], headers: Callable[[str], dict[str, str]] | None = None) -> str | None:
+    def located(self, job_id: str) -> str | None:
+        """The holder :meth:`locate` found for ``job_id`` lately (None: none, or too long ago)."""
+        with self._lock:
+            found = self._located.get(job_id)
+            if found is None or found[1] < self.clock():
+                self._located.pop(job_id, None)
+                return None
+            return found[0]
+
+    def forget_located(self, job_id: str) -> None:
+        with self._lock:
+            self._located.pop(job_id, None)
+
+    def locate(self, job_id: str, skip: set[str]) -> str | None:
         """Ask the other members who holds ``job_id``'s record; the holder to relay to: the manager, if it
         answered, else the holder with the highest claim.  None when nobody holds it."""
         found: list[tuple[tuple[int, int], bool, str]] = []
@@ -536,4 +553,8 @@ class Replicas:
         if not found:
             return None
         found.sort(reverse=True)
+        with self._lock:
+            if len(self._located) > 10_000:
+                self._located.clear()
+            self._located[job_id] = (found[0][2], self.clock() + LOCATED_SECONDS)
         return found[0][2]
