@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import requests
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import selectinload
 
 from pocketgrid.errors import Conflict, NotFound, PocketgridError, Unavailable
@@ -169,7 +169,12 @@ class Replicas:
 
     # ---- the manager's side ---------------------------------------------------------------
     def deputy_for(self, exclude: set[str] = frozenset()) -> str | None:  # type: ignore[assignment]
-        return choose_deputy(self.name, [m["name"] for m in self.membership.members()], exclude)
+        """A deputy for a record managed here: not in ``exclude``, and not a peer whose pushes fail now
+        unless no other one is left."""
+        members = [m["name"] for m in self.membership.members()]
+        with self._lock:
+            failing = set(self._deputy_failing)
+        return choose_deputy(self.name, members, set(exclude) | failing) or choose_deputy(self.name, members, exclude)
 
     def push(self, job_id: str, timeout: float | None = None) -> bool:
         """Send the record (managed here) to its deputy; True once the deputy has this version."""
@@ -414,15 +419,26 @@ class Replicas:
         would look like a silent manager)."""
         quick, slow = self._quick.submit, self._slow.submit
         with self.store.db.sessions() as s:
+            # the records managed here whose deputy lacks their last version (or that have no deputy)
             mine = s.execute(select(JobRecord.id, JobRecord.deputy, JobRecord.version, JobRecord.replica_version)
-                             .where(JobRecord.manager == self.name, JobRecord.purged_at.is_(None))).all()
+                             .where(JobRecord.manager == self.name, JobRecord.purged_at.is_(None),
+                                    or_(JobRecord.replica_version.is_(None),
+                                        JobRecord.replica_version < JobRecord.version))).all()
             theirs = s.execute(select(JobRecord.id, JobRecord.manager, JobRecord.deputy, JobRecord.home,
                                       JobRecord.finished_at).where(
                 JobRecord.manager != self.name, JobRecord.purged_at.is_(None))).all()
         if remote:
             with self._lock:
                 gone = {d for d, since in self._deputy_failing.items() if now - since > self.site_lost_after}
-            again = [job_id for job_id, deputy, _, _ in mine if deputy is None or deputy in gone]
+            again = [job_id for job_id, deputy, _, _ in mine if deputy is None]
+            if gone:
+                with self.store.db.sessions() as s:
+                    again += list(s.scalars(select(JobRecord.id).where(
+                        JobRecord.manager == self.name, JobRecord.purged_at.is_(None),
+                        JobRecord.deputy.in_(gone))))
+                with self._lock:  # replaced: it may serve again later, once it answers
+                    for deputy in gone:
+                        self._deputy_failing.pop(deputy, None)
             if again:
                 self._choose_deputies(again, exclude=gone)
         for job_id, deputy, version, acked in mine:

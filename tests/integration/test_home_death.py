@@ -130,6 +130,11 @@ def test_kill_9_of_the_home_mid_run_the_job_stays_visible_and_completes_at_its_d
     print(f"\nkill -9 of the home -> takeover {took:.1f} s (site_lost_after {LOST_AFTER} s), "
           f"-> completed {done:.1f} s")
     assert taken["peer"] == "site-b"  # still the job's home by its ID
+    # the new manager chose a deputy of its own (not the dead home): a second death is covered too
+    a = trio["a"]
+    second = wait_until(lambda: (r := a.host.get(f"{a.url}/api/v1/peer/records/{job_id}", timeout=5)).ok and r.json(),
+                        30, 0.2, what="the new manager's deputy to hold the replica")
+    assert (second["manager"], second["manager_epoch"], second["holder"]) == ("site-c", 2, "site-a")
     listed = [j for j in alice.jobs() if j["id"] == job_id]  # the list too: once, the manager's copy
     assert len(listed) == 1 and listed[0]["manager"] == "site-c" and listed[0]["state"] == "completed"
     assert final["counts"] == {"completed": INPUTS}

@@ -166,3 +166,39 @@ def test_an_input_runs_from_the_deputys_copy_only_when_it_is_the_file_submitted(
     copy.write_bytes(b"input 0 but changed\n")  # not what was submitted: it does not run
     assert deputy.check_copy(held, 0) is not None
     assert deputy.describe("home.1")["copies"] == {"executable": False, "inputs": 1, "of": 2}
+
+
+def test_a_push_of_an_older_claim_is_refused_with_the_newer_copy_and_the_pusher_yields_to_it(tmp_path) -> None:
+    """A partition healed: the deputy took the job over (epoch 2) while the home went on (epoch 1)."""
+    from pocketgrid.errors import Conflict
+    from peer.digests import DigestCache
+    from peer.publishing import PublishingArea
+    from peer.replicas import Replicas
+
+    def peer(name: str) -> tuple[Replicas, RecordStore]:
+        (tmp_path / name).mkdir()
+        st = store(tmp_path / name)
+        return Replicas(name=name, url=f"https://{name}", store=st, membership=None, http=None,  # type: ignore[arg-type]
+                        records_root=tmp_path / name / "records", publishing=PublishingArea(tmp_path / name / "pub"),
+                        digests=DigestCache(st.db), limits=LIMITS), st
+
+    home, home_store = peer("home")
+    dep, dep_store = peer("dep")
+    r = record(1)
+    with home_store.session() as s:
+        s.add(r)
+    assert dep.receive(records.to_document(load(home_store)))["applied"] is True
+    assert dep.receive(records.to_document(load(home_store)))["applied"] is False  # the same claim again
+    dep.take_over("home", ["home.1"], "its manager home did not answer for 3 s")
+    taken = load(dep_store)
+    assert (taken.manager, taken.manager_epoch) == ("dep", 2)
+    with home_store.session() as s:  # the home, cut off, goes on: a later version at epoch 1
+        s.get(JobRecord, "home.1").version = 30
+    with pytest.raises(Conflict) as refused:
+        dep.receive(records.to_document(load(home_store)))
+    theirs = refused.value.details["document"]
+    assert records.claim(theirs["record"]) == (2, taken.version)
+    assert home.yield_to(theirs, "its deputy holds a newer claim") is True
+    back = load(home_store)
+    assert (back.manager, back.manager_epoch, back.home) == ("dep", 2, "home")
+    assert home.yield_to(records.to_document(r), "stale") is False  # an older copy never wins
