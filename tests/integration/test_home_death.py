@@ -15,6 +15,7 @@ import signal
 import time
 
 import pytest
+from mobile_client.client import ApiError
 
 from tests.conftest import PeerProcess, free_port, host_session, login_client, report_load, secure_args, wait_until
 from tests.job_processes import attempt_dir, job_pids, with_history
@@ -180,3 +181,12 @@ def test_the_home_back_with_its_stale_record_yields_to_the_deputy(trio):
     # only the manager changes the job: a change asked at the home is relayed there and done
     assert at_home.pin(job_id)["pinned"] is True
     assert alice.status(job_id)[0]["pinned"] is True
+    # the manager removes the job: no copy of its record stays anywhere, and it is 404 through any peer
+    assert at_home.purge(job_id)["removed"] is True
+    for p in trio["peers"]:
+        wait_until(lambda p=p: p.host.get(f"{p.url}/api/v1/peer/records/{job_id}", timeout=5).status_code == 404,
+                   30, 0.2, what=f"{p.name} to drop its copy of the record")
+    for client in (alice, at_home):
+        with pytest.raises(ApiError) as gone:
+            client.status(job_id)
+        assert gone.value.status == 404
