@@ -287,6 +287,14 @@ class JobHome:
             raise not_managed_here(record, self.name, self.site_lost_after)
         return record
 
+    def _still_managed(self, record: JobRecord) -> None:
+        """Inside the change's transaction: the record did not become a replica meanwhile (this peer
+        yielded the job to a deputy that took it over)."""
+        if record.manager != self.name:
+            from .replicas import not_managed_here
+
+            raise not_managed_here(record, self.name, self.site_lost_after)
+
     def known_version(self, job_id: str, owner: str, is_admin: bool) -> int | None:
         """The record's version from memory, if this process knows it and the caller may see it."""
         seen = self.store.known(job_id)
@@ -376,6 +384,7 @@ class JobHome:
         with self.store.session() as s:
             record = s.get(JobRecord, job_id)
             assert record is not None
+            self._still_managed(record)
             stopped = records.kill(record, time.time())
             self.store.touch(s, record)
         log.info("job %s: removed by %s, %d inputs stopped", job_id, owner, stopped)
@@ -453,6 +462,7 @@ class JobHome:
         with self.store.session() as s:
             record = s.get(JobRecord, job_id)
             assert record is not None
+            self._still_managed(record)
             try:
                 chosen = records.retryable(record, indexes=indexes, failed=failed)
             except ValueError as exc:
