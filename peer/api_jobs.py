@@ -136,6 +136,9 @@ def list_jobs():
     who = identity()
     jobs = svc.home.list_jobs(who.dn, is_admin=who.is_admin)
     unreachable: list[str] = []
+    #: job ID -> the peers whose own list named it; the peers whose list we have
+    listed_by: dict[str, set[str]] = {j["id"]: {svc.config.name} for j in jobs}
+    answered = {svc.config.name}
     if request.args.get("local") not in {"1", "true"}:
         others = [m for m in svc.membership.members() if m["name"] != svc.config.name]
         headers = {m["name"]: relay_headers(who, m["name"]) for m in others}  # the user's proof, per member
@@ -157,9 +160,15 @@ def list_jobs():
                     if result is None:
                         unreachable.append(name)
                     else:
+                        answered.add(name)
                         jobs.extend(result)
+                        for j in result:
+                            listed_by.setdefault(j.get("id"), set()).add(name)
     best: dict[str, dict] = {}
     for j in jobs:  # one entry per job, whichever peers answered for it: the copy with the highest claim
+        manager = j.get("manager")
+        if manager in answered and manager not in listed_by.get(j.get("id"), set()):
+            continue  # a replica of a job its manager no longer lists (removed there: the replica goes soon)
         claim = (int(j.get("manager_epoch") or 1), int(j.get("version") or 0))
         held = best.get(j.get("id"))
         if held is None or claim > (int(held.get("manager_epoch") or 1), int(held.get("version") or 0)):

@@ -32,9 +32,10 @@ from typing import Any, Callable
 
 import requests
 from sqlalchemy import or_, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import selectinload
 
-from pocketgrid.errors import Conflict, NotFound, PocketgridError, Unavailable
+from pocketgrid.errors import BadRequest, Conflict, NotFound, Unavailable
 from pocketgrid.transfer import download
 
 from . import records
@@ -51,6 +52,36 @@ log = logging.getLogger(__name__)
 PUSH_INTERVAL = 1.0
 #: How long a peer relays a job's requests first to the holder it found when the job's home did not answer.
 LOCATED_SECONDS = 30.0
+
+
+def check_document(doc: Any) -> None:
+    """A pushed record document has the shape of one (else 400, nothing applied): the record's identity
+    and claim, its inputs, and each attempt's input, number and state."""
+    def bad(why: str) -> BadRequest:
+        return BadRequest(f"not a record document: {why}")
+
+    rec = doc.get("record") if isinstance(doc, dict) else None
+    attempts = doc.get("attempts") if isinstance(doc, dict) else None
+    if not isinstance(rec, dict) or not isinstance(attempts, list):
+        raise bad('expected {"record": {...}, "attempts": [...]}')
+    for key in ("id", "name", "owner", "home", "manager", "executable_name", "submit_name", "submit_text"):
+        if not isinstance(rec.get(key), str) or not rec[key]:
+            raise bad(f"the record's {key!r} must be a non-empty string")
+    for key in ("manager_epoch", "version"):
+        if not isinstance(rec.get(key), int) or isinstance(rec.get(key), bool) or rec[key] < 0:
+            raise bad(f"the record's {key!r} must be an integer >= 0")
+    inputs = rec.get("inputs")
+    if not isinstance(inputs, list) or not all(isinstance(i, dict) and isinstance(i.get("name"), str)
+                                               for i in inputs):
+        raise bad("the record's 'inputs' must be a list of objects with a name")
+    for a in attempts:
+        if not isinstance(a, dict):
+            raise bad("each attempt must be an object")
+        for key in ("index", "number"):
+            if not isinstance(a.get(key), int) or isinstance(a.get(key), bool) or not 0 <= a[key] < 1_000_000:
+                raise bad(f"an attempt's {key!r} must be an integer >= 0")
+        if a["index"] >= len(inputs) or a.get("job_id") != rec["id"]:
+            raise bad("an attempt names an input or a job the record does not have")
 
 
 def not_managed_here(record: JobRecord, me: str, site_lost_after: float) -> Unavailable:
@@ -261,12 +292,9 @@ class Replicas:
     # ---- the deputy's side -----------------------------------------------------------------
     def receive(self, doc: dict[str, Any]) -> dict[str, Any]:
         """A manager's push.  Applied when its claim is newer; 409 (with our document) when ours is."""
-        try:
-            incoming = records.claim(doc["record"])
-            job_id = doc["record"]["id"]
-        except (KeyError, TypeError, ValueError):
-            raise PocketgridError("expected {\"document\": {\"record\": {...}, \"attempts\": [...]}}",
-                                  status=400) from None
+        check_document(doc)
+        incoming = records.claim(doc["record"])
+        job_id = doc["record"]["id"]
         with self.store.session() as s:
             record = s.scalars(select(JobRecord).where(JobRecord.id == job_id)
                                .options(selectinload(JobRecord.attempts))).first()
@@ -278,8 +306,9 @@ class Replicas:
             if verdict == "newer":
                 try:
                     applied = apply_document(s, doc)
-                except (ValueError, TypeError) as exc:
-                    raise PocketgridError(f"not a record document: {exc}", status=400) from None
+                    s.flush()
+                except (ValueError, TypeError, SQLAlchemyError) as exc:
+                    raise BadRequest(f"not a record document: {type(exc).__name__}: {str(exc)[:200]}") from None
                 if applied.manager == self.name:
                     raise Conflict("a replica must name its manager, not this peer")
                 s.info.setdefault("touched", {})[applied.id] = (applied.owner, applied.version)

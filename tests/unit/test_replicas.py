@@ -202,3 +202,26 @@ def test_a_push_of_an_older_claim_is_refused_with_the_newer_copy_and_the_pusher_
     back = load(home_store)
     assert (back.manager, back.manager_epoch, back.home) == ("dep", 2, "home")
     assert home.yield_to(records.to_document(r), "stale") is False  # an older copy never wins
+
+
+@pytest.mark.parametrize("spoil, why", [
+    (lambda d: d.pop("attempts"), "expected"),
+    (lambda d: d["record"].update(manager=""), "'manager'"),
+    (lambda d: d["record"].update(manager_epoch="2"), "'manager_epoch'"),
+    (lambda d: d["record"].update(inputs=[1, 2]), "'inputs'"),
+    (lambda d: d["attempts"][0].update(index=7), "does not have"),
+    (lambda d: d["attempts"][0].update(job_id="other.1"), "does not have"),
+])
+def test_a_pushed_document_that_is_not_a_record_is_refused_with_the_reason(spoil, why) -> None:
+    from pocketgrid.errors import BadRequest
+    from peer.replicas import check_document
+
+    r = record(2)
+    for a in r.attempts:
+        a.job_id = r.id
+    doc = records.to_document(r)
+    check_document(doc)  # the real thing passes
+    spoil(doc)
+    with pytest.raises(BadRequest) as refused:
+        check_document(doc)
+    assert why in refused.value.message
