@@ -170,10 +170,11 @@ class Retention:
         return not active
 
     def _referenced_pieces(self) -> set[str]:
-        """Pieces named by a record at this home (they go with their record, not by their own age)."""
+        """Pieces named by a record this peer manages (they go with their record, not by their own age; a
+        replica kept here for another manager does not keep them: the safety net applies)."""
         with self.db.sessions() as s:
-            return set(s.scalars(select(JobAttempt.piece).where(JobAttempt.piece.is_not(None),
-                                                                 JobAttempt.site == self.name)))
+            return set(s.scalars(select(JobAttempt.piece).join(JobRecord).where(
+                JobAttempt.piece.is_not(None), JobAttempt.site == self.name, JobRecord.manager == self.name)))
 
     def _local_pieces(self, job_id: str) -> list[str]:
         with self.db.sessions() as s:
