@@ -1,5 +1,6 @@
 """``/api/v1/peer``: peer-to-peer calls (pieces of jobs sent by their homes, their status, removal and outputs,
-input file reads, job records' replicas at a deputy (peer/replicas.py), membership and security pushes, pairing codes redeemed at another peer).
+input file reads, job records' replicas at a deputy (peer/replicas.py), membership and security pushes,
+pairing codes redeemed at another peer).
 
 Hosts only: every route here needs a host certificate (mutual TLS, see peer/access.py).
 """
@@ -170,7 +171,8 @@ def put_record(job_id: str):
     409 with this peer's ``document`` when this copy's claim is newer (the pusher yields to it)."""
     body = request.get_json(silent=True)
     doc = body.get("document") if isinstance(body, dict) else None
-    if not isinstance(doc, dict) or not isinstance(doc.get("record"), dict) or not isinstance(doc.get("attempts"), list):
+    if not isinstance(doc, dict) or not isinstance(doc.get("record"), dict) \
+            or not isinstance(doc.get("attempts"), list):
         raise BadRequest('expected {"document": {"record": {...}, "attempts": [...]}}')
     if doc["record"].get("id") != job_id:
         raise BadRequest(f"the document is the record of {doc['record'].get('id')!r}, not of {job_id!r}")

@@ -94,7 +94,8 @@ def not_managed_here(record: JobRecord, me: str, site_lost_after: float) -> Unav
         f"{site_lost_after:.0f} s: retry then", retry_after=max(1, int(site_lost_after)), manager=record.manager)
 
 
-def choose_deputy(me: str, members: list[str], exclude: set[str] = frozenset()) -> str | None:  # type: ignore[assignment]
+def choose_deputy(me: str, members: list[str],
+                  exclude: set[str] = frozenset()) -> str | None:  # type: ignore[assignment]
     """The deputy of a record ``me`` manages: the next member after ``me`` in name order (wrapping),
     skipping ``exclude`` (a silent peer); None when ``me`` is alone.  Deterministic, and spreads the
     replicas of several homes over different deputies."""
