@@ -12,8 +12,9 @@ docs/architecture.md, *Jobs across sites*, *The home dies*.  Words:
 * A replica is a row in the deputy's ``job_records`` whose ``manager`` is another peer: the deputy's
   job manager never manages it; status, outputs and downloads are answered from it when the manager
   does not answer (peer/api_jobs.py).
-* **Takeover**: the deputy asks each manager of its replicas every ``monitor_interval``; one silent
-  for ``site_lost_after`` loses its jobs to the deputy (peer/records.py ``take_over``: manager = the
+* **Takeover**: the deputy asks each manager of its replicas every ``monitor_interval``; one that has
+  not answered for ``site_lost_after`` and that the last question could not even reach (refused, no
+  connection: not merely slow) loses its jobs to the deputy (peer/records.py ``take_over``: manager = the
   deputy, epoch + 1, what ran at the old manager runs again elsewhere from the deputy's copies).
   The new manager picks a deputy of its own and pushes to it.
 * **The return**: a peer starting up asks the deputy of each record it manages; a higher claim there
@@ -36,6 +37,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import selectinload
 
 from pocketgrid.errors import BadRequest, Conflict, NotFound, Unavailable
+from pocketgrid.http import never_reached
 from pocketgrid.transfer import download
 
 from . import records
@@ -189,6 +191,7 @@ class Replicas:
         self._busy: set[tuple[str, str]] = set()  # ("push" | "copy" | "probe", job or peer) under way
         self._pushed_at: dict[str, float] = {}
         self._manager_ok: dict[str, float] = {}  # manager of replicas here -> when it last answered
+        self._manager_down: dict[str, float] = {}  # manager -> when a question last could not reach it
         #: Copies verified complete (job ID): not looked at again.
         self._copied: set[str] = set()
         #: deputy -> since when pushes to it fail (a deputy silent for ``site_lost_after`` is replaced)
@@ -226,8 +229,9 @@ class Replicas:
                               timeout=timeout or self.peer_timeout)
         except requests.RequestException as exc:
             log.info("job %s: its deputy %s did not take the replica: %s", job_id, deputy, type(exc).__name__)
-            with self._lock:
-                self._deputy_failing.setdefault(deputy, self.clock())
+            if never_reached(exc):  # not there at all (a slow deputy is not replaced)
+                with self._lock:
+                    self._deputy_failing.setdefault(deputy, self.clock())
             return False
         with self._lock:
             self._deputy_failing.pop(deputy, None)
@@ -277,13 +281,19 @@ class Replicas:
             url = self.membership.url_of(deputy)
             if url is None:
                 continue
-            try:
-                r = self.http.get(f"{url}/api/v1/peer/records/{job_id}", params={"document": 1},
-                                  timeout=min(self.peer_timeout, 5.0))
-            except requests.RequestException:
+            r = None
+            for _ in range(2):  # a deputy that is only slow is asked twice: it may well have taken over
+                try:
+                    r = self.http.get(f"{url}/api/v1/peer/records/{job_id}", params={"document": 1},
+                                      timeout=self.peer_timeout)
+                    break
+                except requests.RequestException as exc:
+                    if never_reached(exc):
+                        break
+            if r is None:
                 silent.add(deputy)
-                log.warning("job %s: its deputy %s does not answer; managing it from this peer's copy", job_id,
-                            deputy)
+                log.warning("job %s: its deputy %s does not answer; managing it from this peer's copy (a push "
+                            "meeting a newer claim there makes it yield later)", job_id, deputy)
                 continue
             if r.ok:
                 doc = (r.json() or {}).get("document")
@@ -494,10 +504,15 @@ class Replicas:
                     and self._claim(("copy", job_id)):
                 self._run(slow, ("copy", job_id), self._fetch_copies, job_id)
         for manager, jobs in managers.items():
-            silent = now - self._manager_ok.setdefault(manager, now)
-            if silent > self.site_lost_after and deputy_of.get(manager):
+            last_ok = self._manager_ok.setdefault(manager, now)
+            silent = now - last_ok
+            # taken over only when nothing was heard of it for site_lost_after and the last question could
+            # not even reach it (kill -9, a machine gone): never for being slow
+            if silent > self.site_lost_after and self._manager_down.get(manager, 0.0) > last_ok \
+                    and deputy_of.get(manager):
                 self.take_over(manager, deputy_of[manager], f"its manager {manager} did not answer for {silent:.0f} s")
                 self._manager_ok.pop(manager, None)
+                self._manager_down.pop(manager, None)
             elif self._claim(("probe", manager)):
                 self._probe_next[manager] = (self._probe_next.get(manager, 0) + 1) % len(jobs)
                 self._run(quick, ("probe", manager), self._probe, manager, jobs[self._probe_next[manager]])
@@ -540,10 +555,14 @@ class Replicas:
             return
         try:
             r = self.http.get(f"{url}/api/v1/peer/records/{job_id}", timeout=self.peer_timeout)
-        except requests.RequestException:
+        except requests.RequestException as exc:
+            if never_reached(exc):  # refused, unresolvable, no connection: the peer is not there
+                self._manager_down[manager] = self.clock()
+            else:  # it took the connection and is slow to answer: a busy peer is not a dead one
+                self._manager_ok[manager] = self.clock()
             return
-        if r.status_code < 500:
-            self._manager_ok[manager] = self.clock()
+        # any answer, a 5xx too (its front answers for an app that is busy or restarting): it lives
+        self._manager_ok[manager] = self.clock()
         if r.status_code == 404:  # the manager removed the record (expired, purged): the replica goes too
             log.info("job %s: its manager %s no longer has it; its replica here goes", job_id, manager)
             self.drop(job_id)
