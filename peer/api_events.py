@@ -49,11 +49,10 @@ from flask import Blueprint, Response, current_app, request
 
 from pocketgrid.errors import PocketgridError, TooManyRequests
 
+from . import job_routes
 from .auth import identity
 from .front.headers import ENVIRON_FRONT_WAITS, WAIT, wait_header
 from .job_home import JobHome
-from .jobs import peer_of
-from .proxy import relay
 from .on_close import call_on_close
 
 bp = Blueprint("events", __name__)
@@ -182,8 +181,8 @@ def job_events(job_id: str):
     svc = current_app.extensions["pocketgrid"]
     config = svc.config
     who = identity()
-    owner_peer = peer_of(job_id)
-    if owner_peer == config.name and request.environ.get(ENVIRON_FRONT_WAITS):
+    if request.environ.get(ENVIRON_FRONT_WAITS) and not job_routes.remote(svc, job_id):
+        # the front waits on its event loop: answer the events due now (peer/front/proxy.py hold_stream)
         return events_now(svc.home, job_id, who.dn, is_admin=who.is_admin,
                           last_event_id=request.headers.get("Last-Event-ID"),
                           history=request.args.get("history", "0").lower() in {"1", "true", "yes"},
@@ -206,11 +205,10 @@ def job_events(job_id: str):
         limiter.release(who.dn)
 
     try:
-        if owner_peer != config.name:
-            # The read timeout must outlast the owner's keepalive interval.
-            response = relay(svc.http, svc.membership, owner_peer,
-                             timeout=(config.peer_timeout, config.sse_keepalive_seconds + config.peer_timeout))
-        else:
+        # The read timeout must outlast the owner's keepalive interval.
+        response = job_routes.forward(svc, job_id,
+                                      timeout=(config.peer_timeout, config.sse_keepalive_seconds + config.peer_timeout))
+        if response is None:
             svc.home.status(job_id, who.dn, is_admin=who.is_admin)  # 404 now, not inside the stream
             body = status_events(svc.home, job_id, who.dn, is_admin=who.is_admin,
                                  last_event_id=request.headers.get("Last-Event-ID"),

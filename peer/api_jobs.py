@@ -2,7 +2,8 @@
 
 The peer a job is submitted to is its home (peer/job_home.py): a job ID
 names it (``<home>.<id>``), and any other peer relays requests for the job
-there.  The home answers from the job's record; an output is served here
+there, or to its manager or another holder of its record when the home is
+silent (peer/job_routes.py).  The home answers from the job's record; an output is served here
 when its piece is here, else relayed from the home to the site that holds
 it, with the user's proof.
 """
@@ -21,10 +22,10 @@ from pocketgrid.errors import BadRequest, PocketgridError
 
 from .auth import identity, relay_headers
 from .downloads import send_ranged
+from . import job_routes
 from .front.headers import ENVIRON_FRONT_WAITS, WAIT, wait_header
 from .in_use import file_key, job_key
 from .job_home import SubmitRequest
-from .jobs import peer_of
 from .on_close import call_on_close
 from .proxy import relay
 from .uploads import check_visible
@@ -35,15 +36,11 @@ def _svc():
     return current_app.extensions["pocketgrid"]
 
 
-def _remote(job_id: str) -> str | None:
-    """The job's home if it is not this peer."""
-    peer = peer_of(job_id)
-    return None if peer == _svc().config.name else peer
-
-
-def _relay(peer: str, extra_timeout: float = 0.0) -> Response:
+def _forward(job_id: str, extra_timeout: float = 0.0) -> Response | None:
+    """Relay this request to the peer answering for the job (its manager, its home, a holder of its
+    record: peer/job_routes.py); None: answer here."""
     svc = _svc()
-    return relay(svc.http, svc.membership, peer, timeout=svc.config.peer_timeout + extra_timeout)
+    return job_routes.forward(svc, job_id, timeout=svc.config.peer_timeout + extra_timeout)
 
 
 def _wait_arg() -> float:
@@ -140,6 +137,9 @@ def list_jobs():
     who = identity()
     jobs = svc.home.list_jobs(who.dn, is_admin=who.is_admin)
     unreachable: list[str] = []
+    #: job ID -> the peers whose own list named it; the peers whose list we have
+    listed_by: dict[str, set[str]] = {j["id"]: {svc.config.name} for j in jobs}
+    answered = {svc.config.name}
     if request.args.get("local") not in {"1", "true"}:
         others = [m for m in svc.membership.members() if m["name"] != svc.config.name]
         headers = {m["name"]: relay_headers(who, m["name"]) for m in others}  # the user's proof, per member
@@ -161,13 +161,20 @@ def list_jobs():
                     if result is None:
                         unreachable.append(name)
                     else:
+                        answered.add(name)
                         jobs.extend(result)
-    seen: set[str] = set()
-    unique = []
-    for j in jobs:  # one entry per job, whichever peers answered for it
-        if j.get("id") not in seen:
-            seen.add(j.get("id"))
-            unique.append(j)
+                        for j in result:
+                            listed_by.setdefault(j.get("id"), set()).add(name)
+    best: dict[str, dict] = {}
+    for j in jobs:  # one entry per job, whichever peers answered for it: the copy with the highest claim
+        manager = j.get("manager")
+        if manager in answered and manager not in listed_by.get(j.get("id"), set()):
+            continue  # a replica of a job its manager no longer lists (removed there: the replica goes soon)
+        claim = (int(j.get("manager_epoch") or 1), int(j.get("version") or 0))
+        held = best.get(j.get("id"))
+        if held is None or claim > (int(held.get("manager_epoch") or 1), int(held.get("version") or 0)):
+            best[j.get("id")] = j
+    unique = list(best.values())
     unique.sort(key=lambda j: j.get("created_at", 0), reverse=True)
     return jsonify({"jobs": unique, "unreachable_peers": unreachable})
 
@@ -197,20 +204,24 @@ def status(job_id: str):
     ``?history=1`` adds each input's attempts and its current proc's past states; ``?placement=1`` every
     dispatch round's split in detail."""
     wait = _wait_arg()
-    peer = _remote(job_id)
     svc = _svc()
     inm = request.headers.get("If-None-Match")
-    if peer:
-        if not (wait and inm):
-            return _relay(peer)
+    if not (wait and inm and job_routes.remote(svc, job_id)):
+        forwarded = _forward(job_id)
+        if forwarded is not None:
+            return forwarded
+    else:
         svc.parking.enter("a relayed status long-poll")  # the relay holds this thread while the home waits
         try:
-            response = _relay(peer, extra_timeout=wait)
+            forwarded = _forward(job_id, extra_timeout=wait)
         except BaseException:
             svc.parking.leave()
             raise
-        call_on_close(response, svc.parking.leave)  # a relayed body: Response.call_on_close would never run
-        return response
+        if forwarded is None:
+            svc.parking.leave()  # answered here after all (the manager is silent: our replica answers)
+        else:
+            call_on_close(forwarded, svc.parking.leave)  # a relayed body: Response.call_on_close never runs
+            return forwarded
     who = identity()
     extras = _extras()
     if wait and inm is not None and request.environ.get(ENVIRON_FRONT_WAITS):
@@ -263,9 +274,9 @@ def _status_now(job_id: str, who, extras: frozenset[str], inm: str, wait: float)
 @bp.delete("/<job_id>")
 def kill(job_id: str):
     """Remove every active attempt of the job at its site (now, or when a silent site answers)."""
-    peer = _remote(job_id)
-    if peer:
-        return _relay(peer)
+    forwarded = _forward(job_id)
+    if forwarded is not None:
+        return forwarded
     who = identity()
     svc = _svc()
     result = svc.home.kill(job_id, who.dn, is_admin=who.is_admin)
@@ -283,9 +294,9 @@ def kill(job_id: str):
 @bp.post("/<job_id>/retry")
 def retry(job_id: str):
     """Run finished inputs again: ``{"inputs": [i, ...]}`` or ``{"failed": true}``."""
-    peer = _remote(job_id)
-    if peer:
-        return _relay(peer)
+    forwarded = _forward(job_id)
+    if forwarded is not None:
+        return forwarded
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
         raise BadRequest('send a JSON object: {"inputs": [0, 3]} or {"failed": true}')
@@ -326,9 +337,9 @@ def _release_indexes() -> list[int] | None:
 @bp.post("/<job_id>/release")
 def release(job_id: str):
     """Release held inputs (all, or ``{"inputs": [...]}``); a job with none held is a 409."""
-    peer = _remote(job_id)
-    if peer:
-        return _relay(peer)
+    forwarded = _forward(job_id)
+    if forwarded is not None:
+        return forwarded
     who = identity()
     svc = _svc()
     result = svc.home.release(job_id, who.dn, is_admin=who.is_admin, indexes=_release_indexes())
@@ -340,9 +351,9 @@ def release(job_id: str):
 # ---- outputs --------------------------------------------------------------
 @bp.get("/<job_id>/outputs")
 def outputs(job_id: str):
-    peer = _remote(job_id)
-    if peer:
-        return _relay(peer)
+    forwarded = _forward(job_id)
+    if forwarded is not None:
+        return forwarded
     who = identity()
     return jsonify(_svc().home.outputs(job_id, who.dn, is_admin=who.is_admin,
                                        proof=lambda site: relay_headers(who, site)))
@@ -350,9 +361,9 @@ def outputs(job_id: str):
 
 @bp.get("/<job_id>/outputs/<int:index>/<path:name>")
 def output_file(job_id: str, index: int, name: str):
-    peer = _remote(job_id)
-    if peer:
-        return _relay(peer)  # the read timeout applies per chunk, not to the whole file
+    forwarded = _forward(job_id)  # the read timeout applies per chunk, not to the whole file
+    if forwarded is not None:
+        return forwarded
     who = identity()
     svc = _svc()
     site, piece, owner = svc.home.output_location(job_id, who.dn, index, is_admin=who.is_admin)
@@ -369,9 +380,9 @@ def output_file(job_id: str, index: int, name: str):
 @bp.get("/<job_id>/spec")
 def spec(job_id: str):
     """What the job was submitted with (name, executable and submit file names, submit text, inputs)."""
-    peer = _remote(job_id)
-    if peer:
-        return _relay(peer)
+    forwarded = _forward(job_id)
+    if forwarded is not None:
+        return forwarded
     who = identity()
     return jsonify(_svc().home.spec(job_id, who.dn, is_admin=who.is_admin))
 
@@ -379,9 +390,9 @@ def spec(job_id: str):
 @bp.get("/<job_id>/executable")
 def executable(job_id: str):
     """The job's executable, byte for byte (to submit it again)."""
-    peer = _remote(job_id)
-    if peer:
-        return _relay(peer)
+    forwarded = _forward(job_id)
+    if forwarded is not None:
+        return forwarded
     who = identity()
     svc = _svc()
 
@@ -397,9 +408,9 @@ def executable(job_id: str):
 @bp.post("/<job_id>/pin")
 def pin(job_id: str):
     """Keep a job (and its outputs) until it is unpinned: the retention sweeper passes it by."""
-    peer = _remote(job_id)
-    if peer:
-        return _relay(peer)
+    forwarded = _forward(job_id)
+    if forwarded is not None:
+        return forwarded
     who = identity()
     return jsonify(_svc().retention.pin(job_id, who.dn, is_admin=who.is_admin, pinned=True))
 
@@ -407,9 +418,9 @@ def pin(job_id: str):
 @bp.delete("/<job_id>/pin")
 def unpin(job_id: str):
     """Let a job expire again (job_retention_seconds after it finished)."""
-    peer = _remote(job_id)
-    if peer:
-        return _relay(peer)
+    forwarded = _forward(job_id)
+    if forwarded is not None:
+        return forwarded
     who = identity()
     return jsonify(_svc().retention.pin(job_id, who.dn, is_admin=who.is_admin, pinned=False))
 
@@ -417,9 +428,9 @@ def unpin(job_id: str):
 @bp.post("/<job_id>/purge")
 def purge(job_id: str):
     """Remove a finished job, its files and its record now (to free space: see the quota)."""
-    peer = _remote(job_id)
-    if peer:
-        return _relay(peer)
+    forwarded = _forward(job_id)
+    if forwarded is not None:
+        return forwarded
     who = identity()
     svc = _svc()
     result = svc.retention.purge(job_id, who.dn, is_admin=who.is_admin)

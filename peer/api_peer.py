@@ -1,5 +1,6 @@
 """``/api/v1/peer``: peer-to-peer calls (pieces of jobs sent by their homes, their status, removal and outputs,
-input file reads, membership and security pushes, pairing codes redeemed at another peer).
+input file reads, job records' replicas at a deputy (peer/replicas.py), membership and security pushes,
+pairing codes redeemed at another peer).
 
 Hosts only: every route here needs a host certificate (mutual TLS, see peer/access.py).
 """
@@ -161,6 +162,49 @@ def piece_output_file(piece: str, index: int, name: str):
     # held until the last byte is sent: the retention sweeper keeps the piece meanwhile
     return svc.in_use.serve(job_key(piece), lambda: send_ranged(
         svc.jobs.output_file(piece, who.dn, index, name, is_admin=who.is_admin)))
+
+
+@bp.put("/records/<job_id>")
+def put_record(job_id: str):
+    """A job's manager pushes its record to the job's deputy: ``{"document": {"record", "attempts"}}``
+    (peer/replicas.py).  Applied when its claim (manager epoch, then version) is newer than the copy here;
+    409 with this peer's ``document`` when this copy's claim is newer (the pusher yields to it)."""
+    body = request.get_json(silent=True)
+    doc = body.get("document") if isinstance(body, dict) else None
+    if not isinstance(doc, dict) or not isinstance(doc.get("record"), dict) \
+            or not isinstance(doc.get("attempts"), list):
+        raise BadRequest('expected {"document": {"record": {...}, "attempts": [...]}}')
+    if doc["record"].get("id") != job_id:
+        raise BadRequest(f"the document is the record of {doc['record'].get('id')!r}, not of {job_id!r}")
+    cert = tls_client_certificate()
+    if cert is not None and cert.cn and doc["record"].get("manager") != cert.cn:
+        raise Forbidden(f"peer {cert.cn} pushes a record managed by {doc['record'].get('manager')!r}: "
+                        "only a job's manager pushes its record")
+    return jsonify(_svc().replicas.receive(doc))
+
+
+@bp.get("/records/<job_id>")
+def get_record(job_id: str):
+    """Who holds a job's record here: ``{id, holder, home, manager, manager_epoch, deputy, version,
+    copies}`` (404: no record of it here); ``?document=1`` adds the record itself (a returning home
+    compares claims with its deputy)."""
+    document = request.args.get("document") in {"1", "true"}
+    return jsonify(_svc().replicas.describe(job_id, document=document))
+
+
+@bp.get("/records/<job_id>/executable")
+def record_executable(job_id: str):
+    """The executable of a job whose record is held here (a deputy copying it)."""
+    svc = _svc()
+    return svc.in_use.serve(job_key(job_id), lambda: send_ranged(svc.replicas.executable_path(job_id)))
+
+
+@bp.get("/records/<job_id>/inputs/<int:index>")
+def record_input(job_id: str, index: int):
+    """Input ``index`` of a job whose record is held here: the home's own file, or this peer's copy (a
+    deputy copying it, or a site staging a piece of a job taken over).  Range, If-Range, ETag."""
+    svc = _svc()
+    return svc.in_use.serve(job_key(job_id), lambda: send_ranged(svc.replicas.input_path(job_id, index)))
 
 
 @bp.get("/files/<path:path>")

@@ -50,6 +50,7 @@ from .job_manager import JobManager
 from .jobs import JobService, NotYours
 from .membership import Membership
 from .record_store import RecordStore
+from .replicas import Replicas
 from .records import Limits
 from .metrics import Metrics, records_counts
 from .models import Base
@@ -77,6 +78,8 @@ class PeerServices:
     jobs: JobService
     home: JobHome
     manager: JobManager
+    #: Job records on a second peer: deputies, replicas, takeover, the return (peer/replicas.py).
+    replicas: Replicas
     broker_role: BrokerRole | None
     security: Security
     parking: Parking
@@ -101,6 +104,7 @@ class PeerServices:
         self._started = True
         self.executor.start()
         self.home.sweep_incomplete()
+        self.replicas.reconcile()  # a job taken over while this peer was away is not managed here again
         self.manager.watch_local()
         self.manager.start()
         self.retention.start()
@@ -435,6 +439,14 @@ def build_services(config: PeerConfig) -> PeerServices:
         site_lost_after=config.site_lost_after,
         peer_timeout=config.peer_timeout,
     )
+    replicas = Replicas(name=config.name, url=config.url, store=store, membership=membership, http=http,
+                        records_root=records_root, publishing=publishing, digests=digests,
+                        limits=manager.limits, site_lost_after=config.site_lost_after,
+                        peer_timeout=config.peer_timeout, chunk_bytes=config.transfer_chunk_bytes,
+                        wake=manager.wake)
+    manager.replicas = replicas
+    manager.check_copy = replicas.check_copy
+    jobs.replica_input = replicas.input_path
     home = JobHome(
         name=config.name,
         db=db,
@@ -452,13 +464,15 @@ def build_services(config: PeerConfig) -> PeerServices:
         peer_timeout=config.peer_timeout,
         retention_seconds=config.job_retention_seconds,
         remove_now=manager.remove_now,
+        replicas=replicas,
+        site_lost_after=config.site_lost_after,
     )
     in_use = InUse()
     retention = Retention(name=config.name, db=db, jobs=jobs, stager=stager, publishing=publishing, in_use=in_use,
                           job_seconds=config.job_retention_seconds, upload_seconds=config.upload_retention_seconds,
                           idempotency_seconds=config.idempotency_key_seconds,
                           interval=config.retention_sweep_interval, quotas=quotas, store=store,
-                          records_root=records_root, wake=manager.wake)
+                          records_root=records_root, wake=manager.wake, site_lost_after=config.site_lost_after)
     retention.also.append(security.audit.flush)  # summaries of rate-limited refusals, also when the flood stopped
     services = PeerServices(
         config=config,
@@ -472,6 +486,7 @@ def build_services(config: PeerConfig) -> PeerServices:
         jobs=jobs,
         home=home,
         manager=manager,
+        replicas=replicas,
         broker_role=broker_role,
         security=security,
         parking=Parking(config.max_parked_requests or default_limit(config.threads)),

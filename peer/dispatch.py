@@ -6,6 +6,11 @@ home sends it as before a whole job was forwarded (multipart ``POST
 path at the home, size and SHA-256, plus the executable), with the owner's
 proof (a delegation the home signs for that site alone, peer/auth.py).
 
+A job taken over from its home (peer/replicas.py) is sent by its new manager
+under its own name (``entry_peer``): each input then names its ``source``,
+the manager's copy (``/api/v1/peer/records/<job>/inputs/<i>``), as the path
+in the home's publishing area means nothing at the manager.
+
 The **origin key** is derived from the job, the site and the attempts' (input,
 number) pairs: sending the same piece again after a lost answer finds the
 piece the site already made (it de-duplicates on home + origin key), and a
@@ -52,8 +57,11 @@ def piece_meta(record: JobRecord, attempts: Sequence[JobAttempt], *, home: str, 
     inputs = []
     for a in sorted(attempts, key=lambda a: a.index):
         meta = record.inputs[a.index]
-        inputs.append({"index": a.index, "name": meta["name"], "path": meta["path"], "size": meta["size"],
-                       "sha256": meta["sha256"]})
+        item = {"index": a.index, "name": meta["name"], "path": meta["path"], "size": meta["size"],
+                "sha256": meta["sha256"]}
+        if record.home != home:  # a job taken over from its home: the inputs are this manager's copies
+            item["source"] = f"/api/v1/peer/records/{record.id}/inputs/{a.index}"
+        inputs.append(item)
     return {
         "name": record.name,
         "owner": record.owner,

@@ -98,6 +98,8 @@ class JobHome:
         peer_timeout: float = 10.0,
         retention_seconds: float = 0.0,
         remove_now: Callable[[str, float], None] = lambda job_id, timeout: None,
+        replicas: Any = None,
+        site_lost_after: float = 120.0,
     ) -> None:
         self.name = name
         self.db = db
@@ -119,6 +121,9 @@ class JobHome:
         self.retention_seconds = retention_seconds
         #: The job manager carrying out a kill at the pieces' sites now (waiting at most the timeout).
         self.remove_now = remove_now
+        #: peer/replicas.py: the deputy chosen at submit, the first push (None: no replicas).
+        self.replicas = replicas
+        self.site_lost_after = site_lost_after
         self._inflight: set[tuple[str, str]] = set()
         self._inflight_lock = threading.Lock()
 
@@ -191,6 +196,7 @@ class JobHome:
         inputs = [{"name": p.name, "path": self.publishing.relative(p), "size": p.stat().st_size,
                    "sha256": self.digests.sha256(p)} for p in input_paths]
         job_id = f"{self.name}.{int(time.time()):x}{secrets.token_hex(4)}"
+        deputy = self.replicas.deputy_for() if self.replicas is not None else None
         files = self._keep_files(job_id, req)
         try:
             with self.store.session() as s:
@@ -198,7 +204,7 @@ class JobHome:
                 record = JobRecord(id=job_id, name=req.name, owner=owner, owner_vo=owner_vo, created_at=now,
                                    executable_name=req.executable_name, submit_name=req.submit_name,
                                    submit_text=req.submit_text, inputs=inputs, warnings=warnings, version=0,
-                                   home=self.name, manager=self.name, manager_epoch=1,
+                                   home=self.name, manager=self.name, manager_epoch=1, deputy=deputy,
                                    # learned run times are kept per user and program (broker/runtimes.py)
                                    history_key=history_key(owner, hashlib.sha256(req.executable).hexdigest()))
                 s.add(record)
@@ -213,6 +219,10 @@ class JobHome:
             raise
         log.info("job %s (%s) recorded for %s: %d inputs", job_id, req.name, owner, len(inputs))
         self.wake()
+        if deputy is not None:
+            # the replica reaches the deputy before the job ID goes back, unless the deputy is slow to
+            # answer: then the job manager pushes it from its next round on (peer/replicas.py)
+            self.replicas.push(job_id, timeout=min(self.peer_timeout, 2.0))
         return self._summary(job_id)
 
     def _keep_files(self, job_id: str, req: SubmitRequest) -> Path:
@@ -260,6 +270,30 @@ class JobHome:
             if not (is_admin or record.owner == owner):
                 raise NotYours(job_id, record.owner)  # the same 404, audited as a probe
             return record
+
+    def manager_of(self, job_id: str) -> str | None:
+        """The manager of the record held here (this peer, or the one a replica here names); None when
+        this peer holds no record of the job."""
+        with self.db.sessions() as s:
+            record = s.get(JobRecord, job_id)
+            return None if record is None or record.purged_at is not None else record.manager
+
+    def _managed(self, job_id: str, owner: str, is_admin: bool) -> JobRecord:
+        """The record, for a change: refused (503) when it is a replica of another manager's."""
+        record = self._record(job_id, owner, is_admin)
+        if record.manager != self.name:
+            from .replicas import not_managed_here
+
+            raise not_managed_here(record, self.name, self.site_lost_after)
+        return record
+
+    def _still_managed(self, record: JobRecord) -> None:
+        """Inside the change's transaction: the record did not become a replica meanwhile (this peer
+        yielded the job to a deputy that took it over)."""
+        if record.manager != self.name:
+            from .replicas import not_managed_here
+
+            raise not_managed_here(record, self.name, self.site_lost_after)
 
     def known_version(self, job_id: str, owner: str, is_admin: bool) -> int | None:
         """The record's version from memory, if this process knows it and the caller may see it."""
@@ -335,18 +369,22 @@ class JobHome:
             q = select(JobRecord).where(JobRecord.purged_at.is_(None)).order_by(JobRecord.created_at.desc()).limit(limit)
             if not is_admin:
                 q = q.where(JobRecord.owner == owner)
+            # a replica here is listed too (its manager may be silent); the list keeps, per job, the copy
+            # with the highest claim (manager_epoch, then version)
             return [{"id": r.id, "name": r.name, "peer": r.home, "state": (r.summary or {}).get("state", "idle"),
-                     "counts": (r.summary or {}).get("counts", {}), "created_at": r.created_at}
+                     "counts": (r.summary or {}).get("counts", {}), "created_at": r.created_at,
+                     "manager": r.manager, "manager_epoch": r.manager_epoch, "version": r.version}
                     for r in s.scalars(q)]
 
     # ======================================================================
     # Kill and retry
     # ======================================================================
     def kill(self, job_id: str, owner: str, *, is_admin: bool = False) -> dict[str, Any]:
-        self._record(job_id, owner, is_admin)
+        self._managed(job_id, owner, is_admin)
         with self.store.session() as s:
             record = s.get(JobRecord, job_id)
             assert record is not None
+            self._still_managed(record)
             stopped = records.kill(record, time.time())
             self.store.touch(s, record)
         log.info("job %s: removed by %s, %d inputs stopped", job_id, owner, stopped)
@@ -362,7 +400,7 @@ class JobHome:
         """Release the job's held inputs (all, or those of ``indexes``) at the sites holding their current
         attempts.  409 when none of them is held (saying what they are), 400 for an input the job does
         not have, 502 when no site holding them answers; either changes nothing."""
-        record = self._record(job_id, owner, is_admin)
+        record = self._managed(job_id, owner, is_admin)
         groups = records.by_input(record.attempts)
         if indexes is not None:
             bad = sorted({i for i in indexes if i not in groups})
@@ -420,10 +458,11 @@ class JobHome:
 
     def retry(self, job_id: str, owner: str, *, is_admin: bool = False, indexes: list[int] | None = None,
               failed: bool = False) -> dict[str, Any]:
-        self._record(job_id, owner, is_admin)
+        self._managed(job_id, owner, is_admin)
         with self.store.session() as s:
             record = s.get(JobRecord, job_id)
             assert record is not None
+            self._still_managed(record)
             try:
                 chosen = records.retryable(record, indexes=indexes, failed=failed)
             except ValueError as exc:

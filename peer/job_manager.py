@@ -124,6 +124,7 @@ class JobManager:
         report_failure: Callable[[str], None],
         report_placed: Callable[[str, str, str, list[dict[str, str]]], None] = lambda key, site, job, failed: None,
         check_input: Callable[[dict[str, Any]], str | None] = lambda meta: None,
+        check_copy: Callable[[JobRecord, int], str | None] = lambda record, index: None,
         purge_local: Callable[[str], str] = lambda piece: "purged",
         records_root: Path,
         limits: records.Limits,
@@ -143,6 +144,10 @@ class JobManager:
         self.report_failure = report_failure
         self.report_placed = report_placed
         self.check_input = check_input
+        #: For a job taken over from its home: whether this peer's copy of an input can run (else why not).
+        self.check_copy = check_copy
+        #: peer/replicas.py: set by the app (None: no replicas, a peer alone or a unit test).
+        self.replicas: Any = None
         #: Remove one of this site's pieces whole (its record expired or was purged): "purged" once done.
         self.purge_local = purge_local
         self.records_root = records_root
@@ -181,6 +186,8 @@ class JobManager:
         if self._thread is not None:
             self._thread.join(timeout)
         self._pool.close()
+        if self.replicas is not None:
+            self.replicas.close()
 
     def watch_local(self) -> None:
         """Fold the statuses of this site's own pieces into their records now (at start-up, before the
@@ -211,11 +218,21 @@ class JobManager:
         if remote:
             self._last_remote = now
         for step in (lambda: self._dispatch(now, remote), lambda: self._watch(now, remote),
-                     lambda: self._clean(remote), lambda: self._pins(remote)):
+                     lambda: self._clean(remote), lambda: self._pins(remote), lambda: self._replicas(now, remote)):
             try:
                 step()
             except Exception:  # one failing step must not stop the others
                 log.exception("job manager step failed")
+
+    @property
+    def _mine(self):  # noqa: ANN202 - an SQL condition
+        """The records this peer manages (not the replicas it keeps for other managers)."""
+        return JobRecord.manager == self.name
+
+    def _replicas(self, now: float, remote: bool) -> None:
+        """Replicas (peer/replicas.py): push changes to deputies, copy inputs, watch other managers."""
+        if self.replicas is not None:
+            self.replicas.tick(now, remote)
 
     # ---- what the status shows about sites -----------------------------------------
     def unreachable_sites(self) -> frozenset[str]:
@@ -240,11 +257,12 @@ class JobManager:
         with self.store.db.sessions() as s:
             pending = s.scalars(
                 select(JobAttempt).join(JobRecord).where(
-                    JobAttempt.state == "pending", JobRecord.removed_at.is_(None),
+                    JobAttempt.state == "pending", JobRecord.removed_at.is_(None), self._mine,
                     or_(JobAttempt.not_before.is_(None), JobAttempt.not_before <= now))
             ).all()
             unsent = s.scalars(
-                select(JobAttempt).where(JobAttempt.piece.is_(None), JobAttempt.piece_key.is_not(None),
+                select(JobAttempt).join(JobRecord).where(self._mine, JobAttempt.piece.is_(None),
+                                                         JobAttempt.piece_key.is_not(None),
                                          or_(JobAttempt.state == "dispatching",
                                              JobAttempt.cleanup.in_(("remove", "delete"))))
             ).all()
@@ -273,7 +291,10 @@ class JobManager:
             record = s.get(JobRecord, job_id)
             if record is None:
                 return True
-            problems = {a.index: self.check_input(record.inputs[a.index]) for a in atts}
+            if record.manager != self.name:
+                return True  # a replica here (its manager changed meanwhile): not ours to place
+            problems = {a.index: (self.check_input(record.inputs[a.index]) if record.home == self.name
+                                  else self.check_copy(record, a.index)) for a in atts}
         if any(problems.values()):  # an input that is no longer what was submitted fails, with the reason
             self._fail_inputs(job_id, {i: p for i, p in problems.items() if p}, now)
             atts = [a for a in atts if not problems[a.index]]
@@ -378,7 +399,7 @@ class JobManager:
     def _send(self, job_id: str, key: str, site: str, url: str | None) -> None:
         try:
             with self.store.db.sessions() as s:
-                record = s.scalars(select(JobRecord).where(JobRecord.id == job_id)
+                record = s.scalars(select(JobRecord).where(JobRecord.id == job_id, self._mine)
                                    .options(selectinload(JobRecord.attempts))).first()
                 if record is None:
                     return
@@ -505,11 +526,12 @@ class JobManager:
         with self.store.db.sessions() as s:
             rows = s.execute(
                 select(JobAttempt.site, JobAttempt.piece, JobAttempt.piece_version).join(JobRecord).where(
-                    JobAttempt.piece.is_not(None),
+                    JobAttempt.piece.is_not(None), self._mine,
                     or_(JobAttempt.state.in_(("idle", "running", "held")),
                         (JobAttempt.state == "completed") & JobAttempt.result & JobRecord.finished_at.is_(None)))
             ).all()
-            waiting = set(s.scalars(select(JobAttempt.site).where(JobAttempt.state == "dispatching")).all())
+            waiting = set(s.scalars(select(JobAttempt.site).join(JobRecord).where(
+                JobAttempt.state == "dispatching", self._mine)).all())
         by_site: dict[str, dict[str, int | None]] = {}
         for site, piece, version in rows:
             by_site.setdefault(site, {})[piece] = version
@@ -574,7 +596,7 @@ class JobManager:
             ids = list(pieces) + list(missing)
             atts = s.scalars(select(JobAttempt).where(JobAttempt.piece.in_(ids))).all()
             job_ids = {a.job_id for a in atts}
-            recs = s.scalars(select(JobRecord).where(JobRecord.id.in_(job_ids))
+            recs = s.scalars(select(JobRecord).where(JobRecord.id.in_(job_ids), self._mine)
                              .options(selectinload(JobRecord.attempts))).all()
             for record in recs:
                 before = _fingerprint(record)
@@ -608,8 +630,8 @@ class JobManager:
         now = self.clock()
         with self.store.session() as s:
             job_ids = set(s.scalars(select(JobAttempt.job_id).join(JobRecord).where(
-                JobAttempt.site == site, JobRecord.finished_at.is_(None))).all())
-            recs = s.scalars(select(JobRecord).where(JobRecord.id.in_(job_ids))
+                JobAttempt.site == site, JobRecord.finished_at.is_(None), self._mine)).all())
+            recs = s.scalars(select(JobRecord).where(JobRecord.id.in_(job_ids), self._mine)
                              .options(selectinload(JobRecord.attempts))).all()
             for record in recs:
                 before = _fingerprint(record)
@@ -630,8 +652,8 @@ class JobManager:
     # ---- 3. clean ----------------------------------------------------------------------------
     def _clean(self, remote: bool) -> None:
         with self.store.db.sessions() as s:
-            todo = records.to_clean(s.scalars(select(JobAttempt).where(
-                JobAttempt.cleanup.in_(tuple(records.CLEANUP_DONE)))).all())
+            todo = records.to_clean(s.scalars(select(JobAttempt).join(JobRecord).where(
+                JobAttempt.cleanup.in_(tuple(records.CLEANUP_DONE)), self._mine)).all())
         for (piece, index), (site, what) in _cleanup_calls(todo).items():
             if site != self.name and not remote:
                 continue
@@ -719,7 +741,8 @@ class JobManager:
 
     def _cleaned(self, piece: str, index: int | None, what: str, done: bool, pending: str | None) -> None:
         with self.store.session() as s:
-            q = select(JobAttempt).where(JobAttempt.piece == piece, JobAttempt.cleanup == what)
+            q = select(JobAttempt).join(JobRecord).where(JobAttempt.piece == piece, JobAttempt.cleanup == what,
+                                                         self._mine)
             if index is not None:
                 q = q.where(JobAttempt.index == index)
             atts = s.scalars(q).all()
@@ -751,7 +774,7 @@ class JobManager:
         with self.store.db.sessions() as s:
             rows = s.execute(
                 select(JobAttempt.site, JobAttempt.piece, JobRecord.pinned).join(JobRecord).where(
-                    JobAttempt.piece.is_not(None), JobRecord.purged_at.is_(None),
+                    JobAttempt.piece.is_not(None), JobRecord.purged_at.is_(None), self._mine,
                     JobAttempt.site_pinned != JobRecord.pinned)
             ).all()
         by_site: dict[str, dict[str, bool]] = {}
@@ -789,8 +812,8 @@ class JobManager:
                     log.warning("pinning pieces at %s: %d %s", site, r.status_code, r.text[:200])
                     return
             with self.store.db.session() as s:
-                for a in s.scalars(select(JobAttempt).where(JobAttempt.site == site,
-                                                           JobAttempt.piece.in_(list(pins)))):
+                for a in s.scalars(select(JobAttempt).join(JobRecord).where(
+                        JobAttempt.site == site, JobAttempt.piece.in_(list(pins)), self._mine)):
                     a.site_pinned = pins[a.piece]  # type: ignore[index]
         except Exception:
             log.exception("pinning pieces at %s failed", site)

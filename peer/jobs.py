@@ -21,7 +21,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import requests
 from sqlalchemy import select
@@ -53,8 +53,16 @@ class NotYours(NotFound):
         self.owner = owner
 
 
+#: Where a piece's input may come from besides the home's publishing area: a job's manager's copy of it
+#: (``/api/v1/peer/records/<job>/inputs/<i>``, peer/replicas.py), for a job taken over from its home.
+REPLICA_SOURCE = "/api/v1/peer/records/"
+
 #: What ``?history=1`` adds to a piece's status (each proc's past states and reasons): never cached.
 STATUS_EXTRAS = frozenset({"history"})
+
+
+def _no_replicas(job_id: str, index: int) -> Path:
+    raise NotFound(f"this peer keeps no copy of job {job_id}'s input {index}")
 
 
 def _counts(states: dict[int, str]) -> dict[str, int]:
@@ -136,6 +144,9 @@ class JobService:
         self.executor = executor
         self.digests = digests
         self.policy = policy or Policy()
+        #: (job ID, input index) -> this peer's copy of that input, for a piece this peer sends itself of a
+        #: job it took over (peer/replicas.py ``Replicas.input_path``; set by the app).
+        self.replica_input: Callable[[str, int], Path] = _no_replicas
         self._readers: OrderedDict[str, EventLogReader] = OrderedDict()
         self._reader_locks: dict[str, threading.Lock] = {}
         self._readers_lock = threading.Lock()
@@ -171,15 +182,23 @@ class JobService:
         if self.quotas is not None:  # before staging: the inputs would be copied here
             self.quotas.check(meta["owner"], len(executable) + len(meta["submit_text"].encode())
                               + sum(int(i["size"]) for i in input_meta), f"job {meta['name']!r}")
+        for i in input_meta:
+            source = i.get("source")
+            if source is not None and (not isinstance(source, str) or not source.startswith(REPLICA_SOURCE)
+                                       or ".." in source.split("/")):
+                raise BadRequest(f"an input's source must be a path under {REPLICA_SOURCE}")
         if meta["entry_peer"] == self.name:
-            sources = [InputSource(name=i["name"], local_path=self.publishing.file(i["path"]), index=i["index"])
+            sources = [InputSource(name=i["name"], index=i["index"],
+                                   local_path=(self.replica_input(str(meta.get("job_id")), i["index"]) if i.get("source")
+                                               else self.publishing.file(i["path"])))
                        for i in input_meta]
         else:
             base = meta["entry_url"].rstrip("/")
             sources = [
                 InputSource(
                     name=i["name"],
-                    url=f"{base}/api/v1/peer/files/{requests.utils.quote(i['path'])}",
+                    url=(f"{base}{i['source']}" if i.get("source")
+                         else f"{base}/api/v1/peer/files/{requests.utils.quote(i['path'])}"),
                     sha256=i["sha256"],
                     size=i["size"],
                     index=i["index"],

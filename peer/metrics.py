@@ -315,7 +315,8 @@ def records_counts(services: "PeerServices") -> Callable[[], JobCounts]:
 
     Each record keeps ``summary`` (its overall ``state`` and its inputs' ``counts``), refreshed in the
     same transaction as every change the user can see (peer/record_store.py ``touch``): a scrape is one
-    query over unpurged records and reads no attempts, pieces or event logs.
+    query over the unpurged records this peer manages (not the replicas it keeps for others: each job is
+    counted once, by its manager) and reads no attempts, pieces or event logs.
     """
     from sqlalchemy import select
 
@@ -325,7 +326,8 @@ def records_counts(services: "PeerServices") -> Callable[[], JobCounts]:
         jobs: Tally[str] = Tally()
         inputs: Tally[str] = Tally()
         with services.db.sessions() as s:
-            for summary in s.scalars(select(JobRecord.summary).where(JobRecord.purged_at.is_(None))):
+            for summary in s.scalars(select(JobRecord.summary).where(
+                    JobRecord.purged_at.is_(None), JobRecord.manager == services.config.name)):
                 summary = summary or {}
                 jobs[summary.get("state") or "idle"] += 1
                 for state, n in (summary.get("counts") or {}).items():

@@ -50,13 +50,17 @@ class JobRecord(Base):
     #: pieces (attempts with ``cleanup`` "purge"), then it goes too.
     purged_at: Mapped[float | None] = mapped_column(Float, nullable=True, index=True)
     home: Mapped[str] = mapped_column(String(200))
-    #: The peer managing the job now, and its claim's epoch (the home, 1; a deputy's takeover would raise it).
-    manager: Mapped[str] = mapped_column(String(200))
+    #: The peer managing the job now, and its claim's epoch (the home, 1; each takeover raises it by one).
+    #: A record whose manager is another peer is a *replica* here: kept, shown, never managed.
+    manager: Mapped[str] = mapped_column(String(200), index=True)
     manager_epoch: Mapped[int] = mapped_column(Integer, default=1)
     #: Owner + executable SHA-256, hashed (broker/runtimes.py): the split asks for this program's run times.
     history_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    #: The member holding a replica of this record (none until replication is built).
+    #: The member holding a replica of this record (peer/replicas.py), chosen by its manager.
     deputy: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    #: At the manager: the record's version the deputy last acknowledged (None: never pushed).  The job
+    #: manager pushes the record again while ``version`` is newer (at most about once a second).
+    replica_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
     attempts: Mapped[list["JobAttempt"]] = relationship(
         back_populates="record", order_by="[JobAttempt.index, JobAttempt.number]", cascade="all, delete-orphan"

@@ -41,20 +41,30 @@ _RESPONSE_HEADERS = (
 )
 
 
+#: The peers a relayed request passed through, comma-separated (a request is relayed at most twice).
+RELAYED_BY = "X-Pocketgrid-Relayed-By"
+
+
+def relayed_by() -> list[str]:
+    """The peers this request was relayed through (empty: it came from a client)."""
+    return [h.strip() for h in request.headers.get(RELAYED_BY, "").split(",") if h.strip()]
+
+
 def relay(http: requests.Session, membership: Membership, peer: str, *,
-          timeout: float | tuple[float, float], path: str | None = None) -> Response:
+          timeout: float | tuple[float, float], path: str | None = None, second_hop: bool = False) -> Response:
     """Send this request on to ``peer``: to the same path (a job's home, by its ID), or to ``path``
-    (a job's home fetching an output from the site that holds the piece: never relayed further)."""
+    (a job's home fetching an output from the site that holds the piece: never relayed further).
+    ``second_hop``: a relayed request going on to the job's manager (a replica's holder knows it)."""
     url = membership.url_of(peer)
     if url is None:
         if path is not None:
             raise BadGateway(f"site {peer} holding these outputs is not a member of this system any more", peer=peer)
         raise NotFound(f"no such job: peer {peer!r} named in the job ID is not a member of this system")
-    if path is None and "X-Pocketgrid-Relayed-By" in request.headers:
+    if path is None and RELAYED_BY in request.headers and not second_hop:
         # The home's URL we know points at a peer that is not the home either: stop here.
         raise BadGateway(f"peer {peer} is unreachable: its address is out of date (relay loop)", peer=peer)
     headers = {h: request.headers[h] for h in _REQUEST_HEADERS if h in request.headers}
-    headers["X-Pocketgrid-Relayed-By"] = membership.name
+    headers[RELAYED_BY] = ",".join([*relayed_by(), membership.name]) if second_hop else membership.name
     who = identity(required=False)
     if who is not None:
         headers.update(relay_headers(who, peer))

@@ -23,7 +23,11 @@ plain functions; peer/job_manager.py applies them to what the sites report.
   of ``retry_backoff * 2**(n-2)`` for the n-th attempt of the round, at most
   ``max_attempts`` per round (a round starts at submit and at each retry).
 * **The document** (:func:`to_document`, :func:`from_document`): a record and
-  its attempts as one JSON document (how a replica would travel to a deputy).
+  its attempts as one JSON document (how a replica travels to a deputy).
+* **Claims** (:func:`claim`, :func:`newer_claim`): which of two copies of a
+  record wins: the higher manager epoch, then the higher version.
+* **Takeover** (:func:`take_over`): a deputy becomes the job's manager; what
+  ran at the silent manager counts as lost and runs again elsewhere.
 """
 from __future__ import annotations
 
@@ -434,6 +438,8 @@ def render(record: JobRecord, *, history: bool = False, now: float | None = None
         "id": record.id,
         "name": record.name,
         "peer": record.home,
+        #: The peer driving the job now: its home, or the deputy that took it over (peer/replicas.py).
+        "manager": record.manager,
         #: Bumped whenever what this status says changed: the ETag.
         "version": record.version,
         "owner": record.owner,
@@ -487,3 +493,48 @@ def from_document(doc: Mapping[str, Any]) -> JobRecord:
             raise ValueError(f"unknown attempt state {item.get('state')!r}")
         record.attempts.append(JobAttempt(**dict(item)))
     return record
+
+
+# ---- replicas: claims and takeover (peer/replicas.py applies them) --------------------------
+def claim(record: JobRecord | Mapping[str, Any]) -> tuple[int, int]:
+    """A copy's claim: (manager epoch, version).  Of two copies of a record the higher claim is the
+    newer; a takeover raises the epoch, so a new manager's copy beats anything its predecessor wrote."""
+    if isinstance(record, Mapping):
+        return int(record.get("manager_epoch") or 1), int(record.get("version") or 0)
+    return int(record.manager_epoch or 1), int(record.version or 0)
+
+
+def newer_claim(local: tuple[int, int] | None, incoming: tuple[int, int]) -> str:
+    """``"newer"`` (apply the incoming copy), ``"same"`` (nothing to do) or ``"older"`` (refuse it: the
+    sender is out of date and must yield to the local copy)."""
+    if local is None or incoming > local:
+        return "newer"
+    return "same" if incoming == local else "older"
+
+
+def take_over(record: JobRecord, me: str, reason: str, now: float, limits: Limits) -> list[JobAttempt]:
+    """``me`` (the deputy) becomes the job's manager, one epoch up, because its manager is silent.
+
+    The silent manager counts as a lost site: what may still change there, and its results while the
+    job is unfinished, are lost and run again elsewhere (:func:`lose_site`).  Pieces that were being
+    sent anywhere are lost too: the old manager's sends are not ours to finish (a piece it made that
+    way is left to its site's retention).  Returns the new attempts (already in ``record.attempts``).
+    """
+    old = record.manager
+    record.manager = me
+    record.manager_epoch = int(record.manager_epoch or 1) + 1
+    record.deputy = None  # the new manager chooses its own deputy
+    record.replica_version = None
+    new = lose_site(record, old, reason, now, limits)
+    record.attempts.extend(new)
+    for a in list(record.attempts):
+        if a.state == "dispatching" and a.piece is None:
+            atts = by_input(record.attempts)[a.index]
+            successor = lose(record, atts, a, f"{reason} while its piece was being sent", now, limits)
+            if successor is not None:
+                record.attempts.append(successor)
+                new.append(successor)
+    for a in record.attempts:
+        if a.piece is None and a.cleanup in ("remove", "delete"):
+            a.cleanup = None  # a piece sent under the old manager's name: not ours to find by its key
+    return new

@@ -96,8 +96,9 @@ class Retention:
                  in_use: InUse, job_seconds: float, upload_seconds: float, idempotency_seconds: float,
                  interval: float = 300.0, clock: Callable[[], float] = time.time,
                  quotas: Any = None, store: Any = None, records_root: Path | None = None,
-                 wake: Callable[[], None] = lambda: None) -> None:
+                 wake: Callable[[], None] = lambda: None, site_lost_after: float = 120.0) -> None:
         self.name = name
+        self.site_lost_after = site_lost_after
         self.store = store  # the job records (peer/record_store.py): None on a peer without a home side
         self.records_root = records_root
         self.wake = wake  # the job manager: pieces at other sites to remove, pins to pass on
@@ -169,10 +170,11 @@ class Retention:
         return not active
 
     def _referenced_pieces(self) -> set[str]:
-        """Pieces named by a record at this home (they go with their record, not by their own age)."""
+        """Pieces named by a record this peer manages (they go with their record, not by their own age; a
+        replica kept here for another manager does not keep them: the safety net applies)."""
         with self.db.sessions() as s:
-            return set(s.scalars(select(JobAttempt.piece).where(JobAttempt.piece.is_not(None),
-                                                                 JobAttempt.site == self.name)))
+            return set(s.scalars(select(JobAttempt.piece).join(JobRecord).where(
+                JobAttempt.piece.is_not(None), JobAttempt.site == self.name, JobRecord.manager == self.name)))
 
     def _local_pieces(self, job_id: str) -> list[str]:
         with self.db.sessions() as s:
@@ -191,6 +193,7 @@ class Retention:
         with self.db.sessions() as s:
             rows = list(s.execute(select(JobRecord.id, JobRecord.owner, JobRecord.finished_at, JobRecord.pinned).where(
                 JobRecord.purged_at.is_(None), JobRecord.finished_at.is_not(None),
+                JobRecord.manager == self.name,  # a replica goes when its manager removes the record
                 JobRecord.finished_at <= now - self.job_seconds).order_by(JobRecord.finished_at)))
         items = []
         for job_id, owner, finished, pinned in rows:
@@ -479,6 +482,10 @@ class Retention:
 
                 raise NotYours(job_id, record.owner)
             record.attempts  # load while the session is open
+            if record.manager != self.name:  # a replica kept here for another manager
+                from .replicas import not_managed_here
+
+                raise not_managed_here(record, self.name, self.site_lost_after)
             return record
 
     def pin(self, job_id: str, owner: str, *, is_admin: bool, pinned: bool) -> dict[str, Any]:

@@ -157,8 +157,11 @@ class Quotas:
             name = record_id or job_id  # the job the user knows (and purges), not its piece
             usage.jobs[name] = usage.jobs.get(name, 0) + known
         if self.records_root is not None:
-            for job_id in homed:  # the executable and submit file this home keeps
-                usage.jobs[job_id] = usage.jobs.get(job_id, 0) + tree_bytes(self.records_root / job_id, seen)
+            for job_id in homed:  # the executable and submit file this home (or a deputy) keeps
+                # not a deputy's copies of the inputs (records/<job>/inputs/): they are the system's
+                # safety net against the home's death, not something the user asked this peer to keep
+                usage.jobs[job_id] = usage.jobs.get(job_id, 0) + tree_bytes(self.records_root / job_id / "files",
+                                                                            seen)
         mine = self.publishing.root / upload_dir(owner)
         for dirpath, dirnames, filenames in os.walk(mine):
             for fn in filenames:
