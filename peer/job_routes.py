@@ -45,7 +45,9 @@ def forward(svc: Any, job_id: str, *, timeout: float | tuple[float, float]) -> R
     home = peer_of(job_id)
     if home == me:
         return None  # no record here: the job service says 404
-    holder = None if hops else svc.replicas.located(job_id)
+    if hops:  # relayed here (a holder found earlier), and no copy here: the job service answers 404
+        return None
+    holder = svc.replicas.located(job_id)
     if holder is not None:  # the home did not answer lately: go to the holder found then, first
         try:
             return relay(svc.http, svc.membership, holder, timeout=timeout)

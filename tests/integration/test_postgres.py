@@ -94,5 +94,6 @@ def test_placement_record_decisions_and_learned_run_times_on_postgresql(peers, p
     from tests.conftest import wait_until
     wait_until(learned, 30, what="the agent's report to carry the run times read from the event logs")
     again = alice.submit("pg-again", b"#!/bin/sh\nwc -l < \"$1\"\n", "s.sub", ["x0.txt"], **kw)
-    status, _ = alice.status(again["id"], placement=True)
+    status = wait_until(lambda: (st := alice.status(again["id"], placement=True)[0]).get("placement") and st, 30,
+                        what="the job's first placement round")
     assert status["placement"]["ranking"][0]["detail"]["run_source"].startswith("learned: median of 3 procs")

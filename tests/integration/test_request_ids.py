@@ -41,28 +41,28 @@ def test_one_request_id_in_both_peers_logs_and_in_the_answer(pair_of_peers, site
     submit_id = "submit-7f3a9c01"
     c.session.headers["X-Request-ID"] = submit_id
     job = c.submit("ids", SH, "job.sub", ["in.txt"], executable_name="n.sh", submit_text=SUB)
-    assert job["peer"] == "ids-b"
-    # the entry peer's access line for the submit, and the owner's for the forward it received
-    wait_until(lambda: _lines(a, submit_id) and _lines(b, submit_id), 10, what="both access lines")
-    assert any('"POST /api/v1/jobs" 201' in line for line in _lines(a, submit_id))
-    assert any('"POST /api/v1/peer/jobs" 201' in line for line in _lines(b, submit_id))
-    assert any("accepted from ids-a" in line for line in _lines(b, submit_id))  # the owner's own log line too
+    assert job["peer"] == "ids-a"  # the job's home is the peer it was submitted to
+    # (the audit line comes first; the access line once the answer has gone)
+    wait_until(lambda: any('"POST /api/v1/jobs" 201' in line for line in _lines(a, submit_id)), 10,
+               what="the home's access line with the submit's ID")
 
+    # a request for the job at the other peer is relayed to its home: one ID in both logs and the answer
     status_id = "status:relayed.2"
     c.session.headers["X-Request-ID"] = status_id
-    r = c.session.get(f"{a.url}/api/v1/jobs/{job['id']}", timeout=10)  # relayed from ids-a to ids-b
+    r = c.session.get(f"{b.url}/api/v1/jobs/{job['id']}", timeout=10)  # relayed from ids-b to ids-a
     assert r.status_code == 200 and r.headers["X-Request-ID"] == status_id
-    wait_until(lambda: _lines(a, status_id) and _lines(b, status_id), 10, what="both access lines")
+    wait_until(lambda: all(any(f'"GET /api/v1/jobs/{job["id"]}" 200' in line for line in _lines(p, status_id))
+                           for p in (a, b)), 10, what="both access lines")
     for peer in (a, b):
         line = _lines(peer, status_id)[-1]
         assert f'"GET /api/v1/jobs/{job["id"]}" 200' in line and site_pki.dn("alice") in line
 
     # a malformed ID (it would break the line) is replaced by a new one, and never logged
     c.session.headers["X-Request-ID"] = 'bad id" [injected] ' + "x" * 200
-    r = c.session.get(f"{a.url}/api/v1/jobs/{job['id']}", timeout=10)
+    r = c.session.get(f"{b.url}/api/v1/jobs/{job['id']}", timeout=10)  # relayed to the home, ids-a
     fresh = r.headers["X-Request-ID"]
     assert re.fullmatch(r"[0-9a-f]{16}", fresh)
-    wait_until(lambda: _lines(b, fresh), 10, what="the new ID on the owner")
+    wait_until(lambda: _lines(a, fresh), 10, what="the new ID at the job's home")
     assert not _lines(a, "injected") and not _lines(b, "injected")
 
 

@@ -331,7 +331,7 @@ def test_writes_with_the_cookie_need_the_csrf_token_and_the_same_origin(site, si
     ok = submit({"X-CSRF-Token": answer["csrf"], "Origin": a.url, "Sec-Fetch-Site": "same-origin"})
     assert ok.status_code == 201, ok.text
     killed = s.delete(f"{a.url}/api/v1/jobs/{ok.json()['id']}", headers={"X-CSRF-Token": answer["csrf"]}, timeout=30)
-    assert killed.status_code == 200
+    assert killed.status_code in (200, 202)  # done, or pending while its piece is still being sent
     # A bearer token needs no CSRF header (the CLI), but a cross-site Origin is refused for everyone.
     bearer = user_session(a, site_pki, "alice")
     r = bearer.post(f"{a.url}/api/v1/auth/logout", headers={"Origin": "https://evil.example"}, timeout=10)

@@ -207,4 +207,26 @@ def test_a_wait_wakes_on_another_version_of_its_job_only():
         gone.set_result(None)
         assert await leaving is False and not waits._waiters
 
-    asyncio.run(main())
+    _run_in_a_thread_of_its_own(main())
+
+
+def _run_in_a_thread_of_its_own(coro) -> None:
+    """asyncio.run in a new thread: a test run before may have left an event loop running in this one
+    (Playwright's sync API does)."""
+    import asyncio
+    import threading
+
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(coro)
+        except BaseException as exc:  # handed to the test's thread
+            failure.append(exc)
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join(60)
+    assert not t.is_alive(), "the coroutine did not finish within 60 s"
+    if failure:
+        raise failure[0]
