@@ -34,8 +34,9 @@ OK = b"#!/bin/sh\necho ok > out.txt\n"
 
 def submit(peer, name: str, exe: bytes, submit_text: str, *, url: str | None = None, inputs=("in.txt",)) -> dict:
     peer.publish.mkdir(parents=True, exist_ok=True)
-    for i in inputs:
-        (peer.publish / i).write_text("1\n")
+    for i in inputs:  # written once: rewriting it would change an input an earlier job is still to send
+        if not (peer.publish / i).exists():
+            (peer.publish / i).write_text("1\n")
     return Client(url or peer.url).submit(name, exe, "job.sub", list(inputs), executable_name="job.sh",
                                           submit_text=submit_text)
 
