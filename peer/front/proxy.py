@@ -17,6 +17,12 @@ threads:
   whose client went away or stalled is still handed to the app with the bytes
   that did arrive (a shorter PATCH): tus keeps what arrived, and the client
   resumes from the peer's offset, as it did when the app read the socket itself.
+  The next request for the same upload (the client's ``HEAD`` after it
+  reconnected) waits until those bytes are stored, so the offset it gets
+  counts them; and if the front has not yet noticed that the old connection
+  is gone (a phone whose link dropped sends no FIN), that request ends the
+  old chunk's read at once (as tusd does with its upload locks): the client
+  has moved on.
 
 **The answer** is streamed back as the app sends it: ``Content-Length`` kept,
 chunks relayed as they come (Server-Sent Events are flushed event by event),
@@ -86,6 +92,8 @@ MEMORY_BYTES = 1024 * 1024
 SMALL_BODY_BYTES = 64 * 1024
 #: tus: a chunk that was cut or stalled is still worth the bytes that arrived.
 TUS_CHUNK_TYPE = "application/offset+octet-stream"
+#: How long a request for an upload waits for its cut chunk to be stored before it goes on anyway.
+CHUNK_HANDOFF_SECONDS = 60
 #: aiohttp's client must add nothing the client did not send.
 _NO_AUTO_HEADERS = ("User-Agent", "Accept-Encoding", "Content-Type", "Accept")
 _NO_BODY_STATUSES = frozenset({204, 304})
@@ -136,12 +144,29 @@ class Body:
 class BodyIncomplete(Exception):
     def __init__(self, why: str, body: Body) -> None:
         super().__init__(why)
-        self.why = why  # "stalled" | "gone"
+        self.why = why  # "stalled" | "gone" | "superseded"
         self.body = body
 
 
 class BodyTooLarge(Exception):
     pass
+
+
+class ChunkSuperseded(Exception):
+    """A newer request for the same upload arrived while this chunk's body was still arriving."""
+
+
+@dataclasses.dataclass
+class _Chunk:
+    """A tus chunk in flight: its body's stream (a newer request for the upload ends it) and when it is done
+    (its bytes, all or those that arrived, are stored, or were refused)."""
+
+    content: Any
+    done: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+
+    def supersede(self) -> None:
+        if not self.done.is_set():
+            self.content.set_exception(ChunkSuperseded())
 
 
 class AppUnavailable(Exception):
@@ -164,6 +189,8 @@ class Proxy:
         self.events = events
         self.waits = waits
         self.keepalive_seconds = keepalive_seconds
+        #: upload path -> its tus chunk in flight (one per upload: a newer request ends the older one)
+        self._chunks: dict[str, _Chunk] = {}
         self.session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -198,6 +225,33 @@ class Proxy:
             return self._error(request, 413, f"the body ({announced} bytes) is over this peer's limit of "
                                f"{self.max_body_bytes} bytes (max_body_bytes): send less, or in chunks",
                                close=True, max_body_bytes=self.max_body_bytes)
+        await self._after_chunk_in_flight(request.path)
+        if request.method == "PATCH" and request.content_type == TUS_CHUNK_TYPE:
+            chunk = self._chunks[request.path] = _Chunk(request.content)
+            try:
+                return await self._handle_body(request, connection)
+            finally:
+                chunk.done.set()
+                if self._chunks.get(request.path) is chunk:
+                    del self._chunks[request.path]
+        return await self._handle_body(request, connection)
+
+    async def _after_chunk_in_flight(self, path: str) -> None:
+        """A request for an upload whose chunk is still in flight: end that chunk's read (the client has
+        moved on) and wait until what arrived of it is stored, so the offset this request sees counts it."""
+        chunk = self._chunks.get(path)
+        if chunk is None:
+            return
+        chunk.supersede()
+        try:
+            async with asyncio.timeout(CHUNK_HANDOFF_SECONDS):
+                await chunk.done.wait()
+        except TimeoutError:
+            log.warning("front: the cut chunk of %s was not stored within %d s: going on", path[:100],
+                        CHUNK_HANDOFF_SECONDS)
+
+    async def _handle_body(self, request: web.BaseRequest, connection: ClientConnection) -> web.StreamResponse:
+        address = connection.lease.address
         if request.body_exists and request.headers.get("Expect", "").lower() == "100-continue":
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         try:
@@ -359,6 +413,8 @@ class Proxy:
                         chunk = await content.readany()
                 except TimeoutError:
                     raise BodyIncomplete("stalled", body) from None
+                except ChunkSuperseded:
+                    raise BodyIncomplete("superseded", body) from None
                 if not chunk:
                     return body
                 if body.size + len(chunk) > self.max_body_bytes:
@@ -386,6 +442,10 @@ class Proxy:
             body.close()
         if cut.why == "gone":
             raise ConnectionResetError("the client closed the connection while sending its body")
+        if cut.why == "superseded":
+            return self._error(request, 409, f"a newer request for this upload arrived while this chunk was "
+                               f"arriving ({body.size} bytes stored): ask the upload's offset and go on from there",
+                               close=True)
         self.events.note("body-timeout", connection.lease.address,
                          f"{request.method} {request.path[:100]}: {body.size} of {request.content_length or '?'} bytes")
         return self._error(request, 408, f"the request body stalled for {self.body_timeout:g} s "
