@@ -14,6 +14,7 @@ import json
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import requests
 from flask import Blueprint, Response, current_app, jsonify, request
@@ -291,6 +292,16 @@ def kill(job_id: str):
 
 
 # ---- retry ----------------------------------------------------------------
+def _input_numbers(value: Any) -> list[int] | None:
+    """A body's ``"inputs"``: None when absent, else a non-empty list of input numbers (or a 400)."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value or not all(isinstance(i, int) and not isinstance(i, bool)
+                                                           for i in value):
+        raise BadRequest("'inputs' must be a non-empty list of input numbers (integers)")
+    return value
+
+
 @bp.post("/<job_id>/retry")
 def retry(job_id: str):
     """Run finished inputs again: ``{"inputs": [i, ...]}`` or ``{"failed": true}``."""
@@ -300,11 +311,8 @@ def retry(job_id: str):
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
         raise BadRequest('send a JSON object: {"inputs": [0, 3]} or {"failed": true}')
-    indexes = body.get("inputs")
+    indexes = _input_numbers(body.get("inputs"))
     failed = body.get("failed", False)
-    if indexes is not None and (not isinstance(indexes, list) or not all(
-            isinstance(i, int) and not isinstance(i, bool) for i in indexes)):
-        raise BadRequest("'inputs' must be a list of input numbers (integers)")
     if not isinstance(failed, bool):
         raise BadRequest("'failed' must be true or false")
     if indexes is None and not failed:
@@ -325,13 +333,7 @@ def _release_indexes() -> list[int] | None:
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
         raise BadRequest('send a JSON object {"inputs": [index, ...]}, or no body to release every held input')
-    inputs = body.get("inputs")
-    if inputs is None:
-        return None
-    if not isinstance(inputs, list) or not inputs or not all(
-            isinstance(i, int) and not isinstance(i, bool) for i in inputs):
-        raise BadRequest("'inputs' must be a non-empty list of input numbers (integers)")
-    return inputs
+    return _input_numbers(body.get("inputs"))
 
 
 @bp.post("/<job_id>/release")

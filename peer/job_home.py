@@ -402,11 +402,7 @@ class JobHome:
         not have, 502 when no site holding them answers; either changes nothing."""
         record = self._managed(job_id, owner, is_admin)
         groups = records.by_input(record.attempts)
-        if indexes is not None:
-            bad = sorted({i for i in indexes if i not in groups})
-            if bad:
-                raise BadRequest(f"job {job_id} has inputs 0 to {len(record.inputs) - 1}; "
-                                 f"no input {', '.join(map(str, bad))}")
+        _check_indexes(record, indexes)
         states = {i: records.view_state(atts) for i, atts in groups.items()}
         asked = sorted(set(indexes)) if indexes is not None else sorted(states)
         held = [i for i in asked if states[i] == "held"]
@@ -463,6 +459,7 @@ class JobHome:
             record = s.get(JobRecord, job_id)
             assert record is not None
             self._still_managed(record)
+            _check_indexes(record, indexes)
             try:
                 chosen = records.retryable(record, indexes=indexes, failed=failed)
             except ValueError as exc:
@@ -565,3 +562,11 @@ class JobHome:
         if not path.is_file():
             raise NotFound(f"the executable of job {job_id} is no longer on {self.name}")
         return path
+
+
+def _check_indexes(record: JobRecord, indexes: list[int] | None) -> None:
+    """400 for input numbers the job does not have (before anything is changed)."""
+    bad = sorted({i for i in indexes or () if not 0 <= i < len(record.inputs)})
+    if bad:
+        raise BadRequest(f"job {record.id} has inputs 0 to {len(record.inputs) - 1}; "
+                         f"no input {', '.join(map(str, bad))}")

@@ -183,6 +183,33 @@ def test_output_routes_refuse_traversal_and_staged_files(peer):
         assert status in codes and body.get("error"), (bad, status, body)
 
 
+BAD_RETRY_AND_RELEASE = [
+    ("retry", {"inputs": []}, "non-empty list of input numbers"),
+    ("retry", {"inputs": ["0"]}, "non-empty list of input numbers"),
+    ("retry", {"inputs": [True]}, "non-empty list of input numbers"),
+    ("retry", {"failed": "yes"}, "'failed' must be true or false"),
+    ("retry", {}, "say which inputs to run again"),
+    ("retry", [0], "send a JSON object"),
+    ("retry", {"inputs": [7]}, "no input 7"),
+    ("release", {"inputs": []}, "non-empty list of input numbers"),
+    ("release", {"inputs": "0"}, "non-empty list of input numbers"),
+    ("release", [0], "send a JSON object"),
+]
+
+
+def test_bad_retry_and_release_bodies_are_400_and_run_nothing(peer):
+    r = submit(peer)
+    assert r.status_code == 201, r.text
+    status = f"{peer.url}/api/v1/jobs/{r.json()['id']}"
+    done = wait_until(lambda: (st := peer.http.get(status, params={"history": 1}, timeout=10).json())["state"]
+                      == "completed" and st, what="the job to complete")
+    for route, body, needle in BAD_RETRY_AND_RELEASE:
+        r = peer.http.post(f"{status}/{route}", json=body, timeout=10)
+        assert r.status_code == 400 and needle in r.json()["error"], (route, body, r.text)
+    after = peer.http.get(status, params={"history": 1}, timeout=10).json()
+    assert after["state"] == "completed" and after["inputs"][0]["attempts"] == done["inputs"][0]["attempts"]
+
+
 def test_range_beyond_end_is_416(peer):
     r = peer.http.get(f"{peer.url}/api/v1/files/data.txt", headers={"Range": "bytes=1000-2000"}, timeout=10)
     assert r.status_code == 416
