@@ -535,8 +535,11 @@ class Client:
         """Administrators: the broker's recent placement decisions, newest first."""
         return self._json("GET", "/api/v1/broker/placements", params={"limit": limit})
 
-    def outputs(self, job_id: str) -> dict[str, Any]:
-        return self._json("GET", f"/api/v1/jobs/{job_id}/outputs")
+    def outputs(self, job_id: str, *, start: int = 0, limit: int | None = None) -> dict[str, Any]:
+        """Per input, its output files (name, size, sha256) and site: every input, or ``limit`` of
+        them from input ``start`` (the answer's ``next`` starts the page after; None after the last)."""
+        params = {"start": start, **({"limit": limit} if limit is not None else {})} if start or limit else None
+        return self._json("GET", f"/api/v1/jobs/{job_id}/outputs", params=params)
 
     def fetch(
         self,

@@ -356,9 +356,20 @@ def outputs(job_id: str):
     forwarded = _forward(job_id)
     if forwarded is not None:
         return forwarded
+    start, limit = _page_args()
     who = identity()
-    return jsonify(_svc().home.outputs(job_id, who.dn, is_admin=who.is_admin,
+    return jsonify(_svc().home.outputs(job_id, who.dn, is_admin=who.is_admin, start=start, limit=limit,
                                        proof=lambda site: relay_headers(who, site)))
+
+
+def _page_args() -> tuple[int, int | None]:
+    """``?start=`` (an input number, 0 if absent) and ``?limit=`` (1 to 1000 inputs; absent: all)."""
+    start, limit = request.args.get("start", "0"), request.args.get("limit")
+    if not start.isdigit() or int(start) > 10**9:
+        raise BadRequest(f"start must be an input number (a whole number from 0), got {start[:40]!r}")
+    if limit is not None and (not limit.isdigit() or not 1 <= int(limit) <= 1000):
+        raise BadRequest(f"limit must be a whole number of inputs from 1 to 1000, got {limit[:40]!r}")
+    return int(start), None if limit is None else int(limit)
 
 
 @bp.get("/<job_id>/outputs/<int:index>/<path:name>")

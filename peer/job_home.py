@@ -478,14 +478,18 @@ class JobHome:
     # ======================================================================
     # Outputs
     # ======================================================================
-    def outputs(self, job_id: str, owner: str, *, is_admin: bool = False,
+    def outputs(self, job_id: str, owner: str, *, is_admin: bool = False, start: int = 0, limit: int | None = None,
                 proof: Callable[[str], dict[str, str]] = lambda site: {}) -> dict[str, Any]:
         """Per input, the files of its result (or, while it runs, of its current attempt), with its site.
 
-        ``proof(site)``: the headers proving the user to ``site`` (computed in the request's context).
+        ``start``/``limit``: only inputs ``start`` to ``start + limit - 1`` (only their sites are asked);
+        ``next`` is the ``start`` of the page after, or None.  ``proof(site)``: the headers proving the
+        user to ``site`` (computed in the request's context).
         """
         record = self._record(job_id, owner, is_admin)
-        groups = records.by_input(record.attempts)
+        total = len(record.inputs)
+        end = total if limit is None else min(total, start + limit)
+        groups = {i: atts for i, atts in records.by_input(record.attempts).items() if start <= i < end}
         shown = {i: records.shown_attempt(atts) for i, atts in groups.items()}
         pieces: dict[tuple[str, str], list[int]] = {}
         for i, a in shown.items():
@@ -532,7 +536,8 @@ class JobHome:
             if a.site in unreachable:
                 item["unreachable"] = True
             out.append(item)
-        return {"id": job_id, "peer": self.name, "outputs": out, "unreachable_sites": unreachable}
+        return {"id": job_id, "peer": self.name, "outputs": out, "unreachable_sites": unreachable,
+                "start": start, "total": total, "next": end if end < total else None}
 
     def output_location(self, job_id: str, owner: str, index: int, *, is_admin: bool = False) -> tuple[str, str, str]:
         """(site, piece, owner) of input ``index``'s shown attempt: where its outputs are."""

@@ -269,7 +269,12 @@ def test_a_long_job_is_summarised_filtered_paged_pinned_and_fits_a_phone_with_lo
     check_layout(page, "a long job at a long-named site, history open")
     assert page.evaluate(OVERFLOWING) == []
     page.goto(f"{far_site.url}/#job/{job['id']}/outputs")
+    page.get_by_role("region", name="outputs of input 24").get_by_text(f"on {LONG_SITE}").wait_for()
+    assert page.get_by_role("region", name="outputs of input 25").count() == 0  # a page of 25 inputs at a time
+    page.get_by_text("Outputs of 25 of 30 inputs shown").wait_for()
+    page.get_by_role("button", name="Show 5 more").click()
     page.get_by_role("region", name="outputs of input 29").get_by_text(f"on {LONG_SITE}").wait_for()
+    assert page.get_by_role("button", name="Show 5 more").is_hidden()  # the last page
     check_layout(page, "the outputs of a long job at a long-named site")
     assert page.evaluate(OVERFLOWING) == []
     page.goto(f"{far_site.url}/#job/{job['id']}")

@@ -210,6 +210,15 @@ def test_bad_retry_and_release_bodies_are_400_and_run_nothing(peer):
     assert after["state"] == "completed" and after["inputs"][0]["attempts"] == done["inputs"][0]["attempts"]
 
 
+def test_bad_output_pages_are_400(peer):
+    r = submit(peer)
+    assert r.status_code == 201, r.text
+    for query, needle in [("limit=0", "limit"), ("limit=1001", "limit"), ("limit=x", "limit"),
+                          ("start=-1", "start"), ("start=1e3", "start")]:
+        r2 = peer.http.get(f"{peer.url}/api/v1/jobs/{r.json()['id']}/outputs?{query}", timeout=10)
+        assert r2.status_code == 400 and needle in r2.json()["error"], (query, r2.text)
+
+
 def test_range_beyond_end_is_416(peer):
     r = peer.http.get(f"{peer.url}/api/v1/files/data.txt", headers={"Range": "bytes=1000-2000"}, timeout=10)
     assert r.status_code == 416

@@ -101,6 +101,11 @@ def test_job_lands_on_less_loaded_peer_and_completes(trio, tmp_path):
     outs = client.outputs(job["id"])["outputs"]
     names = {f["name"] for f in outs[0]["files"]}
     assert names == {"count.txt", "stdout.txt", "stderr.txt"}  # not the staged executable/submit/input
+    page = Client(a.url, ca=a.ca, token=a.token).outputs(job["id"], start=1, limit=1)  # a page, via another peer
+    assert ([o["index"] for o in page["outputs"]], page["total"], page["next"]) == ([1], 3, 2)
+    assert {f["name"] for f in page["outputs"][0]["files"]} == names
+    last = client.outputs(job["id"], start=2, limit=25)
+    assert ([o["index"] for o in last["outputs"]], last["next"]) == ([2], None)
     results = client.fetch_all(job["id"], tmp_path / "res")
     counts = sorted(int((tmp_path / "res" / str(i) / "count.txt").read_text()) for i in range(3))
     assert counts == [10, 11, 12]

@@ -1,8 +1,11 @@
 // Outputs per input: read a text output in the page (the tail while it grows), download any
 // output into this phone's storage with resume and SHA-256 verification, then save or share it.
+// A big job's outputs come a page of inputs at a time (the peer asks only the sites holding
+// them); "Show more" asks for the next page, and a live update asks again only for those shown.
 import { getJSON, jobPath, outputPath, request } from "./api.js";
 import { fill, formatBytes, h, toast } from "./dom.js";
 import { canShare, discard, download } from "./download.js";
+import { PAGE } from "./inputs.js";
 import { isFinal } from "./live.js";
 
 const TAIL_BYTES = 8192;
@@ -15,7 +18,11 @@ function storeKey(jobId, index, name) {
 export function mount(body, ctx) {
   const viewer = h("section", { id: "viewer", class: "card", "aria-labelledby": "viewer-title", hidden: true });
   const groups = h("div", { id: "output-groups" }, h("p", { class: "loading" }, "Loading…"));
-  body.append(viewer, groups);
+  const moreText = h("span", { class: "muted grow" });
+  const moreButton = h("button", { type: "button", onclick: () => { shown += PAGE; refresh(); } });
+  const more = h("div", { class: "row", hidden: true }, moreText, moreButton);
+  body.append(viewer, groups, more);
+  let shown = PAGE; // how many inputs' outputs are asked for
   let reading = null; // {index, name}
   let seen = null;
   let timer = 0;
@@ -26,9 +33,13 @@ export function mount(body, ctx) {
 
   async function refresh() {
     try {
-      const r = await getJSON(jobPath(ctx.id, "/outputs"));
+      const r = await getJSON(jobPath(ctx.id, `/outputs?start=0&limit=${shown}`));
       silent = new Set(r.unreachable_sites || []);
       render(r.outputs);
+      const total = r.total ?? r.outputs.length;
+      more.hidden = r.next === null || r.next === undefined;
+      moreText.textContent = `Outputs of ${r.outputs.length} of ${total} inputs shown`;
+      moreButton.textContent = `Show ${Math.min(PAGE, total - r.outputs.length)} more`;
     } catch (err) {
       fill(groups, h("p", { class: "error" }, err.offline ? "Offline: outputs cannot be listed now." : err.message));
     }
