@@ -2,7 +2,7 @@
 // new shell and deletes the old caches).  The jobs list and job statuses (GET /api/v1/jobs and
 // GET /api/v1/jobs/<id>): network-first, falling back to the last copy, marked with
 // X-Pocketgrid-Cached-At (ms) so the page can say how old it is.  Everything else: the network.
-const VERSION = "shell-e6546c9694653b0e";
+const VERSION = "shell-bb69d4527376be00";
 const SHELL_CACHE = `pg-shell-${VERSION}`;
 const DATA_CACHE = "pg-data-v1";
 const SHELL = [
