@@ -22,6 +22,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from pocketgrid.errors import BadRequest, PocketgridError
 
 from .auth import identity, relay_headers
+from .compression import strong_tag
 from .downloads import send_ranged
 from . import job_routes
 from .front.headers import ENVIRON_FRONT_WAITS, WAIT, wait_header
@@ -206,7 +207,7 @@ def status(job_id: str):
     dispatch round's split in detail."""
     wait = _wait_arg()
     svc = _svc()
-    inm = request.headers.get("If-None-Match")
+    inm = strong_tag(request.headers.get("If-None-Match"))  # W/"12" (a gzipped answer's tag) is "12"
     if not (wait and inm and job_routes.remote(svc, job_id)):
         forwarded = _forward(job_id)
         if forwarded is not None:

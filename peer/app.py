@@ -34,7 +34,7 @@ from pocketgrid.http import Session
 from pocketgrid.config import PeerConfig
 from pocketgrid.errors import BadRequest, PocketgridError, Unavailable
 
-from . import api_admin, api_auth, api_events, api_files, api_jobs, api_peer, api_system, security_headers, webapp
+from . import api_admin, api_auth, api_events, api_files, api_jobs, api_peer, api_system, compression, security_headers, webapp
 from . import access_log, api_uploads, request_ids
 from .access import check_access
 from .auth import TOKEN_HEADER, USER_HEADER
@@ -542,6 +542,7 @@ def create_app(config: PeerConfig | None = None, *, start_services: bool = True)
     app.before_request(check_csrf)  # after check_access: it reads the identity check_access resolved
     security_headers.install(app)
     app.after_request(_relative_redirect)
+    compression.install(app)  # registered last, runs first: the hooks above see (and count) the bytes sent
     _register_error_handlers(app)
     if start_services:
         services.start()

@@ -27,9 +27,14 @@ from .membership import Membership
 #: the owner peer gets the user's proof in ``X-Pocketgrid-User-Token`` (the
 #: user's token, or a delegation for it alone), over mutual TLS only, and
 #: verifies it itself (peer/auth.py); our host certificate alone proves no user.
-_REQUEST_HEADERS = ("Accept", "If-None-Match", "If-Range", "Range", "Idempotency-Key", "Last-Event-ID")
+#: ``Accept-Encoding`` too (``identity`` when the client sent none): the answer's bytes are passed on as they
+#: come, in the encoding the client accepts (peer/compression.py), with its ``Content-Encoding``.
+_REQUEST_HEADERS = ("Accept", "Accept-Encoding", "If-None-Match", "If-Range", "Range", "Idempotency-Key",
+                    "Last-Event-ID")
 _RESPONSE_HEADERS = (
     "Content-Type",
+    "Content-Encoding",
+    "Vary",
     "Content-Length",
     "Content-Range",
     "Accept-Ranges",
@@ -63,7 +68,8 @@ def relay(http: requests.Session, membership: Membership, peer: str, *,
     if path is None and RELAYED_BY in request.headers and not second_hop:
         # The home's URL we know points at a peer that is not the home either: stop here.
         raise BadGateway(f"peer {peer} is unreachable: its address is out of date (relay loop)", peer=peer)
-    headers = {h: request.headers[h] for h in _REQUEST_HEADERS if h in request.headers}
+    headers = {"Accept-Encoding": "identity",  # not requests' own default: the client's bytes are passed on
+               **{h: request.headers[h] for h in _REQUEST_HEADERS if h in request.headers}}
     headers[RELAYED_BY] = ",".join([*relayed_by(), membership.name]) if second_hop else membership.name
     who = identity(required=False)
     if who is not None:

@@ -44,6 +44,13 @@ HEADER = """\
   as `If-None-Match` to get `304 Not Modified` while nothing changed; add
   `?wait=N` to hold the request up to N seconds (capped by the server) until the
   status changes, i.e. a long-poll instead of a tight loop.
+- **Compression**: a JSON answer of 1,400 bytes or more (a big job's status, its
+  outputs, lists) comes in gzip when the client sends `Accept-Encoding: gzip`
+  (browsers and the thin client do): about a tenth of the bytes.  Its `ETag` is
+  then weak (`W/"12"`: the same version, another encoding); sent back as
+  `If-None-Match` it gives the same `304`.  A job's event stream is compressed
+  too, flushed event by event.  Files (outputs, published files) never are: their
+  byte ranges stay byte ranges.
 - **Resumable downloads**: published files and job outputs honour `Range`,
   `If-Range` and `ETag`.  To resume after N bytes, ask for the rest with
   `Range: bytes=N-` and `If-Range: <the ETag you got first>`: the answer is

@@ -57,6 +57,8 @@ the app again with ``Last-Event-ID`` for the next events, until the job is
 final (the app's ``event: end``), ``sse_stream_seconds`` pass (``retry:``,
 the browser reconnects) or the client leaves.  An answer other than events
 on a re-ask (the token expired: 401) ends the stream with ``event: error``.
+A client that accepts gzip gets the stream in gzip, flushed event by event
+(peer/front/gzip_stream.py).
 
 A long-poll or a stream relayed to the job's home still parks an app thread
 here, at the entry peer (peer/parking.py); the home's front holds it there.
@@ -80,6 +82,7 @@ from yarl import URL
 from peer.request_ids import accept as accept_request_id
 
 from .connection import ClientConnection
+from .gzip_stream import GzipStream, accepts_gzip
 from .headers import HOP_BY_HOP, WAIT, header_text, is_front_header, parse_wait_header, request_headers
 from .limits import EventLog
 from .waits import WaitRefusal, Waits
@@ -333,23 +336,33 @@ class Proxy:
                                f"retry in {STREAM_RETRY_AFTER} s", retry_after=STREAM_RETRY_AFTER)
         try:
             headers = self._answer_headers(upstream)
+            gz = GzipStream() if accepts_gzip(request) and "Content-Encoding" not in headers else None
+            if gz is not None:  # each event flushed whole (peer/front/gzip_stream.py)
+                headers["Content-Encoding"] = "gzip"
+                headers.add("Vary", "Accept-Encoding")
+
+            async def send(data: bytes) -> None:
+                if gz is not None:
+                    data = await loop.run_in_executor(None, gz.encode, data) if len(data) > 65536 else gz.encode(data)
+                await response.write(data)
+
             response = web.StreamResponse(status=200, headers=headers)
             try:
                 first = await upstream.read()
             finally:
                 upstream.release()
             await response.prepare(request)
-            await response.write(first)
+            await send(first)
             now = loop.time()
             deadline = now + spec.seconds
             keepalive_at = now + self.keepalive_seconds
             while True:
                 now = loop.time()
                 if now >= deadline:
-                    await response.write(f"retry: {STREAM_RETRY_MS}\n\n".encode())  # the browser reconnects
+                    await send(f"retry: {STREAM_RETRY_MS}\n\n".encode())  # the browser reconnects
                     break
                 if now >= keepalive_at:
-                    await response.write(b": keepalive\n\n")  # also how a closed connection is noticed
+                    await send(b": keepalive\n\n")  # also how a closed connection is noticed
                     keepalive_at = now + self.keepalive_seconds
                 changed = await self.waits.wait(spec.job_id, spec.version, min(deadline, keepalive_at) - now,
                                                 generation, connection.gone())
@@ -360,13 +373,15 @@ class Proxy:
                 generation = self.waits.generation
                 events, wait_value = await self._next_events(request, connection, spec.version)
                 if events:
-                    await response.write(events)
+                    await send(events)
                 if wait_value is None:
                     break  # the job is final (its end event is sent), or the app could not answer
                 next_spec = parse_wait_header(wait_value)
                 if next_spec is None:
                     break
                 spec = dataclasses.replace(next_spec, seconds=spec.seconds)
+            if gz is not None:
+                await response.write(gz.finish())
             await response.write_eof()
             return response
         finally:
