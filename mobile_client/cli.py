@@ -21,7 +21,7 @@ from tqdm import tqdm
 import requests
 
 from . import pending_submits
-from .client import ApiError, Client, OutputExists, PeerUnreachable
+from .client import FINAL_STATES, ApiError, Client, OutputExists, PeerUnreachable
 from .credentials import Credentials
 from pocketgrid.transfer import DownloadFailed, IntegrityError
 
@@ -131,7 +131,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                                    "on stderr.")
     add_peer_option(p)
     p.add_argument("job", nargs="?")
-    p.add_argument("--wait", action="store_true", help="follow the job until it finishes (long-polls)")
+    p.add_argument("--wait", action="store_true", help="follow the job until it finishes (long-polls): the whole status first and last, in between the inputs that changed")
     p.add_argument("--system", action="store_true",
                    help="show the broker, epoch and members instead: alive or dead, last heartbeat, load, executor")
     p.add_argument("-v", "--placement", action="store_true",
@@ -670,7 +670,7 @@ def _match_text(m: dict[str, Any]) -> str:
     return f"no slot matches (of {m.get('of', '?')}): {m.get('failing') or 'no reason given'}"
 
 
-def _status_text(s: dict[str, Any]) -> str:
+def _status_head(s: dict[str, Any]) -> list[str]:
     lines = [f"{s['id']} ({s['name']}) home {s['peer']}: {s['state']}  "
              + ", ".join(f"{k} {v}" for k, v in s["counts"].items())]
     if s.get("placement"):
@@ -679,27 +679,52 @@ def _status_text(s: dict[str, Any]) -> str:
         lines.append(f"  {_expiry(s)}")
     if s.get("removal"):
         lines.append(f"  removal {s['removal']}")
-    for i in s["inputs"]:
-        extra = ""
-        if i.get("exit_code") is not None:
-            extra += f" exit {i['exit_code']}"
-        if i.get("signal") is not None:
-            extra += f" signal {i['signal']}"
-        reason = _reason(i)
-        if reason:
-            extra += f" ({reason})"
-        if i.get("site"):  # where it runs (or ran): the job's inputs may be on several sites
-            extra += f", on {i['site']}" + (f" (attempt {i['attempt']})" if (i.get("attempt") or 1) > 1 else "")
-        lines.append(f"  [{i['index']}] {i['input']}: {i['state']}{extra}")
-        if i["state"] == "idle" and isinstance(i.get("match"), dict):
-            lines.append(f"      {_match_text(i['match'])}")
-        lines += _history_lines(i)
-        tail = i.get("stderr_tail")
-        if tail:
-            tail_lines = tail.splitlines() if isinstance(tail, str) else [str(t) for t in tail]
-            lines.append(f"      last lines of {i.get('stderr_file') or 'its stderr'}:")
-            lines += [f"        {t}" for t in tail_lines]
-    return "\n".join(lines)
+    return lines
+
+
+def _input_lines(i: dict[str, Any]) -> list[str]:
+    extra = ""
+    if i.get("exit_code") is not None:
+        extra += f" exit {i['exit_code']}"
+    if i.get("signal") is not None:
+        extra += f" signal {i['signal']}"
+    reason = _reason(i)
+    if reason:
+        extra += f" ({reason})"
+    if i.get("site"):  # where it runs (or ran): the job's inputs may be on several sites
+        extra += f", on {i['site']}" + (f" (attempt {i['attempt']})" if (i.get("attempt") or 1) > 1 else "")
+    lines = [f"  [{i['index']}] {i['input']}: {i['state']}{extra}"]
+    if i["state"] == "idle" and isinstance(i.get("match"), dict):
+        lines.append(f"      {_match_text(i['match'])}")
+    lines += _history_lines(i)
+    tail = i.get("stderr_tail")
+    if tail:
+        tail_lines = tail.splitlines() if isinstance(tail, str) else [str(t) for t in tail]
+        lines.append(f"      last lines of {i.get('stderr_file') or 'its stderr'}:")
+        lines += [f"        {t}" for t in tail_lines]
+    return lines
+
+
+def _status_text(s: dict[str, Any]) -> str:
+    return "\n".join(_status_head(s) + [line for i in s["inputs"] for line in _input_lines(i)])
+
+
+def follow_printer(out: Callable[[str], None] = lambda text: print(text, flush=True)) -> Callable[[dict[str, Any]], None]:
+    """``status --wait``: the whole status first and last; in between, on each change, its head and only
+    the inputs that changed (a 1,000-input job does not print 1,000 lines per finished input)."""
+    seen: dict[int, list[str]] = {}
+
+    def show(s: dict[str, Any]) -> None:
+        blocks = {i["index"]: _input_lines(i) for i in s["inputs"]}
+        if not seen or s["state"] in FINAL_STATES:
+            out(_status_text(s))
+        else:
+            out("\n".join(_status_head(s) + [line for index, block in blocks.items()
+                                             if seen.get(index) != block for line in block]))
+        seen.clear()
+        seen.update(blocks)
+
+    return show
 
 
 def _age(seconds: float | None) -> str:
@@ -747,7 +772,7 @@ def cmd_status(c: Client, args: argparse.Namespace) -> int:
             return 3
         return 0
     if args.wait:
-        final = c.wait(args.job, on_change=lambda s: None if args.json else print(_status_text(s), flush=True))
+        final = c.wait(args.job, on_change=None if args.json else follow_printer())
         if args.json:
             print(json.dumps(final, indent=2))
         return 0 if final["state"] == "completed" else 1

@@ -162,3 +162,26 @@ def test_placement_in_one_line_and_in_full():
     assert full[2].startswith(" * 2. site-b ") and "est 61.0 s" in full[2]
     assert full[3:5] == ["        run: nominal 60 s at speed 1", "        wait: learned: 4/4 slots busy"]
     assert full[-1] == "  failed first: site-c: cannot reach site-c: ConnectError"
+
+
+def _job(states: list[str], overall: str) -> dict:
+    counts: dict[str, int] = {}
+    for st in states:
+        counts[st] = counts.get(st, 0) + 1
+    return {"id": "a.1", "name": "big", "peer": "a", "state": overall, "counts": counts,
+            "inputs": [{"index": i, "input": f"in{i}.txt", "state": st, "site": "a",
+                        **({"exit_code": 0} if st == "completed" else {})} for i, st in enumerate(states)]}
+
+
+def test_status_wait_prints_the_whole_job_first_and_last_and_only_what_changed_between():
+    printed: list[str] = []
+    show = cli.follow_printer(printed.append)
+    show(_job(["running"] * 100, "running"))
+    show(_job(["completed"] + ["running"] * 99, "running"))  # one input finished
+    show(_job(["completed"] * 2 + ["running"] * 98, "running"))
+    show(_job(["completed"] * 100, "completed"))
+    first, one, two, last = (p.splitlines() for p in printed)
+    assert len(first) == 101 and len(last) == 101  # the head and every input
+    assert one == ["a.1 (big) home a: running  completed 1, running 99", "  [0] in0.txt: completed exit 0, on a"]
+    assert two == ["a.1 (big) home a: running  completed 2, running 98", "  [1] in1.txt: completed exit 0, on a"]
+    assert last[0] == "a.1 (big) home a: completed  completed 100"
