@@ -46,6 +46,8 @@ async function networkFirst(request) {
       const body = await res.clone().arrayBuffer();
       const headers = new Headers(res.headers);
       headers.set("X-Pocketgrid-Cached-At", String(Date.now()));
+      headers.delete("Content-Encoding"); // the body kept is the decoded one (the peer may send gzip)
+      headers.delete("Content-Length");
       await cache.put(request, new Response(body, { status: 200, headers }));
     } else if (res.status === 401) {
       await caches.delete(DATA_CACHE); // not logged in any more: forget what was known
