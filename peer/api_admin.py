@@ -72,7 +72,7 @@ def audit():
     members that did not answer (their events are missing).
     """
     raw = request.args.get("limit", "100")
-    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 1000:  # "²" is a digit int() refuses
         raise BadRequest("limit must be a whole number from 1 to 1000")
     limit = int(raw)
     action, dn = request.args.get("action"), request.args.get("dn")

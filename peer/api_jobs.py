@@ -366,9 +366,9 @@ def outputs(job_id: str):
 def _page_args() -> tuple[int, int | None]:
     """``?start=`` (an input number, 0 if absent) and ``?limit=`` (1 to 1000 inputs; absent: all)."""
     start, limit = request.args.get("start", "0"), request.args.get("limit")
-    if not start.isdigit() or int(start) > 10**9:
+    if not (start.isascii() and start.isdigit()) or int(start) > 10**9:
         raise BadRequest(f"start must be an input number (a whole number from 0), got {start[:40]!r}")
-    if limit is not None and (not limit.isdigit() or not 1 <= int(limit) <= 1000):
+    if limit is not None and (not (limit.isascii() and limit.isdigit()) or not 1 <= int(limit) <= 1000):
         raise BadRequest(f"limit must be a whole number of inputs from 1 to 1000, got {limit[:40]!r}")
     return int(start), None if limit is None else int(limit)
 

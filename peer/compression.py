@@ -23,7 +23,7 @@ from __future__ import annotations
 import gzip
 
 from flask import Flask, Response, request
-from werkzeug.http import quote_etag, unquote_etag
+from werkzeug.http import parse_etags, quote_etag
 
 #: Answers shorter than this go as they are (about one packet: gzip would save nothing a phone notices).
 MIN_BYTES = 1400
@@ -32,11 +32,18 @@ LEVEL = 5
 
 
 def strong_tag(header: str | None) -> str | None:
-    """An ``If-None-Match`` value as the strong tag a view compares with (``W/"12"`` -> ``"12"``)."""
+    """An ``If-None-Match`` of one tag as the strong tag a view compares with (``W/"12"`` -> ``"12"``);
+    anything else (a list, ``*``, garbage) as it came: it matches no tag, so the view answers in full."""
     if header is None:
         return None
-    tag, _weak = unquote_etag(header.strip())
-    return quote_etag(tag) if tag is not None else header
+    tags = parse_etags(header).as_set(include_weak=True)
+    if len(tags) == 1:
+        (tag,) = tags
+        try:
+            return quote_etag(tag) if tag else header
+        except ValueError:  # a quote inside
+            return header
+    return header
 
 
 def compress(response: Response) -> Response:

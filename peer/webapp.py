@@ -110,7 +110,11 @@ def _resolve(name: str) -> Path:
     if joined is None or any(part.startswith(".") for part in Path(name).parts):
         raise NotFound(f"no such file {name!r}")
     path = Path(joined)
-    if not path.is_file():
+    try:
+        found = path.is_file()
+    except OSError:  # a name too long for the file system (ENAMETOOLONG): no such file either
+        found = False
+    if not found:
         if not root.is_dir():
             raise NotFound("the web app is not installed on this peer (no mobile_client/webapp directory)")
         raise NotFound(f"no such file {name!r}: open / for the web app")

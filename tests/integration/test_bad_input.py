@@ -214,7 +214,7 @@ def test_bad_output_pages_are_400(peer):
     r = submit(peer)
     assert r.status_code == 201, r.text
     for query, needle in [("limit=0", "limit"), ("limit=1001", "limit"), ("limit=x", "limit"),
-                          ("start=-1", "start"), ("start=1e3", "start")]:
+                          ("start=-1", "start"), ("start=1e3", "start"), ("limit=%C2%B2", "limit")]:
         r2 = peer.http.get(f"{peer.url}/api/v1/jobs/{r.json()['id']}/outputs?{query}", timeout=10)
         assert r2.status_code == 400 and needle in r2.json()["error"], (query, r2.text)
 

@@ -255,7 +255,8 @@ def test_a_changed_file_gets_a_new_etag(site, site_pki, tmp_path):
 
 
 @pytest.mark.parametrize("path", ["/%2e%2e/outside.txt", "/js/%2e%2e/%2e%2e/outside.txt", "/..%2foutside.txt",
-                                  "/.secret", "/js/.%2e/.secret", "/%2fetc/passwd", "/nothing.js", "/js/"])
+                                  "/.secret", "/js/.%2e/.secret", "/%2fetc/passwd", "/nothing.js", "/js/",
+                                  "/" + "n" * 300 + ".js"])  # a name too long for the file system
 def test_paths_outside_the_app_or_not_files_are_404(site, site_pki, path):
     _, b, _ = site
     r = plain(site_pki).get(f"{b.url}{path}", timeout=10)
