@@ -17,8 +17,9 @@ import time
 import pytest
 from mobile_client.client import ApiError
 
-from tests.conftest import PeerProcess, free_port, host_session, login_client, report_load, secure_args, wait_until
+from tests.conftest import login_client, report_load, wait_until
 from tests.job_processes import attempt_dir, job_pids, with_history
+from tests.site_grid import GATED, GATED_SUB, PeerStarter
 
 pytestmark = pytest.mark.integration
 
@@ -27,28 +28,14 @@ INPUTS = 6
 LOST_AFTER = 3.0
 KNOBS = {"POCKETGRID_MONITOR_INTERVAL": "0.4", "POCKETGRID_SITE_LOST_AFTER": str(LOST_AFTER),
          "POCKETGRID_RETRY_BACKOFF": "0.2", "POCKETGRID_MAX_ATTEMPTS": "4", "PYTHONUNBUFFERED": "1"}
-GATED = b"""#!/bin/sh
-while [ ! -e gate ]; do sleep 0.2; done
-cat "$1" > copy.txt
-echo "$2" > index.txt
-"""
-GATED_SUB = "executable = gated.sh\narguments = $(input) $(input_index)\nqueue\n"
 
 
 @pytest.fixture(scope="module")
 def trio(tmp_path_factory, site_pki):
     root = tmp_path_factory.mktemp("home-death")
     env = {**os.environ, **KNOBS}
-    started: list[PeerProcess] = []
-
-    def start(name: str, join: PeerProcess | None = None) -> PeerProcess:
-        args = secure_args(site_pki, name, "--no-agent", "--threads", "8", "--slots", str(SLOTS))
-        if join is not None:
-            args += ["--join", join.url]
-        p = PeerProcess(name, root / name, free_port(), args, env).start()
-        p.host = host_session(site_pki, name)
-        started.append(p)
-        return p
+    start = PeerStarter(root, site_pki, env, SLOTS)
+    started = start.started
 
     a = start("site-a")
     b = start("site-b", a)

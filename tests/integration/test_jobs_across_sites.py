@@ -18,37 +18,23 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, PeerProcess, free_port, host_session, login_client, report_load, secure_args, wait_until
+from tests.conftest import ROOT, login_client, report_load, wait_until
 from tests.job_processes import attempt_dir, job_pids, with_history
+from tests.site_grid import GATED, GATED_SUB, PeerStarter
 
 pytestmark = pytest.mark.integration
 
 SLOTS = 10
 KNOBS = {"POCKETGRID_MONITOR_INTERVAL": "0.4", "POCKETGRID_SITE_LOST_AFTER": "6", "POCKETGRID_RETRY_BACKOFF": "0.2",
          "POCKETGRID_MAX_ATTEMPTS": "4", "PYTHONUNBUFFERED": "1"}
-#: Waits for its gate, then writes what the test checks: its input's bytes and its index.
-GATED = b"""#!/bin/sh
-while [ ! -e gate ]; do sleep 0.2; done
-cat "$1" > copy.txt
-echo "$2" > index.txt
-"""
-GATED_SUB = "executable = gated.sh\narguments = $(input) $(input_index)\nqueue\n"
 
 
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory, site_pki):
     root = tmp_path_factory.mktemp("across")
     env = {**os.environ, **KNOBS}
-    started: list[PeerProcess] = []
-
-    def start(name: str, join: PeerProcess | None = None) -> PeerProcess:
-        args = secure_args(site_pki, name, "--no-agent", "--threads", "8", "--slots", str(SLOTS))
-        if join is not None:
-            args += ["--join", join.url]
-        p = PeerProcess(name, root / name, free_port(), args, env).start()
-        p.host = host_session(site_pki, name)
-        started.append(p)
-        return p
+    start = PeerStarter(root, site_pki, env, SLOTS)
+    started = start.started
 
     a = start("site-a")
     others = [start(n, a) for n in ("site-b", "site-c", "site-d")]
