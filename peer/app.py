@@ -42,7 +42,8 @@ from .csrf import check_csrf
 from .db import Database
 from .digests import DigestCache
 from .election import Elector
-from .executors import Executor, choose_executor
+from .executors.base import Executor
+from .executors.choice import choose_executor
 from .dispatch import Dispatcher
 from .in_use import InUse
 from .job_home import JobHome

@@ -82,7 +82,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from peer.executors import ExecutorUnavailable, require_condor
+    from peer.executors.choice import ExecutorUnavailable, require_condor
 
     if config.executor == "condor":
         try:  # fail fast, before the server starts: refuses root, and needs a schedd that answers

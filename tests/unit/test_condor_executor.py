@@ -30,7 +30,7 @@ import requests
 from sqlalchemy.exc import IntegrityError
 
 from peer.db import Database
-from peer.executors import ExecutorUnavailable, choose_executor, require_condor
+from peer.executors.choice import ExecutorUnavailable, choose_executor, require_condor
 from peer.executors import condor as condor_mod
 from peer.executors.condor import (
     BindingsClient,
