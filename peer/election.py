@@ -5,7 +5,9 @@ heartbeat makes the peer *suspect* the broker and retry every
 ``interval / misses`` seconds (so a broker that comes back is noticed at
 once); the broker is declared dead when no heartbeat has been answered for
 ``misses × interval`` seconds **and** at least ``misses`` heartbeats in a row
-failed (:class:`FailureDetector`).  Then the peer runs the bully algorithm
+failed (:class:`FailureDetector`).  A heartbeat waits for its answer until
+that window would close: a broker too busy to answer within the usual
+timeout (a 40-input job landing on a two-core site) is slow, not dead.  Then the peer runs the bully algorithm
 over the persisted membership list (ordered by join sequence number):
 
 * if a live peer with a lower sequence number exists, that peer will win:
@@ -60,6 +62,14 @@ class FailureDetector:
     Dead = no heartbeat answered for ``misses × interval`` seconds and at
     least ``misses`` failures in a row.  The window starts at the last
     answer, or when watching began (a new broker, or after an election).
+
+    A heartbeat may wait for its answer until the window closes
+    (:meth:`patience`): a broker busy enough to take seconds to answer is
+    alive, and deposing it would only move the load.  A heartbeat that
+    waited ``w`` seconds in vain counts as the failures that would have fit
+    in ``w`` at the suspicion rate (``w / (interval / misses)``, at least
+    one): asked the whole window long, a silent broker is dead when the
+    window closes, as one refusing connections is.
     """
 
     def __init__(self, interval: float, misses: int, now: float) -> None:
@@ -76,10 +86,15 @@ class FailureDetector:
     def answered(self, now: float) -> None:
         self.reset(now)
 
-    def missed(self, now: float) -> bool:
-        """Record a failed heartbeat; True when the broker is now to be declared dead."""
-        self.failures += 1
+    def missed(self, now: float, waited: float = 0.0) -> bool:
+        """Record a failed heartbeat that waited ``waited`` seconds for its answer; True when the
+        broker is now to be declared dead."""
+        self.failures += max(1, int(waited / (self.interval / self.misses)))
         return self.failures >= self.misses and now - self.last_answer >= self.window
+
+    def patience(self, now: float, least: float) -> float:
+        """How long a heartbeat sent now may wait for its answer: until the window closes, at least ``least``."""
+        return max(least, self.last_answer + self.window - now)
 
     def delay(self) -> float:
         """Seconds until the next heartbeat: the period, or ``interval / misses`` while suspecting."""
@@ -147,15 +162,16 @@ class Elector:
                             log.exception("re-announcing the broker claim failed")
                 self._stop.wait(self.interval)
                 continue
+            asked = time.monotonic()
             try:
-                ok = self.heartbeat()
+                ok = self.heartbeat(timeout=detector.patience(asked, self.timeout))
             except Exception:  # never let the detector die
                 log.exception("heartbeat failed unexpectedly")
                 ok = False
             now = time.monotonic()
             if ok:
                 detector.answered(now)
-            elif detector.missed(now):
+            elif detector.missed(now, waited=now - asked):
                 log.warning("broker %s missed %d heartbeats (no answer for %.1f s): starting an election",
                             self.membership.broker["name"], detector.failures, now - detector.last_answer)
                 self.elect()
@@ -164,13 +180,16 @@ class Elector:
             self._stop.wait(detector.delay())
 
     # ---- heartbeat --------------------------------------------------------
-    def heartbeat(self) -> bool:
+    def heartbeat(self, timeout: float | None = None) -> bool:
+        """One heartbeat to the broker, waiting ``timeout`` seconds (default: the elector's timeout) for
+        its answer; True when the broker answered (even to refuse it)."""
         broker = self.membership.broker
         if broker is None:
             return False
         body = {"name": self.membership.name, "url": self.membership.url, "epoch": self.membership.epoch}
         try:
-            r = self.http.post(f"{broker['url']}/api/v1/broker/heartbeat", json=body, timeout=self.timeout)
+            r = self.http.post(f"{broker['url']}/api/v1/broker/heartbeat", json=body,
+                               timeout=self.timeout if timeout is None else timeout)
         except requests.RequestException:
             return False
         if r.status_code == 409:

@@ -48,11 +48,13 @@ def report_load(broker_url: str, peer: Any, coefficient: float, *, session: Any 
     report through the broker API, which also resets its in-flight count.
     With TLS, ``session`` must present ``peer``'s host certificate.  ``metrics``:
     the host figures to report (e.g. ``{"cores": 10}``: placement then counts
-    10 slots there; none: slots unknown, counted as one)."""
-    r = session.post(
-        f"{broker_url}/api/v1/broker/reports",
-        json={"peer": peer.name, "url": peer.url, "coefficient": coefficient, "metrics": metrics or {},
-              "sampled_at": time.time(), "interval": 15},
-        timeout=5,
-    )
+    10 slots there; none: slots unknown, counted as one).  A peer that no
+    longer holds the broker role answers 409 naming the broker: the report
+    goes there, as the agent's does (ema_agent/reporter.py)."""
+    body = {"peer": peer.name, "url": peer.url, "coefficient": coefficient, "metrics": metrics or {},
+            "sampled_at": time.time(), "interval": 15}
+    r = session.post(f"{broker_url}/api/v1/broker/reports", json=body, timeout=5)
+    broker = (r.json().get("broker") or {}) if r.status_code == 409 else {}
+    if broker.get("url") and broker["url"] != broker_url:
+        r = session.post(f"{broker['url']}/api/v1/broker/reports", json=body, timeout=5)
     r.raise_for_status()

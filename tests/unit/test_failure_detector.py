@@ -48,3 +48,90 @@ def test_failures_alone_do_not_make_it_dead_and_time_alone_does_not_either() -> 
     d = FailureDetector(1.0, 3, now=0.0)
     assert d.missed(100.0) is False and d.missed(100.1) is False  # a long silence, but only two failures
     assert d.missed(100.2) is True
+
+
+def test_a_slow_broker_that_answers_within_the_window_is_never_declared_dead() -> None:
+    """Each heartbeat waits until the window closes (``patience``): a broker taking 9 s to answer keeps its role."""
+    interval, misses, answer_takes = 5.0, 3, 9.0
+    d = FailureDetector(interval, misses, now=0.0)
+    t = 0.0
+    for _ in range(20):
+        t += d.delay()  # the next heartbeat is sent
+        assert d.patience(t, least=2.5) > answer_takes
+        t += answer_takes  # ...and answered, late
+        d.answered(t)
+    assert not d.suspecting
+
+
+def test_a_broker_asked_the_whole_window_in_vain_is_dead_when_the_window_closes() -> None:
+    """A hung broker (connections accepted, never answered): one heartbeat waits out the window; then dead,
+    not three more timeouts later."""
+    d = FailureDetector(5.0, 3, now=-10.0)
+    d.answered(0.0)
+    asked = 5.0
+    waits = d.patience(asked, least=2.5)
+    assert waits == pytest.approx(10.0)  # until the window closes at 15 s
+    assert d.missed(asked + waits, waited=waits) is True
+    # A quick failure (connection refused) still counts once: the documented 2-to-3-periods rule holds.
+    d = FailureDetector(5.0, 3, now=0.0)
+    assert d.missed(5.0, waited=0.01) is False and d.failures == 1
+    assert d.patience(14.9, least=2.5) == 2.5  # near the window's end a heartbeat still gets its least
+
+
+class _Membership:
+    """What the elector reads of the membership: a broker to heartbeat, and this peer is not it."""
+
+    name, url, epoch, seq, is_broker = "site-b", "http://127.0.0.1:1", 1, 2, False
+
+    def __init__(self, broker_url: str) -> None:
+        self.broker = {"name": "site-a", "url": broker_url}
+
+    def apply(self, view: dict) -> None:
+        pass
+
+
+def test_the_elector_keeps_a_broker_whose_answers_take_longer_than_its_timeout() -> None:
+    """A real elector thread against a broker that answers every heartbeat after 1 s, twice the elector's
+    0.5 s timeout but well inside its 3 s window: no election (before, each heartbeat timed out and the busy
+    broker lost its role after 3 s)."""
+    import json
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import requests
+
+    from peer.election import Elector
+    from pocketgrid.loopback import wait_until
+
+    answered = []
+
+    class SlowBroker(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            self.rfile.read(int(self.headers["Content-Length"]))
+            time.sleep(1.0)  # the busy broker: this is the behaviour under test, not a wait in the test
+            body = json.dumps({"members": []}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            answered.append(self.path)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), SlowBroker)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    took: list[int] = []
+    elector = Elector(_Membership(f"http://127.0.0.1:{server.server_port}"), requests.Session(), interval=1.0,
+                      misses=3, timeout=0.5, take_role=took.append)
+    elector.elect = lambda: took.append(-1)  # an election would be the failure: record it, do not run one
+    try:
+        elector.start()
+        wait_until(lambda: len(answered) >= 3 or took, 60, 0.05, what="three slow heartbeats answered")
+        assert took == [] and elector.elections == 0 and len(answered) >= 3
+        assert not elector.detector.suspecting
+    finally:
+        elector.stop()
+        server.shutdown()
