@@ -7,8 +7,9 @@ once); the broker is declared dead when no heartbeat has been answered for
 ``misses × interval`` seconds **and** at least ``misses`` heartbeats in a row
 failed (:class:`FailureDetector`).  A heartbeat waits for its answer until
 that window would close: a broker too busy to answer within the usual
-timeout (a 40-input job landing on a two-core site) is slow, not dead.  Then the peer runs the bully algorithm
-over the persisted membership list (ordered by join sequence number):
+timeout (a 40-input job landing on a two-core site) is slow, not dead.
+Then the peer runs the bully algorithm over the persisted membership list
+(ordered by join sequence number):
 
 * if a live peer with a lower sequence number exists, that peer will win:
   wait (bounded) for its proclamation;
