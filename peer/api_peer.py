@@ -74,7 +74,9 @@ def pieces_status():
 
     Answers only the pieces whose version differs from the one sent
     (``{"pieces": {id: {version, state, procs, removal?}}, "missing": [ids]}``); with ``"history": true``
-    each proc's past states too (its owner asked for them).
+    each proc's past states too (its owner asked for them).  ``"origins": {origin key: home}``: which
+    pieces this site made from those sends (``"found": {origin key: piece id}``): a new manager's question
+    after a takeover.
     """
     body = request.get_json(silent=True)
     pieces = body.get("pieces") if isinstance(body, dict) else None
@@ -87,7 +89,15 @@ def pieces_status():
     history = body.get("history", False)
     if not isinstance(history, bool):
         raise BadRequest("'history' must be true or false")
-    return jsonify(_svc().jobs.piece_statuses(pieces, history=history))
+    origins = body.get("origins", {})
+    if not isinstance(origins, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in origins.items()):
+        raise BadRequest('\'origins\' must map origin keys to the home that sent the piece: {"<key>": "<peer>"}')
+    if len(origins) > MAX_PIECES_PER_REQUEST:
+        raise BadRequest(f"at most {MAX_PIECES_PER_REQUEST} origins per request")
+    answer = _svc().jobs.piece_statuses(pieces, history=history)
+    if origins:
+        answer["found"] = _svc().jobs.find_by_origin(origins)
+    return jsonify(answer)
 
 
 @bp.delete("/pieces/<piece>")

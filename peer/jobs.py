@@ -260,6 +260,17 @@ class JobService:
                  _ranges(indexes))
         return self._summary(piece_id)
 
+    def find_by_origin(self, origins: dict[str, str]) -> dict[str, str]:
+        """``{origin key: the home that sent it}`` -> ``{origin key: piece ID}`` for the pieces this site holds.
+
+        A job's new manager asks this after a takeover: a piece its predecessor was sending when it died
+        may have been made here, and it is adopted, not run a second time."""
+        if not origins:
+            return {}
+        with self.db.sessions() as s:
+            rows = s.execute(select(Job.id, Job.entry_peer, Job.origin_key).where(Job.origin_key.in_(list(origins))))
+            return {key: piece for piece, home, key in rows if origins.get(key) == home}
+
     def _by_origin(self, entry_peer: str, origin_key: str) -> dict[str, Any] | None:
         with self.db.sessions() as s:
             job = s.scalars(select(Job).where(Job.entry_peer == entry_peer, Job.origin_key == origin_key)).first()

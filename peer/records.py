@@ -512,19 +512,30 @@ def newer_claim(local: tuple[int, int] | None, incoming: tuple[int, int]) -> str
     return "same" if incoming == local else "older"
 
 
-def take_over(record: JobRecord, me: str, reason: str, now: float, limits: Limits) -> list[JobAttempt]:
+def being_sent(record: JobRecord) -> list[JobAttempt]:
+    """The attempts whose piece was being sent when the record was last written: no piece ID yet."""
+    return [a for a in record.attempts if a.state == "dispatching" and a.piece is None and a.piece_key]
+
+
+def take_over(record: JobRecord, me: str, reason: str, now: float, limits: Limits,
+              found: Mapping[str, str] | None = None) -> list[JobAttempt]:
     """``me`` (the deputy) becomes the job's manager, one epoch up, because its manager is silent.
 
     The silent manager counts as a lost site: what may still change there, and its results while the
-    job is unfinished, are lost and run again elsewhere (:func:`lose_site`).  Pieces that were being
-    sent anywhere are lost too: the old manager's sends are not ours to finish (a piece it made that
-    way is left to its site's retention).  Returns the new attempts (already in ``record.attempts``).
+    job is unfinished, are lost and run again elsewhere (:func:`lose_site`).  A piece that was being
+    sent when the manager died is adopted when its site says it made it (``found``: origin key ->
+    piece ID, asked by the new manager: the send succeeded, only its answer was lost); the other
+    sends are lost and run again elsewhere.  Returns the new attempts (already in ``record.attempts``).
     """
     old = record.manager
     record.manager = me
     record.manager_epoch = int(record.manager_epoch or 1) + 1
     record.deputy = None  # the new manager chooses its own deputy
     record.replica_version = None
+    for a in being_sent(record):
+        piece = (found or {}).get(a.piece_key)
+        if piece is not None and a.site != old:
+            a.piece, a.state = piece, "idle"  # as a send's answer would have made it
     new = lose_site(record, old, reason, now, limits)
     record.attempts.extend(new)
     for a in list(record.attempts):

@@ -568,19 +568,49 @@ class Replicas:
             self.drop(job_id)
 
     def take_over(self, manager: str, job_ids: list[str], reason: str) -> None:
+        found = self._sent_pieces(manager, job_ids)
         now = self.clock()
         taken = []
         with self.store.session() as s:
             recs = s.scalars(select(JobRecord).where(JobRecord.id.in_(job_ids), JobRecord.manager == manager)
                              .options(selectinload(JobRecord.attempts))).all()
             for record in recs:
-                records.take_over(record, self.name, reason, now, self.limits)
+                records.take_over(record, self.name, reason, now, self.limits, found)
                 self.store.touch(s, record)
                 taken.append(record.id)
         for job_id in taken:
             log.warning("job %s: taken over from %s (%s): this peer manages it now", job_id, manager, reason)
         if taken:
             self.wake()
+
+    def _sent_pieces(self, manager: str, job_ids: list[str]) -> dict[str, str]:
+        """Ask each site the silent manager was sending pieces to whether it made them (origin key ->
+        piece ID): made, they are adopted; a site that does not answer has none as far as we know."""
+        asked: dict[str, dict[str, str]] = {}
+        with self.store.session() as s:
+            recs = s.scalars(select(JobRecord).where(JobRecord.id.in_(job_ids), JobRecord.manager == manager)
+                             .options(selectinload(JobRecord.attempts))).all()
+            for record in recs:
+                for a in records.being_sent(record):
+                    if a.site != manager:
+                        asked.setdefault(a.site, {})[a.piece_key] = manager
+        found: dict[str, str] = {}
+        for site, origins in asked.items():
+            url = self.membership.url_of(site)
+            if url is None:
+                continue
+            try:
+                r = self.http.post(f"{url}/api/v1/peer/pieces/status", json={"pieces": {}, "origins": origins},
+                                   timeout=min(self.peer_timeout, 5.0))
+                answer = r.json().get("found") if r.ok else None
+            except (requests.RequestException, ValueError, AttributeError) as exc:
+                log.info("takeover from %s: %s did not say which of its pieces it made: %s", manager, site, exc)
+                continue
+            if isinstance(answer, dict):
+                found.update({k: v for k, v in answer.items() if k in origins and isinstance(v, str)})
+        if found:
+            log.info("takeover from %s: %d piece(s) it was sending were made; adopted", manager, len(found))
+        return found
 
     # ---- finding a record's holder (a job whose home does not answer) -----------------------------
     def located(self, job_id: str) -> str | None:

@@ -18,6 +18,7 @@ import sys
 
 import pytest
 
+from peer.dispatch import piece_key
 from tests.conftest import ROOT, login_client, report_load, wait_until
 from tests.job_processes import attempt_dir, job_pids, with_history
 from tests.site_grid import GATED, GATED_SUB, PeerStarter
@@ -98,6 +99,17 @@ def test_a_forty_input_job_spreads_over_sites_when_none_has_the_free_slots(grid)
     assert sum(len(v) for v in spread.values()) == 40 and max(len(v) for v in spread.values()) <= SLOTS
     grid["job"] = job["id"]
     grid["spread"] = spread
+    # A site says which pieces it made from a home's sends (a new manager's question after a takeover)
+    site, indexes = next((s, i) for s, i in spread.items() if s != "site-a")
+    peer = next(p for p in grid["peers"] if p.name == site)
+    key = piece_key(job["id"], site, [(i, 1) for i in indexes])
+    piece = next(h["piece"] for h in with_history(alice, job["id"])["inputs"][indexes[0]]["attempts"])
+    r = a.host.post(f"{peer.url}/api/v1/peer/pieces/status", timeout=10,
+                    json={"pieces": {}, "origins": {key: "site-a", "0" * 64: "site-a"}})
+    assert r.status_code == 200 and r.json()["found"] == {key: piece}
+    r = a.host.post(f"{peer.url}/api/v1/peer/pieces/status", timeout=10,
+                    json={"pieces": {}, "origins": {key: "site-b" if site != "site-b" else "site-c"}})
+    assert r.json()["found"] == {}  # the same key from another home: not that piece
 
 
 # ---- 2. kill -9 a site holding inputs: they run again elsewhere -----------------------------------

@@ -83,6 +83,23 @@ def test_a_takeover_loses_what_ran_at_the_old_manager_and_keeps_the_pieces_elsew
     assert records.claim(r)[0] == 2
 
 
+def test_a_piece_being_sent_that_its_site_made_is_adopted_not_run_twice() -> None:
+    """The old manager died between a site's accepting a piece and the answer reaching the record: the new
+    manager asked the site (``found``: origin key -> piece ID) and keeps that piece running."""
+    r = record(3)
+    a0, a1, a2 = sorted(r.attempts, key=lambda a: a.index)
+    at(a0, "site-x", "dispatching", piece=None).piece_key = "made"    # the site made it: adopted
+    at(a1, "site-y", "dispatching", piece=None).piece_key = "unmade"  # the site has none: lost, runs again
+    at(a2, "home", "dispatching", piece=None).piece_key = "at-home"   # to the dead manager itself: lost
+    new = records.take_over(r, "dep", "its manager home did not answer for 3 s", T + 10, LIMITS,
+                            found={"made": "site-x.p9", "at-home": "home.p1"})
+    assert (a0.state, a0.piece, a0.number) == ("idle", "site-x.p9", 1)
+    assert a1.state == "lost" and "while its piece was being sent" in a1.reason
+    assert a2.state == "lost" and a2.piece is None
+    assert sorted(a.index for a in new) == [1, 2]
+    assert records.being_sent(r) == []
+
+
 def test_a_finished_job_taken_over_loses_nothing() -> None:
     r = record(1)
     a0 = r.attempts[0]
@@ -225,3 +242,43 @@ def test_a_pushed_document_that_is_not_a_record_is_refused_with_the_reason(spoil
     with pytest.raises(BadRequest) as refused:
         check_document(doc)
     assert why in refused.value.message
+
+
+def test_the_new_manager_asks_each_site_it_was_sending_to_and_adopts_what_it_made(tmp_path) -> None:
+    """peer/replicas.py ``take_over``: one question per site (origin keys with the old manager's name), then
+    the pure takeover with the answers.  The network is a recorded session: what is asked is asserted."""
+    from peer.digests import DigestCache
+    from peer.publishing import PublishingArea
+    from peer.replicas import Replicas
+
+    class Site:
+        def __init__(self, made: dict[str, str]) -> None:
+            self.made, self.asked = made, []
+
+        def post(self, url: str, json: dict, timeout: float):  # noqa: A002 - requests' name
+            self.asked.append((url, json))
+            answer = {"pieces": {}, "missing": [], "found": {k: v for k, v in self.made.items() if k in json["origins"]}}
+            return type("R", (), {"ok": True, "json": lambda self: answer})()
+
+    class Members:
+        def url_of(self, name: str) -> str | None:
+            return {"site-x": "https://x", "site-y": "https://y"}.get(name)
+
+    st = store(tmp_path)
+    site = Site({"kx": "site-x.p9"})
+    dep = Replicas(name="dep", url="https://dep", store=st, membership=Members(), http=site,  # type: ignore[arg-type]
+                   records_root=tmp_path / "records", publishing=PublishingArea(tmp_path / "pub"),
+                   digests=DigestCache(st.db), limits=LIMITS)
+    r = record(2)
+    a0, a1 = sorted(r.attempts, key=lambda a: a.index)
+    at(a0, "site-x", "dispatching", piece=None).piece_key = "kx"
+    at(a1, "site-y", "dispatching", piece=None).piece_key = "ky"
+    with st.session() as s:
+        s.add(r)
+    dep.take_over("home", ["home.1"], "its manager home did not answer for 3 s")
+    assert sorted(site.asked, key=lambda q: q[0]) == [
+        ("https://x/api/v1/peer/pieces/status", {"pieces": {}, "origins": {"kx": "home"}}),
+        ("https://y/api/v1/peer/pieces/status", {"pieces": {}, "origins": {"ky": "home"}})]
+    taken = {a.index: a for a in load(st).attempts if a.number == 1}
+    assert (taken[0].state, taken[0].piece) == ("idle", "site-x.p9")
+    assert taken[1].state == "lost"
