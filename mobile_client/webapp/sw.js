@@ -2,7 +2,7 @@
 // new shell and deletes the old caches).  The jobs list and job statuses (GET /api/v1/jobs and
 // GET /api/v1/jobs/<id>): network-first, falling back to the last copy, marked with
 // X-Pocketgrid-Cached-At (ms) so the page can say how old it is.  Everything else: the network.
-const VERSION = "shell-bb69d4527376be00";
+const VERSION = "shell-6f6e4e53a3db5368";
 const SHELL_CACHE = `pg-shell-${VERSION}`;
 const DATA_CACHE = "pg-data-v1";
 const SHELL = [

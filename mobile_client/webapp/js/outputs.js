@@ -31,9 +31,13 @@ export function mount(body, ctx) {
   let silent = new Set(); // sites holding outputs that did not answer (unreachable_sites)
   const downloads = new Map(); // key -> the card of a running/finished download (survives re-renders)
 
+  let asked = 0; // the latest refresh: an older answer arriving after it (a live update's) is dropped
+
   async function refresh() {
+    const mine = ++asked;
     try {
       const r = await getJSON(jobPath(ctx.id, `/outputs?start=0&limit=${shown}`));
+      if (mine !== asked) return; // a newer question (Show more) is under way: its answer is the one shown
       silent = new Set(r.unreachable_sites || []);
       render(r.outputs);
       const total = r.total ?? r.outputs.length;
@@ -41,6 +45,7 @@ export function mount(body, ctx) {
       moreText.textContent = `Outputs of ${r.outputs.length} of ${total} inputs shown`;
       moreButton.textContent = `Show ${Math.min(PAGE, total - r.outputs.length)} more`;
     } catch (err) {
+      if (mine !== asked) return;
       fill(groups, h("p", { class: "error" }, err.offline ? "Offline: outputs cannot be listed now." : err.message));
     }
   }
